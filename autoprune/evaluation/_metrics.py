@@ -1,0 +1,58 @@
+"""The Metrics record: every number a trial stores."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Metrics", "METRIC_NAMES"]
+
+# Names used by the search, the study attributes and the reports.
+METRIC_NAMES = (
+    "accuracy",
+    "params",
+    "nonzero_params",
+    "dense_bytes",
+    "sparse_bytes",
+    "macs",
+    "latency_ms",
+    "latency_spread",
+)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What :func:`autoprune.evaluate` measured for one model.
+
+    Attributes:
+        accuracy: the task's ``evaluate(model)`` (higher is better); NaN when no task.
+        params: parameter count, dense (every element, zero or not).
+        nonzero_params: parameters that are not exactly zero.
+        dense_bytes: bytes of the fp32 state dict stored dense.
+        sparse_bytes: bytes stored with the smaller of bitmask+values or CSR for tensors
+            with zeros (never more than dense per tensor).
+        macs: multiply-accumulates of one forward pass of the example batch.
+        latency_ms: median latency of one forward pass of a batch on the target.
+        latency_spread: relative spread of the latency timings (IQR / median).
+        latency_repeats: number of timed repetitions behind the median.
+        target: the target spec the latency was measured on, as a string.
+        host: the machine that measured the latency.
+        latency_cached: True when the latency came from the cache.
+    """
+
+    accuracy: float
+    params: int
+    nonzero_params: int
+    dense_bytes: int
+    sparse_bytes: int
+    macs: int
+    latency_ms: float
+    latency_spread: float
+    latency_repeats: int = 0
+    target: str = "cpu"
+    host: str = ""
+    latency_cached: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,274 @@
+"""The executor: turns a Schedule into a pruned copy of a model.
+
+Structured plans physically remove channels with Torch-Pruning (so the model gets faster on
+dense kernels); unstructured plans put L1-magnitude masks from ``torch.nn.utils.prune`` on
+weights, which survive fine-tuning and are made permanent at the end. The returned model is
+a plain ``nn.Module``: no ``weight_orig``/``weight_mask`` and no hooks left behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from autoprune._errors import ScheduleError
+from autoprune.preflight import LayerInfo, ModelAnalysis, analyse
+from autoprune.schedule import LayerPlan, Schedule
+
+__all__ = ["apply_schedule", "resolve_plans", "StepCallback"]
+
+_logger = logging.getLogger(__name__)
+
+FineTune = Callable[[nn.Module, int], None]
+# Called after each pruning step (and its fine-tuning) with (model, step, n_steps); it may
+# raise to stop the schedule early (the search uses this for early rejection).
+StepCallback = Callable[[nn.Module, int, int], None]
+
+
+def resolve_plans(schedule: Schedule, analysis: ModelAnalysis) -> dict[str, tuple[LayerInfo, LayerPlan]]:
+    """Map each active plan to its preflight entry, checking that it is allowed there."""
+    lookup = analysis.by_member()
+    skipped = dict(analysis.skipped)
+    resolved: dict[str, tuple[LayerInfo, LayerPlan]] = {}
+    ignored = set(schedule.ignore)
+    for name, plan in schedule.layers.items():
+        if name in ignored or plan.method == "none" or plan.amount == 0:
+            continue
+        info = lookup.get(name)
+        if info is None:
+            if name in skipped:
+                raise ScheduleError(f"layer {name!r} cannot be pruned: {skipped[name]}.")
+            known = ", ".join(i.name for i in analysis.layers[:8])
+            raise ScheduleError(f"layer {name!r} is not a prunable layer of this model; prunable layers include: {known}.")
+        if info.name in ignored:
+            continue
+        if info.name in resolved:
+            raise ScheduleError(
+                f"layers {resolved[info.name][1]!r} and {name!r} belong to the same coupled group {info.name!r}; "
+                "give one plan per group."
+            )
+        if plan.method not in info.methods:
+            raise ScheduleError(
+                f"method {plan.method!r} does not apply to layer {name!r} ({info.reason}); allowed: {list(info.methods)}."
+            )
+        if plan.method == "structured" and plan.amount > info.max_amount:
+            raise ScheduleError(
+                f"`amount <= {info.max_amount}` must hold for structured pruning of layer {name!r} "
+                f"({info.channels} channels in groups of {info.channel_groups}), but got amount={plan.amount}."
+            )
+        resolved[info.name] = (info, plan)
+    return resolved
+
+
+# ---------------------------------------------------------------------------- masks
+def _masked_params(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    out = []
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                names = [h._tensor_name for h in hook._pruning_methods] if isinstance(hook, prune.PruningContainer) else [hook._tensor_name]
+                out += [(module, n) for n in dict.fromkeys(names)]
+    return out
+
+
+def _make_permanent(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    params = _masked_params(model)
+    for module, name in params:
+        prune.remove(module, name)
+    return params
+
+
+def _restore_masks(params: list[tuple[nn.Module, str]]) -> None:
+    # Structured surgery has sliced the (zero-carrying) weights; the zeros are the mask.
+    for module, name in params:
+        weight = getattr(module, name)
+        prune.custom_from_mask(module, name, (weight != 0).to(weight.dtype))
+
+
+def _zeros(module: nn.Module, name: str) -> int:
+    mask = getattr(module, name + "_mask", None)
+    return 0 if mask is None else int((mask == 0).sum())
+
+
+# ---------------------------------------------------------------------------- structured
+class _PerLayerImportance:
+    """Magnitude importance whose norm follows each group's LayerPlan."""
+
+    def __init__(self, kind: str, norms: dict[nn.Module, int]) -> None:
+        import torch_pruning as tp
+
+        self.norms = norms
+        if kind == "random":
+            self._by_p = {p: tp.importance.RandomImportance() for p in (1, 2)}
+        elif kind == "lamp":
+            self._by_p = {p: tp.importance.LAMPImportance(p=p) for p in (1, 2)}
+        else:
+            self._by_p = {p: tp.importance.MagnitudeImportance(p=p) for p in (1, 2)}
+
+    def __call__(self, group: Any) -> torch.Tensor:
+        p = 2
+        for dep, _ in group:
+            for m in (dep.source.module, dep.target.module):
+                if m in self.norms:
+                    p = self.norms[m]
+                    break
+            else:
+                continue
+            break
+        return self._by_p[p](group)
+
+
+def _structured_step(
+    model: nn.Module,
+    example_inputs: Any,
+    schedule: Schedule,
+    targets: dict[str, tuple[int, int]],
+    analysis: ModelAnalysis,
+) -> None:
+    """Prune each structured group down to ``targets[name] = (keep, original)`` channels."""
+    import torch_pruning as tp
+
+    ratios: dict[nn.Module, float] = {}
+    norms: dict[nn.Module, int] = {}
+    for name, (keep, _) in targets.items():
+        module = model.get_submodule(name)
+        import torch_pruning.dependency as _  # noqa: F401  (keeps import local and lazy)
+
+        current = _out_channels(module)
+        if keep >= current:
+            continue
+        # A hair above the exact keep so Torch-Pruning's int() truncation lands on `keep`.
+        ratios[module] = 1.0 - (keep + 1e-6) / current
+    if not ratios:
+        return
+    for name, plan in schedule.layers.items():
+        try:
+            norms[model.get_submodule(name)] = plan.norm
+        except AttributeError:
+            continue
+    mha = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    output_layers = [
+        model.get_submodule(i.name) for i in analysis.layers if "structured" not in i.methods and i.channels > 0
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example_inputs,
+            importance=_PerLayerImportance(schedule.importance, norms),
+            pruning_ratio=0.0,
+            pruning_ratio_dict=ratios,  # type: ignore[arg-type]
+            ignored_layers=output_layers,
+            num_heads=mha,  # type: ignore[arg-type]
+            prune_head_dims=True,
+            prune_num_heads=False,
+        )
+        with torch.enable_grad():
+            pruner.step()
+    finally:
+        model.train(was_training)
+
+
+def _out_channels(module: nn.Module) -> int:
+    if isinstance(module, nn.MultiheadAttention):
+        return int(module.embed_dim)
+    if isinstance(module, nn.Linear):
+        return int(module.out_features)
+    return int(module.out_channels)  # type: ignore[arg-type]
+
+
+def _keep_channels(original: int, amount: float, multiple: int) -> int:
+    keep = round(original * (1.0 - amount))
+    keep = max(multiple, int(round(keep / multiple)) * multiple)
+    return min(keep, original)
+
+
+# ---------------------------------------------------------------------------- unstructured
+def _unstructured_step(
+    model: nn.Module, schedule: Schedule, targets: dict[str, tuple[LayerInfo, float]]
+) -> None:
+    """Zero weights until each unstructured entry reaches its cumulative amount."""
+    wanted: list[tuple[nn.Module, str, int]] = []
+    for info, amount in targets.values():
+        for layer, pname in info.weights:
+            module = model.get_submodule(layer)
+            numel = getattr(module, pname + "_orig", getattr(module, pname)).numel()
+            wanted.append((module, pname, round(amount * numel)))
+    if schedule.global_unstructured and wanted:
+        extra = sum(w for _, _, w in wanted) - sum(_zeros(m, p) for m, p, _ in wanted)
+        if extra > 0:
+            prune.global_unstructured([(m, p) for m, p, _ in wanted], pruning_method=prune.L1Unstructured, amount=extra)
+        return
+    for module, pname, target in wanted:
+        extra = target - _zeros(module, pname)
+        if extra > 0:
+            prune.l1_unstructured(module, pname, amount=extra)
+
+
+# ---------------------------------------------------------------------------- entry point
+def apply_schedule(
+    model: nn.Module,
+    schedule: Schedule,
+    *,
+    example_inputs: Any,
+    fine_tune: FineTune | None = None,
+    on_step: StepCallback | None = None,
+) -> nn.Module:
+    """Return a pruned copy of ``model`` following ``schedule``; ``model`` is left untouched.
+
+    Each of ``schedule.steps`` steps prunes up to that step's cumulative amount (from the
+    schedule's shape) and then calls ``fine_tune(model, schedule.fine_tune_steps)``, with
+    unstructured masks in place, so zeroed weights stay zero while the rest trains.
+
+    Args:
+        model: the model to prune (not modified).
+        schedule: what to prune and how.
+        example_inputs: inputs for tracing the model (a tensor or a tuple of tensors).
+        fine_tune: ``fine_tune(model, steps)``, called after every pruning step when
+            ``schedule.fine_tune_steps > 0``.
+        on_step: called with ``(model, step, steps)`` after each step; may raise to stop.
+
+    Example:
+        >>> import autoprune as ap
+        >>> model, x = ap.zoo.get("cnn")
+        >>> plan = ap.Schedule(layers={"features.0.0": ap.LayerPlan("structured", 0.5)})
+        >>> ap.apply_schedule(model, plan, example_inputs=x).features[0][0].out_channels
+        32
+    """
+    if not isinstance(schedule, Schedule):
+        raise ScheduleError(f"`schedule` must be an autoprune.Schedule, but got {type(schedule).__name__}.")
+    pruned = copy.deepcopy(model)
+    analysis = analyse(pruned, example_inputs)
+    plans = resolve_plans(schedule, analysis)
+    torch.manual_seed(schedule.seed)
+
+    originals = {name: info.channels for name, (info, _) in plans.items()}
+    for step in range(1, schedule.steps + 1):
+        structured: dict[str, tuple[int, int]] = {}
+        unstructured: dict[str, tuple[LayerInfo, float]] = {}
+        for name, (info, plan) in plans.items():
+            amount = schedule.amounts_at(name)[step - 1]
+            if plan.method == "structured":
+                multiple = info.channel_groups * (schedule.round_to or 1)
+                structured[name] = (_keep_channels(originals[name], amount, multiple), originals[name])
+            else:
+                unstructured[name] = (info, amount)
+        if any(keep < _out_channels(pruned.get_submodule(n)) for n, (keep, _) in structured.items()):
+            masked = _make_permanent(pruned)
+            _structured_step(pruned, example_inputs, schedule, structured, analysis)
+            _restore_masks(masked)
+        _unstructured_step(pruned, schedule, unstructured)
+        if fine_tune is not None and schedule.fine_tune_steps > 0:
+            fine_tune(pruned, schedule.fine_tune_steps)
+        _logger.debug("pruning step %d/%d done", step, schedule.steps)
+        if on_step is not None:
+            on_step(pruned, step, schedule.steps)
+    _make_permanent(pruned)
+    return pruned

@@ -1,0 +1,274 @@
+"""The Schedule: plain, JSON-serialisable data describing how to prune a model.
+
+A Schedule is the contract between the search and everything after it. A trial stores its
+Schedule as JSON; re-applying it to the same model reproduces the trial's architecture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from autoprune._errors import ScheduleError
+
+__all__ = [
+    "LayerPlan",
+    "Schedule",
+    "METHODS",
+    "SHAPES",
+    "IMPORTANCES",
+    "step_amounts",
+    "SCHEDULE_VERSION",
+]
+
+METHODS = ("structured", "unstructured", "none")
+SHAPES = ("oneshot", "linear", "cubic")
+IMPORTANCES = ("magnitude", "lamp", "random")
+NORMS = (1, 2)
+SCHEDULE_VERSION = 1
+
+Method = Literal["structured", "unstructured", "none"]
+Shape = Literal["oneshot", "linear", "cubic"]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """How one layer (or coupled group, named by its root layer) is pruned.
+
+    Args:
+        method: ``"structured"`` removes whole output channels (and everything coupled to
+            them) physically; ``"unstructured"`` zeroes individual weights by magnitude;
+            ``"none"`` leaves the layer alone.
+        amount: final fraction in ``[0, 1)``: of the group's channels (structured) or of
+            the layer's weights (unstructured).
+        norm: the ``p`` of the magnitude criterion, 1 or 2. For unstructured pruning the
+            ranking of single weights is the same for both.
+    """
+
+    method: Method = "structured"
+    amount: float = 0.0
+    norm: int = 1
+
+    def validate(self, layer: str = "?") -> None:
+        if self.method not in METHODS:
+            raise ScheduleError(
+                f"`method` must be one of {METHODS}, but got method={self.method!r} on layer {layer!r}."
+            )
+        if not _is_number(self.amount) or math.isnan(self.amount) or not 0.0 <= self.amount < 1.0:
+            raise ScheduleError(
+                f"`0 <= amount < 1` must hold, but got amount={self.amount!r} on layer {layer!r}."
+            )
+        if self.norm not in NORMS or isinstance(self.norm, bool):
+            raise ScheduleError(f"`norm` must be 1 or 2, but got norm={self.norm!r} on layer {layer!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "amount": self.amount, "norm": self.norm}
+
+
+def _shape_fraction(shape: str, t: int, steps: int) -> float:
+    """Fraction of the final amount reached after step ``t`` of ``steps`` (t in 0..steps)."""
+    if t >= steps:
+        return 1.0
+    if shape == "oneshot":
+        return 0.0 if t < steps else 1.0
+    if shape == "linear":
+        return t / steps
+    # Zhu & Gupta (2017): s_t = s_f + (s_i - s_f) (1 - t/n)^3 with s_i = 0.
+    return 1.0 - (1.0 - t / steps) ** 3
+
+
+def step_amounts(amount: float, steps: int, shape: str) -> list[float]:
+    """Cumulative amounts after each of the ``steps`` pruning steps (last one == amount).
+
+    ``oneshot`` with several steps prunes everything at the last step (the earlier steps only
+    fine-tune), ``linear`` grows evenly and ``cubic`` front-loads the pruning as in Zhu &
+    Gupta (2017): ``s_t = s_f (1 - (1 - t/n)^3)``.
+
+    Example:
+        >>> step_amounts(0.5, 2, "linear")
+        [0.25, 0.5]
+    """
+    if shape not in SHAPES:
+        raise ScheduleError(f"`shape` must be one of {SHAPES}, but got shape={shape!r}.")
+    return [amount * _shape_fraction(shape, t, steps) for t in range(1, steps + 1)]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A pruning schedule: per-layer plans plus whole-model and iterative options.
+
+    Args:
+        layers: layer path (``model.named_modules()`` name) -> :class:`LayerPlan`. For
+            structured pruning a layer names its coupled group; any layer of the group works.
+        steps: number of pruning steps; 1 is one-shot.
+        shape: how the amount grows over the steps: ``oneshot``, ``linear`` or ``cubic``.
+        fine_tune_steps: fine-tuning steps after each pruning step (given to the task's
+            ``fine_tune``); the last pruning step is followed by fine-tuning too.
+        importance: criterion ranking structured channels: ``magnitude`` (L-norm of the
+            group's weights, ``p`` from each layer's ``norm``), ``lamp`` or ``random``.
+        global_unstructured: rank the weights of all unstructured layers together
+            (``torch.nn.utils.prune.global_unstructured``); the total number of zeroed
+            weights stays what the per-layer amounts ask, their distribution moves to where
+            the globally smallest weights are.
+        round_to: keep structured channel counts a multiple of this (hardware friendly).
+        ignore: layer paths that are never touched, whatever ``layers`` says.
+        seed: seed for the random parts (random importance, tie breaks).
+
+    Example:
+        >>> s = Schedule(layers={"features.0": LayerPlan("structured", 0.5)}, steps=3, shape="cubic")
+        >>> Schedule.from_json(s.to_json()) == s
+        True
+    """
+
+    layers: Mapping[str, LayerPlan] = field(default_factory=dict)
+    steps: int = 1
+    shape: Shape = "oneshot"
+    fine_tune_steps: int = 0
+    importance: str = "magnitude"
+    global_unstructured: bool = False
+    round_to: int | None = None
+    ignore: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Normalise containers so equality and hashing do not depend on the caller's types.
+        object.__setattr__(self, "layers", dict(sorted(dict(self.layers).items())))
+        object.__setattr__(self, "ignore", tuple(sorted(self.ignore)))
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        for name, plan in self.layers.items():
+            if not isinstance(name, str) or not name:
+                raise ScheduleError(f"layer names must be non-empty strings, but got {name!r}.")
+            if not isinstance(plan, LayerPlan):
+                raise ScheduleError(f"layer {name!r} must map to a LayerPlan, but got {type(plan).__name__}.")
+            plan.validate(name)
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or not 1 <= self.steps <= 100:
+            raise ScheduleError(f"`1 <= steps <= 100` must hold, but got steps={self.steps!r}.")
+        if self.shape not in SHAPES:
+            raise ScheduleError(f"`shape` must be one of {SHAPES}, but got shape={self.shape!r}.")
+        if not isinstance(self.fine_tune_steps, int) or isinstance(self.fine_tune_steps, bool) or self.fine_tune_steps < 0:
+            raise ScheduleError(f"`fine_tune_steps >= 0` must hold, but got fine_tune_steps={self.fine_tune_steps!r}.")
+        if self.importance not in IMPORTANCES:
+            raise ScheduleError(f"`importance` must be one of {IMPORTANCES}, but got importance={self.importance!r}.")
+        if not isinstance(self.global_unstructured, bool):
+            raise ScheduleError(f"`global_unstructured` must be a bool, but got {self.global_unstructured!r}.")
+        if self.round_to is not None and (
+            not isinstance(self.round_to, int) or isinstance(self.round_to, bool) or self.round_to < 1
+        ):
+            raise ScheduleError(f"`round_to` must be None or an int >= 1, but got round_to={self.round_to!r}.")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ScheduleError(f"`seed` must be an int, but got seed={self.seed!r}.")
+
+    # ------------------------------------------------------------------ helpers
+    def amounts_at(self, name: str) -> list[float]:
+        """Cumulative amounts of layer ``name`` after each pruning step."""
+        plan = self.layers[name]
+        return step_amounts(plan.amount, self.steps, self.shape)
+
+    def active_layers(self, method: str | None = None) -> dict[str, LayerPlan]:
+        """Plans that do something (amount > 0, method not none, not ignored)."""
+        return {
+            name: p
+            for name, p in self.layers.items()
+            if p.method != "none" and p.amount > 0 and name not in self.ignore and (method is None or p.method == method)
+        }
+
+    def summary(self) -> str:
+        """A one-line human summary, e.g. for plot hovers and tables."""
+        active = self.active_layers()
+        if not active:
+            return "unpruned"
+        parts = []
+        for method, tag in (("structured", "S"), ("unstructured", "U")):
+            amounts = [p.amount for p in active.values() if p.method == method]
+            if amounts:
+                parts.append(f"{tag}x{len(amounts)} mean {sum(amounts) / len(amounts):.0%}")
+        sched = f"{self.steps} step{'s' if self.steps > 1 else ''} {self.shape}" if self.steps > 1 else "one-shot"
+        if self.fine_tune_steps:
+            sched += f", ft {self.fine_tune_steps}"
+        if self.global_unstructured:
+            sched += ", global"
+        return ", ".join(parts) + "; " + sched
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def uniform(
+        cls,
+        model: Any,
+        example_inputs: Any,
+        *,
+        method: Method = "structured",
+        amount: float = 0.5,
+        **options: Any,
+    ) -> Schedule:
+        """The same plan on every layer that supports ``method`` (the hand-made baseline)."""
+        from autoprune.preflight import prunable_layers
+
+        layers = {}
+        for info in prunable_layers(model, example_inputs):
+            if method in info.methods:
+                layers[info.name] = LayerPlan(method=method, amount=min(amount, info.max_amount))
+        return cls(layers=layers, **options)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": SCHEDULE_VERSION,
+            "layers": {name: plan.to_dict() for name, plan in self.layers.items()},
+            "steps": self.steps,
+            "shape": self.shape,
+            "fine_tune_steps": self.fine_tune_steps,
+            "importance": self.importance,
+            "global_unstructured": self.global_unstructured,
+            "round_to": self.round_to,
+            "ignore": list(self.ignore),
+            "seed": self.seed,
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Schedule:
+        if not isinstance(data, Mapping):
+            raise ScheduleError(f"a schedule must be a JSON object, but got {type(data).__name__}.")
+        data = dict(data)
+        version = data.pop("version", SCHEDULE_VERSION)
+        if version != SCHEDULE_VERSION:
+            raise ScheduleError(f"schedule `version` must be {SCHEDULE_VERSION}, but got version={version!r}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ScheduleError(f"unknown schedule field(s) {unknown}; allowed: {sorted(known)}.")
+        raw_layers = data.pop("layers", {})
+        if not isinstance(raw_layers, Mapping):
+            raise ScheduleError(f"`layers` must be an object, but got {type(raw_layers).__name__}.")
+        layers = {}
+        for name, plan in raw_layers.items():
+            if not isinstance(plan, Mapping):
+                raise ScheduleError(f"layer {name!r} must be an object, but got {plan!r}.")
+            extra = sorted(set(plan) - {"method", "amount", "norm"})
+            if extra:
+                raise ScheduleError(f"unknown field(s) {extra} on layer {name!r}; allowed: method, amount, norm.")
+            layers[name] = LayerPlan(**plan)
+        if "ignore" in data:
+            data["ignore"] = tuple(data["ignore"])
+        return cls(layers=layers, **data)
+
+    @classmethod
+    def from_json(cls, text: str) -> Schedule:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ScheduleError(f"schedule is not valid JSON: {exc}") from None
+        return cls.from_dict(data)

@@ -1,0 +1,70 @@
+"""Built-in tasks by name, and user tasks from ``"package.module:factory"``.
+
+Example:
+    >>> import autoprune as ap
+    >>> task = ap.tasks.get("digits")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from autoprune._errors import TaskError
+from autoprune.tasks._base import Task
+from autoprune.tasks._digits import make_digits
+
+__all__ = ["Task", "get", "names", "register", "load"]
+
+_REGISTRY: dict[str, Callable[..., Task]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+    """Decorator: register a task factory under ``name``."""
+
+    def deco(factory: Callable[..., Task]) -> Callable[..., Task]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+register("digits")(make_digits)
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **options: Any) -> Task:
+    """A built-in task by name, or a user task by ``"package.module:factory"``."""
+    if ":" in name:
+        return load(name, **options)
+    if name not in _REGISTRY:
+        raise TaskError(f"unknown task {name!r}; built-in tasks: {', '.join(names())}, or give 'package.module:factory'")
+    task = _REGISTRY[name](**options)
+    task.spec.setdefault("name", name)
+    return task
+
+
+def load(path: str, **options: Any) -> Task:
+    """Load a user task from ``"package.module:factory"``; the factory returns a Task."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise TaskError(f"task path {path!r} must look like 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TaskError(f"cannot import module {module_name!r} of task {path!r}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise TaskError(f"module {module_name!r} has no callable {attr!r} (task {path!r})")
+    try:
+        task = factory(**options)
+    except TypeError as exc:
+        raise TaskError(f"task factory {path!r} rejected options {sorted(options)}: {exc}") from None
+    if not isinstance(task, Task):
+        raise TaskError(f"task factory {path!r} returned {type(task).__name__}, not autoprune.Task")
+    task.spec = {**task.spec, "name": path, **options}
+    return task
