@@ -20,7 +20,9 @@ Trial ``user_attrs``:
         latency / latency) and ``compression`` (baseline dense bytes / sparse bytes).
     ``time_prune_s``, ``time_finetune_s``, ``time_eval_s``, ``time_latency_s``.
     ``feasible`` (bool), ``early_rejected`` (bool), ``error`` (str, on failed trials).
-Constraint values live where Optuna puts them (``trial.system_attrs["constraints"]``);
+Constraint values are set with Optuna's ``trial.set_constraint(name, value)`` (names
+``accuracy_drop``, ``latency_ms``, ``size_bytes``) and read with ``FrozenTrial.constraints``
+(a dict; the older list format in ``system_attrs["constraints"]`` reads the same way);
 a trial is feasible when every value is <= 0.
 """
 
@@ -53,21 +55,17 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
 }
 DIRECTIONS = {name: direction for name, (_, direction) in OBJECTIVES.items()}
 
-_CONSTRAINTS_KEY = "constraints"  # where optuna's samplers store constraint values
 
-
-def constraint_values(trial: Any) -> list[float] | None:
-    """The constraint values of a FrozenTrial (None when the study has no constraints)."""
-    values = trial.system_attrs.get(_CONSTRAINTS_KEY)
-    return None if values is None else [float(v) for v in values]
+def constraint_values(trial: Any) -> dict[str, float]:
+    """The constraint values of a FrozenTrial by name (empty when it has none)."""
+    return {str(k): float(v) for k, v in trial.constraints.items()}
 
 
 def is_feasible(trial: Any) -> bool:
     """True when the trial satisfied every constraint (or the study has none)."""
     if "feasible" in trial.user_attrs:
         return bool(trial.user_attrs["feasible"])
-    values = constraint_values(trial)
-    return values is None or all(v <= 0 for v in values)
+    return all(v <= 0 for v in constraint_values(trial).values())
 
 
 def trial_schedule(trial: Any) -> Any:

@@ -32,13 +32,19 @@ class Metrics:
         dense_bytes: bytes of the fp32 state dict stored dense.
         sparse_bytes: bytes stored with the smaller of bitmask+values or CSR for tensors
             with zeros (never more than dense per tensor).
-        macs: multiply-accumulates of one forward pass of the example batch.
-        latency_ms: median latency of one forward pass of a batch on the target.
-        latency_spread: relative spread of the latency timings (IQR / median).
+        macs: multiply-accumulates of one forward pass of ONE sample (the first of the
+            example batch), so it does not depend on the batch size.
+        latency_ms: median latency of one forward pass of a batch (the target's batch size,
+            or the example batch) on the target; NaN when latency was not measured.
+        latency_spread: relative spread of the latency timings ((Q3 - Q1) / median).
         latency_repeats: number of timed repetitions behind the median.
         target: the target spec the latency was measured on, as a string.
         host: the machine that measured the latency.
         latency_cached: True when the latency came from the cache.
+        time_eval_s: seconds spent on accuracy, size and MACs.
+        time_latency_s: seconds spent on latency, waiting for the lock included (0 on a
+            cache hit).
+        latency_wait_s: of those, seconds spent waiting for the machine-wide measurement lock.
     """
 
     accuracy: float
@@ -53,6 +59,9 @@ class Metrics:
     target: str = "cpu"
     host: str = ""
     latency_cached: bool = False
+    time_eval_s: float = 0.0
+    time_latency_s: float = 0.0
+    latency_wait_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from autoprune._errors import TaskError
 from autoprune.tasks._base import Task
 from autoprune.tasks._digits import make_digits
 
-__all__ = ["Task", "get", "names", "register", "load"]
+__all__ = ["Task", "get", "names", "register", "load", "from_spec"]
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 
@@ -42,7 +43,9 @@ def get(name: str, **options: Any) -> Task:
     if ":" in name:
         return load(name, **options)
     if name not in _REGISTRY:
-        raise TaskError(f"unknown task {name!r}; built-in tasks: {', '.join(names())}, or give 'package.module:factory'")
+        raise TaskError(
+            f"unknown task {name!r}; built-in tasks: {', '.join(names())}, or give 'package.module:factory'"
+        )
     task = _REGISTRY[name](**options)
     task.spec.setdefault("name", name)
     return task
@@ -57,14 +60,33 @@ def load(path: str, **options: Any) -> Task:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise TaskError(f"cannot import module {module_name!r} of task {path!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a broken user module, reported with its cause
+        raise TaskError(
+            f"importing module {module_name!r} of task {path!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise TaskError(f"module {module_name!r} has no callable {attr!r} (task {path!r})")
     try:
-        task = factory(**options)
+        inspect.signature(factory).bind(**options)
     except TypeError as exc:
         raise TaskError(f"task factory {path!r} rejected options {sorted(options)}: {exc}") from None
+    except ValueError:  # no signature (some builtins): let the call decide
+        pass
+    try:
+        task = factory(**options)
+    except Exception as exc:  # noqa: BLE001 - the user's factory failed; keep its traceback
+        raise TaskError(f"task factory {path!r} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(task, Task):
         raise TaskError(f"task factory {path!r} returned {type(task).__name__}, not autoprune.Task")
     task.spec = {**task.spec, "name": path, **options}
     return task
+
+
+def from_spec(spec: dict[str, Any]) -> Task:
+    """Rebuild a task from its ``Task.spec`` (as saved with a study)."""
+    options = dict(spec)
+    name = options.pop("name", None)
+    if not isinstance(name, str):
+        raise TaskError(f"task spec {spec!r} has no 'name'")
+    return get(name, **options)

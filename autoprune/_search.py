@@ -1,0 +1,571 @@
+"""The search: a multi-objective Optuna study over pruning schedules.
+
+Flow of one trial: the SearchSpace turns the trial into a Schedule, the executor prunes a
+copy of the task's model (fine-tuning between steps), the evaluator measures it, and the
+trial records the Schedule, every metric and how long each part took. Constraints go
+through Optuna (``trial.set_constraint``) so infeasible trials never enter the Pareto front.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from autoprune import __version__
+from autoprune._errors import AutopruneError, ConfigError
+from autoprune.config import DEFAULT_STORAGE, SearchConfig, mask_url
+from autoprune.executor import apply_schedule
+from autoprune.preflight import prunable_layers
+from autoprune.schedule import Schedule
+from autoprune.space import SearchSpace
+from autoprune.study_keys import (
+    OBJECTIVES,
+    ROLE_SEARCH,
+    ROLE_UNIFORM,
+    ROLE_UNPRUNED,
+    is_feasible,
+)
+from autoprune.tasks import Task, from_spec
+from autoprune.tasks import get as get_task
+
+__all__ = ["search", "open_study", "make_storage", "counted_trials", "run_worker", "pareto_table"]
+
+_logger = logging.getLogger(__name__)
+_DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
+
+
+class _EarlyReject(Exception):
+    def __init__(self, accuracy: float, step: int) -> None:
+        super().__init__(f"accuracy {accuracy:.3f} after step {step} is past the constraint")
+        self.accuracy = accuracy
+        self.step = step
+
+
+# ---------------------------------------------------------------------------- storage / study
+def make_storage(cfg: SearchConfig) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage for ``cfg.storage`` (SQLite folders are created)."""
+    url = cfg.storage
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        if str(path) not in ("", ":memory:"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs = {"connect_args": {"timeout": 120}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    heartbeat = cfg.heartbeat_interval
+    kwargs: dict[str, Any] = {}
+    if heartbeat:
+        kwargs = {
+            "heartbeat_interval": heartbeat,
+            "grace_period": cfg.grace_period or 3 * heartbeat,
+            "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=cfg.retries),
+        }
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - bad URL, server down, missing driver
+        raise ConfigError(f"cannot open storage {mask_url(url)!r}: {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _make_sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
+    if cfg.sampler == "nsga2":
+        pop = cfg.population_size or max(8, min(50, cfg.trials // 4))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=pop)
+    if cfg.sampler == "nsga3":
+        pop = cfg.population_size or max(8, min(50, cfg.trials // 4))
+        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=pop)
+    if cfg.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(5, min(10, cfg.trials // 4)))
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if cfg.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+    return optuna.samplers.GPSampler(seed=seed)
+
+
+def open_study(cfg: SearchConfig, *, create: bool = True, check: bool = True, seed_offset: int = 0) -> optuna.Study:
+    """Create or load the study of ``cfg``; a joining run must agree on the study's identity
+    (``check=False`` for readers that only look at the study)."""
+    storage = make_storage(cfg)
+    name = cfg.study_name
+    directions = [OBJECTIVES[o][1] for o in cfg.objectives]
+    sampler = _make_sampler(cfg, cfg.seed + seed_offset)
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if name in existing:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        stored = study.user_attrs.get("config")
+        if stored is not None and check:
+            _check_same_identity(cfg, stored, name)
+        return study
+    if not create:
+        raise ConfigError(f"no study {name!r} in {mask_url(cfg.storage)}; studies there: {sorted(existing) or 'none'}")
+    study = optuna.create_study(
+        study_name=name, storage=storage, sampler=sampler, directions=directions, load_if_exists=True
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(cfg.objectives))
+    study.set_user_attr("config", cfg.to_dict())
+    study.set_user_attr("objectives", list(cfg.objectives))
+    study.set_user_attr("autoprune_version", __version__)
+    return study
+
+
+def _check_same_identity(cfg: SearchConfig, stored: dict[str, Any], name: str) -> None:
+    mine = cfg.identity()
+    for key in mine:
+        theirs = stored.get(key)
+        if json.dumps(mine[key], sort_keys=True) != json.dumps(theirs, sort_keys=True):
+            raise ConfigError(
+                f"study {name!r} was created with {key} = {json.dumps(theirs, sort_keys=True)}, "
+                f"but this run asks for {key} = {json.dumps(mine[key], sort_keys=True)}; "
+                "use the same settings (or just --study/--storage to join), or a new --study name"
+            )
+
+
+def stored_config(study_name: str, storage_url: str) -> SearchConfig | None:
+    """The config saved in an existing study, or None when the study does not exist."""
+    storage = make_storage(SearchConfig(storage=storage_url))
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if study_name not in names:
+        return None
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    data = study.user_attrs.get("config")
+    if data is None:
+        raise ConfigError(f"study {study_name!r} was not written by autoprune (no saved config)")
+    data = dict(data)
+    data["storage"] = storage_url  # the stored one is masked
+    return SearchConfig.from_dict(data, source=f"study {study_name!r}")
+
+
+def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count toward the budget: finished ones, except those cut short by Ctrl-C."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=_DONE_STATES)
+        if not t.user_attrs.get("interrupted") and t.user_attrs.get("role") != ROLE_UNPRUNED
+    ]
+
+
+def _fail_interrupted_leftovers(study: optuna.Study, cfg: SearchConfig) -> None:
+    """Without heartbeats nobody else fails a RUNNING trial whose process died (Ctrl-C,
+    kill): on resume of a local study, mark them failed and not counted."""
+    if cfg.heartbeat_interval:
+        return  # Optuna fails stale trials itself
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        storage.set_trial_user_attr(t._trial_id, "error", "interrupted: left RUNNING by a stopped run")
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+
+
+# ---------------------------------------------------------------------------- one trial
+class _Objective:
+    def __init__(self, task: Task, cfg: SearchConfig, study: optuna.Study) -> None:
+        from autoprune.evaluation import LatencyCache, Target
+
+        self.task = task
+        self.cfg = cfg
+        self.layers = prunable_layers(task.model, task.example_inputs)
+        self.space = SearchSpace(self.layers, cfg.space)
+        target = Target.parse(cfg.target)
+        if target.threads is None and target.device == "cpu":
+            target = type(target)(**{**target.__dict__, "threads": os.cpu_count() or 1})
+        self.target = target
+        self.cache = LatencyCache(_latency_cache_path(cfg))
+        self.baseline: dict[str, Any] | None = study.user_attrs.get("baseline")
+        self.host = socket.gethostname()
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        role = trial.user_attrs.get("role", ROLE_SEARCH)
+        try:
+            return self._run(trial, role)
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("error", "interrupted by the user")
+            raise
+        except Exception as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {_first_line(exc)}")
+            raise
+
+    def _run(self, trial: optuna.Trial, role: str) -> tuple[float, ...]:
+        from autoprune.evaluation import evaluate
+
+        seed = self.cfg.seed
+        if role == ROLE_UNPRUNED:
+            schedule = Schedule(seed=seed)
+            self.space.suggest(trial, seed=seed)  # records the (all-zero) params for the sampler
+        elif role == ROLE_UNIFORM:
+            amount = float(trial.user_attrs["uniform_amount"])
+            self.space.suggest(trial, seed=seed)
+            schedule = self.space.uniform_schedule(amount, seed=seed)
+        else:
+            schedule = self.space.suggest(trial, seed=seed)
+        trial.set_user_attr("role", role)
+        trial.set_user_attr("schedule", schedule.to_json())
+        trial.set_user_attr("schedule_summary", schedule.summary())
+        trial.set_user_attr("host", self.host)
+
+        timings = {"finetune": 0.0, "early_eval": 0.0}
+        fine_tune = self._timed_fine_tune(timings)
+        on_step = self._early_check(timings) if role == ROLE_SEARCH else None
+        t0 = time.perf_counter()
+        early: _EarlyReject | None = None
+        pruned: nn.Module | None = None
+        try:
+            pruned = apply_schedule(
+                self.task.model, schedule, example_inputs=self.task.example_inputs, fine_tune=fine_tune, on_step=on_step
+            )
+        except _EarlyReject as exc:
+            early = exc
+        total = time.perf_counter() - t0
+        trial.set_user_attr("time_prune_s", round(total - timings["finetune"] - timings["early_eval"], 4))
+        trial.set_user_attr("time_finetune_s", round(timings["finetune"], 4))
+        trial.set_user_attr("early_rejected", early is not None)
+
+        if early is not None:
+            return self._record_early_reject(trial, early)
+        assert pruned is not None
+        metrics = evaluate(
+            pruned, self.task, target=self.target, cache=self.cache, time_budget_s=self.cfg.latency_budget_s
+        ).as_dict()
+        if not math.isfinite(metrics["accuracy"]):
+            raise FloatingPointError(f"accuracy is {metrics['accuracy']} (NaN/inf weights after fine-tuning?)")
+        trial.set_user_attr("time_eval_s", round(float(metrics.get("time_eval_s", 0.0)), 4))
+        trial.set_user_attr("time_latency_s", round(float(metrics.get("time_latency_s", 0.0)), 4))
+        if role == ROLE_UNPRUNED:
+            self.baseline = dict(metrics)
+        return self._record(trial, metrics)
+
+    def _timed_fine_tune(self, timings: dict[str, float]) -> Callable[[nn.Module, int], None] | None:
+        if self.task.fine_tune is None:
+            return None
+        fine_tune = self.task.fine_tune
+
+        def run(model: nn.Module, steps: int) -> None:
+            t = time.perf_counter()
+            fine_tune(model, steps)
+            timings["finetune"] += time.perf_counter() - t
+
+        return run
+
+    def _early_check(self, timings: dict[str, float]) -> Callable[[nn.Module, int, int], None] | None:
+        max_drop = self.cfg.constraints.get("max_accuracy_drop")
+        if max_drop is None or self.baseline is None:
+            return None
+        limit = float(max_drop) + self.cfg.early_reject_margin
+        base = float(self.baseline["accuracy"])
+
+        def check(model: nn.Module, step: int, steps: int) -> None:
+            if step >= steps:
+                return  # the final step is measured in full anyway
+            t = time.perf_counter()
+            acc = float(self.task.evaluate(model))
+            timings["early_eval"] += time.perf_counter() - t
+            if base - acc > limit:
+                raise _EarlyReject(acc, step)
+
+        return check
+
+    def _record_early_reject(self, trial: optuna.Trial, early: _EarlyReject) -> tuple[float, ...]:
+        assert self.baseline is not None
+        # Not worth measuring: it is infeasible. Size and speed get no credit (baseline values).
+        metrics = dict(self.baseline)
+        metrics.update(accuracy=early.accuracy, latency_cached=True, time_eval_s=0.0, time_latency_s=0.0)
+        trial.set_user_attr("early_rejected_step", early.step)
+        trial.set_user_attr("time_eval_s", 0.0)
+        trial.set_user_attr("time_latency_s", 0.0)
+        return self._record(trial, metrics)
+
+    def _record(self, trial: optuna.Trial, metrics: dict[str, Any]) -> tuple[float, ...]:
+        base = self.baseline or metrics
+        derived = {
+            "accuracy_drop": float(base["accuracy"]) - float(metrics["accuracy"]),
+            "speedup": float(base["latency_ms"]) / float(metrics["latency_ms"]) if metrics["latency_ms"] > 0 else 0.0,
+            "compression": float(base["dense_bytes"]) / float(metrics["sparse_bytes"]) if metrics["sparse_bytes"] else 0.0,
+        }
+        for key, value in {**metrics, **derived}.items():
+            trial.set_user_attr(key, value)
+        feasible = True
+        limits = {
+            "accuracy_drop": ("max_accuracy_drop", derived["accuracy_drop"]),
+            "latency_ms": ("max_latency_ms", float(metrics["latency_ms"])),
+            "size_bytes": ("max_size_bytes", float(metrics["sparse_bytes"])),
+        }
+        for name, (key, value) in limits.items():
+            if key in self.cfg.constraints:
+                excess = value - float(self.cfg.constraints[key])
+                trial.set_constraint(name, excess)
+                feasible = feasible and excess <= 0
+        trial.set_user_attr("feasible", feasible)
+        return tuple(float(metrics[OBJECTIVES[o][0]]) for o in self.cfg.objectives)
+
+
+def _latency_cache_path(cfg: SearchConfig) -> Path:
+    """Per study and machine: next to a SQLite study, else in the autoprune cache folder."""
+    from autoprune.tasks._digits import cache_dir
+
+    if cfg.storage.startswith("sqlite:///"):
+        folder = Path(cfg.storage[len("sqlite:///") :]).parent
+    else:
+        folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{cfg.study_name}.latency-{socket.gethostname()}.sqlite"
+
+
+# ---------------------------------------------------------------------------- workers
+def _build_task(cfg: SearchConfig) -> Task:
+    return get_task(cfg.task, **cfg.task_options)
+
+
+def run_worker(cfg_data: dict[str, Any], n_trials: int, worker: int, threads: int) -> int:
+    """Run ``n_trials`` trials of the study in this process (joblib calls this in workers)."""
+    torch.set_num_threads(max(1, threads))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = SearchConfig.from_dict(cfg_data, source="worker")
+    task = _build_task(cfg)
+    study = open_study(cfg, seed_offset=worker)
+    return _optimize(study, task, cfg, n_trials)
+
+
+def _optimize(study: optuna.Study, task: Task, cfg: SearchConfig, n_trials: int) -> int:
+    if n_trials <= 0:
+        return 0
+    objective = _Objective(task, cfg, study)
+    handle = _install_training_gate()
+    try:
+        study.optimize(objective, n_trials=n_trials, catch=(Exception,), gc_after_trial=False)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return n_trials
+
+
+def _install_training_gate() -> Any:
+    """Make every optimiser step of this process wait while a latency measurement runs."""
+    try:
+        from autoprune.evaluation import training_gate
+    except ImportError:  # pragma: no cover - older evaluation package
+        return None
+
+    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+        training_gate()
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    return register_optimizer_step_pre_hook(hook)
+
+
+# ---------------------------------------------------------------------------- orchestration
+def _ensure_references(study: optuna.Study, task: Task, cfg: SearchConfig) -> None:
+    """Evaluate the unpruned model first (drops are measured against it) and enqueue the
+    uniform warm-start schedules once."""
+    trials = study.get_trials(deepcopy=False)
+    done = [
+        t
+        for t in trials
+        if t.user_attrs.get("role") == ROLE_UNPRUNED and t.state == optuna.trial.TrialState.COMPLETE
+    ]
+    if not done:
+        space = SearchSpace(prunable_layers(task.model, task.example_inputs), cfg.space)
+        study.enqueue_trial(space.uniform_params(0.0), user_attrs={"role": ROLE_UNPRUNED})
+        _optimize(study, task, cfg, 1)
+        done = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("role") == ROLE_UNPRUNED and t.state == optuna.trial.TrialState.COMPLETE
+        ]
+        if not done:
+            errors = [t.user_attrs.get("error") for t in study.get_trials(deepcopy=False) if t.user_attrs.get("error")]
+            raise AutopruneError(f"evaluating the unpruned model failed: {errors[-1] if errors else 'unknown error'}")
+    base = done[0]
+    keys = ("accuracy", "params", "nonzero_params", "dense_bytes", "sparse_bytes", "macs", "latency_ms", "latency_spread")
+    if "baseline" not in study.user_attrs:
+        study.set_user_attr("baseline", {k: base.user_attrs[k] for k in keys if k in base.user_attrs})
+        study.set_user_attr("layers", [i.as_dict() for i in prunable_layers(task.model, task.example_inputs)])
+        study.set_user_attr("task", dict(task.spec))
+    if not study.user_attrs.get("references_enqueued"):
+        space = SearchSpace(prunable_layers(task.model, task.example_inputs), cfg.space)
+        for amount in cfg.reference_amounts:
+            study.enqueue_trial(
+                space.uniform_params(amount), user_attrs={"role": ROLE_UNIFORM, "uniform_amount": amount}
+            )
+        study.set_user_attr("references_enqueued", True)
+
+
+def search(
+    task: Task | str = "digits",
+    *,
+    objectives: list[str] | tuple[str, ...] | None = None,
+    n_trials: int | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    config: SearchConfig | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> optuna.Study:
+    """Search pruning schedules for ``task``; returns the Optuna study (resumable).
+
+    Running it again with the same study runs only the trials still missing. Options not
+    named here are fields of :class:`autoprune.config.SearchConfig` (``workers``,
+    ``sampler``, ``seed``, ``target``, ``constraints``, ``space``...).
+
+    Example:
+        >>> import autoprune as ap
+        >>> study = ap.search("digits", objectives=["accuracy", "latency"], n_trials=20,
+        ...                   storage="sqlite:///studies/demo.db", study_name="demo")  # doctest: +SKIP
+    """
+    base = config or SearchConfig()
+    task_name = task if isinstance(task, str) else (task.spec.get("name") or task.name)
+    overrides: dict[str, Any] = dict(options)
+    overrides.update(
+        task=task_name,
+        objectives=list(objectives) if objectives is not None else None,
+        trials=n_trials,
+        storage=storage,
+        study=study_name,
+    )
+    if isinstance(task, Task):
+        task_opts = {k: v for k, v in task.spec.items() if k != "name"}
+        overrides["task_options"] = task_opts
+    cfg = base.merged(**overrides)
+    task_obj = task if isinstance(task, Task) else _build_task(cfg)
+    if cfg.workers > 1 and not task_obj.spec.get("name"):
+        raise ConfigError("workers > 1 needs a task that workers can rebuild: a built-in name or 'module:factory'")
+    return run_search(cfg, task_obj, progress=progress)
+
+
+def run_search(cfg: SearchConfig, task: Task, *, progress: bool = False) -> optuna.Study:
+    """Run (or resume) the search described by ``cfg`` on ``task``."""
+    study = open_study(cfg)
+    _fail_interrupted_leftovers(study, cfg)
+    _ensure_references(study, task, cfg)
+    if cfg.worker_trials is not None:
+        missing = cfg.worker_trials
+    else:
+        missing = max(0, cfg.trials - len(counted_trials(study)))
+    if missing == 0:
+        return study
+    monitor = _Progress(study, cfg, missing) if progress else None
+    try:
+        if cfg.workers > 1:
+            # Enqueued trials run here first: SQLite has no SELECT ... FOR UPDATE, so two
+            # processes could pop the same waiting trial.
+            waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+            first = min(waiting, missing)
+            _optimize(study, task, cfg, first)
+            missing -= first
+        if cfg.workers == 1 or missing <= 1:
+            _optimize(study, task, cfg, missing)
+        else:
+            from joblib import Parallel, delayed
+
+            workers = min(cfg.workers, missing)
+            shares = [missing // workers + (i < missing % workers) for i in range(workers)]
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            data = cfg.to_dict(mask=False)
+            Parallel(n_jobs=workers, backend="loky")(
+                delayed(run_worker)(data, share, i + 1, threads) for i, share in enumerate(shares)
+            )
+    finally:
+        if monitor is not None:
+            monitor.close()
+    return study
+
+
+class _Progress:
+    """A tqdm bar fed by polling the storage (works for in-process and joblib workers)."""
+
+    def __init__(self, study: optuna.Study, cfg: SearchConfig, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.study = study
+        self.cfg = cfg
+        self.start = len(counted_trials(study))
+        self.bar = tqdm(total=total, unit="trial", desc=f"search {cfg.study_name}", dynamic_ncols=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            self.update()
+
+    def update(self) -> None:
+        try:
+            trials = counted_trials(self.study)
+        except Exception:  # noqa: BLE001 - a busy database must not kill the bar
+            return
+        self.bar.n = min(self.bar.total, len(trials) - self.start)
+        self.bar.set_postfix_str(_best_feasible_text(trials, self.cfg), refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.update()
+        self.bar.close()
+
+
+def _best_feasible_text(trials: list[optuna.trial.FrozenTrial], cfg: SearchConfig) -> str:
+    ok = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and is_feasible(t)]
+    if not ok:
+        return "no feasible trial yet"
+    best = max(ok, key=lambda t: float(t.user_attrs.get("speedup", 0.0)))
+    return (
+        f"best feasible: #{best.number} {best.user_attrs.get('speedup', 0):.2f}x faster, "
+        f"{best.user_attrs.get('compression', 0):.1f}x smaller, drop {best.user_attrs.get('accuracy_drop', 0):.2f}"
+    )
+
+
+def pareto_table(study: optuna.Study) -> Any:
+    """The feasible Pareto trials as a pandas DataFrame, sorted by the first objective."""
+    import pandas as pd
+
+    names = study.user_attrs.get("objectives") or study.metric_names or []
+    rows = []
+    for t in study.best_trials:
+        a = t.user_attrs
+        rows.append(
+            {
+                "trial": t.number,
+                "role": a.get("role", ""),
+                "accuracy": a.get("accuracy"),
+                "drop": a.get("accuracy_drop"),
+                "latency_ms": a.get("latency_ms"),
+                "speedup": a.get("speedup"),
+                "size_kB": (a.get("sparse_bytes") or 0) / 1000,
+                "compression": a.get("compression"),
+                "MMACs": (a.get("macs") or 0) / 1e6,
+                "schedule": a.get("schedule_summary", ""),
+            }
+        )
+    df = pd.DataFrame(rows)
+    if not df.empty and names:
+        key = {"accuracy": "accuracy", "latency": "latency_ms", "size": "size_kB", "params": "size_kB", "macs": "MMACs"}
+        col = key.get(names[0], "trial")
+        df = df.sort_values(col, ascending=names[0] != "accuracy").reset_index(drop=True)
+    return df
+
+
+def default_storage() -> str:
+    return DEFAULT_STORAGE

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``autoprune`` CLI, one module each."""

@@ -1,0 +1,109 @@
+"""Run a multi-objective pruning search. With no arguments: the built-in digits task with
+sensible defaults (about two minutes on 2 cores). Running the same command again resumes the
+study and runs only the trials still missing; Ctrl-C leaves a resumable study."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from autoprune.config import DEFAULT_STORAGE, SAMPLERS, SearchConfig, load_toml, mask_url
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", metavar="STUDY.toml", help="study config (see studies/digits.toml)")
+    p.add_argument("--task", help="built-in task name (digits) or 'package.module:factory'")
+    p.add_argument(
+        "--objectives",
+        help="2 or 3 comma-separated objectives from accuracy, latency, size, params, macs (default accuracy,latency)",
+    )
+    p.add_argument("--trials", type=int, help="total trials in the study (default 40)")
+    p.add_argument("--worker-trials", type=int, help="run exactly this many trials in this process (distributed workers)")
+    p.add_argument("--workers", type=int, help="parallel worker processes on this machine (default 1)")
+    p.add_argument("--target", help="latency target: cpu, cuda, cuda:N, with options e.g. 'cpu:threads=2,batch=32'")
+    p.add_argument("--storage", help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    p.add_argument("--study", help="study name (default: the task name)")
+    p.add_argument("--seed", type=int, help="seed of the sampler and the schedules (default 0)")
+    p.add_argument("--sampler", choices=SAMPLERS, help="Optuna sampler (default tpe)")
+    p.add_argument("--max-accuracy-drop", type=float, help="constraint: largest accuracy drop in points (default 1.0)")
+    p.add_argument("--max-latency-ms", type=float, help="constraint: latency budget in ms")
+    p.add_argument("--max-size-bytes", type=float, help="constraint: size budget in bytes (sparse encoding)")
+    p.add_argument("--heartbeat", type=int, metavar="SECONDS", help="Optuna heartbeat interval (fail and retry trials of dead workers)")
+    p.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _config_from_args(args: argparse.Namespace) -> SearchConfig:
+    from autoprune._search import stored_config
+
+    cfg = load_toml(args.config) if args.config else None
+    overrides: dict[str, Any] = {
+        "task": args.task,
+        "trials": args.trials,
+        "worker_trials": args.worker_trials,
+        "workers": args.workers,
+        "target": args.target,
+        "storage": args.storage,
+        "study": args.study,
+        "seed": args.seed,
+        "sampler": args.sampler,
+        "heartbeat_interval": args.heartbeat,
+    }
+    if args.objectives is not None:
+        overrides["objectives"] = [o.strip() for o in args.objectives.split(",") if o.strip()]
+    if args.no_report:
+        overrides["report"] = False
+    if cfg is None and args.study and not args.task:
+        # Joining an existing study with just --study/--storage: take its saved config.
+        cfg = stored_config(args.study, args.storage or DEFAULT_STORAGE)
+    base = cfg or SearchConfig()
+    constraints = dict(base.constraints)
+    for key in ("max_accuracy_drop", "max_latency_ms", "max_size_bytes"):
+        value = getattr(args, key)
+        if value is not None:
+            constraints[key] = value
+    overrides["constraints"] = constraints
+    return base.merged(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from autoprune._search import _build_task, pareto_table, run_search
+
+    cfg = _config_from_args(args)
+    task = _build_task(cfg)
+    print(
+        f"autoprune search: study {cfg.study_name!r} in {mask_url(cfg.storage)}, task {cfg.task}, "
+        f"objectives {','.join(cfg.objectives)}, {cfg.trials} trials, sampler {cfg.sampler}",
+        file=sys.stderr,
+    )
+    study = run_search(cfg, task, progress=not args.quiet)
+    out_dir = _output_dir(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    table = pareto_table(study)
+    print()
+    print(f"Pareto front ({len(table)} feasible trials):")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}") if len(table) else "  (none yet)")
+    print()
+    if cfg.report:
+        try:
+            from autoprune.report import report
+
+            page = report(study, out_dir)
+            print(f"report:  {page}")
+        except Exception as exc:  # noqa: BLE001 - the search is stored; a report failure must not hide that
+            print(f"report:  not written ({type(exc).__name__}: {exc})")
+    print(f"study:   {cfg.study_name} in {mask_url(cfg.storage)}")
+    print(f"config:  {out_dir / 'config.json'}")
+    print(f"trials:  autoprune trials --study {cfg.study_name} --storage {mask_url(cfg.storage)}")
+    print(f"apply:   autoprune apply --study {cfg.study_name} --storage {mask_url(cfg.storage)} --trial N --out DIR")
+    return 0
+
+
+def _output_dir(cfg: SearchConfig) -> Path:
+    if cfg.storage.startswith("sqlite:///"):
+        return Path(cfg.storage[len("sqlite:///") :]).parent / f"{cfg.study_name}-report"
+    return Path("studies") / f"{cfg.study_name}-report"

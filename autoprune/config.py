@@ -1,0 +1,251 @@
+"""Study configuration: typed defaults, TOML loading, validation and masking of secrets.
+
+Precedence is defaults < study TOML < command-line flags. The resolved config is saved in
+the study (``user_attrs["config"]``) so a run can be repeated and workers can join it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoprune._errors import ConfigError
+from autoprune.schedule import IMPORTANCES, METHODS, SHAPES
+from autoprune.study_keys import OBJECTIVES
+
+__all__ = [
+    "SpaceConfig",
+    "SearchConfig",
+    "load_toml",
+    "mask_url",
+    "DEFAULT_STORAGE",
+    "SAMPLERS",
+    "GRANULARITIES",
+    "IDENTITY_KEYS",
+]
+
+DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"
+SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "qmc", "gp")
+GRANULARITIES = ("layer", "block", "global")
+# Keys that define what a study *is*; a worker joining a study must agree on them.
+IDENTITY_KEYS = ("task", "task_options", "objectives", "constraints", "space", "reference_amounts")
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a database URL: ``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db``."""
+    return re.sub(r"(?<=://)([^:/@]+):([^@]*)@", r"\1:***@", url)
+
+
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"invalid {key} = {value!r}; allowed: {allowed}")
+
+
+@dataclass
+class SpaceConfig:
+    """What the search may choose. Lists are the choices; a single value fixes it."""
+
+    granularity: str = "layer"
+    block_depth: int | None = None
+    methods: list[str] = field(default_factory=lambda: ["structured", "unstructured", "none"])
+    max_amount: float = 0.9
+    amount_step: float = 0.05
+    steps: list[int] = field(default_factory=lambda: [1, 3])
+    shapes: list[str] = field(default_factory=lambda: list(SHAPES))
+    fine_tune_steps: list[int] = field(default_factory=lambda: [0, 50, 100, 200])
+    importance: list[str] = field(default_factory=lambda: ["magnitude", "lamp"])
+    norms: list[int] = field(default_factory=lambda: [1, 2])
+    global_unstructured: list[bool] = field(default_factory=lambda: [False, True])
+    round_to: int | None = None
+    ignore: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise _fail("space.granularity", self.granularity, ", ".join(GRANULARITIES))
+        if self.block_depth is not None and (not isinstance(self.block_depth, int) or self.block_depth < 1):
+            raise _fail("space.block_depth", self.block_depth, "an integer >= 1")
+        if not self.methods or any(m not in METHODS for m in self.methods):
+            raise _fail("space.methods", self.methods, f"a non-empty subset of {list(METHODS)}")
+        if not _num(self.max_amount) or not 0 < self.max_amount < 1:
+            raise _fail("space.max_amount", self.max_amount, "a number with 0 < max_amount < 1")
+        if not _num(self.amount_step) or not 0 < self.amount_step <= self.max_amount:
+            raise _fail("space.amount_step", self.amount_step, "a number with 0 < amount_step <= max_amount")
+        if (
+            not isinstance(self.steps, list)
+            or len(self.steps) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.steps)
+            or not 1 <= self.steps[0] <= self.steps[1] <= 10
+        ):
+            raise _fail("space.steps", self.steps, "[min, max] with 1 <= min <= max <= 10")
+        if not self.shapes or any(s not in SHAPES for s in self.shapes):
+            raise _fail("space.shapes", self.shapes, f"a non-empty subset of {list(SHAPES)}")
+        if not self.fine_tune_steps or any(not isinstance(s, int) or s < 0 for s in self.fine_tune_steps):
+            raise _fail("space.fine_tune_steps", self.fine_tune_steps, "a non-empty list of integers >= 0")
+        if not self.importance or any(i not in IMPORTANCES for i in self.importance):
+            raise _fail("space.importance", self.importance, f"a non-empty subset of {list(IMPORTANCES)}")
+        if not self.norms or any(n not in (1, 2) for n in self.norms):
+            raise _fail("space.norms", self.norms, "a non-empty subset of [1, 2]")
+        if not self.global_unstructured or any(not isinstance(g, bool) for g in self.global_unstructured):
+            raise _fail("space.global_unstructured", self.global_unstructured, "a non-empty subset of [false, true]")
+        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
+            raise _fail("space.round_to", self.round_to, "an integer >= 1 (or leave it out)")
+        if not isinstance(self.ignore, list) or not all(isinstance(i, str) for i in self.ignore):
+            raise _fail("space.ignore", self.ignore, "a list of layer paths")
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search needs; see ``studies/digits.toml`` for every option explained."""
+
+    study: str | None = None
+    task: str = "digits"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    objectives: list[str] = field(default_factory=lambda: ["accuracy", "latency"])
+    constraints: dict[str, float] = field(default_factory=lambda: {"max_accuracy_drop": 1.0})
+    trials: int = 40
+    workers: int = 1
+    worker_trials: int | None = None
+    sampler: str = "tpe"
+    population_size: int | None = None
+    seed: int = 0
+    target: str = "cpu"
+    storage: str = DEFAULT_STORAGE
+    reference_amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    early_reject_margin: float = 1.0
+    latency_budget_s: float = 0.5
+    heartbeat_interval: int | None = None
+    grace_period: int | None = None
+    retries: int = 1
+    report: bool = True
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> SearchConfig:
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown} in {source}; allowed: {sorted(known)}")
+        space = data.pop("space", {})
+        if isinstance(space, SpaceConfig):
+            space = dataclasses.asdict(space)
+        if not isinstance(space, dict):
+            raise _fail("space", space, "a table of options")
+        space_known = {f.name for f in dataclasses.fields(SpaceConfig)}
+        bad = sorted(set(space) - space_known)
+        if bad:
+            raise ConfigError(f"unknown key(s) {bad} in [space] of {source}; allowed: {sorted(space_known)}")
+        space = dict(space)
+        for key in ("methods", "shapes", "importance", "norms", "global_unstructured", "fine_tune_steps"):
+            if key in space and not isinstance(space[key], list):
+                space[key] = [space[key]]  # a single value fixes the choice
+        if "steps" in space and isinstance(space["steps"], int):
+            space["steps"] = [space["steps"], space["steps"]]
+        try:
+            cfg = cls(**data, space=SpaceConfig(**space))
+        except TypeError as exc:
+            raise ConfigError(f"bad {source}: {exc}") from None
+        cfg.validate()
+        return cfg
+
+    def merged(self, **overrides: Any) -> SearchConfig:
+        """A copy with the given (non-None) values replaced, validated."""
+        data = self.to_dict(mask=False)
+        for key, value in overrides.items():
+            if value is not None:
+                data[key] = value
+        return SearchConfig.from_dict(data, source="command line")
+
+    def to_dict(self, *, mask: bool = True) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if mask:
+            data["storage"] = mask_url(self.storage)
+        return data
+
+    def identity(self) -> dict[str, Any]:
+        data = self.to_dict()
+        return {k: data[k] for k in IDENTITY_KEYS}
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        if self.study is not None and (not isinstance(self.study, str) or not re.fullmatch(r"[\w.\-]+", self.study)):
+            raise _fail("study", self.study, "letters, digits, '_', '-' and '.'")
+        if not isinstance(self.task, str) or not self.task:
+            raise _fail("task", self.task, "a built-in task name or 'package.module:factory'")
+        if not isinstance(self.task_options, dict):
+            raise _fail("task_options", self.task_options, "a table of keyword arguments for the task factory")
+        if not isinstance(self.objectives, list) or not 2 <= len(self.objectives) <= 3:
+            raise _fail("objectives", self.objectives, f"2 or 3 of {list(OBJECTIVES)}")
+        for name in self.objectives:
+            if name not in OBJECTIVES:
+                raise _fail("objective", name, ", ".join(OBJECTIVES))
+        if len(set(self.objectives)) != len(self.objectives):
+            raise _fail("objectives", self.objectives, "each objective at most once")
+        if {"size", "params"} <= set(self.objectives):
+            raise _fail("objectives", self.objectives, "either size or params, not both")
+        allowed_c = ("max_accuracy_drop", "max_latency_ms", "max_size_bytes")
+        if not isinstance(self.constraints, dict):
+            raise _fail("constraints", self.constraints, f"a table with keys {allowed_c}")
+        for key, value in self.constraints.items():
+            if key not in allowed_c:
+                raise _fail("constraint", key, ", ".join(allowed_c))
+            if not _num(value) or value < 0:
+                raise _fail(f"constraints.{key}", value, "a number >= 0")
+        for key, lo in (("trials", 1), ("workers", 1)):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+                raise _fail(key, value, f"an integer >= {lo}")
+        if self.worker_trials is not None and (not isinstance(self.worker_trials, int) or self.worker_trials < 1):
+            raise _fail("worker_trials", self.worker_trials, "an integer >= 1")
+        if self.sampler not in SAMPLERS:
+            raise _fail("sampler", self.sampler, ", ".join(SAMPLERS))
+        if self.population_size is not None and (not isinstance(self.population_size, int) or self.population_size < 2):
+            raise _fail("population_size", self.population_size, "an integer >= 2")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise _fail("seed", self.seed, "an integer")
+        if not isinstance(self.storage, str) or "://" not in self.storage:
+            raise _fail("storage", mask_url(str(self.storage)), "an Optuna storage URL such as sqlite:///studies/autoprune.db")
+        if not isinstance(self.reference_amounts, list) or any(
+            not _num(a) or not 0 < a < 1 for a in self.reference_amounts
+        ):
+            raise _fail("reference_amounts", self.reference_amounts, "a list of numbers in (0, 1)")
+        if not _num(self.early_reject_margin) or self.early_reject_margin < 0:
+            raise _fail("early_reject_margin", self.early_reject_margin, "a number >= 0")
+        if not _num(self.latency_budget_s) or not 0 < self.latency_budget_s <= 60:
+            raise _fail("latency_budget_s", self.latency_budget_s, "a number of seconds in (0, 60]")
+        for key in ("heartbeat_interval", "grace_period"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise _fail(key, value, "an integer number of seconds >= 1")
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise _fail("retries", self.retries, "an integer >= 0")
+        from autoprune.evaluation import Target
+
+        Target.parse(self.target)
+        self.space.validate()
+
+    @property
+    def study_name(self) -> str:
+        return self.study or re.sub(r"[^\w.\-]+", "_", self.task.split(":")[-1])
+
+
+def load_toml(path: str | os.PathLike[str]) -> SearchConfig:
+    """Load a study config from TOML (unknown keys and bad values are errors)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"study config {str(p)!r} does not exist")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"study config {str(p)!r} is not valid TOML: {exc}") from None
+    return SearchConfig.from_dict(data, source=str(p))

@@ -1,0 +1,26 @@
+"""Shared fixtures. Every test writes under tmp_path; trained task models are cached once
+per test session in a temporary folder (never in the user's home)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = tmp_path_factory.mktemp("autoprune-cache")
+    os.environ["AUTOPRUNE_CACHE_DIR"] = str(cache)
+    torch.set_num_threads(2)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def digits_task():  # type: ignore[no-untyped-def]
+    """A small digits task (width 16: trains in a couple of seconds)."""
+    import autoprune as ap
+
+    return ap.tasks.get("digits", width=16, batch_size=32)

@@ -1,0 +1,304 @@
+"""Search: trial counts, objectives, constraints, resume, workers, failures, seeds, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+
+import autoprune as ap
+from autoprune.config import SearchConfig, SpaceConfig
+from autoprune._search import counted_trials, run_search
+from autoprune.space import SearchSpace
+from autoprune.study_keys import ROLE_SEARCH, ROLE_UNIFORM, ROLE_UNPRUNED, is_feasible
+
+TINY = {"width": 8, "batch_size": 16}
+FAST_SPACE = {"fine_tune_steps": [0, 10], "steps": [1, 2]}
+
+
+def _cfg(tmp_path: Path, **kw: object) -> SearchConfig:
+    data: dict[str, object] = {
+        "task": "digits",
+        "task_options": dict(TINY),
+        "trials": 6,
+        "storage": f"sqlite:///{tmp_path}/s.db",
+        "study": "t",
+        "latency_budget_s": 0.05,
+        "reference_amounts": [0.5],
+        "report": False,
+        "space": dict(FAST_SPACE),
+    }
+    data.update(kw)
+    return SearchConfig.from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def tiny_task():  # type: ignore[no-untyped-def]
+    return ap.tasks.get("digits", **TINY)
+
+
+def _schedules(study: optuna.Study) -> list[str]:
+    return [t.user_attrs["schedule"] for t in sorted(study.trials, key=lambda t: t.number)]
+
+
+def test_trial_count_objectives_and_records(tmp_path: Path, tiny_task: ap.Task) -> None:
+    cfg = _cfg(tmp_path, objectives=["accuracy", "latency", "size"])
+    study = run_search(cfg, tiny_task)
+    # the unpruned reference does not count toward the budget
+    assert len(counted_trials(study)) == 6
+    assert len(study.trials) == 7
+    assert study.directions == [
+        optuna.study.StudyDirection.MAXIMIZE,
+        optuna.study.StudyDirection.MINIMIZE,
+        optuna.study.StudyDirection.MINIMIZE,
+    ]
+    assert study.metric_names == ["accuracy", "latency", "size"]
+    first = study.trials[0]
+    assert first.user_attrs["role"] == ROLE_UNPRUNED
+    assert first.user_attrs["accuracy_drop"] == 0.0
+    assert ap.Schedule.from_json(first.user_attrs["schedule"]).active_layers() == {}
+    assert study.trials[1].user_attrs["role"] == ROLE_UNIFORM
+    assert {t.user_attrs["role"] for t in study.trials[2:]} == {ROLE_SEARCH}
+    base = study.user_attrs["baseline"]
+    assert base["params"] == sum(p.numel() for p in tiny_task.model.parameters())
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        a = t.user_attrs
+        for key in ("accuracy", "params", "nonzero_params", "dense_bytes", "sparse_bytes", "macs", "latency_ms",
+                    "latency_spread", "accuracy_drop", "speedup", "compression",
+                    "time_prune_s", "time_finetune_s", "time_eval_s", "time_latency_s"):
+            assert key in a, key
+        assert t.values == [a["accuracy"], a["latency_ms"], a["sparse_bytes"]]
+        sched = ap.Schedule.from_json(a["schedule"])
+        assert a["schedule_summary"] == sched.summary()
+        assert a["accuracy_drop"] == pytest.approx(base["accuracy"] - a["accuracy"])
+    uniform = study.trials[1]
+    sched = ap.Schedule.from_json(uniform.user_attrs["schedule"])
+    assert {p.amount for p in sched.layers.values()} == {0.5}
+    assert uniform.user_attrs["params"] < base["params"] / 2.5
+    assert study.user_attrs["task"]["name"] == "digits"
+    assert study.user_attrs["config"]["trials"] == 6
+
+
+def test_constraints_keep_infeasible_trials_off_the_front(tmp_path: Path, tiny_task: ap.Task) -> None:
+    cfg = _cfg(tmp_path, trials=8, constraints={"max_accuracy_drop": 0.5, "max_latency_ms": 1e9},
+               space={**FAST_SPACE, "methods": ["structured"], "max_amount": 0.9})
+    study = run_search(cfg, tiny_task)
+    front = study.best_trials
+    assert front, "the unpruned model is always feasible"
+    for t in front:
+        assert t.user_attrs["accuracy_drop"] <= 0.5
+        assert t.constraints["accuracy_drop"] <= 0
+        assert is_feasible(t)
+    infeasible = [t for t in study.trials if t.user_attrs.get("feasible") is False]
+    for t in infeasible:
+        assert t.user_attrs["accuracy_drop"] > 0.5
+        assert t not in front
+
+
+def test_resume_runs_only_missing_trials(tmp_path: Path, tiny_task: ap.Task) -> None:
+    study = run_search(_cfg(tmp_path, trials=3), tiny_task)
+    assert len(counted_trials(study)) == 3
+    numbers = [t.number for t in study.trials]
+    study = run_search(_cfg(tmp_path, trials=5), tiny_task)
+    assert len(counted_trials(study)) == 5
+    assert [t.number for t in study.trials][: len(numbers)] == numbers
+    assert len(study.trials) == 6  # 5 + the unpruned reference, evaluated once
+    study = run_search(_cfg(tmp_path, trials=5), tiny_task)
+    assert len(study.trials) == 6  # nothing missing: nothing runs
+
+
+def test_interrupted_trials_do_not_count(tmp_path: Path, tiny_task: ap.Task) -> None:
+    study = run_search(_cfg(tmp_path, trials=2), tiny_task)
+    # a run killed mid-trial leaves a RUNNING trial behind
+    stale = study.ask()
+    assert stale.number == 3
+    study = run_search(_cfg(tmp_path, trials=3), tiny_task)
+    t = study.trials[3]
+    assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["interrupted"] is True
+    assert len(counted_trials(study)) == 3
+
+
+def test_two_workers_give_exactly_n_unique_trials(tmp_path: Path) -> None:
+    study = ap.search("digits", n_trials=6, storage=f"sqlite:///{tmp_path}/w.db", study_name="w",
+                      task_options=dict(TINY), workers=2, latency_budget_s=0.05, reference_amounts=[0.5],
+                      report=False, space=dict(FAST_SPACE))
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers)) == 7
+    assert len(counted_trials(study)) == 6
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_same_seed_same_schedules(tmp_path: Path, tiny_task: ap.Task) -> None:
+    a = run_search(_cfg(tmp_path, study="a", seed=3, sampler="random"), tiny_task)
+    b = run_search(_cfg(tmp_path, study="b", seed=3, sampler="random"), tiny_task)
+    c = run_search(_cfg(tmp_path, study="c", seed=4, sampler="random"), tiny_task)
+    assert _schedules(a) == _schedules(b)
+    assert _schedules(a) != _schedules(c)
+    # re-applying a trial's schedule reproduces its architecture
+    t = a.trials[-1]
+    pruned = ap.apply_schedule(tiny_task.model, ap.Schedule.from_json(t.user_attrs["schedule"]),
+                               example_inputs=tiny_task.example_inputs, fine_tune=tiny_task.fine_tune)
+    assert sum(p.numel() for p in pruned.parameters()) == t.user_attrs["params"]
+    assert sum(int((p != 0).sum()) for p in pruned.parameters()) == t.user_attrs["nonzero_params"]
+
+
+def test_failing_trial_is_recorded_and_search_goes_on(tmp_path: Path, tiny_task: ap.Task) -> None:
+    calls = {"n": 0}
+    real = tiny_task.fine_tune
+    assert real is not None
+
+    def flaky(model, steps):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:
+            raise FloatingPointError("loss became nan")
+        real(model, steps)
+
+    task = ap.Task(name="digits", model=tiny_task.model, example_inputs=tiny_task.example_inputs,
+                   evaluate=tiny_task.evaluate, fine_tune=flaky, spec=dict(tiny_task.spec))
+    cfg = _cfg(tmp_path, trials=5, space={**FAST_SPACE, "fine_tune_steps": [10], "steps": [1, 1]})
+    study = run_search(cfg, task)
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert failed and done
+    assert all(t.user_attrs["error"] == "FloatingPointError: loss became nan" for t in failed)
+    assert len(counted_trials(study)) == 5  # failed trials are recorded and count
+
+
+def test_early_rejection_marks_trial_infeasible(tmp_path: Path, tiny_task: ap.Task) -> None:
+    cfg = _cfg(tmp_path, trials=6, constraints={"max_accuracy_drop": 0.0}, early_reject_margin=0.0,
+               reference_amounts=[], sampler="random",
+               space={"steps": [3, 3], "shapes": ["linear"], "fine_tune_steps": [0], "methods": ["structured"],
+                      "max_amount": 0.9})
+    study = run_search(cfg, tiny_task)
+    early = [t for t in study.trials if t.user_attrs.get("early_rejected")]
+    assert early
+    for t in early:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert t.user_attrs["feasible"] is False
+        assert t.user_attrs["early_rejected_step"] in (1, 2)
+        assert t.user_attrs["time_latency_s"] == 0.0
+        assert t not in study.best_trials
+
+
+@pytest.mark.parametrize("granularity,expected_units", [("layer", 5), ("block", 2), ("global", 1)])
+def test_granularity_ties_layers(tiny_task: ap.Task, granularity: str, expected_units: int) -> None:
+    layers = ap.prunable_layers(tiny_task.model, tiny_task.example_inputs)
+    space = SearchSpace(layers, SpaceConfig(granularity=granularity))
+    assert len(space.units) == expected_units
+    trial = optuna.create_study().ask()
+    sched = space.suggest(trial)
+    names = set(trial.params)
+    assert all(":" in n or n in {"steps", "shape", "fine_tune_steps", "importance", "norm", "global_unstructured"}
+               for n in names)
+    assert space.dimension == len(names)
+    assert isinstance(sched, ap.Schedule)
+
+
+def test_fixed_choices_are_not_parameters(tiny_task: ap.Task) -> None:
+    layers = ap.prunable_layers(tiny_task.model, tiny_task.example_inputs)
+    space = SearchSpace(layers, SpaceConfig(methods=["structured"], steps=[1, 1], shapes=["oneshot"],
+                                            fine_tune_steps=[0], importance=["magnitude"], norms=[1],
+                                            global_unstructured=[False], max_amount=0.5))
+    trial = optuna.create_study().ask()
+    sched = space.suggest(trial)
+    assert set(trial.params) == {f"{u.key}:amount" for u in space.units}
+    assert all(p.amount <= 0.5 and p.method == "structured" for p in sched.layers.values())
+    assert "classifier.3:amount" not in trial.params  # output layer: structured does not apply
+
+
+@pytest.mark.parametrize(
+    "data,fragment",
+    [
+        ({"objectives": ["accuracy"]}, "objectives"),
+        ({"objectives": ["accuracy", "speed"]}, "'speed'"),
+        ({"trials": 0}, "trials = 0"),
+        ({"sampler": "cmaes"}, "sampler = 'cmaes'"),
+        ({"space": {"max_amount": 1.5}}, "space.max_amount = 1.5"),
+        ({"space": {"methods": ["prune"]}}, "space.methods"),
+        ({"constraints": {"max_drop": 1}}, "constraint = 'max_drop'"),
+        ({"colour": "red"}, "unknown key(s) ['colour']"),
+        ({"target": "tpu"}, "tpu"),
+    ],
+)
+def test_bad_config_values(data: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ap.AutopruneError) as err:
+        SearchConfig.from_dict(data)
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "autoprune.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["search", "--trials", "0"], "trials = 0"),
+        (["search", "--trials", "x"], "invalid int value"),
+        (["search", "--objectives", "accuracy,colour"], "colour"),
+        (["search", "--sampler", "grid"], "invalid choice"),
+        (["search", "missing.toml"], "missing.toml"),
+        (["search", "--task", "nope"], "unknown task 'nope'"),
+        (["search", "--task", "no_such_module:make"], "cannot import module 'no_such_module'"),
+        (["trials", "--study", "absent", "--storage", "sqlite:///x.db"], "no study 'absent'"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_cli_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], fragment: str) -> None:
+    proc = _cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_bad_toml(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text("trials = 5\n[space]\nsteps = [3, 1]\n")
+    proc = _cli("search", "bad.toml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "space.steps = [3, 1]" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_search_then_trials(tmp_path: Path) -> None:
+    cfg = textwrap.dedent(
+        """
+        task = "digits"
+        trials = 4
+        study = "cli"
+        latency_budget_s = 0.05
+        reference_amounts = [0.5]
+        report = false
+        [task_options]
+        width = 8
+        batch_size = 16
+        [space]
+        fine_tune_steps = [0, 10]
+        steps = [1, 2]
+        """
+    )
+    (tmp_path / "s.toml").write_text(cfg)
+    proc = _cli("search", "s.toml", "--quiet", "--storage", "sqlite:///studies/x.db", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Pareto front" in proc.stdout
+    saved = json.loads((tmp_path / "studies" / "cli-report" / "config.json").read_text())
+    assert saved["trials"] == 4 and saved["task_options"] == {"width": 8, "batch_size": 16}
+    proc = _cli("trials", "--study", "cli", "--storage", "sqlite:///studies/x.db", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines()[1:] if line.strip()]
+    assert len(rows) == 5
+    # joining with just --study/--storage reuses the stored config; contradicting it is refused
+    proc = _cli("search", "--study", "cli", "--storage", "sqlite:///studies/x.db", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = _cli("search", "s.toml", "--storage", "sqlite:///studies/x.db", "--objectives", "accuracy,size",
+                cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "objectives" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
