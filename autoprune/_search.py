@@ -67,18 +67,28 @@ def make_storage(cfg: SearchConfig) -> optuna.storages.BaseStorage:
         engine_kwargs = {"connect_args": {"timeout": 120}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    heartbeat = cfg.heartbeat_interval
+    heartbeat = effective_heartbeat(cfg)
     kwargs: dict[str, Any] = {}
     if heartbeat:
         kwargs = {
             "heartbeat_interval": heartbeat,
             "grace_period": cfg.grace_period or 3 * heartbeat,
-            "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=cfg.retries),
+            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=cfg.retries),
         }
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as exc:  # noqa: BLE001 - bad URL, server down, missing driver
         raise ConfigError(f"cannot open storage {mask_url(url)!r}: {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def effective_heartbeat(cfg: SearchConfig) -> int | None:
+    """Heartbeats are on by default for server databases (workers on many machines), off
+    for SQLite (one machine: a resumed run cleans up after a stopped one)."""
+    if cfg.heartbeat_interval:
+        return cfg.heartbeat_interval
+    return None if cfg.storage.startswith("sqlite") else 10
 
 
 def _first_line(exc: BaseException) -> str:
@@ -169,8 +179,8 @@ def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def _fail_interrupted_leftovers(study: optuna.Study, cfg: SearchConfig) -> None:
     """Without heartbeats nobody else fails a RUNNING trial whose process died (Ctrl-C,
     kill): on resume of a local study, mark them failed and not counted."""
-    if cfg.heartbeat_interval:
-        return  # Optuna fails stale trials itself
+    if effective_heartbeat(cfg):
+        return  # Optuna fails stale trials itself (and retries them)
     storage = study._storage
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         storage.set_trial_user_attr(t._trial_id, "interrupted", True)
@@ -379,24 +389,23 @@ def _install_training_gate() -> Any:
 def _ensure_references(study: optuna.Study, task: Task, cfg: SearchConfig) -> None:
     """Evaluate the unpruned model first (drops are measured against it) and enqueue the
     uniform warm-start schedules once."""
-    trials = study.get_trials(deepcopy=False)
-    done = [
-        t
-        for t in trials
-        if t.user_attrs.get("role") == ROLE_UNPRUNED and t.state == optuna.trial.TrialState.COMPLETE
-    ]
-    if not done:
-        space = SearchSpace(prunable_layers(task.model, task.example_inputs), cfg.space)
-        study.enqueue_trial(space.uniform_params(0.0), user_attrs={"role": ROLE_UNPRUNED})
+    def unpruned(states: tuple[optuna.trial.TrialState, ...]) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs.get("role") == ROLE_UNPRUNED]
+
+    complete = (optuna.trial.TrialState.COMPLETE,)
+    deadline = time.monotonic() + 900
+    # Another worker may be evaluating the unpruned model right now: wait for it.
+    while not unpruned(complete) and unpruned((optuna.trial.TrialState.RUNNING,)) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    if not unpruned(complete):
+        if not unpruned((optuna.trial.TrialState.WAITING,)):
+            space = SearchSpace(prunable_layers(task.model, task.example_inputs), cfg.space)
+            study.enqueue_trial(space.uniform_params(0.0), user_attrs={"role": ROLE_UNPRUNED})
         _optimize(study, task, cfg, 1)
-        done = [
-            t
-            for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("role") == ROLE_UNPRUNED and t.state == optuna.trial.TrialState.COMPLETE
-        ]
-        if not done:
-            errors = [t.user_attrs.get("error") for t in study.get_trials(deepcopy=False) if t.user_attrs.get("error")]
-            raise AutopruneError(f"evaluating the unpruned model failed: {errors[-1] if errors else 'unknown error'}")
+    done = unpruned(complete)
+    if not done:
+        errors = [t.user_attrs.get("error") for t in study.get_trials(deepcopy=False) if t.user_attrs.get("error")]
+        raise AutopruneError(f"evaluating the unpruned model failed: {errors[-1] if errors else 'unknown error'}")
     base = done[0]
     keys = ("accuracy", "params", "nonzero_params", "dense_bytes", "sparse_bytes", "macs", "latency_ms", "latency_spread")
     if "baseline" not in study.user_attrs:

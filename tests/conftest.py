@@ -24,3 +24,17 @@ def digits_task():  # type: ignore[no-untyped-def]
     import autoprune as ap
 
     return ap.tasks.get("digits", width=16, batch_size=32)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():  # type: ignore[no-untyped-def]
+    """A real PostgreSQL server on 127.0.0.1 for the session (Debian's postgresql package)."""
+    from autoprune._pgtest import temporary_postgres
+
+    try:
+        ctx = temporary_postgres()
+        url = ctx.__enter__()
+    except RuntimeError as exc:
+        pytest.skip(f"no PostgreSQL server could be started: {exc}")
+    yield url
+    ctx.__exit__(None, None, None)

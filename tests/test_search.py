@@ -69,9 +69,23 @@ def test_trial_count_objectives_and_records(tmp_path: Path, tiny_task: ap.Task) 
     for t in study.trials:
         assert t.state == optuna.trial.TrialState.COMPLETE
         a = t.user_attrs
-        for key in ("accuracy", "params", "nonzero_params", "dense_bytes", "sparse_bytes", "macs", "latency_ms",
-                    "latency_spread", "accuracy_drop", "speedup", "compression",
-                    "time_prune_s", "time_finetune_s", "time_eval_s", "time_latency_s"):
+        for key in (
+            "accuracy",
+            "params",
+            "nonzero_params",
+            "dense_bytes",
+            "sparse_bytes",
+            "macs",
+            "latency_ms",
+            "latency_spread",
+            "accuracy_drop",
+            "speedup",
+            "compression",
+            "time_prune_s",
+            "time_finetune_s",
+            "time_eval_s",
+            "time_latency_s",
+        ):
             assert key in a, key
         assert t.values == [a["accuracy"], a["latency_ms"], a["sparse_bytes"]]
         sched = ap.Schedule.from_json(a["schedule"])
@@ -86,8 +100,12 @@ def test_trial_count_objectives_and_records(tmp_path: Path, tiny_task: ap.Task) 
 
 
 def test_constraints_keep_infeasible_trials_off_the_front(tmp_path: Path, tiny_task: ap.Task) -> None:
-    cfg = _cfg(tmp_path, trials=8, constraints={"max_accuracy_drop": 0.5, "max_latency_ms": 1e9},
-               space={**FAST_SPACE, "methods": ["structured"], "max_amount": 0.9})
+    cfg = _cfg(
+        tmp_path,
+        trials=8,
+        constraints={"max_accuracy_drop": 0.5, "max_latency_ms": 1e9},
+        space={**FAST_SPACE, "methods": ["structured"], "max_amount": 0.9},
+    )
     study = run_search(cfg, tiny_task)
     front = study.best_trials
     assert front, "the unpruned model is always feasible"
@@ -125,9 +143,18 @@ def test_interrupted_trials_do_not_count(tmp_path: Path, tiny_task: ap.Task) -> 
 
 
 def test_two_workers_give_exactly_n_unique_trials(tmp_path: Path) -> None:
-    study = ap.search("digits", n_trials=6, storage=f"sqlite:///{tmp_path}/w.db", study_name="w",
-                      task_options=dict(TINY), workers=2, latency_budget_s=0.05, reference_amounts=[0.5],
-                      report=False, space=dict(FAST_SPACE))
+    study = ap.search(
+        "digits",
+        n_trials=6,
+        storage=f"sqlite:///{tmp_path}/w.db",
+        study_name="w",
+        task_options=dict(TINY),
+        workers=2,
+        latency_budget_s=0.05,
+        reference_amounts=[0.5],
+        report=False,
+        space=dict(FAST_SPACE),
+    )
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers)) == 7
     assert len(counted_trials(study)) == 6
@@ -142,8 +169,12 @@ def test_same_seed_same_schedules(tmp_path: Path, tiny_task: ap.Task) -> None:
     assert _schedules(a) != _schedules(c)
     # re-applying a trial's schedule reproduces its architecture
     t = a.trials[-1]
-    pruned = ap.apply_schedule(tiny_task.model, ap.Schedule.from_json(t.user_attrs["schedule"]),
-                               example_inputs=tiny_task.example_inputs, fine_tune=tiny_task.fine_tune)
+    pruned = ap.apply_schedule(
+        tiny_task.model,
+        ap.Schedule.from_json(t.user_attrs["schedule"]),
+        example_inputs=tiny_task.example_inputs,
+        fine_tune=tiny_task.fine_tune,
+    )
     assert sum(p.numel() for p in pruned.parameters()) == t.user_attrs["params"]
     assert sum(int((p != 0).sum()) for p in pruned.parameters()) == t.user_attrs["nonzero_params"]
 
@@ -159,8 +190,14 @@ def test_failing_trial_is_recorded_and_search_goes_on(tmp_path: Path, tiny_task:
             raise FloatingPointError("loss became nan")
         real(model, steps)
 
-    task = ap.Task(name="digits", model=tiny_task.model, example_inputs=tiny_task.example_inputs,
-                   evaluate=tiny_task.evaluate, fine_tune=flaky, spec=dict(tiny_task.spec))
+    task = ap.Task(
+        name="digits",
+        model=tiny_task.model,
+        example_inputs=tiny_task.example_inputs,
+        evaluate=tiny_task.evaluate,
+        fine_tune=flaky,
+        spec=dict(tiny_task.spec),
+    )
     cfg = _cfg(tmp_path, trials=5, space={**FAST_SPACE, "fine_tune_steps": [10], "steps": [1, 1]})
     study = run_search(cfg, task)
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
@@ -171,10 +208,21 @@ def test_failing_trial_is_recorded_and_search_goes_on(tmp_path: Path, tiny_task:
 
 
 def test_early_rejection_marks_trial_infeasible(tmp_path: Path, tiny_task: ap.Task) -> None:
-    cfg = _cfg(tmp_path, trials=6, constraints={"max_accuracy_drop": 0.0}, early_reject_margin=0.0,
-               reference_amounts=[], sampler="random",
-               space={"steps": [3, 3], "shapes": ["linear"], "fine_tune_steps": [0], "methods": ["structured"],
-                      "max_amount": 0.9})
+    cfg = _cfg(
+        tmp_path,
+        trials=6,
+        constraints={"max_accuracy_drop": 0.0},
+        early_reject_margin=0.0,
+        reference_amounts=[],
+        sampler="random",
+        space={
+            "steps": [3, 3],
+            "shapes": ["linear"],
+            "fine_tune_steps": [0],
+            "methods": ["structured"],
+            "max_amount": 0.9,
+        },
+    )
     study = run_search(cfg, tiny_task)
     early = [t for t in study.trials if t.user_attrs.get("early_rejected")]
     assert early
@@ -194,17 +242,29 @@ def test_granularity_ties_layers(tiny_task: ap.Task, granularity: str, expected_
     trial = optuna.create_study().ask()
     sched = space.suggest(trial)
     names = set(trial.params)
-    assert all(":" in n or n in {"steps", "shape", "fine_tune_steps", "importance", "norm", "global_unstructured"}
-               for n in names)
+    assert all(
+        ":" in n or n in {"steps", "shape", "fine_tune_steps", "importance", "norm", "global_unstructured"}
+        for n in names
+    )
     assert space.dimension == len(names)
     assert isinstance(sched, ap.Schedule)
 
 
 def test_fixed_choices_are_not_parameters(tiny_task: ap.Task) -> None:
     layers = ap.prunable_layers(tiny_task.model, tiny_task.example_inputs)
-    space = SearchSpace(layers, SpaceConfig(methods=["structured"], steps=[1, 1], shapes=["oneshot"],
-                                            fine_tune_steps=[0], importance=["magnitude"], norms=[1],
-                                            global_unstructured=[False], max_amount=0.5))
+    space = SearchSpace(
+        layers,
+        SpaceConfig(
+            methods=["structured"],
+            steps=[1, 1],
+            shapes=["oneshot"],
+            fine_tune_steps=[0],
+            importance=["magnitude"],
+            norms=[1],
+            global_unstructured=[False],
+            max_amount=0.5,
+        ),
+    )
     trial = optuna.create_study().ask()
     sched = space.suggest(trial)
     assert set(trial.params) == {f"{u.key}:amount" for u in space.units}
@@ -234,8 +294,9 @@ def test_bad_config_values(data: dict[str, object], fragment: str) -> None:
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "autoprune.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "autoprune.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.parametrize(
@@ -298,7 +359,8 @@ def test_cli_search_then_trials(tmp_path: Path) -> None:
     # joining with just --study/--storage reuses the stored config; contradicting it is refused
     proc = _cli("search", "--study", "cli", "--storage", "sqlite:///studies/x.db", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    proc = _cli("search", "s.toml", "--storage", "sqlite:///studies/x.db", "--objectives", "accuracy,size",
-                cwd=tmp_path)
+    proc = _cli(
+        "search", "s.toml", "--storage", "sqlite:///studies/x.db", "--objectives", "accuracy,size", cwd=tmp_path
+    )
     assert proc.returncode == 2
     assert "objectives" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +69,15 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoprune._search import _build_task, pareto_table, run_search
+    from autoprune._search import _build_task, open_study, pareto_table, run_search
 
     cfg = _config_from_args(args)
     task = _build_task(cfg)
+    open_study(cfg)  # refuses a contradicting config before anything is printed
     print(
         f"autoprune search: study {cfg.study_name!r} in {mask_url(cfg.storage)}, task {cfg.task}, "
         f"objectives {','.join(cfg.objectives)}, {cfg.trials} trials, sampler {cfg.sampler}",
-        file=sys.stderr,
+        flush=True,
     )
     study = run_search(cfg, task, progress=not args.quiet)
     out_dir = _output_dir(cfg)

@@ -1,0 +1,66 @@
+"""The evaluator: accuracy, size, MACs and latency of a model on a target.
+
+- :func:`evaluate` measures everything and returns a :class:`Metrics` record.
+- :class:`Target` says where latency is measured (``"cpu:threads=1,batch=8"``).
+- :func:`measure_latency` times a model; measurements on one machine take turns through a
+  machine-wide file lock, and training loops wrap each step in :func:`training_gate` to
+  pause while a measurement runs (and keep a measurement from overlapping a step).
+- :class:`LatencyCache` keyed by :func:`architecture_signature` measures each architecture once.
+- :func:`size_stats` and :func:`count_macs` count parameters, bytes and MACs.
+- :class:`LatencyBackend` and :func:`register_backend`: the extension point for targets that
+  run models with other (for example sparse) kernels.
+"""
+
+from __future__ import annotations
+
+from autoprune.evaluation._backends import (
+    DenseBackend,
+    LatencyBackend,
+    backend_names,
+    get_backend,
+    register_backend,
+)
+from autoprune.evaluation._cache import LatencyCache, architecture_signature
+from autoprune.evaluation._evaluate import accuracy_drop, compression_ratio, evaluate, relative_metrics, speedup
+from autoprune.evaluation._latency import (
+    LOCK_ENV,
+    LatencyResult,
+    TrainingGate,
+    default_lock_path,
+    measure_latency,
+    measurement_lock,
+    training_gate,
+)
+from autoprune.evaluation._macs import count_macs
+from autoprune.evaluation._metrics import METRIC_NAMES, Metrics
+from autoprune.evaluation._size import size_stats, tensor_bytes
+from autoprune.evaluation._target import DTYPES, Target
+
+__all__ = [
+    "DTYPES",
+    "LOCK_ENV",
+    "METRIC_NAMES",
+    "DenseBackend",
+    "LatencyBackend",
+    "LatencyCache",
+    "LatencyResult",
+    "Metrics",
+    "Target",
+    "TrainingGate",
+    "accuracy_drop",
+    "architecture_signature",
+    "backend_names",
+    "compression_ratio",
+    "count_macs",
+    "default_lock_path",
+    "evaluate",
+    "get_backend",
+    "measure_latency",
+    "measurement_lock",
+    "register_backend",
+    "relative_metrics",
+    "size_stats",
+    "speedup",
+    "tensor_bytes",
+    "training_gate",
+]

@@ -1,0 +1,118 @@
+"""Latency backends: the extension point for targets that run models differently.
+
+The default ``"dense"`` backend times the model as PyTorch runs it: dense kernels, where an
+unstructured zero costs as much as any other weight. So on a dense target unstructured
+pruning pays in size only, and the search learns that from the measured latency.
+
+A target with sparse kernels (a sparse inference runtime, semi-structured 2:4 kernels, a
+compiled graph) plugs in as a backend: subclass :class:`LatencyBackend`, register it under a
+name, and name it in the target (``Target(backend="my-sparse")`` or ``"cpu:backend=my-sparse"``).
+The timing loop, the lock, warm-up and statistics stay the same for every backend.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+from torch import nn
+
+from autoprune._errors import TargetError
+from autoprune.evaluation._inputs import call_model
+
+if TYPE_CHECKING:
+    from autoprune.evaluation._target import Target
+
+__all__ = ["LatencyBackend", "DenseBackend", "register_backend", "get_backend", "backend_names"]
+
+_B = TypeVar("_B", bound="type[LatencyBackend]")
+_REGISTRY: dict[str, type[LatencyBackend]] = {}
+
+
+class LatencyBackend(abc.ABC):
+    """Turns a model into something the latency timer can call.
+
+    Subclasses implement :meth:`prepare`; :meth:`signature` is an optional hook.
+
+    Example (a sketch of a backend with sparse kernels)::
+
+        @ap.evaluation.register_backend("csr-linear")
+        class CsrLinear(ap.evaluation.LatencyBackend):
+            def prepare(self, model, inputs, target):
+                model = to_sparse_runtime(copy.deepcopy(model))  # your conversion
+                return lambda: model(inputs)
+
+            def signature(self, model):
+                # zeros change latency here, so they must change the cache key too
+                return str([int(p.count_nonzero()) for p in model.parameters()])
+    """
+
+    @abc.abstractmethod
+    def prepare(self, model: nn.Module, inputs: Any, target: Target) -> Callable[[], object]:
+        """Return a function that runs one forward pass, to be timed.
+
+        Args:
+            model: the model, in eval mode. Do not modify it: copy it to convert it.
+            inputs: the example inputs, already resized to the target's batch size, moved
+                to its device and cast to its dtype.
+            target: the target being measured.
+        """
+
+    def signature(self, model: nn.Module) -> str:
+        """Extra text for the latency cache key: what, besides the architecture, changes
+        latency with this backend. Dense kernels ignore zeros, so the default is empty."""
+        return ""
+
+
+def register_backend(name: str) -> Callable[[_B], _B]:
+    """Class decorator that registers a :class:`LatencyBackend` under ``name``."""
+
+    def decorator(cls: _B) -> _B:
+        if not (isinstance(cls, type) and issubclass(cls, LatencyBackend)):
+            raise TypeError(f"register_backend({name!r}) expects a LatencyBackend subclass, but got {cls!r}.")
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def backend_names() -> list[str]:
+    """Names of the registered latency backends."""
+    return list(_REGISTRY)
+
+
+def get_backend(name: str) -> LatencyBackend:
+    """A new instance of the backend registered under ``name``."""
+    if name not in _REGISTRY:
+        raise TargetError(f"unknown latency backend {name!r}; registered: {', '.join(_REGISTRY)}.")
+    return _REGISTRY[name]()
+
+
+def _on(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> bool:
+    if t.device.type != device.type or (device.index is not None and t.device.index != device.index):
+        return False
+    return not t.is_floating_point() or t.dtype == dtype
+
+
+def model_on_target(model: nn.Module, target: Target) -> nn.Module:
+    """The model itself when it already lives on the target's device and dtype, else a copy there."""
+    device, dtype = target.torch_device, target.torch_dtype
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(_on(t, device, dtype) for t in tensors):
+        return model
+    # Module.to casts floating tensors only, so integer buffers keep their dtype.
+    return copy.deepcopy(model).to(device=device, dtype=dtype)
+
+
+@register_backend("dense")
+class DenseBackend(LatencyBackend):
+    """Plain PyTorch on the target's device and dtype (the default)."""
+
+    def prepare(self, model: nn.Module, inputs: Any, target: Target) -> Callable[[], object]:
+        runnable = model_on_target(model, target).eval()
+        return lambda: call_model(runnable, inputs)

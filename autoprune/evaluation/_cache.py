@@ -1,0 +1,134 @@
+"""The latency cache: structurally identical models are measured once per study.
+
+Unstructured pruning leaves every shape as it is, and dense kernels do not care about zeros,
+so many trials of a search share an architecture. The cache key is
+:func:`architecture_signature`; the cache is in-process (a dict) or a SQLite file that the
+workers of a study share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.evaluation._backends import get_backend
+from autoprune.evaluation._inputs import input_signature
+from autoprune.evaluation._latency import LatencyResult
+from autoprune.evaluation._target import Target
+
+__all__ = ["LatencyCache", "architecture_signature"]
+
+
+def architecture_signature(model: nn.Module, target: str | Target, example_inputs: Any = None) -> str:
+    """A hash of what decides a model's latency on a target, and nothing else.
+
+    It covers each module's name, type and ``extra_repr()`` (channels, kernel sizes,
+    strides, groups, ...), the shapes and dtypes of its parameters and buffers, the shapes
+    and dtypes of the inputs (after resizing to the target's batch size), the target's text
+    form, the backend's :meth:`~LatencyBackend.signature` and the torch version. Weight
+    values are not part of it: two models that differ only in their weights (or in where
+    their unstructured zeros are) get the same signature; structured pruning changes it.
+    """
+    target = Target.parse(target)
+    h = hashlib.sha256()
+
+    def add(text: str) -> None:
+        h.update(text.encode())
+        h.update(b"\n")
+
+    add(f"torch={torch.__version__};target={target}")
+    for name, module in model.named_modules():
+        add(f"{name}:{type(module).__module__}.{type(module).__qualname__}({module.extra_repr()})")
+        if hasattr(module, "num_heads"):  # attention modules have no extra_repr
+            add(f" heads={module.num_heads}")
+        for pname, p in module.named_parameters(recurse=False):
+            add(f" p {pname}{tuple(p.shape)}:{p.dtype}")
+        for bname, b in module.named_buffers(recurse=False):
+            add(f" b {bname}{tuple(b.shape)}:{b.dtype}")
+    if example_inputs is not None:
+        add("inputs=" + input_signature(example_inputs, target.batch_size))
+    add("backend=" + get_backend(target.backend).signature(model))
+    return h.hexdigest()
+
+
+class LatencyCache:
+    """Latency results keyed by :func:`architecture_signature`.
+
+    Args:
+        path: ``None`` keeps results in this process (a dict). A path keeps them in a SQLite
+            file that several processes (the workers of a study) read and write at once;
+            SQLite's own locking makes concurrent writers safe. Pass the path, not the
+            object, to other processes if they should share it.
+        host: entries are scoped to the machine that measured them, so a file on a shared
+            disk never hands one machine's latency to another. Default: this host's name.
+
+    Example:
+        >>> cache = LatencyCache()
+        >>> cache.get("abc") is None
+        True
+        >>> cache.put("abc", LatencyResult(1.5, 0.01, 10, 0.3))
+        >>> cache.get("abc").median_ms
+        1.5
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, host: str | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        self.host = host if host is not None else socket.gethostname()
+        self._memory: dict[str, LatencyResult] = {}
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS latency "
+                    "(key TEXT NOT NULL, host TEXT NOT NULL, result TEXT NOT NULL, PRIMARY KEY (key, host))"
+                )
+
+    def __repr__(self) -> str:
+        return f"LatencyCache({str(self.path) if self.path else None!r}, host={self.host!r})"
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # A connection per call: cheap, and safe across fork and threads.
+        assert self.path is not None
+        db = sqlite3.connect(self.path, timeout=60.0)
+        try:
+            with db:  # commits, or rolls back on error
+                yield db
+        finally:
+            db.close()
+
+    def get(self, key: str) -> LatencyResult | None:
+        """The stored result for ``key`` on this host, or None."""
+        if self.path is None:
+            return self._memory.get(key)
+        with self._connect() as db:
+            row = db.execute("SELECT result FROM latency WHERE key = ? AND host = ?", (key, self.host)).fetchone()
+        return None if row is None else LatencyResult(**json.loads(row[0]))
+
+    def put(self, key: str, result: LatencyResult) -> None:
+        """Store ``result`` for ``key`` on this host (a later put replaces it)."""
+        result = LatencyResult(*result)
+        if self.path is None:
+            self._memory[key] = result
+            return
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO latency (key, host, result) VALUES (?, ?, ?)",
+                (key, self.host, json.dumps(result._asdict())),
+            )
+
+    def __len__(self) -> int:
+        if self.path is None:
+            return len(self._memory)
+        with self._connect() as db:
+            return int(db.execute("SELECT COUNT(*) FROM latency WHERE host = ?", (self.host,)).fetchone()[0])

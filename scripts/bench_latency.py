@@ -1,0 +1,194 @@
+"""Benchmark of the latency measurement: stability, cost, and isolation from a training worker.
+
+For each reference model (``autoprune.zoo``) it measures latency ``--repeats`` times in three
+conditions and reports the median of the medians, the coefficient of variation (CV) of the
+repeated measurements (target: <= 5%) and the wall time one measurement costs:
+
+- ``quiet``: nothing else of ours runs.
+- ``train, no lock``: a second process trains a CNN on the other core without pausing, and
+  the measurements do not take the lock.
+- ``train, lock``: the same trainer wraps every step in ``training_gate()`` and the
+  measurements take the machine-wide lock, so training pauses while a measurement runs
+  (and a measurement waits for the step in progress before it starts).
+
+The trainer's throughput (steps/s) in the two training conditions shows what the pause costs
+training. With ``--pin`` (default when the machine has 2+ CPUs), the measuring process is
+pinned to the first CPU and the trainer to the second.
+
+Reproduce (the numbers go to ``results/bench_latency.json`` and ``.md``)::
+
+    python scripts/bench_latency.py                      # full run, about 2 minutes
+    python scripts/bench_latency.py --budget 0.3 --models cnn resnet   # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import platform
+import shlex
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import autoprune as ap
+from autoprune.evaluation import Target, default_lock_path, measure_latency, training_gate
+
+IDLE, TRAIN, TRAIN_GATED, STOP = 0, 1, 2, -1
+
+
+def _trainer(mode: Any, steps: Any, threads: int, cpu: int | None, lock_path: str) -> None:
+    """Train a small CNN on random data; mode says whether to train, gate, idle or stop."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    torch.set_num_threads(threads)
+    model = ap.zoo.PlainCNN(width=32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    while (m := mode.value) != STOP:
+        if m == IDLE:
+            time.sleep(0.01)
+            continue
+        # Gated: wait while a measurement runs, and keep one from starting mid-step.
+        with training_gate(lock_path) if m == TRAIN_GATED else contextlib.nullcontext():
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        with steps.get_lock():
+            steps.value += 1
+
+
+def _measure(model: torch.nn.Module, x: torch.Tensor, target: Target, args: argparse.Namespace, lock: bool) -> dict:
+    medians, costs, spreads = [], [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        r = measure_latency(model, x, target, time_budget_s=args.budget, lock=lock, lock_path=args.lock_path)
+        costs.append(time.perf_counter() - start - r.wait_s)
+        medians.append(r.median_ms)
+        spreads.append(r.spread)
+    mean = statistics.fmean(medians)
+    return {
+        "median_ms": statistics.median(medians),
+        "cv": statistics.stdev(medians) / mean if len(medians) > 1 else 0.0,
+        "cost_s": statistics.fmean(costs),
+        "spread": statistics.median(spreads),
+        "medians_ms": medians,
+    }
+
+
+def _run_condition(
+    mode: Any, steps: Any, value: int, model: torch.nn.Module, x: torch.Tensor, target: Target, args: argparse.Namespace
+) -> tuple[dict, float]:
+    """Set the trainer's mode, measure (with the lock unless training ungated); trainer steps/s."""
+    mode.value = value
+    if value != IDLE:  # let the trainer get going before measuring
+        start = steps.value
+        deadline = time.time() + 30
+        while steps.value < start + 2 and time.time() < deadline:
+            time.sleep(0.01)
+    t0, s0 = time.perf_counter(), steps.value
+    out = _measure(model, x, target, args, lock=value != TRAIN)
+    rate = (steps.value - s0) / (time.perf_counter() - t0)
+    mode.value = IDLE
+    return out, rate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=ap.zoo.names(), choices=ap.zoo.names())
+    parser.add_argument("--batch", type=int, default=8, help="example batch size (default 8)")
+    parser.add_argument("--threads", type=int, default=1, help="threads of the measurement and of the trainer")
+    parser.add_argument("--repeats", type=int, default=5, help="measurements per model and condition")
+    parser.add_argument("--budget", type=float, default=1.0, help="time budget of one measurement, s")
+    parser.add_argument("--lock-path", default=str(default_lock_path()), help="the measurement lock file")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=hasattr(os, "sched_setaffinity"))
+    parser.add_argument("--out", type=Path, default=Path("results/bench_latency.json"))
+    args = parser.parse_args(argv)
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pin = args.pin and len(cpus) >= 2
+    if pin:
+        os.sched_setaffinity(0, {cpus[0]})
+    target = Target(threads=args.threads)
+    ctx = mp.get_context("spawn")
+    mode, steps = ctx.Value("i", IDLE), ctx.Value("l", 0)
+    trainer = ctx.Process(
+        target=_trainer, args=(mode, steps, args.threads, cpus[1] if pin else None, args.lock_path), daemon=True
+    )
+    trainer.start()
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    rows = []
+    try:
+        for name in args.models:
+            model, x = ap.zoo.get(name, batch_size=args.batch)
+            row: dict[str, Any] = {"model": name}
+            row["quiet"], _ = _run_condition(mode, steps, IDLE, model, x, target, args)
+            row["train_nolock"], row["steps_per_s_nolock"] = _run_condition(mode, steps, TRAIN, model, x, target, args)
+            row["train_lock"], row["steps_per_s_lock"] = _run_condition(
+                mode, steps, TRAIN_GATED, model, x, target, args
+            )
+            rows.append(row)
+            print(f"{name}: done", file=sys.stderr)
+    finally:
+        mode.value = STOP
+        trainer.join(timeout=30)
+
+    command = "python scripts/bench_latency.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    table = _table(rows, target, args)
+    meta = {
+        "command": command.strip(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpus": len(cpus) or os.cpu_count(),
+        "pinned": pin,
+        "torch": torch.__version__,
+        "autoprune": ap.__version__,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "target": str(target),
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "budget_s": args.budget,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    args.out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"\nReproduce: {meta['command']}  (load average before/after: {load_before} / {meta['loadavg_after']})")
+    print(f"Numbers written to {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+def _table(rows: list[dict], target: Target, args: argparse.Namespace) -> str:
+    def cell(c: dict, quiet: dict | None = None) -> str:
+        text = f"{c['median_ms']:.2f} ms, CV {100 * c['cv']:.1f}%"
+        if quiet is not None:
+            text += f" ({100 * (c['median_ms'] / quiet['median_ms'] - 1):+.0f}%)"
+        return text
+
+    lines = [
+        f"Latency on `{target}`, batch {args.batch}, {args.repeats} measurements of budget {args.budget} s each. "
+        "Cells: median of the medians, CV of the repeated measurements, change against quiet.",
+        "",
+        "| model | quiet | cost / measurement | train, no lock | train, lock + gate | trainer steps/s (no gate / gated) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {cell(r['quiet'])} | {r['quiet']['cost_s']:.2f} s | "
+            f"{cell(r['train_nolock'], r['quiet'])} | {cell(r['train_lock'], r['quiet'])} | "
+            f"{r['steps_per_s_nolock']:.1f} / {r['steps_per_s_lock']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

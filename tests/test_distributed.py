@@ -1,0 +1,155 @@
+"""Distributed search against a real PostgreSQL server: several worker processes, one study."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoprune.study_keys import ROLE_UNPRUNED
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+CONFIG = """
+task = "digits"
+latency_budget_s = 0.05
+reference_amounts = []
+report = false
+[task_options]
+width = 8
+batch_size = 16
+[space]
+steps = [1, 1]
+fine_tune_steps = [{ft}]
+"""
+
+
+def _worker(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "autoprune.cli", "search", "--quiet", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _wait_for(predicate, timeout: float = 300) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+def _study(url: str, name: str) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        return None
+
+
+def _has_baseline(url: str, name: str) -> bool:
+    s = _study(url, name)
+    return s is not None and "baseline" in s.user_attrs
+
+
+def test_three_workers_give_exactly_3m_trials(tmp_path: Path, postgres_url: str) -> None:
+    (tmp_path / "d.toml").write_text(CONFIG.format(ft=0))
+    m = 3
+    first = _worker(tmp_path, "d.toml", "--study", "three", "--storage", postgres_url, "--worker-trials", str(m))
+    _wait_for(lambda: _has_baseline(postgres_url, "three"))
+    # the others join with just --study and --storage: the config comes from the study
+    others = [
+        _worker(tmp_path, "--study", "three", "--storage", postgres_url, "--worker-trials", str(m)) for _ in range(2)
+    ]
+    for p in [first, *others]:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+        assert postgres_url.split(":")[2].split("@")[0] not in out + err  # the password never shows
+    study = _study(postgres_url, "three")
+    assert study is not None
+    searched = [t for t in study.trials if t.user_attrs.get("role") != ROLE_UNPRUNED]
+    assert len([t for t in searched if t.state == optuna.trial.TrialState.COMPLETE]) == 3 * m
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers)) == 3 * m + 1
+    assert all(t.user_attrs.get("host") for t in searched)
+
+
+def test_sigkilled_worker_trial_is_retried(tmp_path: Path, postgres_url: str) -> None:
+    (tmp_path / "k.toml").write_text(CONFIG.format(ft=4000))
+    args = ["k.toml", "--study", "kill", "--storage", postgres_url, "--heartbeat", "1"]
+    victim = _worker(tmp_path, *args, "--worker-trials", "5")
+
+    def running_search_trial() -> bool:
+        s = _study(postgres_url, "kill")
+        return s is not None and any(
+            t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("role") == "search"
+            for t in s.get_trials(deepcopy=False)
+        )
+
+    _wait_for(running_search_trial)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    time.sleep(4)  # past the grace period (3 x heartbeat)
+    rescuer = _worker(tmp_path, *args, "--worker-trials", "1")
+    out, err = rescuer.communicate(timeout=600)
+    assert rescuer.returncode == 0, err
+    study = _study(postgres_url, "kill")
+    assert study is not None
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1
+    retried = [
+        t for t in study.trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == failed[0].number
+    ]
+    assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
+    assert retried[0].params == failed[0].params
+    # nothing completed was lost
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL) for t in study.trials)
+
+
+def test_password_is_masked_and_conflicts_are_refused(tmp_path: Path, postgres_url: str) -> None:
+    password = postgres_url.split(":")[2].split("@")[0]
+    (tmp_path / "p.toml").write_text(CONFIG.format(ft=0))
+    p = _worker(tmp_path, "p.toml", "--study", "mask", "--storage", postgres_url, "--worker-trials", "1")
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    assert password not in out + err and "autoprune:***@" in out
+    study = _study(postgres_url, "mask")
+    assert study is not None
+    stored = json.dumps(study.user_attrs)
+    assert password not in stored and "***" in study.user_attrs["config"]["storage"]
+    saved = (tmp_path / "studies" / "mask-report" / "config.json").read_text()
+    assert password not in saved
+    # a worker whose own arguments contradict the stored config is refused
+    p = _worker(
+        tmp_path, "--study", "mask", "--storage", postgres_url, "--objectives", "accuracy,size", "--worker-trials", "1"
+    )
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 2
+    assert "objectives" in err and len(err.strip().splitlines()) == 1 and password not in err
+    # a bad password is a one-line error without the password
+    bad = postgres_url.replace(password, "wrong-secret")
+    p = _worker(tmp_path, "--study", "mask", "--storage", bad, "--worker-trials", "1")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 2 and "wrong-secret" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_help_mentions_storage() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoprune.cli", "search", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0
+    assert "--storage" in proc.stdout and "--worker-trials" in proc.stdout
+    assert textwrap.dedent("x") == "x"

@@ -1,0 +1,482 @@
+"""Tests of the evaluator: targets, size, MACs, latency, the latency cache and evaluate()."""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import autoprune as ap
+from autoprune.evaluation import (
+    METRIC_NAMES,
+    LatencyBackend,
+    LatencyCache,
+    LatencyResult,
+    Target,
+    _backends,
+    _evaluate,
+    architecture_signature,
+    count_macs,
+    measure_latency,
+    measurement_lock,
+    register_backend,
+    relative_metrics,
+    size_stats,
+    tensor_bytes,
+    training_gate,
+)
+
+BUDGET = 0.3  # seconds per latency measurement in these tests
+
+
+@pytest.fixture(autouse=True)
+def _private_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Tests never touch the machine-wide lock file (and do not queue behind other users)."""
+    path = tmp_path / "latency.lock"
+    monkeypatch.setenv("AUTOPRUNE_LATENCY_LOCK", str(path))
+    return path
+
+
+def _holder(t: torch.Tensor) -> nn.Module:
+    module = nn.Module()
+    module.w = nn.Parameter(t)
+    return module
+
+
+class _Recorder(nn.Module):
+    """A linear layer that records the shape and dtype of what it was called with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+        self.seen: list[tuple[tuple[int, ...], torch.dtype]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((tuple(x.shape), x.dtype))
+        return self.fc(x)
+
+
+# ---------------------------------------------------------------------------- Target
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("cpu", Target()),
+        ("cuda", Target(device="cuda")),
+        ("cuda:1", Target(device="cuda:1")),
+        ("cpu:threads=2,batch=32,dtype=float32", Target(threads=2, batch_size=32)),
+        ("cuda:0:batch=4,dtype=fp16", Target(device="cuda:0", batch_size=4, dtype="float16")),
+        (" CPU:threads=1 ", Target(threads=1)),
+        ("cpu:backend=dense", Target()),
+    ],
+)
+def test_target_parse(text: str, expected: Target) -> None:
+    target = Target.parse(text)
+    assert target == expected
+    assert Target.parse(str(target)) == target
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:3"])
+@pytest.mark.parametrize("options", [{}, {"threads": 3}, {"batch_size": 7, "dtype": "bfloat16"}])
+def test_target_str_round_trips(device: str, options: dict[str, Any]) -> None:
+    target = Target(device=device, **options)
+    assert Target.parse(str(target)) == target
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("tpu", "tpu"),
+        ("cuda:x", "cuda:x"),
+        ("cpu:threads=0", "threads=0"),
+        ("cpu:threads=two", "two"),
+        ("cpu:batch=-1", "batch_size=-1"),
+        ("cpu:dtype=int8", "int8"),
+        ("cpu:speed=fast", "speed=fast"),
+        ("cpu:threads=1,threads=2", "threads"),
+        ("cpu:backend=nope", "nope"),
+        ("cpu:a:b", "cpu:a:b"),
+    ],
+)
+def test_target_parse_rejects_bad_text(text: str, named: str) -> None:
+    with pytest.raises(ap.TargetError, match="must|allowed|twice|follow") as info:
+        Target.parse(text)
+    assert named in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_target_without_cuda_is_a_clear_error() -> None:
+    model, x = nn.Linear(8, 4), torch.randn(2, 8)
+    with pytest.raises(ap.TargetError, match="needs CUDA"):
+        Target.parse("cuda").check_available()
+    with pytest.raises(ap.TargetError, match="needs CUDA"):
+        measure_latency(model, x, "cuda:0", time_budget_s=BUDGET)
+    with pytest.raises(ap.TargetError, match="needs CUDA"):
+        ap.evaluate(model, x, target="cuda")
+
+
+def test_cuda_index_out_of_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    Target.parse("cuda:0").check_available()
+    with pytest.raises(ap.TargetError, match=r"names CUDA device 3, but this machine has 1 \(allowed: cuda:0"):
+        Target.parse("cuda:3").check_available()
+
+
+# ---------------------------------------------------------------------------- size
+def test_sparse_bytes_of_a_90_percent_zero_tensor() -> None:
+    t = torch.randn(512, 512)
+    t[torch.rand(512, 512) < 0.9] = 0
+    dense, sparse = tensor_bytes(t)
+    assert dense == 512 * 512 * 4
+    assert sparse < 0.2 * dense
+
+
+def test_sparse_bytes_never_above_dense() -> None:
+    for t in (torch.randn(64, 64), torch.randn(10), torch.randn(3, 3, 3, 3), torch.tensor(2.0)):
+        dense, sparse = tensor_bytes(t)
+        assert sparse == dense == t.numel() * 4
+    # a few zeros make neither encoding pay: still dense
+    t = torch.randn(64, 64)
+    t[0, :3] = 0
+    assert tensor_bytes(t)[1] == tensor_bytes(t)[0]
+
+
+def test_sparse_bytes_formulas() -> None:
+    # 90% zeros in 1000 x 100: bitmask = 100000/8 + 10000*4; CSR = 10000*(4+1) + 1001*2
+    t = torch.zeros(1000, 100)
+    t[:, :10] = 1.0
+    assert tensor_bytes(t) == (400_000, min(12_500 + 40_000, 50_000 + 2_002))
+    # 99.99% zeros: CSR beats the bitmask
+    t = torch.zeros(1000, 1000)
+    t[::10, 0] = 1.0
+    dense, sparse = tensor_bytes(t)
+    assert sparse == 100 * 4 + 100 * 2 + 1001 * 1 < 1_000_000 / 8
+    assert tensor_bytes(torch.zeros(0, 4)) == (0, 0)
+
+
+def test_size_stats_counts_params_and_tied_weights_once() -> None:
+    model = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 10))
+    model[2].weight = model[0].weight  # tied
+    with torch.no_grad():
+        model[0].weight[:5] = 0
+    stats = size_stats(model)
+    assert stats["params"] == 100 + 10 + 10
+    assert stats["nonzero_params"] == 50 + 10 + 10
+    assert stats["dense_bytes"] == 120 * 4
+    assert stats["sparse_bytes"] < stats["dense_bytes"]
+
+
+def test_size_stats_of_batchnorm_counts_buffers() -> None:
+    stats = size_stats(nn.BatchNorm2d(8))
+    assert stats["params"] == 16
+    # weight, bias, running mean and var as fp32, num_batches_tracked as int64
+    assert stats["dense_bytes"] == 4 * 8 * 4 + 8
+
+
+# ---------------------------------------------------------------------------- MACs
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize(("groups", "stride"), [(1, 1), (4, 2)])
+def test_macs_of_conv2d_match_the_formula(batch: int, groups: int, stride: int) -> None:
+    conv = nn.Conv2d(8, 16, 3, stride=stride, padding=1, groups=groups)
+    h_out = (20 + 2 - 3) // stride + 1
+    expected = 16 * h_out * h_out * (8 // groups) * 3 * 3  # per sample, whatever the batch
+    assert count_macs(conv, torch.randn(batch, 8, 20, 20)) == expected
+
+
+def test_macs_of_linear_and_attention() -> None:
+    assert count_macs(nn.Linear(20, 30), torch.randn(4, 20)) == 600
+    assert count_macs(nn.Linear(20, 30), (torch.randn(4, 7, 20),)) == 7 * 600
+    model, x = ap.zoo.get("transformer", batch_size=3)
+    seq, dim, d_in = 16, 128, 32
+    block = seq * dim * 3 * dim + seq * dim * dim + 2 * seq * seq * dim + 2 * seq * dim * 4 * dim
+    assert count_macs(model, x) == seq * d_in * dim + 2 * block + dim * 10
+
+
+def test_macs_restore_modes_and_fast_path() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout()).train()
+    model[1].eval()
+    count_macs(model, torch.randn(2, 4))
+    assert model.training and model[0].training and not model[1].training
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
+# ---------------------------------------------------------------------------- latency
+def _conv_net(width: int) -> nn.Module:
+    return ap.zoo.PlainCNN(width=width).eval()
+
+
+def test_latency_of_the_same_model_twice_agrees() -> None:
+    model, x = ap.zoo.get("cnn", batch_size=2)
+    a = measure_latency(model, x, "cpu:threads=1", time_budget_s=BUDGET)
+    b = measure_latency(model, x, "cpu:threads=1", time_budget_s=BUDGET)
+    assert a.median_ms > 0 and a.repeats >= 3 and a.spread >= 0
+    assert 0.5 < a.median_ms / b.median_ms < 2.0  # loose: the machine is shared
+
+
+def test_half_the_channels_measures_faster() -> None:
+    x = torch.randn(4, 3, 32, 32)
+    full = measure_latency(_conv_net(64), x, "cpu:threads=1", time_budget_s=BUDGET)
+    half = measure_latency(_conv_net(32), x, "cpu:threads=1", time_budget_s=BUDGET)
+    assert half.median_ms < 0.9 * full.median_ms  # ~4x fewer MACs; a generous margin
+
+
+def test_threads_and_modes_are_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.get_num_threads())
+            return x * 2
+
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    model = nn.Sequential(Probe(), nn.Dropout()).train()
+    model[1].eval()
+    measure_latency(model, torch.randn(2, 3), Target(threads=other), time_budget_s=0.05)
+    assert set(seen) == {other}
+    assert torch.get_num_threads() == before
+    assert model.training and not model[1].training
+
+    class Boom(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        measure_latency(Boom().train(), torch.randn(2, 3), Target(threads=other), time_budget_s=0.05)
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(("example_batch", "target_batch"), [(2, 5), (6, 4), (3, None)])
+def test_batch_is_resized_and_inputs_cast(example_batch: int, target_batch: int | None) -> None:
+    model = _Recorder()
+    target = Target(batch_size=target_batch, dtype="bfloat16")
+    measure_latency(model, torch.randn(example_batch, 8), target, time_budget_s=0.05)
+    shapes = {s for s, _ in model.seen}
+    # the bf16 run happens on a copy, so the original records nothing and stays fp32
+    assert not shapes
+    assert model.fc.weight.dtype == torch.float32
+    measure_latency(model, torch.randn(example_batch, 8), Target(batch_size=target_batch), time_budget_s=0.05)
+    assert {s for s, _ in model.seen} == {(target_batch or example_batch, 8)}
+
+
+def test_dtype_cast_reaches_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    copies: list[nn.Module] = []
+    original = _backends.model_on_target
+
+    def spy(model: nn.Module, target: Target) -> nn.Module:
+        copies.append(original(model, target))
+        return copies[-1]
+
+    monkeypatch.setattr(_backends, "model_on_target", spy)
+    model = _Recorder()
+    measure_latency(model, torch.randn(2, 8), "cpu:dtype=bfloat16,batch=3", time_budget_s=0.05)
+    assert copies[0] is not model
+    assert {s for s in copies[0].seen} == {((3, 8), torch.bfloat16)}  # type: ignore[attr-defined]
+    assert model.fc.weight.dtype == torch.float32
+
+
+def _hold_lock(lock_path: Path, seconds: float, held: threading.Event) -> None:
+    with measurement_lock(lock_path):
+        held.set()
+        time.sleep(seconds)
+
+
+@pytest.mark.parametrize("use_lock", [True, False])
+def test_measurement_waits_for_the_lock(_private_lock: Path, use_lock: bool) -> None:
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_lock, args=(_private_lock, 0.4, held))
+    holder.start()
+    held.wait()
+    result = measure_latency(nn.Linear(8, 4), torch.randn(2, 8), time_budget_s=0.05, lock=use_lock)
+    holder.join()
+    if use_lock:
+        assert result.wait_s > 0.2
+    else:
+        assert result.wait_s == 0.0
+
+
+def test_training_gate_waits_while_a_measurement_runs(_private_lock: Path) -> None:
+    assert training_gate().waited_s < 0.2  # free: returns at once
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_lock, args=(_private_lock, 0.4, held))
+    holder.start()
+    held.wait()
+    gate = training_gate()
+    holder.join()
+    assert gate.waited_s > 0.2
+
+
+def test_a_measurement_waits_for_a_running_gated_step() -> None:
+    in_step = threading.Event()
+
+    def step() -> None:
+        with training_gate():
+            in_step.set()
+            time.sleep(0.4)
+
+    trainer = threading.Thread(target=step)
+    trainer.start()
+    in_step.wait()
+    result = measure_latency(nn.Linear(8, 4), torch.randn(2, 8), time_budget_s=0.05)
+    trainer.join()
+    assert result.wait_s > 0.2
+
+
+def test_a_gate_inside_this_process_own_measurement_does_not_deadlock() -> None:
+    gated: list[float] = []
+
+    class GatedModel(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with training_gate() as gate:
+                gated.append(gate.waited_s)
+                return super().forward(x)
+
+    measure_latency(GatedModel(8, 4), torch.randn(2, 8), time_budget_s=0.05)
+    assert gated and max(gated) < 1.0
+
+
+def test_custom_backend_is_selected_by_the_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_backends, "_REGISTRY", dict(_backends._REGISTRY))
+    calls: list[int] = []
+
+    @register_backend("counting")
+    class Counting(LatencyBackend):
+        def prepare(self, model: nn.Module, inputs: Any, target: Target) -> Callable[[], object]:
+            return lambda: calls.append(1)
+
+        def signature(self, model: nn.Module) -> str:
+            return str(size_stats(model)["nonzero_params"])
+
+    target = Target.parse("cpu:backend=counting")
+    assert str(target) == "cpu:backend=counting"
+    measure_latency(nn.Linear(8, 4), torch.randn(2, 8), target, time_budget_s=0.05)
+    assert calls
+    # this backend's latency depends on zeros, so zeros change its cache key (not the dense one's)
+    model = nn.Linear(8, 4)
+    pruned = copy.deepcopy(model)
+    with torch.no_grad():
+        pruned.weight[0] = 0
+    assert architecture_signature(model, target) != architecture_signature(pruned, target)
+    assert architecture_signature(model, "cpu") == architecture_signature(pruned, "cpu")
+    with pytest.raises(TypeError):
+        register_backend("bad")(object)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- cache
+def test_signature_ignores_weights_and_sees_structure() -> None:
+    a, x = ap.zoo.get("resnet", seed=0)
+    b, _ = ap.zoo.get("resnet", seed=1)
+    with torch.no_grad():
+        b.fc.weight[:, :10] = 0  # unstructured zeros do not change the architecture
+    narrow = ap.zoo.ResNetLike(width=32)
+    sig = architecture_signature(a, "cpu", x)
+    assert sig == architecture_signature(b, "cpu", x)
+    assert sig != architecture_signature(narrow, "cpu", x)
+    assert sig != architecture_signature(a, "cpu:threads=1", x)
+    assert sig != architecture_signature(a, "cpu:batch=8", x)
+    assert sig != architecture_signature(a, "cpu", torch.randn(1, 3, 64, 64))
+    strided = ap.zoo.ResNetLike()
+    strided.stem[0].stride = (2, 2)  # same shapes, different computation
+    assert sig != architecture_signature(strided, "cpu", x)
+
+
+def test_cache_hit_on_an_identical_architecture_does_not_remeasure(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[nn.Module] = []
+    real = _evaluate._measure_latency
+
+    def counting(model: nn.Module, *args: Any, **kwargs: Any) -> LatencyResult:
+        calls.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(_evaluate, "_measure_latency", counting)
+    cache = LatencyCache()
+    x = torch.randn(2, 3, 32, 32)
+    first = ap.evaluate(_conv_net(16), x, target="cpu:threads=1", cache=cache, time_budget_s=0.1)
+    twin = _conv_net(16)
+    with torch.no_grad():
+        twin.classifier[1].weight[::2] = 0
+    second = ap.evaluate(twin, x, target="cpu:threads=1", cache=cache, time_budget_s=0.1)
+    assert len(calls) == 1
+    assert not first.latency_cached and second.latency_cached
+    assert second.latency_ms == first.latency_ms and second.time_latency_s == 0.0
+    assert second.nonzero_params < first.nonzero_params
+    ap.evaluate(_conv_net(8), x, target="cpu:threads=1", cache=cache, time_budget_s=0.1)
+    ap.evaluate(twin, x, target="cpu:threads=1,batch=4", cache=cache, time_budget_s=0.1)
+    assert len(calls) == 3 and len(cache) == 3
+
+
+def test_file_cache_is_shared_and_safe_under_concurrent_writers(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "latency.sqlite"
+    writers = [LatencyCache(path) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def write(i: int) -> None:
+        try:
+            for j in range(25):
+                writers[i].put(f"k{j}", (float(i), 0.01, 10, 0.5))
+                writers[i].put(f"w{i}-{j}", LatencyResult(float(j), 0.02, 7, 0.1, 0.0, 3))
+        except BaseException as exc:  # noqa: B036 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    reader = LatencyCache(path)
+    assert len(reader) == 25 + 4 * 25
+    assert reader.get("w3-7") == LatencyResult(7.0, 0.02, 7, 0.1, 0.0, 3)
+    hit = reader.get("k0")
+    assert hit is not None and hit.median_ms in {0.0, 1.0, 2.0, 3.0}
+    assert reader.get("missing") is None
+    assert LatencyCache(path, host="elsewhere").get("k0") is None  # another machine measures itself
+
+
+# ---------------------------------------------------------------------------- evaluate
+def _tiny_task(model: nn.Module, x: torch.Tensor) -> ap.Task:
+    def judge(m: nn.Module) -> float:
+        assert not torch.is_grad_enabled()
+        return 87.5
+
+    return ap.Task(name="tiny", model=model, example_inputs=x, evaluate=judge)
+
+
+def test_evaluate_a_task_fills_every_field_and_leaves_the_model_alone() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).train()
+    x = torch.randn(2, 3, 8, 8)
+    state = copy.deepcopy(model.state_dict())
+    metrics = ap.evaluate(model, _tiny_task(model, x), target="cpu:threads=1", time_budget_s=0.1)
+    data = metrics.as_dict()
+    assert set(METRIC_NAMES) <= set(data)
+    assert data["accuracy"] == 87.5
+    assert data["params"] == sum(p.numel() for p in model.parameters())
+    assert data["macs"] == 8 * 6 * 6 * 3 * 9 + 8 * 6 * 6 * 4
+    assert data["latency_ms"] > 0 and data["latency_repeats"] >= 3
+    assert data["target"] == "cpu:threads=1" and data["host"]
+    assert data["time_eval_s"] > 0 and data["time_latency_s"] > 0
+    assert model.training and all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+
+
+def test_evaluate_plain_inputs_and_no_latency() -> None:
+    metrics = ap.evaluate(nn.Linear(8, 4), torch.randn(2, 8), measure_latency=False)
+    assert math.isnan(metrics.accuracy) and math.isnan(metrics.latency_ms)
+    assert metrics.macs == 32 and metrics.time_latency_s < 0.1
+
+
+def test_relative_metrics() -> None:
+    base = ap.Metrics(90.0, 100, 100, 400, 400, 1000, 10.0, 0.01)
+    pruned = ap.Metrics(88.5, 100, 10, 400, 100, 1000, 8.0, 0.01)
+    assert relative_metrics(pruned, base) == {"accuracy_drop": 1.5, "speedup": 1.25, "compression": 4.0}
