@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
+
 from autoprune import tasks, zoo
 from autoprune._errors import (
     AutopruneError,
@@ -11,25 +13,39 @@ from autoprune._errors import (
     TargetError,
     TaskError,
 )
+from autoprune._search import search
+from autoprune.config import SearchConfig, SpaceConfig
+from autoprune.evaluation import Metrics, Target, evaluate
 from autoprune.executor import apply_schedule
+from autoprune.export import load_pruned, save_pruned
 from autoprune.preflight import LayerInfo, prunable_layers
+from autoprune.report import report
+from autoprune.results import load_study
 from autoprune.schedule import LayerPlan, Schedule, step_amounts
 from autoprune.tasks import Task
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AutopruneError",
     "ConfigError",
     "LayerInfo",
     "LayerPlan",
+    "Metrics",
     "PreflightError",
     "Schedule",
+    "SearchConfig",
+    "SpaceConfig",
     "ScheduleError",
+    "Target",
     "TargetError",
     "TaskError",
     "apply_schedule",
+    "evaluate",
+    "load_pruned",
+    "load_study",
+    "save_pruned",
+    "search",
     "prunable_layers",
+    "report",
     "step_amounts",
     "Task",
     "tasks",

@@ -26,7 +26,7 @@ from torch import nn
 
 from autoprune import __version__
 from autoprune._errors import AutopruneError, ConfigError
-from autoprune.config import DEFAULT_STORAGE, SearchConfig, mask_url
+from autoprune.config import SearchConfig, mask_url
 from autoprune.executor import apply_schedule
 from autoprune.preflight import prunable_layers
 from autoprune.schedule import Schedule
@@ -38,10 +38,10 @@ from autoprune.study_keys import (
     ROLE_UNPRUNED,
     is_feasible,
 )
-from autoprune.tasks import Task, from_spec
+from autoprune.tasks import Task
 from autoprune.tasks import get as get_task
 
-__all__ = ["search", "open_study", "make_storage", "counted_trials", "run_worker", "pareto_table"]
+__all__ = ["search", "run_search", "open_study", "make_storage", "counted_trials", "run_worker"]
 
 _logger = logging.getLogger(__name__)
 _DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
@@ -117,7 +117,7 @@ def open_study(cfg: SearchConfig, *, create: bool = True, check: bool = True, se
     (``check=False`` for readers that only look at the study)."""
     storage = make_storage(cfg)
     name = cfg.study_name
-    directions = [OBJECTIVES[o][1] for o in cfg.objectives]
+    directions: list[Any] = [OBJECTIVES[o][1] for o in cfg.objectives]
     sampler = _make_sampler(cfg, cfg.seed + seed_offset)
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if name in existing:
@@ -544,37 +544,3 @@ def _best_feasible_text(trials: list[optuna.trial.FrozenTrial], cfg: SearchConfi
         f"best feasible: #{best.number} {best.user_attrs.get('speedup', 0):.2f}x faster, "
         f"{best.user_attrs.get('compression', 0):.1f}x smaller, drop {best.user_attrs.get('accuracy_drop', 0):.2f}"
     )
-
-
-def pareto_table(study: optuna.Study) -> Any:
-    """The feasible Pareto trials as a pandas DataFrame, sorted by the first objective."""
-    import pandas as pd
-
-    names = study.user_attrs.get("objectives") or study.metric_names or []
-    rows = []
-    for t in study.best_trials:
-        a = t.user_attrs
-        rows.append(
-            {
-                "trial": t.number,
-                "role": a.get("role", ""),
-                "accuracy": a.get("accuracy"),
-                "drop": a.get("accuracy_drop"),
-                "latency_ms": a.get("latency_ms"),
-                "speedup": a.get("speedup"),
-                "size_kB": (a.get("sparse_bytes") or 0) / 1000,
-                "compression": a.get("compression"),
-                "MMACs": (a.get("macs") or 0) / 1e6,
-                "schedule": a.get("schedule_summary", ""),
-            }
-        )
-    df = pd.DataFrame(rows)
-    if not df.empty and names:
-        key = {"accuracy": "accuracy", "latency": "latency_ms", "size": "size_kB", "params": "size_kB", "macs": "MMACs"}
-        col = key.get(names[0], "trial")
-        df = df.sort_values(col, ascending=names[0] != "accuracy").reset_index(drop=True)
-    return df
-
-
-def default_storage() -> str:
-    return DEFAULT_STORAGE

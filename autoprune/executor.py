@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch.nn.utils import prune
 
 from autoprune._errors import ScheduleError
 from autoprune.preflight import LayerInfo, ModelAnalysis, analyse
-from autoprune.schedule import LayerPlan, Schedule
+from autoprune.schedule import LayerPlan, Schedule, step_amounts
 
 __all__ = ["apply_schedule", "resolve_plans", "StepCallback"]
 
@@ -36,7 +37,11 @@ def resolve_plans(schedule: Schedule, analysis: ModelAnalysis) -> dict[str, tupl
     lookup = analysis.by_member()
     skipped = dict(analysis.skipped)
     resolved: dict[str, tuple[LayerInfo, LayerPlan]] = {}
+    planned_as: dict[str, str] = {}  # entry -> the layer name its plan was given under
     ignored = set(schedule.ignore)
+    for name in schedule.ignore:
+        if name not in lookup and name not in skipped:
+            raise ScheduleError(f"`ignore` must name layers of the model, but got {name!r}, which is not one.")
     for name, plan in schedule.layers.items():
         if name in ignored or plan.method == "none" or plan.amount == 0:
             continue
@@ -45,12 +50,16 @@ def resolve_plans(schedule: Schedule, analysis: ModelAnalysis) -> dict[str, tupl
             if name in skipped:
                 raise ScheduleError(f"layer {name!r} cannot be pruned: {skipped[name]}.")
             known = ", ".join(i.name for i in analysis.layers[:8])
-            raise ScheduleError(f"layer {name!r} is not a prunable layer of this model; prunable layers include: {known}.")
-        if info.name in ignored:
+            raise ScheduleError(
+                f"layer {name!r} is not a prunable layer of this model; prunable layers include: {known}."
+            )
+        # Ignoring any layer of a group protects the whole group: it cannot lose channels
+        # without that layer losing them too.
+        if ignored & ({info.name, *info.members} | {w for w, _ in info.weights}):
             continue
         if info.name in resolved:
             raise ScheduleError(
-                f"layers {resolved[info.name][1]!r} and {name!r} belong to the same coupled group {info.name!r}; "
+                f"layers {planned_as[info.name]!r} and {name!r} belong to the same coupled group {info.name!r}; "
                 "give one plan per group."
             )
         if plan.method not in info.methods:
@@ -63,6 +72,7 @@ def resolve_plans(schedule: Schedule, analysis: ModelAnalysis) -> dict[str, tupl
                 f"({info.channels} channels in groups of {info.channel_groups}), but got amount={plan.amount}."
             )
         resolved[info.name] = (info, plan)
+        planned_as[info.name] = name
     return resolved
 
 
@@ -72,7 +82,11 @@ def _masked_params(model: nn.Module) -> list[tuple[nn.Module, str]]:
     for module in model.modules():
         for hook in module._forward_pre_hooks.values():
             if isinstance(hook, prune.BasePruningMethod):
-                names = [h._tensor_name for h in hook._pruning_methods] if isinstance(hook, prune.PruningContainer) else [hook._tensor_name]
+                names = (
+                    [h._tensor_name for h in hook._pruning_methods]
+                    if isinstance(hook, prune.PruningContainer)
+                    else [hook._tensor_name]
+                )
                 out += [(module, n) for n in dict.fromkeys(names)]
     return out
 
@@ -138,8 +152,6 @@ def _structured_step(
     norms: dict[nn.Module, int] = {}
     for name, (keep, _) in targets.items():
         module = model.get_submodule(name)
-        import torch_pruning.dependency as _  # noqa: F401  (keeps import local and lazy)
-
         current = _out_channels(module)
         if keep >= current:
             continue
@@ -159,17 +171,19 @@ def _structured_step(
     was_training = model.training
     model.eval()
     try:
-        pruner = tp.pruner.MetaPruner(
-            model,
-            example_inputs,
-            importance=_PerLayerImportance(schedule.importance, norms),
-            pruning_ratio=0.0,
-            pruning_ratio_dict=ratios,  # type: ignore[arg-type]
-            ignored_layers=output_layers,
-            num_heads=mha,  # type: ignore[arg-type]
-            prune_head_dims=True,
-            prune_num_heads=False,
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")  # preflight lists them
+            pruner = tp.pruner.MetaPruner(
+                model,
+                example_inputs,
+                importance=_PerLayerImportance(schedule.importance, norms),
+                pruning_ratio=0.0,
+                pruning_ratio_dict=ratios,  # type: ignore[arg-type]
+                ignored_layers=output_layers,
+                num_heads=mha,  # type: ignore[arg-type]
+                prune_head_dims=True,
+                prune_num_heads=False,
+            )
         with torch.enable_grad():
             pruner.step()
     finally:
@@ -191,15 +205,19 @@ def _keep_channels(original: int, amount: float, multiple: int) -> int:
 
 
 # ---------------------------------------------------------------------------- unstructured
-def _unstructured_step(
-    model: nn.Module, schedule: Schedule, targets: dict[str, tuple[LayerInfo, float]]
-) -> None:
+def _unstructured_step(model: nn.Module, schedule: Schedule, targets: dict[str, tuple[LayerInfo, float]]) -> None:
     """Zero weights until each unstructured entry reaches its cumulative amount."""
     wanted: list[tuple[nn.Module, str, int]] = []
     for info, amount in targets.values():
         for layer, pname in info.weights:
             module = model.get_submodule(layer)
-            numel = getattr(module, pname + "_orig", getattr(module, pname)).numel()
+            orig = getattr(module, pname + "_orig", None)
+            if orig is not None:
+                # The masked `weight` attribute is only recomputed by a forward pass; after
+                # fine-tuning it is stale, and torch's pruning ranks by it. Refresh it so the
+                # ranking never depends on whether someone ran the model in between.
+                setattr(module, pname, orig * getattr(module, pname + "_mask"))
+            numel = getattr(module, pname).numel()
             wanted.append((module, pname, round(amount * numel)))
     if schedule.global_unstructured and wanted:
         extra = sum(w for _, _, w in wanted) - sum(_zeros(m, p) for m, p, _ in wanted)
@@ -247,14 +265,33 @@ def apply_schedule(
     pruned = copy.deepcopy(model)
     analysis = analyse(pruned, example_inputs)
     plans = resolve_plans(schedule, analysis)
-    torch.manual_seed(schedule.seed)
+    if fine_tune is None and schedule.fine_tune_steps > 0 and schedule.steps > 1:
+        _logger.warning(
+            "the schedule asks for %d fine-tuning steps but no fine_tune was given", schedule.fine_tune_steps
+        )
+    # The seed drives random importance and tie breaks; fork so the caller's RNG is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(schedule.seed)
+        _run_steps(pruned, schedule, plans, analysis, example_inputs, fine_tune, on_step)
+    return pruned
 
+
+def _run_steps(
+    pruned: nn.Module,
+    schedule: Schedule,
+    plans: dict[str, tuple[LayerInfo, LayerPlan]],
+    analysis: ModelAnalysis,
+    example_inputs: Any,
+    fine_tune: FineTune | None,
+    on_step: StepCallback | None,
+) -> None:
     originals = {name: info.channels for name, (info, _) in plans.items()}
     for step in range(1, schedule.steps + 1):
         structured: dict[str, tuple[int, int]] = {}
         unstructured: dict[str, tuple[LayerInfo, float]] = {}
         for name, (info, plan) in plans.items():
-            amount = schedule.amounts_at(name)[step - 1]
+            # `name` is the entry's root, which need not be the layer the plan was keyed by.
+            amount = step_amounts(plan.amount, schedule.steps, schedule.shape)[step - 1]
             if plan.method == "structured":
                 multiple = info.channel_groups * (schedule.round_to or 1)
                 structured[name] = (_keep_channels(originals[name], amount, multiple), originals[name])
@@ -271,4 +308,3 @@ def apply_schedule(
         if on_step is not None:
             on_step(pruned, step, schedule.steps)
     _make_permanent(pruned)
-    return pruned

@@ -9,6 +9,7 @@ Schedule keyed by entry names covers the model without overlaps.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,27 +100,92 @@ class ModelAnalysis:
 
 def _weights_of(module: nn.Module) -> list[str]:
     if isinstance(module, nn.MultiheadAttention):
-        return ["in_proj_weight"] if module.in_proj_weight is not None else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
+        return (
+            ["in_proj_weight"]
+            if module.in_proj_weight is not None
+            else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
+        )
     if isinstance(module, ROOT_TYPES) and getattr(module, "weight", None) is not None:
         return ["weight"]
     return []
 
 
+def _has_tensor(output: Any) -> bool:
+    if isinstance(output, torch.Tensor):
+        return True
+    if isinstance(output, (list, tuple)):
+        return any(_has_tensor(o) for o in output)
+    if isinstance(output, dict):
+        return any(_has_tensor(o) for o in output.values())
+    return False
+
+
+def _call(model: nn.Module, example_inputs: Any) -> Any:
+    # The same calling convention as Torch-Pruning's tracer.
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
 def build_graph(model: nn.Module, example_inputs: Any) -> Any:
-    """Trace ``model`` with Torch-Pruning, turning any failure into a PreflightError."""
+    """Trace ``model`` with Torch-Pruning, turning any failure into a PreflightError.
+
+    The model is run once on its own first, so that a wrong input or a non-tensor output is
+    reported as such rather than as an error from deep inside the tracer.
+    """
     import torch_pruning as tp
 
+    name = type(model).__name__
     try:
-        with torch.enable_grad():
+        with torch.no_grad():
+            output = _call(model, example_inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the same to the user
+        raise PreflightError(
+            f"cannot run {name} on the example inputs ({_describe(example_inputs)}): {type(exc).__name__}: {exc}"
+        ) from exc
+    if not _has_tensor(output):
+        raise PreflightError(
+            f"cannot trace {name}: its forward must return a tensor (or a tuple, list or dict of tensors) "
+            f"for Torch-Pruning to follow the autograd graph, but it returned {type(output).__name__}"
+        )
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():
+            # Unwrapped parameters are reported by preflight itself, with their layer.
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means the same to the user
         raise PreflightError(
-            f"cannot trace {type(model).__name__} with the given example inputs: {type(exc).__name__}: {exc}"
+            f"cannot trace {name} with Torch-Pruning (it follows the autograd graph of one forward pass; "
+            f"data-dependent Python control flow, non-tensor outputs or detached tensors break it): "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _describe(inputs: Any) -> str:
+    if isinstance(inputs, torch.Tensor):
+        return f"tensor of shape {tuple(inputs.shape)}"
+    if isinstance(inputs, (tuple, list)):
+        return f"{type(inputs).__name__} of {len(inputs)}: " + ", ".join(_describe(i) for i in inputs)
+    if isinstance(inputs, dict):
+        return "dict with keys " + ", ".join(map(str, inputs))
+    return type(inputs).__name__
+
+
+def _custom_op(graph: Any, module: Any) -> str | None:
+    """The name of a custom autograd Function behind an op node, if it is one."""
+    node = graph.module2node.get(module)
+    grad_fn = getattr(node, "grad_fn", None)
+    if isinstance(grad_fn, torch.autograd.function.BackwardCFunction):
+        return str(grad_fn.name())  # type: ignore[attr-defined]
+    return None
 
 
 def analyse(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
     """Analyse ``model``: its prunable groups, lone layers and what was skipped and why."""
+    from torch_pruning import ops
+
     was_training = model.training
     model.eval()
     try:
@@ -127,8 +193,11 @@ def analyse(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
     finally:
         model.train(was_training)
     names = {m: n for n, m in model.named_modules()}
+    param_names = {p: n for n, p in model.named_parameters()}
     analysis = ModelAnalysis(layers=[])
     covered: set[str] = set()
+    # Unwrapped parameter -> the group Torch-Pruning slices it with (by root name).
+    unwrapped_in_group: dict[str, str] = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.MultiheadAttention):
             analysis.num_heads[name] = module.num_heads
@@ -140,9 +209,22 @@ def analyse(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
             continue
         members: list[str] = []
         output_coupled = False
+        custom_ops: list[str] = []
+        ambiguous: list[str] = []
         ch_groups = 1
         for dep, _ in group:
             target = dep.target.module
+            if dep.target.type == ops.OPTYPE.PARAMETER:
+                pname = param_names.get(target, "?")
+                unwrapped_in_group.setdefault(pname, root_name)
+                if sum(size > 1 for size in target.shape) > 1:
+                    # Torch-Pruning guesses the last non-singleton dim; with several it may
+                    # guess wrong and break the model.
+                    ambiguous.append(f"{pname} {tuple(target.shape)}")
+                continue
+            op = _custom_op(graph, target)
+            if op is not None and op not in custom_ops:
+                custom_ops.append(op)
             if not graph.is_out_channel_pruning_fn(dep.handler):
                 continue
             node = graph.module2node.get(target)
@@ -168,14 +250,23 @@ def analyse(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
         covered.update(members)
         channels = int(graph.get_out_channels(root) or 0)
         params = sum(model.get_submodule(w).get_parameter(p).numel() for w, p in weights)
+        reason: str | None = None
         if output_coupled:
-            methods: tuple[str, ...] = ("unstructured",) if weights else ()
-            reason: str | None = "its output channels are the model's output"
-            max_amount = 0.99
+            reason = "its output channels are the model's output"
+        elif custom_ops:
+            reason = f"its channels pass through custom autograd op(s) {', '.join(custom_ops)} that Torch-Pruning cannot see into"
+        elif ambiguous:
+            reason = (
+                f"it is coupled with unwrapped parameter(s) {', '.join(ambiguous)} whose channel dimension "
+                "Torch-Pruning would have to guess"
+            )
         elif channels <= ch_groups:
-            methods, reason, max_amount = ("unstructured",), "only one channel per channel group", 0.99
+            reason = "only one channel per channel group"
+        if reason is not None:
+            methods: tuple[str, ...] = ("unstructured",) if weights else ()
+            max_amount = 0.99
         else:
-            methods, reason = ("structured", "unstructured"), None
+            methods = ("structured", "unstructured")
             max_amount = math.floor((1 - ch_groups / channels) * 100) / 100
         analysis.layers.append(
             LayerInfo(
@@ -194,16 +285,24 @@ def analyse(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
 
     # Layers with weights that no group covers: custom modules, untraced branches.
     for name, module in model.named_modules():
-        if name in covered or name == "":
+        if name in covered:
             continue
-        own = [(n, p) for n, p in module.named_parameters(recurse=False)]
+        own = [n for n, _ in module.named_parameters(recurse=False)]
         if not own:
             continue
-        parent_is_mha = any(
-            isinstance(model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model, nn.MultiheadAttention)
-            for _ in [0]
-        )
-        if parent_is_mha or isinstance(module, _FOLLOWER_TYPES):
+        if name == "":
+            # Parameters held by the model itself are listed one by one, by their own name.
+            for p in own:
+                fate = (
+                    f"not pruned itself (coupled with the channels of group {unwrapped_in_group[p]})"
+                    if p in unwrapped_in_group
+                    else "no Torch-Pruning handler, left as is"
+                )
+                analysis.skipped.append((p, f"unwrapped parameter {p} of {type(model).__name__}: {fate}"))
+            continue
+        # MultiheadAttention's out_proj is listed with the attention; norms follow their group.
+        parent = model.get_submodule(name.rpartition(".")[0])
+        if isinstance(parent, nn.MultiheadAttention) or isinstance(module, _FOLLOWER_TYPES):
             continue
         wnames = _weights_of(module)
         if isinstance(module, ROOT_TYPES) and wnames:
@@ -224,13 +323,17 @@ def analyse(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
                     reason=f"structured pruning not possible: {reason}",
                 )
             )
-        else:
-            kind = "unwrapped parameter(s)" if not isinstance(module, ROOT_TYPES) else "no weight"
-            pnames = ", ".join(n for n, _ in own)
-            analysis.skipped.append(
-                (name, f"{type(module).__name__} with {kind} {pnames}: no Torch-Pruning handler, left as is")
-            )
-    analysis.layers.sort(key=lambda i: list(names.values()).index(i.name))
+            continue
+        kind = "unwrapped parameter(s)" if not isinstance(module, ROOT_TYPES) else "no weight"
+        sliced = sorted({unwrapped_in_group[f"{name}.{p}"] for p in own if f"{name}.{p}" in unwrapped_in_group})
+        fate = (
+            f"not pruned itself (coupled with the channels of group(s) {', '.join(sliced)})"
+            if sliced
+            else "no Torch-Pruning handler, left as is"
+        )
+        analysis.skipped.append((name, f"{type(module).__name__} with {kind} {', '.join(own)}: {fate}"))
+    order = {n: i for i, n in enumerate(names.values())}
+    analysis.layers.sort(key=lambda i: order[i.name])
     return analysis
 
 
@@ -248,8 +351,18 @@ def prunable_layers(model: nn.Module, example_inputs: Any) -> list[LayerInfo]:
     """
     analysis = analyse(model, example_inputs)
     skipped = [
-        LayerInfo(name=n, type="", members=(n,), weights=(), channels=0, channel_groups=1, params=0,
-                  methods=(), max_amount=0.0, reason=r)
+        LayerInfo(
+            name=n,
+            type="",
+            members=(n,),
+            weights=(),
+            channels=0,
+            channel_groups=1,
+            params=0,
+            methods=(),
+            max_amount=0.0,
+            reason=r,
+        )
         for n, r in analysis.skipped
     ]
     return analysis.layers + skipped

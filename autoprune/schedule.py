@@ -63,9 +63,7 @@ class LayerPlan:
                 f"`method` must be one of {METHODS}, but got method={self.method!r} on layer {layer!r}."
             )
         if not _is_number(self.amount) or math.isnan(self.amount) or not 0.0 <= self.amount < 1.0:
-            raise ScheduleError(
-                f"`0 <= amount < 1` must hold, but got amount={self.amount!r} on layer {layer!r}."
-            )
+            raise ScheduleError(f"`0 <= amount < 1` must hold, but got amount={self.amount!r} on layer {layer!r}.")
         if self.norm not in NORMS or isinstance(self.norm, bool):
             raise ScheduleError(f"`norm` must be 1 or 2, but got norm={self.norm!r} on layer {layer!r}.")
 
@@ -118,7 +116,9 @@ class Schedule:
             (``torch.nn.utils.prune.global_unstructured``); the total number of zeroed
             weights stays what the per-layer amounts ask, their distribution moves to where
             the globally smallest weights are.
-        round_to: keep structured channel counts a multiple of this (hardware friendly).
+        round_to: keep structured channel counts a multiple of this (hardware friendly). In
+            grouped convolutions and attention it applies per group: each head keeps a
+            multiple of ``round_to`` dims, so the embedding stays divisible by the heads.
         ignore: layer paths that are never touched, whatever ``layers`` says.
         seed: seed for the random parts (random importance, tie breaks).
 
@@ -139,9 +139,14 @@ class Schedule:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.layers, Mapping):
+            raise ScheduleError(f"`layers` must map layer names to LayerPlans, but got {type(self.layers).__name__}.")
+        # A bare string would otherwise become a tuple of its characters.
+        if isinstance(self.ignore, str) or not all(isinstance(n, str) and n for n in self.ignore):
+            raise ScheduleError(f"`ignore` must be a list of layer names, but got ignore={self.ignore!r}.")
         # Normalise containers so equality and hashing do not depend on the caller's types.
-        object.__setattr__(self, "layers", dict(sorted(dict(self.layers).items())))
-        object.__setattr__(self, "ignore", tuple(sorted(self.ignore)))
+        object.__setattr__(self, "layers", dict(sorted(dict(self.layers).items(), key=lambda kv: str(kv[0]))))
+        object.__setattr__(self, "ignore", tuple(sorted(set(self.ignore))))
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -156,7 +161,11 @@ class Schedule:
             raise ScheduleError(f"`1 <= steps <= 100` must hold, but got steps={self.steps!r}.")
         if self.shape not in SHAPES:
             raise ScheduleError(f"`shape` must be one of {SHAPES}, but got shape={self.shape!r}.")
-        if not isinstance(self.fine_tune_steps, int) or isinstance(self.fine_tune_steps, bool) or self.fine_tune_steps < 0:
+        if (
+            not isinstance(self.fine_tune_steps, int)
+            or isinstance(self.fine_tune_steps, bool)
+            or self.fine_tune_steps < 0
+        ):
             raise ScheduleError(f"`fine_tune_steps >= 0` must hold, but got fine_tune_steps={self.fine_tune_steps!r}.")
         if self.importance not in IMPORTANCES:
             raise ScheduleError(f"`importance` must be one of {IMPORTANCES}, but got importance={self.importance!r}.")
@@ -180,7 +189,10 @@ class Schedule:
         return {
             name: p
             for name, p in self.layers.items()
-            if p.method != "none" and p.amount > 0 and name not in self.ignore and (method is None or p.method == method)
+            if p.method != "none"
+            and p.amount > 0
+            and name not in self.ignore
+            and (method is None or p.method == method)
         }
 
     def summary(self) -> str:
@@ -261,7 +273,7 @@ class Schedule:
             if extra:
                 raise ScheduleError(f"unknown field(s) {extra} on layer {name!r}; allowed: method, amount, norm.")
             layers[name] = LayerPlan(**plan)
-        if "ignore" in data:
+        if isinstance(data.get("ignore"), list):
             data["ignore"] = tuple(data["ignore"])
         return cls(layers=layers, **data)
 

@@ -172,6 +172,7 @@ def get(name: str, *, batch_size: int = 1, seed: int = 0) -> tuple[nn.Module, to
         raise ValueError(f"unknown reference model {name!r}; choose from {', '.join(_REGISTRY)}")
     cls, shape = _REGISTRY[name]
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = cls().eval()
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = cls().eval()
     return model, torch.randn(batch_size, *shape, generator=gen)

@@ -14,7 +14,7 @@ import torch
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("autoprune-cache")
     os.environ["AUTOPRUNE_CACHE_DIR"] = str(cache)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # small test models gain nothing from more; contention costs a lot
     return cache
 
 

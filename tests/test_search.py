@@ -12,8 +12,8 @@ import optuna
 import pytest
 
 import autoprune as ap
-from autoprune.config import SearchConfig, SpaceConfig
 from autoprune._search import counted_trials, run_search
+from autoprune.config import SearchConfig, SpaceConfig
 from autoprune.space import SearchSpace
 from autoprune.study_keys import ROLE_SEARCH, ROLE_UNIFORM, ROLE_UNPRUNED, is_feasible
 
@@ -309,7 +309,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["search", "missing.toml"], "missing.toml"),
         (["search", "--task", "nope"], "unknown task 'nope'"),
         (["search", "--task", "no_such_module:make"], "cannot import module 'no_such_module'"),
-        (["trials", "--study", "absent", "--storage", "sqlite:///x.db"], "no study 'absent'"),
+        (["trials", "--study", "absent", "--storage", "sqlite:///x.db"], "no study database at 'x.db'"),
         (["frobnicate"], "invalid choice"),
     ],
 )

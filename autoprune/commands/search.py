@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from autoprune.config import DEFAULT_STORAGE, SAMPLERS, SearchConfig, load_toml, mask_url
+
+_PARETO_COLUMNS = ("role", "accuracy", "accuracy_drop", "latency_ms", "speedup", "sparse_bytes", "compression",
+                   "macs", "schedule")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,7 +71,8 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoprune._search import _build_task, open_study, pareto_table, run_search
+    from autoprune._search import _build_task, open_study, run_search
+    from autoprune.results import load_study
 
     cfg = _config_from_args(args)
     task = _build_task(cfg)
@@ -80,13 +83,16 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     study = run_search(cfg, task, progress=not args.quiet)
-    out_dir = _output_dir(cfg)
+    from autoprune.report import default_out_dir
+
+    out_dir = default_out_dir(cfg.study_name, cfg.storage)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
-    table = pareto_table(study)
+    table = load_study(cfg.study_name, cfg.storage).pareto()
+    table = table[[c for c in _PARETO_COLUMNS if c in table.columns]]
     print()
     print(f"Pareto front ({len(table)} feasible trials):")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}") if len(table) else "  (none yet)")
+    print(table.to_string(float_format=lambda v: f"{v:.3f}") if len(table) else "  (none yet)")
     print()
     if cfg.report:
         try:
@@ -101,9 +107,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"trials:  autoprune trials --study {cfg.study_name} --storage {mask_url(cfg.storage)}")
     print(f"apply:   autoprune apply --study {cfg.study_name} --storage {mask_url(cfg.storage)} --trial N --out DIR")
     return 0
-
-
-def _output_dir(cfg: SearchConfig) -> Path:
-    if cfg.storage.startswith("sqlite:///"):
-        return Path(cfg.storage[len("sqlite:///") :]).parent / f"{cfg.study_name}-report"
-    return Path("studies") / f"{cfg.study_name}-report"

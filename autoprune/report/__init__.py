@@ -1,0 +1,223 @@
+"""The HTML report of a study: Pareto front, hypervolume, schedules, pattern, importances.
+
+One self-contained page (plotly.js embedded once; opens from disk without internet) plus
+``trials.csv`` next to it and, on request, a PNG of each figure.
+
+Example:
+    >>> import autoprune as ap
+    >>> study = optuna.load_study(study_name="digits", storage="sqlite:///studies/autoprune.db")  # doctest: +SKIP
+    >>> ap.report(study, "studies/digits-report")  # doctest: +SKIP
+    PosixPath('studies/digits-report/report.html')
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from autoprune.results import StudyNotFoundError
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+    from torch import nn
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "PAGE_NAME",
+    "CSV_NAME",
+    "StudyNotFoundError",
+    "default_out_dir",
+    "open_study",
+    "report",
+    "trials_dataframe",
+]
+
+_logger = logging.getLogger(__name__)
+
+from autoprune.config import DEFAULT_STORAGE  # noqa: E402 - one default for every command
+
+PAGE_NAME = "report.html"
+CSV_NAME = "trials.csv"
+
+
+def open_study(study_name: str, storage: str | Path = DEFAULT_STORAGE) -> optuna.Study:
+    """Load an existing study (never creates a storage or a study).
+
+    Raises:
+        StudyNotFoundError: no such storage, or no such study in it (the message lists the
+            studies that are there).
+    """
+    from autoprune.results import load_study
+
+    return load_study(study_name, storage).study
+
+
+def default_out_dir(study_name: str, storage: str | Path = DEFAULT_STORAGE) -> Path:
+    """Where the report of a study goes by default: ``<study>-report`` next to the SQLite
+    file (``studies/<study>-report`` for the default storage), as the search writes it."""
+    url = str(storage)
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        return Path(url[len("sqlite:///") :]).parent / f"{study_name}-report"
+    if "://" not in url:  # a bare SQLite path
+        return Path(url).parent / f"{study_name}-report"
+    return Path("studies") / f"{study_name}-report"
+
+
+def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
+    """The report's trials table: one row per trial with its objective values and metrics."""
+    from autoprune.report._data import _get_trials_table
+
+    return _get_trials_table(study)
+
+
+class _ReportFiles(NamedTuple):
+    page: Path
+    csv: Path
+    pngs: list[Path]
+    png_message: str | None  # why no PNGs were written, when asked for and not written
+
+
+def _write_report(
+    study: optuna.Study,
+    out_dir: str | Path,
+    *,
+    png: bool = False,
+    pattern_trial: int | None = None,
+    pattern_layer: str | None = None,
+    model: nn.Module | None = None,
+    example_inputs: Any = None,
+) -> _ReportFiles:
+    import optuna
+
+    from autoprune.report import _data, _plots
+    from autoprune.report._html import Section, render_page
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = _data.objective_names(study)
+    dirs = _data.directions(study)
+    sections: list[Section] = []
+
+    pareto = _data._get_pareto_info(study)
+    has_points = any(g.numbers for g in pareto.groups.values())
+    front_intro = (
+        "Red: feasible Pareto trials; blue: other feasible trials; grey x: infeasible trials; "
+        "black: reference trials (unpruned model, uniform schedules). Hover a point for its metrics and schedule."
+    )
+    if len(names) < 2:
+        sections.append(Section("pareto", "Pareto front", front_intro, note="the study has a single objective"))
+    elif not has_points:
+        sections.append(Section("pareto", "Pareto front", front_intro, note="no complete trial yet"))
+    else:
+        if len(names) == 3:
+            sections.append(Section("pareto-3d", "Pareto front (3D)", front_intro, _plots._get_pareto_3d_plot(pareto)))
+        title = "Pareto front" if len(names) == 2 else "Pareto front: pairwise views"
+        intro = front_intro if len(names) == 2 else ""
+        sections.append(Section("pareto", title, intro, _plots._get_pareto_2d_plot(pareto)))
+
+    hv = _data._get_hypervolume_info(study)
+    hv_intro = "Flattening means more trials of this search are unlikely to move the front much."
+    hv_fig = _plots._get_hypervolume_plot(hv) if hv.note is None else None
+    sections.append(Section("hypervolume", "Hypervolume history", hv_intro, hv_fig, hv.note))
+
+    heat = _data._get_heatmap_info(study)
+    heat_fig = _plots._get_heatmap_plot(heat) if heat.note is None else None
+    heat_intro = "Per-layer amount of each Pareto trial: blue structured (channels removed), orange unstructured."
+    sections.append(Section("schedules", "Schedules of the Pareto trials", heat_intro, heat_fig, heat.note))
+
+    pattern = _data._get_pattern_info(
+        study, trial_number=pattern_trial, layer=pattern_layer, model=model, example_inputs=example_inputs
+    )
+    pattern_fig = _plots._get_pattern_plot(pattern) if pattern.note is None else None
+    pattern_intro = (
+        "One layer's weights before and after pruning, re-applied without fine-tuning (with several steps, "
+        "the trial's fine-tuning between them may have moved a few choices): structured pruning removes whole "
+        "rows (output channels), unstructured pruning scatters zeros."
+    )
+    sections.append(Section("pattern", "Pruning pattern", pattern_intro, pattern_fig, pattern.note))
+
+    imp = _data._get_importance_info(study)
+    imp_fig = _plots._get_importance_plot(imp) if imp.note is None else None
+    imp_intro = "Which search parameters decide each objective (Optuna's PED-ANOVA over the complete trials)."
+    sections.append(Section("importances", "Parameter importances", imp_intro, imp_fig, imp.note))
+
+    table = _data._get_trials_table(study)
+    csv_path = out / CSV_NAME
+    table.to_csv(csv_path, index=False)
+
+    states = table["state"].value_counts().to_dict() if len(table) else {}
+    summary = [
+        ("study", study.study_name),
+        ("objectives", ", ".join(f"{n} ({d})" for n, d in zip(names, dirs, strict=True))),
+        ("trials", ", ".join(f"{v} {k.lower()}" for k, v in states.items()) or "none"),
+        ("Pareto trials", str(len(pareto.groups["pareto"].numbers))),
+    ]
+    task = study.user_attrs.get("task")
+    if isinstance(task, dict):
+        summary.append(("task", ", ".join(f"{k}={v}" for k, v in task.items())))
+    summary.append(("optuna", optuna.__version__))
+    page = out / PAGE_NAME
+    text = render_page(
+        title=f"autoprune report: {study.study_name}",
+        summary=summary,
+        sections=sections,
+        table=table,
+        csv_name=CSV_NAME,
+    )
+    page.write_text(text, encoding="utf-8")
+
+    pngs: list[Path] = []
+    message = None
+    if png:
+        from autoprune.report._png import export_pngs
+
+        figures = {s.key: s.figure for s in sections if s.figure is not None}
+        pngs, message = export_pngs(figures, out)
+    return _ReportFiles(page, csv_path, pngs, message)
+
+
+def report(
+    study: optuna.Study,
+    out_dir: str | Path,
+    *,
+    png: bool = False,
+    pattern_trial: int | None = None,
+    pattern_layer: str | None = None,
+    model: nn.Module | None = None,
+    example_inputs: Any = None,
+) -> Path:
+    """Write the study's HTML report (``report.html``) and ``trials.csv`` into ``out_dir``.
+
+    Args:
+        study: a study written by :func:`autoprune.search` (see :mod:`autoprune.study_keys`).
+        out_dir: folder for the page, the CSV and the PNGs (created if missing).
+        png: also write ``<figure>.png`` for each figure (needs kaleido and Chrome or
+            Chromium; without them a one-line warning is logged and the page still written).
+        pattern_trial: the trial whose pruning pattern is shown (default: the Pareto trial
+            that prunes the largest share of the weights).
+        pattern_layer: the layer shown (default: that trial's largest pruned layer).
+        model, example_inputs: the unpruned model and its inputs for the pruning pattern;
+            by default the task is rebuilt from the study's task spec.
+
+    Returns:
+        The path of the HTML page.
+
+    Example:
+        >>> path = ap.report(study, tmp_path)  # doctest: +SKIP
+        >>> path.name
+        'report.html'
+    """
+    files = _write_report(
+        study,
+        out_dir,
+        png=png,
+        pattern_trial=pattern_trial,
+        pattern_layer=pattern_layer,
+        model=model,
+        example_inputs=example_inputs,
+    )
+    if files.png_message:
+        _logger.warning(files.png_message)
+    return files.page

@@ -1,0 +1,536 @@
+"""The data behind each figure of the report, computed from a study (no drawing here).
+
+Each ``_get_..._info(study)`` returns a NamedTuple that :mod:`autoprune.report._plots`
+draws. Tests check these, not the figures (as Optuna's visualization does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from autoprune import study_keys
+from autoprune._errors import AutopruneError, ConfigError
+from autoprune.schedule import Schedule
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+    from optuna.trial import FrozenTrial
+    from torch import nn
+
+__all__: list[str] = []
+
+_logger = logging.getLogger(__name__)
+
+# Parameter importances need enough complete trials to mean anything.
+MIN_TRIALS_FOR_IMPORTANCE = 10
+# The pruning-pattern panels show at most this many rows and columns of a weight matrix;
+# a 4096 x 4096 layer would make the page heavy without showing more of the pattern.
+MAX_PATTERN_ROWS = 256
+MAX_PATTERN_COLS = 288
+# Extra metrics shown in hovers when a trial carries them.
+HOVER_METRICS = ("accuracy_drop", "speedup", "compression")
+
+POINT_GROUPS = ("pareto", "feasible", "infeasible", "reference")
+REFERENCE_ROLES = (study_keys.ROLE_UNPRUNED, study_keys.ROLE_UNIFORM)
+
+
+# ---------------------------------------------------------------------------- helpers
+def objective_names(study: optuna.Study) -> list[str]:
+    """Objective names in the order of ``trial.values``."""
+    names = study.metric_names or study.user_attrs.get("objectives")
+    if names and len(names) == len(study.directions):
+        return [str(n) for n in names]
+    return [f"objective {i}" for i in range(len(study.directions))]
+
+
+def directions(study: optuna.Study) -> list[str]:
+    return ["maximize" if d.name == "MAXIMIZE" else "minimize" for d in study.directions]
+
+
+def _complete_trials(study: optuna.Study) -> list[FrozenTrial]:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [t for t in trials if t.values is not None]
+
+
+def _schedule_or_none(trial: FrozenTrial) -> Schedule | None:
+    if "schedule" not in trial.user_attrs:
+        return None
+    try:
+        return study_keys.trial_schedule(trial)
+    except AutopruneError:
+        return None
+
+
+def schedule_summary(trial: FrozenTrial) -> str:
+    """The trial's one-line schedule summary (stored, or made from its schedule)."""
+    summary = trial.user_attrs.get("schedule_summary")
+    if isinstance(summary, str):
+        return summary
+    schedule = _schedule_or_none(trial)
+    return schedule.summary() if schedule is not None else ""
+
+
+def _role(trial: FrozenTrial) -> str:
+    return str(trial.user_attrs.get("role", study_keys.ROLE_SEARCH))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _hover(trial: FrozenTrial, names: Sequence[str]) -> str:
+    lines = [f"<b>trial {trial.number}</b> ({_role(trial)})"]
+    lines += [f"{name}: {_fmt(v)}" for name, v in zip(names, trial.values, strict=True)]
+    lines += [f"{key}: {_fmt(trial.user_attrs[key])}" for key in HOVER_METRICS if key in trial.user_attrs]
+    if not study_keys.is_feasible(trial):
+        lines.append("<i>infeasible</i>")
+    summary = schedule_summary(trial)
+    if summary:
+        lines.append(summary)
+    return "<br>".join(lines)
+
+
+# ---------------------------------------------------------------------------- Pareto front
+class _PointGroup(NamedTuple):
+    """Trials drawn alike: their numbers, objective values (one row each) and hover texts."""
+
+    numbers: list[int]
+    values: list[list[float]]
+    hovers: list[str]
+
+
+class _ParetoInfo(NamedTuple):
+    objective_names: list[str]
+    directions: list[str]
+    # "pareto": study.best_trials; "feasible"/"infeasible": the other complete trials;
+    # "reference": unpruned and uniform trials (drawn on top, also when on the front).
+    groups: dict[str, _PointGroup]
+    # The pairs of objective indices drawn in 2D (one pair for two objectives, three for three).
+    pairs: list[tuple[int, int]]
+
+
+def _group(trials: Sequence[FrozenTrial], names: Sequence[str]) -> _PointGroup:
+    return _PointGroup(
+        numbers=[t.number for t in trials],
+        values=[list(map(float, t.values)) for t in trials],
+        hovers=[_hover(t, names) for t in trials],
+    )
+
+
+def _get_pareto_info(study: optuna.Study) -> _ParetoInfo:
+    names = objective_names(study)
+    complete = _complete_trials(study)
+    best = sorted(study.best_trials, key=lambda t: t.number)
+    best_numbers = {t.number for t in best}
+    references = [t for t in complete if _role(t) in REFERENCE_ROLES]
+    ref_numbers = {t.number for t in references}
+    others = [t for t in complete if t.number not in best_numbers and t.number not in ref_numbers]
+    groups = {
+        "pareto": _group(best, names),
+        "feasible": _group([t for t in others if study_keys.is_feasible(t)], names),
+        "infeasible": _group([t for t in others if not study_keys.is_feasible(t)], names),
+        "reference": _group(references, names),
+    }
+    n = len(names)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)] if n <= 3 else [(0, j) for j in range(1, n)]
+    return _ParetoInfo(objective_names=names, directions=directions(study), groups=groups, pairs=pairs)
+
+
+# ---------------------------------------------------------------------------- hypervolume
+class _HypervolumeInfo(NamedTuple):
+    trial_numbers: list[int]
+    values: list[float]
+    reference_point: list[float]  # in the objectives' own units and directions
+    note: str | None  # why the history is missing, when it is
+
+
+def _get_hypervolume_info(study: optuna.Study) -> _HypervolumeInfo:
+    """Hypervolume of the feasible complete trials so far, after each complete trial.
+
+    The reference point is the worst feasible value of each objective plus 10% of its
+    range, so every feasible trial adds to the volume. Optuna computes the volumes.
+    """
+    from optuna._hypervolume import compute_hypervolume
+
+    if len(study.directions) < 2:
+        return _HypervolumeInfo([], [], [], "hypervolume needs at least two objectives")
+    complete = sorted(_complete_trials(study), key=lambda t: t.number)
+    feasible = [t for t in complete if study_keys.is_feasible(t)]
+    if not feasible:
+        return _HypervolumeInfo([], [], [], "no feasible complete trial yet")
+    # Optuna's hypervolume assumes minimisation: flip maximised objectives.
+    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in directions(study)])
+    points = np.array([t.values for t in feasible], dtype=float) * signs
+    finite = np.isfinite(points).all(axis=1)
+    if not finite.any():
+        return _HypervolumeInfo([], [], [], "no feasible trial has finite objective values")
+    worst, best = points[finite].max(axis=0), points[finite].min(axis=0)
+    span = np.where(worst > best, worst - best, np.maximum(np.abs(worst), 1.0))
+    reference = worst + 0.1 * span
+
+    feasible_numbers = {t.number for t in feasible}
+    front = np.empty((0, len(signs)))
+    volume = 0.0
+    numbers, values = [], []
+    for trial in complete:
+        if trial.number in feasible_numbers:
+            point = np.asarray(trial.values, dtype=float) * signs
+            dominated = bool(len(front)) and bool((front <= point).all(axis=1).any())
+            if np.isfinite(point).all() and not dominated:
+                keep = ~(point <= front).all(axis=1)
+                front = np.vstack([front[keep], point])
+                volume = float(compute_hypervolume(front, reference, assume_pareto=True))
+        numbers.append(trial.number)
+        values.append(volume)
+    return _HypervolumeInfo(numbers, values, (reference * signs).tolist(), None)
+
+
+# ---------------------------------------------------------------------------- heatmap
+class _HeatmapInfo(NamedTuple):
+    layers: list[str]  # rows
+    trial_numbers: list[int]  # columns: the Pareto trials
+    amounts: list[list[float | None]]  # layers x trials; None where the layer is not pruned
+    methods: list[list[str]]  # layers x trials: "structured", "unstructured" or ""
+    note: str | None
+
+
+def _layer_order(study: optuna.Study, schedules: Sequence[Schedule]) -> list[str]:
+    # The preflight's layers in the model's order (an empty row says "never pruned"), then
+    # any layer a schedule names that the preflight did not list.
+    known = [str(info["name"]) for info in study.user_attrs.get("layers", []) if isinstance(info, dict)]
+    extra = sorted({name for s in schedules for name in s.layers} - set(known))
+    return known + extra
+
+
+def _get_heatmap_info(study: optuna.Study) -> _HeatmapInfo:
+    """Per-layer amounts of the Pareto trials (ordered by the first objective)."""
+    best = study.best_trials
+    first_sign = -1.0 if directions(study)[0] == "maximize" else 1.0
+    best = sorted(best, key=lambda t: (first_sign * t.values[0], t.number))
+    pairs = [(t, s) for t in best if (s := _schedule_or_none(t)) is not None]
+    if not pairs:
+        note = "no Pareto trial yet" if not best else "the Pareto trials carry no schedule"
+        return _HeatmapInfo([], [], [], [], note)
+    schedules = [s for _, s in pairs]
+    layers = _layer_order(study, schedules)
+    amounts: list[list[float | None]] = []
+    methods: list[list[str]] = []
+    for name in layers:
+        row_amounts: list[float | None] = []
+        row_methods: list[str] = []
+        for s in schedules:
+            plan = s.active_layers().get(name)
+            row_amounts.append(None if plan is None else float(plan.amount))
+            row_methods.append("" if plan is None else plan.method)
+        amounts.append(row_amounts)
+        methods.append(row_methods)
+    return _HeatmapInfo(layers, [t.number for t, _ in pairs], amounts, methods, None)
+
+
+# ---------------------------------------------------------------------------- importances
+class _ImportanceInfo(NamedTuple):
+    objective_names: list[str]
+    importances: list[dict[str, float]]  # one per objective, largest first
+    n_trials: int
+    note: str | None
+
+
+def _get_importance_info(study: optuna.Study, *, min_trials: int = MIN_TRIALS_FOR_IMPORTANCE) -> _ImportanceInfo:
+    """Parameter importances for each objective (Optuna's PED-ANOVA: fast, deterministic)."""
+    import optuna
+
+    names = objective_names(study)
+    complete = _complete_trials(study)
+    params = {p for t in complete for p in t.params}
+    if len(complete) < min_trials:
+        note = f"parameter importances need at least {min_trials} complete trials, the study has {len(complete)}"
+        return _ImportanceInfo(names, [], len(complete), note)
+    if len(params) < 2:
+        note = f"parameter importances need at least 2 parameters, the trials have {len(params)}"
+        return _ImportanceInfo(names, [], len(complete), note)
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    results = []
+    for i, direction in enumerate(directions(study)):
+        sign = -1.0 if direction == "maximize" else 1.0  # PED-ANOVA ranks low targets best
+
+        def target(t: FrozenTrial, i: int = i, sign: float = sign) -> float:
+            return sign * t.values[i]
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importances = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
+        results.append({k: float(v) for k, v in importances.items()})
+    return _ImportanceInfo(names, results, len(complete), None)
+
+
+# ---------------------------------------------------------------------------- trials table
+TABLE_ATTRS = (
+    "role",
+    "feasible",
+    "early_rejected",
+    "accuracy_drop",
+    "speedup",
+    "compression",
+    "latency_ms",
+    "sparse_bytes",
+    "macs",
+    "schedule_summary",
+    "error",
+)
+
+
+def _get_trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, objective values, the contract's metrics."""
+    import pandas as pd
+
+    names = objective_names(study)
+    attrs = [a for a in TABLE_ATTRS if a not in names]
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name}
+        values = t.values if t.values is not None else [None] * len(names)
+        row.update(dict(zip(names, values, strict=True)))
+        for key in attrs:
+            if key == "role":
+                row[key] = _role(t)
+            elif key == "feasible":
+                row[key] = study_keys.is_feasible(t) if t.state.name == "COMPLETE" else None
+            elif key == "schedule_summary":
+                row[key] = schedule_summary(t)
+            else:
+                row[key] = t.user_attrs.get(key)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["number", "state", *names, *attrs])
+
+
+# ---------------------------------------------------------------------------- pruning pattern
+class _PatternInfo(NamedTuple):
+    trial_number: int | None
+    layer: str
+    method: str  # "structured", "unstructured" or "none"
+    amount: float
+    before: np.ndarray | None  # rows = output channels, columns = inputs x kernel
+    after: np.ndarray | None  # same shape; NaN where a channel was removed
+    removed_rows: int
+    removed_cols: int
+    zeros: int  # zero weights among the kept ones (after)
+    shape: tuple[int, ...]  # the weight's original shape
+    shown: tuple[int, int]  # rows and columns shown (the matrix may be cropped)
+    note: str | None
+
+
+def _skipped_pattern(note: str, trial_number: int | None = None, layer: str = "") -> _PatternInfo:
+    return _PatternInfo(trial_number, layer, "none", 0.0, None, None, 0, 0, 0, (), (0, 0), note)
+
+
+def _pruned_fraction(schedule: Schedule, params: dict[str, int]) -> float:
+    active = schedule.active_layers()
+    total = sum(params.get(name, 1) for name in schedule.layers) or 1
+    return sum(p.amount * params.get(name, 1) for name, p in active.items()) / total
+
+
+def _default_pattern_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The Pareto trial whose schedule prunes the largest share of the prunable weights.
+
+    Searched trials come before the reference ones (a uniform schedule shows less).
+    """
+    params = {str(i["name"]): int(i.get("params", 1)) for i in study.user_attrs.get("layers", []) if "name" in i}
+    best = []
+    for t in study.best_trials:
+        s = _schedule_or_none(t)
+        if s is not None and s.active_layers():
+            best.append((_role(t) == study_keys.ROLE_SEARCH, _pruned_fraction(s, params), -t.number, t))
+    return max(best, key=lambda x: x[:3])[3] if best else None
+
+
+def _weight_of(model: nn.Module, layer: str) -> Any:
+    try:
+        module = model.get_submodule(layer)
+    except AttributeError:
+        return None
+    weight = getattr(module, "weight", None)
+    if weight is None or getattr(weight, "dim", lambda: 0)() < 2:
+        return None
+    return weight
+
+
+def _default_pattern_layer(model: nn.Module, schedule: Schedule) -> str | None:
+    """The schedule's largest pruned layer with a 2D or 4D weight (ties: first by name)."""
+    sizes = {}
+    for name in schedule.active_layers():
+        weight = _weight_of(model, name)
+        if weight is not None and weight.dim() in (2, 4):
+            sizes[name] = weight.numel()
+    return max(sorted(sizes), key=lambda n: sizes[n]) if sizes else None
+
+
+def _match_kept(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Which output rows and input columns of ``before`` survive in ``after``.
+
+    Both are ``(out, in, k)`` arrays. Torch-Pruning removes whole slices and keeps the rest
+    in order, so each surviving weight keeps its exact value: every non-zero weight of
+    ``after`` votes for the ``(row, column)`` of ``before`` holding the same value.
+    Returns ``None`` when the votes do not give an ordered, one-to-one matching.
+    """
+    o_b, i_b, k = before.shape
+    o_a, i_a, _ = after.shape
+    if (o_a, i_a) == (o_b, i_b):
+        return np.arange(o_b), np.arange(i_b)
+    flat = before.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    sorted_vals = flat[order]
+    values = after.reshape(-1)
+    pos = np.searchsorted(sorted_vals, values)
+    pos = np.clip(pos, 0, len(sorted_vals) - 1)
+    hit = (sorted_vals[pos] == values) & (values != 0)
+    src = order[pos]
+    src_row, src_col = src // (i_b * k), (src // k) % i_b
+    dst = np.arange(values.size)
+    dst_row, dst_col = dst // (i_a * k), (dst // k) % i_a
+
+    def vote(dst_idx: np.ndarray, src_idx: np.ndarray, n_dst: int, n_src: int) -> np.ndarray | None:
+        if n_dst == n_src:
+            return np.arange(n_src)
+        kept = np.full(n_dst, -1)
+        for d in range(n_dst):
+            mine = src_idx[hit & (dst_idx == d)]
+            if mine.size:
+                kept[d] = np.bincount(mine, minlength=n_src).argmax()
+        if (kept < 0).any() or (np.diff(kept) <= 0).any():
+            return None
+        return kept
+
+    rows = vote(dst_row, src_row, o_a, o_b)
+    cols = vote(dst_col, src_col, i_a, i_b)
+    if rows is None or cols is None:
+        return None
+    return rows, cols
+
+
+def _pattern_from_weights(
+    before_w: np.ndarray, after_w: np.ndarray, *, layer: str, method: str, amount: float, trial_number: int | None
+) -> _PatternInfo:
+    shape = tuple(before_w.shape)
+    before3 = before_w.reshape(shape[0], shape[1], -1)
+    after3 = after_w.reshape(after_w.shape[0], after_w.shape[1], -1)
+    kept = _match_kept(before3, after3)
+    if kept is None:
+        return _skipped_pattern(
+            f"cannot tell which channels of {layer!r} were kept (weights changed)", trial_number, layer
+        )
+    rows, cols = kept
+    full = np.full(before3.shape, np.nan)
+    full[np.ix_(rows, cols)] = after3
+    before2 = before3.reshape(shape[0], -1)
+    after2 = full.reshape(shape[0], -1)
+    r, c = min(shape[0], MAX_PATTERN_ROWS), min(before2.shape[1], MAX_PATTERN_COLS)
+    return _PatternInfo(
+        trial_number=trial_number,
+        layer=layer,
+        method=method,
+        amount=amount,
+        before=before2[:r, :c],
+        after=after2[:r, :c],
+        removed_rows=shape[0] - len(rows),
+        removed_cols=shape[1] - len(cols),
+        zeros=int((after3 == 0).sum()),
+        shape=shape,
+        shown=(r, c),
+        note=None,
+    )
+
+
+def _get_pattern_info(
+    study: optuna.Study,
+    *,
+    trial_number: int | None = None,
+    layer: str | None = None,
+    model: nn.Module | None = None,
+    example_inputs: Any = None,
+) -> _PatternInfo:
+    """A trial's layer weights before and after pruning (no fine-tuning).
+
+    ``trial_number`` defaults to the Pareto trial that prunes most, ``layer`` to its largest
+    pruned layer. The model is the task's (rebuilt from the study's task spec) unless
+    ``model`` and ``example_inputs`` are given. A trial or layer that the user named and
+    that does not exist raises :class:`~autoprune.ConfigError`; anything else that stops
+    the pattern gives a note instead.
+    """
+    import torch
+
+    from autoprune.executor import apply_schedule
+
+    if trial_number is None:
+        chosen = _default_pattern_trial(study)
+        if chosen is None:
+            return _skipped_pattern("no Pareto trial prunes anything yet")
+    else:
+        numbers = [t.number for t in study.get_trials(deepcopy=False)]
+        if trial_number not in numbers:
+            raise ConfigError(
+                f"trial {trial_number} is not in study {study.study_name!r} (trials 0..{max(numbers, default=-1)})"
+            )
+        chosen = study.get_trials(deepcopy=False)[numbers.index(trial_number)]
+    schedule = _schedule_or_none(chosen)
+    if schedule is None:
+        if trial_number is not None:
+            raise ConfigError(f"trial {chosen.number} has no schedule to show")
+        return _skipped_pattern(f"trial {chosen.number} has no schedule", chosen.number)
+
+    if model is None:
+        spec = study.user_attrs.get("task")
+        if not isinstance(spec, dict):
+            return _skipped_pattern("the study carries no task spec, so its model cannot be rebuilt", chosen.number)
+        try:
+            from autoprune.tasks import from_spec
+
+            task = from_spec(spec)
+        except Exception as exc:  # noqa: BLE001 - any failure means the section is skipped
+            return _skipped_pattern(f"cannot rebuild task {spec.get('name')!r}: {exc}", chosen.number)
+        model, example_inputs = task.model, task.example_inputs
+
+    if layer is None:
+        layer = _default_pattern_layer(model, schedule)
+        if layer is None:
+            return _skipped_pattern(f"trial {chosen.number} prunes no layer with a 2D or 4D weight", chosen.number)
+    elif _weight_of(model, layer) is None:
+        candidates = [n for n, m in model.named_modules() if _weight_of(model, n) is not None]
+        raise ConfigError(f"layer {layer!r} has no 2D+ weight in the model; layers: {', '.join(candidates)}")
+
+    plan = schedule.layers.get(layer)
+    try:
+        # The pattern is what pruning removes, so no fine-tuning (and no warning about it).
+        no_tuning = dataclasses.replace(schedule, fine_tune_steps=0)
+        pruned = apply_schedule(model, no_tuning, example_inputs=example_inputs)
+    except Exception as exc:  # noqa: BLE001
+        return _skipped_pattern(f"cannot re-apply the schedule of trial {chosen.number}: {exc}", chosen.number, layer)
+    with torch.no_grad():
+        before_w = _weight_of(model, layer).detach().cpu().numpy().astype(np.float64)
+        after_param = _weight_of(pruned, layer)
+        if after_param is None:
+            return _skipped_pattern(f"layer {layer!r} is gone from the pruned model", chosen.number, layer)
+        after_w = after_param.detach().cpu().numpy().astype(np.float64)
+    return _pattern_from_weights(
+        before_w,
+        after_w,
+        layer=layer,
+        method=plan.method if plan is not None else "none",
+        amount=float(plan.amount) if plan is not None else 0.0,
+        trial_number=chosen.number,
+    )

@@ -1,0 +1,486 @@
+"""Reading a finished (or running) study: the Pareto table, picking a trial, applying it.
+
+A study written by :func:`autoprune.search` follows the contract in
+:mod:`autoprune.study_keys`; everything here reads it through that module.
+
+Example:
+    >>> import autoprune as ap
+    >>> results = ap.load_study("digits", "sqlite:///studies/autoprune.db")  # doctest: +SKIP
+    >>> results.pareto_table  # doctest: +SKIP
+    >>> picked = results.pick(max_accuracy_drop=1.0, minimize="latency")  # doctest: +SKIP
+    >>> model = picked.apply()  # the study's task model, pruned and fine-tuned like the trial  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoprune import config as _config
+from autoprune import study_keys
+from autoprune._errors import AutopruneError, ConfigError
+from autoprune.schedule import Schedule
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+    from torch import nn
+
+    from autoprune.tasks import Task
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "MINIMIZE_KEYS",
+    "NoQualifyingTrialError",
+    "PickedTrial",
+    "StudyNotFoundError",
+    "StudyResults",
+    "load_study",
+]
+
+_logger = logging.getLogger(__name__)
+
+# One default for every command: the search writes there, results read from there.
+DEFAULT_STORAGE = _config.DEFAULT_STORAGE
+
+# pick(minimize=...) name -> the trial user_attr it reads (smaller is better for all).
+MINIMIZE_KEYS: dict[str, str] = {
+    "latency": study_keys.OBJECTIVES["latency"][0],
+    "size": study_keys.OBJECTIVES["size"][0],
+    "params": study_keys.OBJECTIVES["params"][0],
+    "macs": study_keys.OBJECTIVES["macs"][0],
+    "accuracy_drop": "accuracy_drop",
+}
+_UNITS = {"accuracy_drop": " points", "latency_ms": " ms", "sparse_bytes": " bytes"}
+
+# Trial user_attrs copied into tables and PickedTrial.metrics, in this order.
+_METRIC_KEYS = (
+    "accuracy",
+    "accuracy_drop",
+    "speedup",
+    "compression",
+    "latency_ms",
+    "latency_spread",
+    "sparse_bytes",
+    "dense_bytes",
+    "nonzero_params",
+    "params",
+    "macs",
+)
+
+
+class StudyNotFoundError(AutopruneError, LookupError):
+    """No study of that name in the storage (the message lists the names present)."""
+
+
+class NoQualifyingTrialError(AutopruneError, LookupError):
+    """No trial meets a pick rule (the message names the rule and the best value available)."""
+
+
+# ---------------------------------------------------------------------------- loading
+def _sqlite_path(storage: str) -> Path | None:
+    if storage.startswith("sqlite:///") and ":memory:" not in storage:
+        return Path(storage[len("sqlite:///") :])
+    return None
+
+
+def _normalise_storage(storage: str | Path) -> str:
+    """A storage URL; a bare file path means a SQLite file."""
+    text = str(storage)
+    return text if "://" in text else f"sqlite:///{text}"
+
+
+def load_study(study_name: str, storage: str | Path = DEFAULT_STORAGE) -> StudyResults:
+    """Open a study for reading its results.
+
+    Args:
+        study_name: the study's name.
+        storage: an Optuna storage URL (``sqlite:///path.db``, ``postgresql://...``) or the
+            path of a SQLite file.
+
+    Raises:
+        StudyNotFoundError: the storage or the study does not exist (the message lists the
+            studies that do).
+
+    Example:
+        >>> results = load_study("digits", "sqlite:///studies/autoprune.db")  # doctest: +SKIP
+        >>> results.pick(max_accuracy_drop=0.5).number  # doctest: +SKIP
+        12
+    """
+    import optuna
+
+    url = _normalise_storage(storage)
+    path = _sqlite_path(url)
+    # Optuna would create an empty database for a mistyped path; say it is missing instead.
+    if path is not None and not path.is_file():
+        raise StudyNotFoundError(f"no study database at {str(path)!r} (storage {url!r}); run `autoprune search` first")
+    shown = _config.mask_url(url)
+    # A running search may hold the SQLite lock for a moment; wait instead of failing.
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        names = optuna.get_all_study_names(storage=rdb)
+    except Exception as exc:  # noqa: BLE001 - bad URL, server down, missing driver
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise StudyNotFoundError(f"cannot open storage {shown!r}: {type(exc).__name__}: {first}") from exc
+    if study_name not in names:
+        present = ", ".join(repr(n) for n in sorted(names)) or "none"
+        raise StudyNotFoundError(f"no study {study_name!r} in {shown!r}; studies there: {present}")
+    return StudyResults(optuna.load_study(study_name=study_name, storage=rdb))
+
+
+# ---------------------------------------------------------------------------- helpers
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def _finite_or_inf(value: Any) -> float:
+    number = _number(value)
+    return math.inf if math.isnan(number) else number
+
+
+def _ratio(num: Any, den: Any) -> float:
+    n, d = _number(num), _number(den)
+    return n / d if d > 0 and not math.isnan(n) else math.nan
+
+
+def _is_usable(trial: optuna.trial.FrozenTrial) -> bool:
+    """A complete trial that ran its whole schedule and recorded it."""
+    from optuna.trial import TrialState
+
+    return (
+        trial.state == TrialState.COMPLETE
+        and not trial.user_attrs.get("early_rejected", False)
+        and "schedule" in trial.user_attrs
+    )
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------------------- picked trial
+@dataclass
+class PickedTrial:
+    """One trial chosen from a study: its number, Schedule and recorded metrics.
+
+    Attributes:
+        number: the Optuna trial number.
+        schedule: the Schedule the trial applied.
+        metrics: what the trial recorded (accuracy, accuracy_drop, speedup, compression,
+            latency_ms, sparse_bytes, nonzero_params, params, macs, ...).
+        role: ``search`` or one of the reference roles (unpruned, uniform).
+        feasible: whether the trial met the study's constraints.
+        rule: how it was picked, in words.
+    """
+
+    number: int
+    schedule: Schedule
+    metrics: dict[str, Any]
+    role: str = study_keys.ROLE_SEARCH
+    feasible: bool = True
+    rule: str = ""
+    _results: StudyResults | None = field(default=None, repr=False, compare=False)
+
+    def summary(self) -> str:
+        """One line: trial number, key metrics and the schedule summary."""
+        m = self.metrics
+        parts = [f"trial {self.number}"]
+        for key, label in (
+            ("accuracy", "accuracy"),
+            ("accuracy_drop", "drop"),
+            ("latency_ms", "latency_ms"),
+            ("speedup", "speedup"),
+            ("compression", "compression"),
+            ("nonzero_params", "nonzero_params"),
+            ("macs", "macs"),
+        ):
+            value = m.get(key)
+            if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+                parts.append(f"{label}={_fmt(value)}")
+        return ", ".join(parts) + f" | {self.schedule.summary()}"
+
+    def apply(
+        self,
+        model: nn.Module | None = None,
+        *,
+        task: Task | None = None,
+        fine_tune_steps: int | None = None,
+        final_fine_tune_steps: int = 0,
+    ) -> nn.Module:
+        """Prune a copy of ``model`` with this trial's schedule, fine-tuning like the trial.
+
+        With the same (unpruned, trained) model and the same task the result has the trial's
+        architecture exactly (parameter count, MACs). Its accuracy matches the trial's to
+        floating-point noise on the same machine and software: the built-in tasks seed their
+        fine-tuning, so only a different CPU/thread count or torch version moves it (a few
+        tenths of a point on ``digits``).
+
+        Args:
+            model: the unpruned model; defaults to the task's model.
+            task: supplies the example inputs and ``fine_tune``; defaults to the study's task
+                rebuilt from its spec (``study.user_attrs["task"]``).
+            fine_tune_steps: fine-tuning steps after each pruning step; defaults to the
+                schedule's (what the trial did). 0 gives the architecture only.
+            final_fine_tune_steps: a final, usually longer, fine-tune after the last pruning
+                step, with the unstructured masks still on (pruned weights stay zero).
+
+        Returns:
+            A pruned copy; ``model`` is left untouched.
+        """
+        import dataclasses
+
+        from autoprune._errors import TaskError
+        from autoprune.executor import apply_schedule
+
+        if task is None:
+            if self._results is None:
+                raise TaskError("this PickedTrial is not tied to a study; pass `task=`")
+            task = self._results.task()
+        if model is None:
+            model = task.model
+        schedule = self.schedule
+        if fine_tune_steps is not None:
+            if fine_tune_steps < 0:
+                raise ConfigError(f"`fine_tune_steps >= 0` must hold, but got {fine_tune_steps=}.")
+            schedule = dataclasses.replace(schedule, fine_tune_steps=fine_tune_steps)
+        if final_fine_tune_steps < 0:
+            raise ConfigError(f"`final_fine_tune_steps >= 0` must hold, but got {final_fine_tune_steps=}.")
+        needs_tuning = schedule.fine_tune_steps > 0 or final_fine_tune_steps > 0
+        if needs_tuning and task.fine_tune is None:
+            raise TaskError(f"task {task.name!r} cannot fine-tune; pass fine_tune_steps=0 and no final fine-tune")
+        fine_tune = task.fine_tune
+
+        def final(pruned: nn.Module, step: int, steps: int) -> None:
+            # After the last step, while unstructured masks are still on: zeros stay zero.
+            if step == steps and final_fine_tune_steps > 0 and fine_tune is not None:
+                _logger.info("final fine-tune of trial %d: %d steps", self.number, final_fine_tune_steps)
+                fine_tune(pruned, final_fine_tune_steps)
+
+        pruned = apply_schedule(model, schedule, example_inputs=task.example_inputs, fine_tune=fine_tune, on_step=final)
+        return pruned.eval()
+
+
+# ---------------------------------------------------------------------------- results
+class StudyResults:
+    """The results of one study: tables, picking, and the study's task.
+
+    Build it with :func:`load_study`, or wrap an ``optuna.Study`` directly.
+    """
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study = study
+        attrs = study.user_attrs
+        self.baseline: dict[str, Any] = dict(attrs.get("baseline") or {})
+        objectives = attrs.get("objectives") or study.metric_names
+        if not objectives:
+            objectives = [f"value{i}" for i in range(len(study.directions))]
+        self.objectives: list[str] = [str(o) for o in objectives]
+        self._task: Task | None = None
+
+    def __repr__(self) -> str:
+        return f"StudyResults(study_name={self.study.study_name!r}, objectives={self.objectives})"
+
+    # ------------------------------------------------------------------ task
+    def task(self) -> Task:
+        """The study's task, rebuilt from its spec once and cached."""
+        if self._task is None:
+            from autoprune._errors import TaskError
+            from autoprune.tasks import from_spec
+
+            spec = self.study.user_attrs.get("task")
+            if not isinstance(spec, dict):
+                raise TaskError(f"study {self.study.study_name!r} records no task spec; pass `task=` or a model")
+            self._task = from_spec(spec)
+        return self._task
+
+    # ------------------------------------------------------------------ tables
+    def _metrics(self, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        attrs = trial.user_attrs
+        out = {key: attrs.get(key) for key in _METRIC_KEYS}
+        base = self.baseline
+        # Derived columns follow the contract; older/partial studies get them computed here.
+        if out["accuracy_drop"] is None:
+            out["accuracy_drop"] = _number(base.get("accuracy")) - _number(attrs.get("accuracy"))
+        if out["speedup"] is None:
+            out["speedup"] = _ratio(base.get("latency_ms"), attrs.get("latency_ms"))
+        if out["compression"] is None:
+            out["compression"] = _ratio(base.get("dense_bytes"), attrs.get("sparse_bytes"))
+        return out
+
+    def _row(self, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        row: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
+        row["role"] = trial.user_attrs.get("role", study_keys.ROLE_SEARCH)
+        values = trial.values or [math.nan] * len(self.objectives)
+        for name, value in zip(self.objectives, values, strict=False):
+            row[f"objective_{name}"] = value
+        row.update(self._metrics(trial))
+        row["feasible"] = study_keys.is_feasible(trial)
+        row["early_rejected"] = bool(trial.user_attrs.get("early_rejected", False))
+        summary = trial.user_attrs.get("schedule_summary")
+        if summary is None and "schedule" in trial.user_attrs:
+            try:
+                summary = study_keys.trial_schedule(trial).summary()
+            except AutopruneError:
+                summary = "invalid schedule"
+        row["schedule"] = summary
+        return row
+
+    def _table(self, trials: list[optuna.trial.FrozenTrial]) -> pd.DataFrame:
+        import pandas as pd
+
+        rows = [self._row(t) for t in sorted(trials, key=lambda t: t.number)]
+        columns = ["number", "state", "role", *(f"objective_{o}" for o in self.objectives), *_METRIC_KEYS]
+        columns += ["feasible", "early_rejected", "schedule"]
+        return pd.DataFrame(rows, columns=columns).set_index("number")
+
+    def trials_table(self) -> pd.DataFrame:
+        """Every trial (any state), one row each, indexed by trial number."""
+        return self._table(self.study.get_trials(deepcopy=False))
+
+    def pareto_trials(self) -> list[optuna.trial.FrozenTrial]:
+        """Feasible, complete, not early-rejected trials on the study's Pareto front."""
+        # Optuna's best_trials leaves out infeasible trials when the study has constraints.
+        return [t for t in self.study.best_trials if _is_usable(t) and study_keys.is_feasible(t)]
+
+    def pareto(self) -> pd.DataFrame:
+        """The Pareto trials as a DataFrame indexed by trial number: objective values,
+        accuracy, accuracy drop, speedup and compression against the unpruned model, the
+        size and compute records, and a schedule summary."""
+        return self._table(self.pareto_trials())
+
+    @property
+    def pareto_table(self) -> pd.DataFrame:
+        """Same as :meth:`pareto`."""
+        return self.pareto()
+
+    def candidates(self) -> list[optuna.trial.FrozenTrial]:
+        """Trials :meth:`pick` chooses among: complete, feasible, not early-rejected."""
+        return [t for t in self.study.get_trials(deepcopy=False) if _is_usable(t) and study_keys.is_feasible(t)]
+
+    # ------------------------------------------------------------------ picking
+    def _picked(self, trial: optuna.trial.FrozenTrial, rule: str) -> PickedTrial:
+        metrics = self._metrics(trial)
+        metrics.update({k: v for k, v in trial.user_attrs.items() if k.startswith("time_") or k == "target"})
+        return PickedTrial(
+            number=trial.number,
+            schedule=study_keys.trial_schedule(trial),
+            metrics=metrics,
+            role=trial.user_attrs.get("role", study_keys.ROLE_SEARCH),
+            feasible=study_keys.is_feasible(trial),
+            rule=rule,
+            _results=self,
+        )
+
+    def _by_number(self, number: int) -> PickedTrial:
+        from optuna.trial import TrialState
+
+        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        trial = trials.get(number)
+        if trial is None:
+            last = max(trials, default=-1)
+            raise NoQualifyingTrialError(f"no trial {number} in study {self.study.study_name!r} (trials 0..{last})")
+        if trial.state != TrialState.COMPLETE:
+            error = trial.user_attrs.get("error")
+            why = f": {error}" if error else ""
+            raise NoQualifyingTrialError(f"trial {number} is {trial.state.name}, not COMPLETE{why}")
+        if trial.user_attrs.get("early_rejected", False):
+            raise NoQualifyingTrialError(
+                f"trial {number} was rejected early; its metrics do not describe its whole schedule"
+            )
+        if "schedule" not in trial.user_attrs:
+            raise NoQualifyingTrialError(f"trial {number} records no schedule")
+        if not study_keys.is_feasible(trial):
+            _logger.warning("trial %d does not meet the study's constraints", number)
+        return self._picked(trial, f"trial {number}")
+
+    def pick(
+        self,
+        *,
+        trial: int | None = None,
+        max_accuracy_drop: float | None = None,
+        max_latency_ms: float | None = None,
+        max_size_bytes: float | None = None,
+        minimize: str = "latency",
+    ) -> PickedTrial:
+        """Pick one trial by number or by rule.
+
+        Rules choose among every feasible, complete trial that ran its whole schedule, not
+        only the Pareto front: when ``minimize`` and the bounds are the study's objectives,
+        the winner is on the front anyway, and when they are not (say, minimising MACs in an
+        accuracy/latency study) the best trial may lie off it. Ties go to the smaller
+        accuracy drop, then the lower trial number.
+
+        Args:
+            trial: pick this trial number (no other rule may be given).
+            max_accuracy_drop: keep trials whose accuracy drop is at most this (task units:
+                percentage points for the built-in tasks).
+            max_latency_ms: keep trials at most this slow.
+            max_size_bytes: keep trials whose sparse size is at most this.
+            minimize: among those kept, the smallest ``latency``, ``size``, ``params``
+                (non-zero), ``macs`` or ``accuracy_drop``.
+
+        Raises:
+            NoQualifyingTrialError: no trial meets the rules (the message names the rule and
+                the best value available).
+            ConfigError: the rules are inconsistent.
+
+        Example:
+            >>> results.pick(max_accuracy_drop=1.0, minimize="latency").number  # doctest: +SKIP
+            17
+        """
+        if minimize not in MINIMIZE_KEYS:
+            raise ConfigError(f"`minimize` must be one of {sorted(MINIMIZE_KEYS)}, but got {minimize=!r}.")
+        bounds = [
+            ("accuracy_drop", max_accuracy_drop),
+            ("latency_ms", max_latency_ms),
+            ("sparse_bytes", max_size_bytes),
+        ]
+        if trial is not None:
+            if any(b is not None for _, b in bounds):
+                raise ConfigError(
+                    "give either a trial number or rules (max_accuracy_drop, max_latency_ms, ...), not both"
+                )
+            return self._by_number(int(trial))
+        for key, bound in bounds:
+            if bound is not None and (not isinstance(bound, (int, float)) or math.isnan(bound)):
+                raise ConfigError(f"the bound on {key} must be a number, but got {bound!r}.")
+
+        pool = [(t, self._metrics(t)) for t in self.candidates()]
+        if not pool:
+            raise NoQualifyingTrialError(
+                f"study {self.study.study_name!r} has no complete, feasible trial to pick from"
+            )
+        applied: list[str] = []
+        for key, bound in bounds:
+            if bound is None:
+                continue
+            rule = f"{key} <= {bound:g}{_UNITS.get(key, '')}"
+            measured = [(t, m) for t, m in pool if not math.isnan(_number(m.get(key)))]
+            kept = [(t, m) for t, m in measured if _number(m[key]) <= bound]
+            if not kept:
+                among = f" among the {len(pool)} trials with {' and '.join(applied)}" if applied else ""
+                if not measured:
+                    raise NoQualifyingTrialError(f"no trial has {rule}{among}: no trial records {key}")
+                best_t, best_m = min(measured, key=lambda tm: (_number(tm[1][key]), tm[0].number))
+                raise NoQualifyingTrialError(
+                    f"no trial has {rule}{among}; the smallest is {_fmt(_number(best_m[key]))} (trial {best_t.number})"
+                )
+            pool = kept
+            applied.append(rule)
+
+        target = MINIMIZE_KEYS[minimize]
+        scored = [(t, m) for t, m in pool if not math.isnan(_number(m.get(target)))]
+        if not scored:
+            raise NoQualifyingTrialError(f"cannot minimize {minimize}: no qualifying trial records {target}")
+        best, _ = min(
+            scored,
+            key=lambda tm: (_number(tm[1][target]), _finite_or_inf(tm[1]["accuracy_drop"]), tm[0].number),
+        )
+        rule = f"smallest {target}" + (f" with {' and '.join(applied)}" if applied else "")
+        return self._picked(best, rule)

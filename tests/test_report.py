@@ -1,0 +1,448 @@
+"""The HTML report: the data behind each figure, the page, the CSV, PNG export and the CLI.
+
+Studies are built with Optuna directly, following the contract in autoprune.study_keys, so
+these tests do not depend on the search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+import autoprune as ap
+from autoprune import study_keys
+from autoprune.commands import report as report_cmd
+from autoprune.report import _data, _png, default_out_dir, open_study, trials_dataframe
+from autoprune.report import _write_report as write_report
+
+TASK_SPEC = {"name": "digits", "width": 16, "batch_size": 32}
+OBJECTIVE_SETS = {2: ["accuracy", "latency"], 3: ["accuracy", "latency", "size"]}
+METHODS = ("structured", "unstructured", "none")
+
+
+# ---------------------------------------------------------------------------- builders
+def make_study(
+    n_objectives: int = 2,
+    n_trials: int = 40,
+    *,
+    layers: list[ap.LayerInfo] | None = None,
+    task_spec: dict[str, Any] | None = None,
+    storage: str | None = None,
+    name: str = "report-test",
+    seed: int = 0,
+) -> optuna.Study:
+    """A finished study as the search writes it: references, search trials, failures and
+    infeasible trials. Metrics are synthetic: more pruning -> lower accuracy, faster, smaller."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rng = random.Random(seed)
+    objectives = OBJECTIVE_SETS[n_objectives]
+    study = optuna.create_study(
+        study_name=name, storage=storage, directions=[study_keys.DIRECTIONS[o] for o in objectives]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(objectives)
+    study.set_user_attr("objectives", objectives)
+    if task_spec is not None:
+        study.set_user_attr("task", task_spec)
+    names = [i.name for i in layers] if layers else ["conv1", "conv2", "fc1", "fc2"]
+    methods = {i.name: i.methods for i in layers} if layers else {}
+    max_amount = {i.name: min(i.max_amount, 0.9) for i in layers} if layers else {}
+    study.set_user_attr(
+        "layers", [i.as_dict() for i in layers] if layers else [{"name": n, "params": 100} for n in names]
+    )
+    dists: dict[str, Any] = {}
+    for n in names:
+        dists[f"{n}:method"] = CategoricalDistribution(list(METHODS))
+        dists[f"{n}:amount"] = FloatDistribution(0.0, 0.9)
+    trials = []
+    for i in range(n_trials):
+        role = (
+            study_keys.ROLE_UNPRUNED if i == 0 else study_keys.ROLE_UNIFORM if i in (1, 2) else study_keys.ROLE_SEARCH
+        )
+        plans, params = {}, {}
+        for n in names:
+            allowed = [m for m in METHODS if m == "none" or m in methods.get(n, METHODS)]
+            if role == study_keys.ROLE_SEARCH:
+                method, amount = rng.choice(allowed), round(rng.uniform(0.0, max_amount.get(n, 0.9)), 2)
+            else:
+                method = "structured" if i == 1 and "structured" in allowed else "unstructured"
+                amount = 0.0 if role == study_keys.ROLE_UNPRUNED else 0.5
+            params[f"{n}:method"], params[f"{n}:amount"] = method, amount
+            plans[n] = ap.LayerPlan(method, amount)
+        schedule = ap.Schedule(layers=plans)
+        frac = sum(p.amount for p in schedule.active_layers().values()) / len(names)
+        acc = 98.0 - 30.0 * frac**2 + rng.uniform(-1.0, 1.0)
+        latency = 1.0 - 0.6 * frac + rng.uniform(-0.05, 0.05)
+        size = 80_000 * (1.0 - frac) + rng.uniform(0.0, 1_000.0)
+        values = [acc, latency, size][:n_objectives]
+        drop = 98.0 - acc
+        feasible = role != study_keys.ROLE_SEARCH or drop <= 12.0
+        attrs = {
+            "role": role,
+            "schedule": schedule.to_json(),
+            "schedule_summary": schedule.summary(),
+            "accuracy": acc,
+            "latency_ms": latency,
+            "sparse_bytes": int(size),
+            "macs": 1_000_000,
+            "accuracy_drop": drop,
+            "speedup": 1.0 / latency,
+            "compression": 80_000 / size,
+            "feasible": feasible,
+            "early_rejected": False,
+        }
+        kwargs = {"params": params, "distributions": dists} if role == study_keys.ROLE_SEARCH else {}
+        if role == study_keys.ROLE_SEARCH and i % 9 == 4:
+            trials.append(
+                create_trial(state=TrialState.FAIL, user_attrs={**attrs, "error": "RuntimeError: boom"}, **kwargs)
+            )
+            continue
+        constraints = {"accuracy_drop": drop - 12.0 if role == study_keys.ROLE_SEARCH else -1.0}
+        trials.append(create_trial(values=values, user_attrs=attrs, constraints=constraints, **kwargs))
+    study.add_trials(trials)
+    return study
+
+
+@pytest.fixture(scope="module")
+def cnn() -> tuple[torch.nn.Module, torch.Tensor, list[ap.LayerInfo]]:
+    """A small untrained CNN from the zoo: real layers for real schedules, no training."""
+    torch.manual_seed(0)
+    model, x = ap.zoo.get("cnn")
+    return model, x, ap.prunable_layers(model, x)
+
+
+def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.trials if t.state == TrialState.COMPLETE]
+
+
+# ---------------------------------------------------------------------------- Pareto
+@pytest.mark.parametrize("n_objectives", [2, 3])
+def test_pareto_points_are_exactly_best_trials(n_objectives: int) -> None:
+    study = make_study(n_objectives)
+    info = _data._get_pareto_info(study)
+    best = sorted(study.best_trials, key=lambda t: t.number)
+    assert info.groups["pareto"].numbers == [t.number for t in best]
+    assert info.groups["pareto"].values == [list(t.values) for t in best]
+    assert info.objective_names == OBJECTIVE_SETS[n_objectives]
+    assert info.pairs == ([(0, 1)] if n_objectives == 2 else [(0, 1), (0, 2), (1, 2)])
+
+
+@pytest.mark.parametrize("n_objectives", [2, 3])
+def test_pareto_groups_mark_infeasible_and_references(n_objectives: int) -> None:
+    study = make_study(n_objectives)
+    info = _data._get_pareto_info(study)
+    groups = {k: set(g.numbers) for k, g in info.groups.items()}
+    complete = _complete(study)
+    infeasible = {t.number for t in complete if not study_keys.is_feasible(t)}
+    references = {t.number for t in complete if t.user_attrs["role"] != study_keys.ROLE_SEARCH}
+    assert infeasible, "the builder must make infeasible trials"
+    assert groups["infeasible"] == infeasible - references
+    assert groups["reference"] == references == {0, 1, 2}
+    assert not groups["pareto"] & infeasible  # the front holds feasible trials only
+    assert not groups["feasible"] & (groups["pareto"] | infeasible | references)
+    # Every complete trial is drawn; failed trials are not.
+    assert set().union(*groups.values()) == {t.number for t in complete}
+
+
+def test_hover_shows_number_metrics_and_schedule_summary() -> None:
+    study = make_study(2)
+    info = _data._get_pareto_info(study)
+    group = info.groups["pareto"]
+    trial = study.trials[group.numbers[0]]
+    hover = group.hovers[0]
+    assert f"trial {trial.number}" in hover
+    assert "accuracy:" in hover and "latency:" in hover and "accuracy_drop:" in hover
+    assert trial.user_attrs["schedule_summary"] in hover
+    assert "<br>" in hover and "\n" not in hover
+
+
+# ---------------------------------------------------------------------------- hypervolume
+@pytest.mark.parametrize("n_objectives", [2, 3])
+def test_hypervolume_history_matches_optuna(n_objectives: int) -> None:
+    from optuna.visualization._hypervolume_history import _get_hypervolume_history_info
+
+    study = make_study(n_objectives)
+    info = _data._get_hypervolume_info(study)
+    assert info.note is None
+    assert info.trial_numbers == [t.number for t in _complete(study)]
+    assert all(b >= a for a, b in zip(info.values[:-1], info.values[1:], strict=True))
+    # Optuna's own incremental history with the same reference point gives the same numbers.
+    expected = _get_hypervolume_history_info(study, np.asarray(info.reference_point))
+    assert expected.trial_numbers == info.trial_numbers
+    np.testing.assert_allclose(info.values, expected.values, rtol=1e-9)
+    assert info.values[-1] > 0
+
+
+def test_hypervolume_needs_two_objectives() -> None:
+    study = optuna.create_study()
+    study.add_trial(create_trial(value=1.0))
+    assert _data._get_hypervolume_info(study).note == "hypervolume needs at least two objectives"
+
+
+# ---------------------------------------------------------------------------- heatmap
+@pytest.mark.parametrize("n_objectives", [2, 3])
+def test_heatmap_is_layers_by_pareto_trials(n_objectives: int) -> None:
+    study = make_study(n_objectives)
+    info = _data._get_heatmap_info(study)
+    best = study.best_trials
+    assert sorted(info.trial_numbers) == sorted(t.number for t in best)
+    assert info.layers == [d["name"] for d in study.user_attrs["layers"]]
+    assert np.asarray(info.amounts, dtype=object).shape == (len(info.layers), len(best))
+    assert np.asarray(info.methods).shape == (len(info.layers), len(best))
+    # Each cell is the trial's plan for that layer; unpruned layers are empty.
+    for col, number in enumerate(info.trial_numbers):
+        schedule = study_keys.trial_schedule(study.trials[number])
+        for row, layer in enumerate(info.layers):
+            plan = schedule.active_layers().get(layer)
+            assert info.methods[row][col] == ("" if plan is None else plan.method)
+            assert info.amounts[row][col] == (None if plan is None else plan.amount)
+
+
+# ---------------------------------------------------------------------------- importances
+def test_importances_per_objective_are_deterministic() -> None:
+    study = make_study(3, 40)
+    first = _data._get_importance_info(study)
+    assert first.note is None
+    assert first.objective_names == OBJECTIVE_SETS[3]
+    assert len(first.importances) == 3
+    params = {p for t in _complete(study) for p in t.params}
+    for importances in first.importances:
+        assert set(importances) <= params and importances
+        assert all(v >= 0 for v in importances.values())
+    assert _data._get_importance_info(study) == first
+
+
+def test_importances_say_why_they_are_missing() -> None:
+    info = _data._get_importance_info(make_study(2, 8))
+    assert info.importances == [] and info.note is not None and "at least 10 complete trials" in info.note
+
+
+# ---------------------------------------------------------------------------- trials table
+def test_trials_table_has_one_row_per_trial() -> None:
+    study = make_study(3)
+    table = trials_dataframe(study)
+    assert len(table) == len(study.trials)
+    assert list(table["number"]) == [t.number for t in study.trials]
+    for column in ("state", "accuracy", "latency", "size", "role", "feasible", "schedule_summary", "error"):
+        assert column in table.columns
+    failed = table[table["state"] == "FAIL"]
+    assert len(failed) and (failed["error"] == "RuntimeError: boom").all()
+    assert failed["accuracy"].isna().all()
+
+
+# ---------------------------------------------------------------------------- pruning pattern
+def _kept_rows(after: np.ndarray) -> np.ndarray:
+    return ~np.isnan(after).all(axis=1)
+
+
+def test_match_kept_recovers_removed_rows_and_columns() -> None:
+    rng = np.random.default_rng(0)
+    before = rng.normal(size=(6, 5, 3))
+    rows, cols = np.array([0, 2, 3, 5]), np.array([0, 1, 3, 4])
+    kept = _data._match_kept(before, before[np.ix_(rows, cols)])
+    assert kept is not None
+    np.testing.assert_array_equal(kept[0], rows)
+    np.testing.assert_array_equal(kept[1], cols)
+
+
+def test_pattern_structured_removes_rows_at_their_places(cnn: Any) -> None:
+    model, x, layers = cnn
+    target = layers[1].name  # its input channels stay: only rows go
+    schedule = ap.Schedule(layers={target: ap.LayerPlan("structured", 0.5)})
+    info = _data._pattern_from_weights(
+        model.get_submodule(target).weight.detach().numpy().astype(float),
+        ap.apply_schedule(model, schedule, example_inputs=x)
+        .get_submodule(target)
+        .weight.detach()
+        .numpy()
+        .astype(float),
+        layer=target,
+        method="structured",
+        amount=0.5,
+        trial_number=None,
+    )
+    out_channels = model.get_submodule(target).weight.shape[0]
+    assert info.note is None and info.before is not None and info.after is not None
+    assert info.removed_rows == out_channels // 2
+    assert int((~_kept_rows(info.after)).sum()) == info.removed_rows
+    # Kept weights sit where they were: 'after' equals 'before' wherever it is not removed.
+    mask = ~np.isnan(info.after)
+    np.testing.assert_array_equal(info.after[mask], info.before[mask])
+
+
+def test_pattern_of_study_rebuilds_the_digits_task(digits_task: ap.Task) -> None:
+    """The study names its task; the report rebuilds it and re-applies the trial's schedule."""
+    layers = ap.prunable_layers(digits_task.model, digits_task.example_inputs)
+    study = make_study(2, 1, layers=layers, task_spec=TASK_SPEC)
+    structured = ap.Schedule(layers={"features.3": ap.LayerPlan("structured", 0.5)})
+    unstructured = ap.Schedule(layers={"features.7": ap.LayerPlan("unstructured", 0.5)})
+    for schedule, values in ((structured, [90.0, 0.5]), (unstructured, [95.0, 0.8])):
+        attrs = {"role": "search", "schedule": schedule.to_json(), "schedule_summary": schedule.summary()}
+        study.add_trial(create_trial(values=values, user_attrs={**attrs, "feasible": True}))
+    s_num, u_num = len(study.trials) - 2, len(study.trials) - 1
+
+    info = _data._get_pattern_info(study, trial_number=s_num)
+    assert info.note is None, info.note
+    assert (info.layer, info.method, info.removed_rows) == ("features.3", "structured", 16)
+    assert info.after is not None and int((~_kept_rows(info.after)).sum()) == 16
+
+    info = _data._get_pattern_info(study, trial_number=u_num)
+    assert info.note is None and info.after is not None and info.before is not None
+    assert (info.layer, info.method, info.removed_rows, info.removed_cols) == ("features.7", "unstructured", 0, 0)
+    assert not np.isnan(info.after).any()
+    assert info.zeros == pytest.approx(info.before.size * 0.5, abs=2)  # scattered zeros, no rows gone
+
+    # By default: the Pareto trial that prunes most and its largest pruned layer.
+    default = _data._get_pattern_info(study)
+    assert default.trial_number in {t.number for t in study.best_trials}
+    assert default.note is None
+
+
+def test_pattern_without_task_is_a_note_not_a_crash(tmp_path: Path) -> None:
+    study = make_study(2, 12)  # no task spec
+    info = _data._get_pattern_info(study)
+    assert info.before is None and info.note is not None and "no task spec" in info.note
+    page = ap.report(study, tmp_path).read_text(encoding="utf-8")
+    assert "no task spec" in page
+
+
+def test_pattern_bad_trial_or_layer_is_a_config_error(cnn: Any) -> None:
+    model, x, layers = cnn
+    study = make_study(2, 12, layers=layers)
+    with pytest.raises(ap.ConfigError, match="trial 999 is not in study"):
+        _data._get_pattern_info(study, trial_number=999, model=model, example_inputs=x)
+    with pytest.raises(ap.ConfigError, match="layer 'nope' has no 2D"):
+        _data._get_pattern_info(study, layer="nope", model=model, example_inputs=x)
+
+
+# ---------------------------------------------------------------------------- the page
+@pytest.mark.parametrize("n_objectives", [2, 3])
+def test_report_writes_one_self_contained_page_and_csv(tmp_path: Path, cnn: Any, n_objectives: int) -> None:
+    model, x, layers = cnn
+    study = make_study(n_objectives, layers=layers)
+    page = ap.report(study, tmp_path / "out", model=model, example_inputs=x)
+    assert page == tmp_path / "out" / "report.html"
+    text = page.read_text(encoding="utf-8")
+    from plotly.offline import get_plotlyjs
+
+    plotlyjs = get_plotlyjs()
+    assert text.count(plotlyjs) == 1  # plotly.js embedded once, whole
+    rest = text.replace(plotlyjs, "")
+    assert "<script src=" not in rest and "https://" not in rest and "http://" not in rest
+    expected = ["fig-pareto", "fig-hypervolume", "fig-schedules", "fig-pattern", "fig-importances"]
+    if n_objectives == 3:
+        expected.append("fig-pareto-3d")
+    for div in expected:
+        assert f'id="{div}"' in text
+    csv = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert len(csv) == len(study.trials)
+    assert list(csv["number"]) == [t.number for t in study.trials]
+
+
+# ---------------------------------------------------------------------------- PNG
+def test_png_without_browser_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
+    monkeypatch.setattr(_png, "_find_browser", lambda: None)
+    study = make_study(2, 12)
+    files = write_report(study, tmp_path, png=True)
+    assert files.pngs == [] and files.png_message == _png.NO_BROWSER
+    assert "\n" not in files.png_message and "apt-get install chromium" in files.png_message
+    assert files.page.exists()
+    with caplog.at_level(logging.WARNING, logger="autoprune.report"):
+        ap.report(study, tmp_path, png=True)
+    assert [r.getMessage() for r in caplog.records] == [_png.NO_BROWSER]
+
+
+def test_png_without_kaleido_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "kaleido", None)  # makes `import kaleido` fail
+    files = write_report(make_study(2, 12), tmp_path, png=True)
+    assert files.pngs == [] and files.png_message == _png.NO_KALEIDO
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_png_export_with_kaleido_and_chromium(tmp_path: Path) -> None:
+    pytest.importorskip("kaleido", reason="kaleido is not installed")
+    if _png._find_browser() is None:
+        pytest.skip("no Chrome/Chromium for kaleido (apt-get install chromium)")
+    files = write_report(make_study(2, 12), tmp_path, png=True)
+    assert files.png_message is None
+    assert {p.name for p in files.pngs} == {"pareto.png", "hypervolume.png", "schedules.png", "importances.png"}
+    for path in files.pngs:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------- CLI
+def _run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    report_cmd.add_arguments(parser)
+    return report_cmd.run(parser.parse_args(argv))
+
+
+def test_cli_writes_the_report_next_to_the_database(tmp_path: Path, capsys: Any) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    make_study(2, 12, storage=storage, name="demo")
+    assert _run_cli(["--study", "demo", "--storage", storage]) == 0
+    assert (tmp_path / "demo-report" / "report.html").is_file()  # where the search writes it
+    assert (tmp_path / "demo-report" / "trials.csv").is_file()
+    assert "report.html" in capsys.readouterr().out
+
+
+def test_default_out_dir() -> None:
+    assert default_out_dir("digits") == Path("studies/digits-report")
+    assert default_out_dir("x", "sqlite:////data/s.db") == Path("/data/x-report")
+    assert default_out_dir("x", "postgresql://u@h/db") == Path("studies/x-report")
+
+
+def test_cli_missing_study_lists_the_studies(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    make_study(2, 3, storage=storage, name="alpha")
+    make_study(2, 3, storage=storage, name="beta")
+    with pytest.raises(ap.AutopruneError) as err:
+        open_study("gamma", storage)
+    message = str(err.value)
+    assert "\n" not in message and "'gamma'" in message and "alpha" in message and "beta" in message
+    assert not (tmp_path / "nope.db").exists()
+    with pytest.raises(ap.AutopruneError, match="no study database"):
+        _run_cli(["--study", "x", "--storage", f"sqlite:///{tmp_path / 'nope.db'}", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "nope.db").exists()  # a mistyped path creates no database
+
+
+def test_cli_main_exits_2_with_one_line(tmp_path: Path, capsys: Any) -> None:
+    from autoprune.cli import main
+
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    make_study(2, 3, storage=storage, name="alpha")
+    assert main(["report", "--study", "gamma", "--storage", storage, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("autoprune report: error:") and "alpha" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_installed_cli_in_a_subprocess(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    make_study(2, 12, storage=storage, name="demo")
+    out = tmp_path / "out"
+    ok = subprocess.run(
+        [sys.executable, "-m", "autoprune.cli", "report", "--study", "demo", "--storage", storage, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert (out / "report.html").is_file() and (out / "trials.csv").is_file()
+    assert ok.stderr == ""

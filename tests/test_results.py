@@ -1,0 +1,342 @@
+"""Results API: load_study, the Pareto table, pick rules, and applying a picked trial.
+
+Studies are built with Optuna directly, following the contract in autoprune.study_keys, so
+these tests do not depend on the search. ``make_real_study`` records metrics measured on
+real pruned digits models (it is also used by the CLI tests).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+import autoprune as ap
+from autoprune import study_keys
+from autoprune.evaluation import count_macs, size_stats
+from autoprune.results import NoQualifyingTrialError, StudyNotFoundError, StudyResults
+
+TASK_SPEC = {"name": "digits", "width": 16, "batch_size": 32}
+OBJECTIVES = ["accuracy", "latency"]
+
+
+# ---------------------------------------------------------------------------- builders
+def _new_study(storage: str, name: str, baseline: dict[str, Any]) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=name, storage=storage, directions=[study_keys.DIRECTIONS[o] for o in OBJECTIVES]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(OBJECTIVES)
+    study.set_user_attr("objectives", OBJECTIVES)
+    study.set_user_attr("task", TASK_SPEC)
+    study.set_user_attr("baseline", baseline)
+    return study
+
+
+def _add(
+    study: optuna.Study,
+    schedule: ap.Schedule | None,
+    metrics: dict[str, Any],
+    *,
+    role: str = study_keys.ROLE_SEARCH,
+    constraints: dict[str, float] | None = None,
+    state: optuna.trial.TrialState = optuna.trial.TrialState.COMPLETE,
+    **extra: Any,
+) -> None:
+    base = study.user_attrs["baseline"]
+    attrs: dict[str, Any] = {"role": role, **metrics, **extra}
+    if schedule is not None:
+        attrs["schedule"] = schedule.to_json()
+        attrs["schedule_summary"] = schedule.summary()
+    if "accuracy" in metrics:
+        attrs["accuracy_drop"] = base["accuracy"] - metrics["accuracy"]
+        attrs["speedup"] = base["latency_ms"] / metrics["latency_ms"]
+        attrs["compression"] = base["dense_bytes"] / metrics["sparse_bytes"]
+    if constraints is not None:
+        attrs["feasible"] = all(v <= 0 for v in constraints.values())
+    complete = state == optuna.trial.TrialState.COMPLETE
+    values = [float(metrics[study_keys.OBJECTIVES[o][0]]) for o in OBJECTIVES] if complete else None
+    study.add_trial(optuna.trial.create_trial(state=state, values=values, user_attrs=attrs, constraints=constraints))
+
+
+def measure(task: ap.Task, schedule: ap.Schedule) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Prune like the search does and record real accuracy, sizes and MACs.
+
+    Latency is a deterministic stand-in (proportional to MACs) so that pick rules on it are
+    exact; measured latency is the evaluator's business, not the results API's.
+    """
+    pruned = ap.apply_schedule(task.model, schedule, example_inputs=task.example_inputs, fine_tune=task.fine_tune)
+    metrics: dict[str, Any] = {"accuracy": task.evaluate(pruned), **size_stats(pruned)}
+    metrics["macs"] = count_macs(pruned, task.example_inputs)
+    metrics["latency_ms"] = metrics["macs"] / 1e5
+    return pruned, metrics
+
+
+def real_schedules(task: ap.Task) -> dict[str, ap.Schedule]:
+    names = [i.name for i in ap.prunable_layers(task.model, task.example_inputs)]
+    assert names[:4] == ["features.0", "features.3", "features.7", "classifier.1"]
+    return {
+        "unpruned": ap.Schedule(),
+        "uniform": ap.Schedule.uniform(task.model, task.example_inputs, amount=0.5, fine_tune_steps=10),
+        "mixed": ap.Schedule(
+            layers={
+                "features.3": ap.LayerPlan("structured", 0.5),
+                "classifier.1": ap.LayerPlan("structured", 0.25, norm=2),
+                "classifier.3": ap.LayerPlan("unstructured", 0.5),
+            },
+            steps=2,
+            shape="linear",
+            fine_tune_steps=10,
+        ),
+        "light": ap.Schedule(layers={"features.0": ap.LayerPlan("structured", 0.25)}),
+    }
+
+
+def make_real_study(storage: str, name: str, task: ap.Task) -> dict[str, Any]:
+    """A study of real pruned digits models; returns {label: (trial number, model, metrics)}."""
+    schedules = real_schedules(task)
+    measured = {label: measure(task, s) for label, s in schedules.items()}
+    study = _new_study(storage, name, baseline=measured["unpruned"][1])
+    out: dict[str, Any] = {}
+    roles = {"unpruned": study_keys.ROLE_UNPRUNED, "uniform": study_keys.ROLE_UNIFORM}
+    for number, (label, schedule) in enumerate(schedules.items()):
+        model, metrics = measured[label]
+        _add(study, schedule, metrics, role=roles.get(label, study_keys.ROLE_SEARCH), constraints={"accuracy_drop": -1})
+        out[label] = (number, model, metrics)
+    # An infeasible trial (same schedule as "light", constraint violated) and a failed one.
+    _add(study, schedules["light"], measured["light"][1], constraints={"accuracy_drop": 3.0})
+    _add(study, None, {}, state=optuna.trial.TrialState.FAIL, error="RuntimeError: boom")
+    return out
+
+
+# Hand-made metrics: (accuracy_drop, latency_ms, sparse_bytes, nonzero_params, macs).
+SYNTHETIC = {
+    0: (0.0, 10.0, 1000, 1000, 5000),  # unpruned
+    1: (0.3, 6.0, 600, 500, 3000),
+    2: (0.8, 4.0, 700, 300, 2500),
+    3: (2.0, 2.0, 200, 100, 1000),
+    4: (0.1, 1.0, 100, 50, 400),  # infeasible: would win every rule
+    5: (5.0, 10.0, 1000, 1000, 5000),  # early-rejected (baseline size, as the search records)
+    6: None,  # failed
+    7: (0.44, 5.0, 300, 200, 2000),
+    8: (1.0, 7.0, 650, 400, 500),  # off the front (dominated by 1) but the fewest MACs
+}
+
+
+@pytest.fixture(scope="module")
+def synthetic_storage(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('synthetic')}/s.db"
+
+
+@pytest.fixture(scope="module")
+def synthetic(synthetic_storage: str) -> StudyResults:
+    storage = synthetic_storage
+    base = {"accuracy": 99.0, "latency_ms": 10.0, "dense_bytes": 1000, "sparse_bytes": 1000}
+    study = _new_study(storage, "synthetic", base)
+    schedule = ap.Schedule(layers={"features.0": ap.LayerPlan("structured", 0.25)})
+    for number, row in SYNTHETIC.items():
+        if row is None:
+            _add(study, schedule, {}, state=optuna.trial.TrialState.FAIL, error="RuntimeError: boom")
+            continue
+        drop, latency, size, nonzero, macs = row
+        metrics = {
+            "accuracy": 99.0 - drop,
+            "latency_ms": latency,
+            "sparse_bytes": size,
+            "dense_bytes": 1000,
+            "nonzero_params": nonzero,
+            "params": 1000,
+            "macs": macs,
+        }
+        limit = 0.5 if number == 4 else 4.5
+        constraints = {"accuracy_drop": drop - limit}
+        if number == 4:
+            constraints = {"latency_ms": 0.5}  # violated on latency
+        _add(
+            study,
+            ap.Schedule() if number == 0 else schedule,
+            metrics,
+            role=study_keys.ROLE_UNPRUNED if number == 0 else study_keys.ROLE_SEARCH,
+            constraints=constraints,
+            early_rejected=number == 5,
+        )
+    return ap.load_study("synthetic", storage)
+
+
+# ---------------------------------------------------------------------------- loading
+def test_load_study_reads_contract(synthetic: StudyResults) -> None:
+    assert synthetic.objectives == OBJECTIVES
+    assert synthetic.baseline["accuracy"] == 99.0
+    assert synthetic.study.study_name == "synthetic"
+
+
+def test_missing_study_lists_names(synthetic: StudyResults, synthetic_storage: str) -> None:
+    with pytest.raises(StudyNotFoundError, match=r"no study 'nope'.*studies there: 'synthetic'"):
+        ap.load_study("nope", synthetic_storage)
+    # A bare file path means a SQLite file.
+    assert ap.load_study("synthetic", synthetic_storage.removeprefix("sqlite:///")).study.study_name == "synthetic"
+
+
+def test_missing_database_is_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "missing.db"
+    with pytest.raises(StudyNotFoundError, match="no study database"):
+        ap.load_study("x", f"sqlite:///{path}")
+    assert not path.exists()
+
+
+# ---------------------------------------------------------------------------- tables
+def test_pareto_table_keeps_feasible_complete_front(synthetic: StudyResults) -> None:
+    table = synthetic.pareto()
+    # 4 is infeasible, 5 early-rejected (and infeasible), 6 failed, 8 dominated by 1.
+    assert sorted(table.index) == [0, 1, 2, 3, 7]
+    assert synthetic.pareto_table.equals(table)
+    row = table.loc[1]
+    assert row["accuracy_drop"] == pytest.approx(0.3)
+    assert row["speedup"] == pytest.approx(10 / 6)
+    assert row["compression"] == pytest.approx(1000 / 600)
+    assert row["objective_latency"] == 6.0
+    assert bool(row["feasible"])
+    assert row["schedule"].startswith("Sx1 mean 25%")
+
+
+def test_trials_table_has_every_trial(synthetic: StudyResults) -> None:
+    table = synthetic.trials_table()
+    assert list(table.index) == list(SYNTHETIC)
+    assert table.loc[6, "state"] == "FAIL"
+    assert not bool(table.loc[4, "feasible"])
+    assert bool(table.loc[5, "early_rejected"])
+
+
+# ---------------------------------------------------------------------------- pick rules
+@pytest.mark.parametrize(
+    ("rules", "expected"),
+    [
+        ({"max_accuracy_drop": 0.5, "minimize": "latency"}, 7),
+        ({"max_accuracy_drop": 1.0, "minimize": "latency"}, 2),
+        ({"max_accuracy_drop": 3.0, "minimize": "latency"}, 3),
+        ({"max_accuracy_drop": 0.0, "minimize": "latency"}, 0),
+        ({"max_latency_ms": 6.0, "minimize": "accuracy_drop"}, 1),
+        ({"max_latency_ms": 6.0, "minimize": "size"}, 3),
+        ({"max_latency_ms": 5.5, "max_accuracy_drop": 1.0, "minimize": "size"}, 7),
+        ({"max_size_bytes": 650, "minimize": "accuracy_drop"}, 1),
+        ({"max_accuracy_drop": 1.5, "minimize": "params"}, 7),
+        # Off the Pareto front of (accuracy, latency), yet the fewest MACs within the drop.
+        ({"max_accuracy_drop": 1.5, "minimize": "macs"}, 8),
+    ],
+)
+def test_pick_by_rule(synthetic: StudyResults, rules: dict[str, Any], expected: int) -> None:
+    picked = synthetic.pick(**rules)
+    assert picked.number == expected
+    assert picked.feasible
+    assert isinstance(picked.schedule, ap.Schedule)
+    assert picked.metrics["accuracy_drop"] == pytest.approx(SYNTHETIC[expected][0])  # type: ignore[index]
+
+
+def test_pick_by_number(synthetic: StudyResults) -> None:
+    picked = synthetic.pick(trial=3)
+    assert picked.number == 3
+    assert picked.schedule == ap.Schedule(layers={"features.0": ap.LayerPlan("structured", 0.25)})
+    assert picked.metrics["latency_ms"] == 2.0
+    assert "trial 3" in picked.summary()
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        (
+            {"max_accuracy_drop": 0.0, "max_latency_ms": 5.0},
+            r"no trial has latency_ms <= 5 ms among the 1 trials with accuracy_drop <= 0 points; the smallest is 10 \(trial 0\)",
+        ),
+        ({"max_latency_ms": 1.5}, r"no trial has latency_ms <= 1.5 ms; the smallest is 2 \(trial 3\)"),
+        ({"max_accuracy_drop": -0.1}, r"no trial has accuracy_drop <= -0.1 points; the smallest is 0 \(trial 0\)"),
+        ({"trial": 6}, r"trial 6 is FAIL, not COMPLETE: RuntimeError: boom"),
+        ({"trial": 5}, r"trial 5 was rejected early"),
+        ({"trial": 42}, r"no trial 42 .*trials 0..8"),
+    ],
+)
+def test_pick_without_qualifying_trial(synthetic: StudyResults, rules: dict[str, Any], message: str) -> None:
+    with pytest.raises(NoQualifyingTrialError, match=message) as info:
+        synthetic.pick(**rules)
+    assert "\n" not in str(info.value)
+
+
+def test_pick_rejects_bad_rules(synthetic: StudyResults) -> None:
+    with pytest.raises(ap.ConfigError, match="minimize"):
+        synthetic.pick(max_accuracy_drop=1.0, minimize="speed")
+    with pytest.raises(ap.ConfigError, match="not both"):
+        synthetic.pick(trial=1, max_accuracy_drop=1.0)
+
+
+def test_the_accuracy_drop_winner_is_on_the_front(synthetic: StudyResults) -> None:
+    # Minimising an objective of the study under bounds on the others lands on the front.
+    front = set(synthetic.pareto().index)
+    for bound in (0.5, 1.0, 3.0):
+        assert synthetic.pick(max_accuracy_drop=bound, minimize="latency").number in front
+
+
+# ---------------------------------------------------------------------------- apply
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory, digits_task: ap.Task) -> tuple[StudyResults, dict[str, Any]]:
+    storage = f"sqlite:///{tmp_path_factory.mktemp('real')}/s.db"
+    trials = make_real_study(storage, "real", digits_task)
+    return ap.load_study("real", storage), trials
+
+
+# Same machine, same software: fine-tuning is seeded, so the accuracy is reproduced to float
+# noise. The stated tolerance (0.5 points on digits) covers other thread counts and CPUs.
+ACCURACY_TOLERANCE = 0.5
+
+
+@pytest.mark.parametrize("label", ["uniform", "mixed", "light"])
+def test_apply_reproduces_the_trial(
+    real: tuple[StudyResults, dict[str, Any]], digits_task: ap.Task, label: str
+) -> None:
+    results, trials = real
+    number, _, recorded = trials[label]
+    picked = results.pick(trial=number)
+    model = picked.apply(task=digits_task)
+    assert size_stats(model)["params"] == recorded["params"] == picked.metrics["params"]
+    assert size_stats(model)["nonzero_params"] == recorded["nonzero_params"]
+    assert count_macs(model, digits_task.example_inputs) == recorded["macs"] == picked.metrics["macs"]
+    assert digits_task.evaluate(model) == pytest.approx(recorded["accuracy"], abs=ACCURACY_TOLERANCE)
+    assert not model.training
+
+
+def test_apply_uses_the_studys_task_by_default(real: tuple[StudyResults, dict[str, Any]]) -> None:
+    results, trials = real
+    number, _, recorded = trials["light"]
+    model = results.pick(trial=number).apply()  # task rebuilt from study.user_attrs["task"]
+    assert size_stats(model)["params"] == recorded["params"]
+    assert results.task().spec["width"] == 16
+
+
+def test_apply_final_fine_tune_changes_weights_not_architecture(
+    real: tuple[StudyResults, dict[str, Any]], digits_task: ap.Task
+) -> None:
+    results, trials = real
+    number, _, recorded = trials["mixed"]
+    picked = results.pick(trial=number)
+    plain = picked.apply(task=digits_task)
+    longer = picked.apply(task=digits_task, final_fine_tune_steps=20)
+    # Same architecture, and the final fine-tune runs under the masks: the zeros stay zero.
+    assert size_stats(longer)["params"] == recorded["params"]
+    assert size_stats(longer)["nonzero_params"] == recorded["nonzero_params"]
+    changed = any(not torch.equal(a, b) for a, b in zip(plain.parameters(), longer.parameters(), strict=True))
+    assert changed
+    arch_only = picked.apply(task=digits_task, fine_tune_steps=0)
+    assert size_stats(arch_only)["params"] == recorded["params"]
+
+
+def test_pick_rule_on_real_study(real: tuple[StudyResults, dict[str, Any]]) -> None:
+    results, trials = real
+    picked = results.pick(max_accuracy_drop=100.0, minimize="macs")
+    fewest = min(trials.values(), key=lambda t: (t[2]["macs"], t[0]))
+    assert picked.number == fewest[0]
+    assert not math.isnan(picked.metrics["speedup"])

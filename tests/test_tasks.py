@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import autoprune as ap
+from autoprune.tasks._digits import cache_dir
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # type: ignore[no-untyped-def]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------- digits
+def test_digits_task_fields(digits_task: ap.Task) -> None:
+    task = digits_task
+    assert isinstance(task, ap.Task)
+    assert task.name == "digits"
+    assert task.metric_name == "accuracy"
+    assert task.example_inputs.shape == (32, 1, 8, 8)
+    assert task.spec == {"name": "digits", "seed": 0, "width": 16, "batch_size": 32}
+    assert task.model.features[0].out_channels == 16
+    assert not task.model.training
+
+
+def test_digits_is_trained_and_evaluates_on_a_fixed_split(digits_task: ap.Task) -> None:
+    accuracy = digits_task.evaluate(digits_task.model)
+    assert 90.0 <= accuracy <= 100.0
+    assert digits_task.evaluate(digits_task.model) == accuracy
+    # 1797 images, 25% held out.
+    from autoprune.tasks._digits import _load_data
+
+    _, _, x_test, y_test = _load_data(seed=0)
+    _, _, x_test_other, _ = _load_data(seed=5)
+    assert len(y_test) == 450
+    assert torch.equal(x_test, x_test_other)
+    assert torch.equal(digits_task.example_inputs, x_test[:32])
+
+
+def test_digits_is_cached_by_seed(digits_task: ap.Task) -> None:
+    files = sorted(p.name for p in cache_dir().glob("digits-*.pt"))
+    assert any(f.startswith("digits-seed0-w16-") for f in files)
+    assert str(cache_dir()) == os.environ["AUTOPRUNE_CACHE_DIR"]  # never the user's home
+    again = ap.tasks.get("digits", width=16, batch_size=8)  # loads, does not retrain
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(again.model.state_dict().values(), digits_task.model.state_dict().values(), strict=True)
+    )
+    assert again.example_inputs.shape == (8, 1, 8, 8)
+
+
+def test_fresh_model_is_a_new_unpruned_copy(digits_task: ap.Task) -> None:
+    fresh = digits_task.fresh_model()
+    assert fresh is not digits_task.model
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(fresh.state_dict().values(), digits_task.model.state_dict().values(), strict=True)
+    )
+
+
+def test_fine_tune_trains_in_place_and_is_deterministic(digits_task: ap.Task) -> None:
+    a, b = digits_task.fresh_model(), digits_task.fresh_model()
+    before = [p.detach().clone() for p in a.parameters()]
+    digits_task.fine_tune(a, 3)
+    digits_task.fine_tune(b, 3)
+    assert any(not torch.equal(p, q) for p, q in zip(before, a.parameters(), strict=True))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert not a.training
+
+
+def test_digits_prune_and_fine_tune(digits_task: ap.Task) -> None:
+    task = digits_task
+    schedule = ap.Schedule.uniform(task.model, task.example_inputs, amount=0.5, steps=2, fine_tune_steps=20)
+    pruned = ap.apply_schedule(task.model, schedule, example_inputs=task.example_inputs, fine_tune=task.fine_tune)
+    assert pruned.features[0].out_channels == 8
+    assert task.evaluate(pruned) > 50.0
+    again = ap.apply_schedule(task.model, schedule, example_inputs=task.example_inputs, fine_tune=task.fine_tune)
+    assert all(torch.equal(p, q) for p, q in zip(pruned.parameters(), again.parameters(), strict=True))
+
+
+def test_from_spec_rebuilds_the_task(digits_task: ap.Task) -> None:
+    task = ap.tasks.from_spec(digits_task.spec)
+    assert task.spec == digits_task.spec
+    with pytest.raises(ap.TaskError, match="has no 'name'"):
+        ap.tasks.from_spec({"seed": 0})
+
+
+def test_unknown_built_in_task_lists_the_known_ones() -> None:
+    with pytest.raises(ap.TaskError, match=r"unknown task 'digitz'; built-in tasks: digits"):
+        ap.tasks.get("digitz")
+    assert "digits" in ap.tasks.names()
+
+
+# ---------------------------------------------------------------------------- user tasks
+USER_MODULE = """
+import torch
+from torch import nn
+import autoprune as ap
+
+def make(width=4):
+    model = nn.Sequential(nn.Linear(3, width), nn.ReLU(), nn.Linear(width, 2))
+    return ap.Task(name="mine", model=model, example_inputs=torch.randn(2, 3), evaluate=lambda m: 1.0)
+
+def not_a_task():
+    return 42
+
+def broken():
+    raise RuntimeError("no data here")
+
+VALUE = 3
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    name = f"user_tasks_{abs(hash(tmp_path)) % 10**8}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(USER_MODULE))
+    (tmp_path / f"{name}_bad.py").write_text("raise ValueError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+    sys.modules.pop(f"{name}_bad", None)
+
+
+def test_user_task_loads_from_module_factory(user_module: str) -> None:
+    task = ap.tasks.get(f"{user_module}:make", width=6)
+    assert isinstance(task, ap.Task)
+    assert task.model[0].out_features == 6
+    assert task.spec == {"name": f"{user_module}:make", "width": 6}
+    assert ap.tasks.load(f"{user_module}:make").model[0].out_features == 4
+    pruned = ap.apply_schedule(
+        task.model, ap.Schedule(layers={"0": ap.LayerPlan("structured", 0.5)}), example_inputs=task.example_inputs
+    )
+    assert isinstance(pruned[0], nn.Linear) and pruned[0].out_features == 3
+
+
+@pytest.mark.parametrize(
+    ("path", "needle"),
+    [
+        ("no_such_module_xyz:make", "cannot import module 'no_such_module_xyz'"),
+        (":make", "must look like 'package.module:factory'"),
+        ("{mod}:", "must look like 'package.module:factory'"),
+        ("{mod}:missing", "has no callable 'missing'"),
+        ("{mod}:VALUE", "has no callable 'VALUE'"),
+        ("{mod}:not_a_task", "returned int, not autoprune.Task"),
+        ("{mod}:broken", "failed: RuntimeError: no data here"),
+        ("{mod}_bad:make", "importing module '{mod}_bad'.*failed: ValueError: boom at import"),
+    ],
+)
+def test_bad_task_paths_are_clear_errors(user_module: str, path: str, needle: str) -> None:
+    with pytest.raises(ap.TaskError, match=needle.format(mod=user_module)):
+        ap.tasks.get(path.format(mod=user_module))
+
+
+def test_factory_options_are_checked(user_module: str) -> None:
+    with pytest.raises(ap.TaskError, match=r"rejected options \['depth'\]"):
+        ap.tasks.get(f"{user_module}:make", depth=3)
