@@ -57,7 +57,7 @@ class SpaceConfig:
     amount_step: float = 0.05
     steps: list[int] = field(default_factory=lambda: [1, 3])
     shapes: list[str] = field(default_factory=lambda: list(SHAPES))
-    fine_tune_steps: list[int] = field(default_factory=lambda: [0, 50, 100, 200])
+    fine_tune_steps: list[int] = field(default_factory=lambda: [0, 25, 50, 100])
     importance: list[str] = field(default_factory=lambda: ["magnitude", "lamp"])
     norms: list[int] = field(default_factory=lambda: [1, 2])
     global_unstructured: list[bool] = field(default_factory=lambda: [False, True])

@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat", type=int, metavar="SECONDS", help="Optuna heartbeat interval (fail and retry trials of dead workers)")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="log every finished trial (Optuna's INFO lines)")
 
 
 def _config_from_args(args: argparse.Namespace) -> SearchConfig:
@@ -74,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     from autoprune._search import _build_task, open_study, run_search
     from autoprune.results import load_study
 
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
     cfg = _config_from_args(args)
     task = _build_task(cfg)
     open_study(cfg)  # refuses a contradicting config before anything is printed

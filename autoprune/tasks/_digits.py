@@ -6,11 +6,9 @@ and is cached on disk keyed by its seed and hyper-parameters, so later runs star
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,23 +69,11 @@ def _load_data(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tor
     return x[idx_train], y[idx_train], x[idx_test], y[idx_test]
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    # The model is tiny (8x8 inputs): intra-op threads do not pay for themselves, and on a
-    # machine shared with other processes two threads were measured 10-30x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _train_steps(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, gen: torch.Generator
 ) -> None:
-    with _one_thread():
-        _train_loop(model, x, y, steps, lr, gen)
+    # Uses the process's torch thread setting: the search gives each worker its share.
+    _train_loop(model, x, y, steps, lr, gen)
 
 
 def _train_loop(
