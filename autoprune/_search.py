@@ -207,6 +207,7 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         role = trial.user_attrs.get("role", ROLE_SEARCH)
+        _HOLD.acquire()
         try:
             return self._run(trial, role)
         except KeyboardInterrupt:
@@ -216,6 +217,8 @@ class _Objective:
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {_first_line(exc)}")
             raise
+        finally:
+            _HOLD.release()
 
     def _run(self, trial: optuna.Trial, role: str) -> tuple[float, ...]:
         from autoprune.evaluation import evaluate
@@ -255,9 +258,13 @@ class _Objective:
         if early is not None:
             return self._record_early_reject(trial, early)
         assert pruned is not None
-        metrics = evaluate(
-            pruned, self.task, target=self.target, cache=self.cache, time_budget_s=self.cfg.latency_budget_s
-        ).as_dict()
+        _HOLD.release()  # our own measurement must not wait for ourselves
+        try:
+            metrics = evaluate(
+                pruned, self.task, target=self.target, cache=self.cache, time_budget_s=self.cfg.latency_budget_s
+            ).as_dict()
+        finally:
+            _HOLD.acquire()
         if not math.isfinite(metrics["accuracy"]):
             raise FloatingPointError(f"accuracy is {metrics['accuracy']} (NaN/inf weights after fine-tuning?)")
         trial.set_user_attr("time_eval_s", round(float(metrics.get("time_eval_s", 0.0)), 4))
@@ -351,9 +358,14 @@ def run_worker(cfg_data: dict[str, Any], n_trials: int, worker: int, threads: in
     """Run ``n_trials`` trials of the study in this process (joblib calls this in workers)."""
     torch.set_num_threads(max(1, threads))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cfg = SearchConfig.from_dict(cfg_data, source="worker")
-    task = _build_task(cfg)
-    study = open_study(cfg, seed_offset=worker)
+    _HOLD.acquire()  # starting up (building the task) is busy work too
+    try:
+        cfg = SearchConfig.from_dict(cfg_data, source="worker")
+        task = _build_task(cfg)
+        study = open_study(cfg, seed_offset=worker)
+        SearchSpace(prunable_layers(task.model, task.example_inputs), cfg.space)
+    finally:
+        _HOLD.release()
     return _optimize(study, task, cfg, n_trials)
 
 
@@ -365,22 +377,48 @@ def _optimize(study: optuna.Study, task: Task, cfg: SearchConfig, n_trials: int)
     try:
         study.optimize(objective, n_trials=n_trials, catch=(Exception,), gc_after_trial=False)
     finally:
-        if handle is not None:
-            handle.remove()
+        handle.remove()
+        _HOLD.release()
     return n_trials
 
 
-def _install_training_gate() -> Any:
-    """Make every optimiser step of this process wait while a latency measurement runs."""
-    try:
+class _BusyHold:
+    """While this worker computes (pruning, fine-tuning, evaluating accuracy) it holds the
+    machine's shared "busy" lock, so another worker's latency measurement waits until this
+    worker reaches an optimiser step, and this worker waits at that step until the
+    measurement is over. It lets go around its own latency measurement."""
+
+    def __init__(self) -> None:
+        self._held: Any = None
+
+    def acquire(self) -> None:
         from autoprune.evaluation import training_gate
-    except ImportError:  # pragma: no cover - older evaluation package
-        return None
+
+        if self._held is None:
+            gate = training_gate()  # waits while a measurement runs
+            gate.__enter__()
+            self._held = gate
+
+    def release(self) -> None:
+        if self._held is not None:
+            self._held.__exit__(None, None, None)
+            self._held = None
+
+    def step_boundary(self) -> None:
+        if self._held is not None:
+            self.release()
+            self.acquire()
+
+
+_HOLD = _BusyHold()
+
+
+def _install_training_gate() -> Any:
+    """Let a pending measurement in at every optimiser step of this process."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
-        training_gate()
-
-    from torch.optim.optimizer import register_optimizer_step_pre_hook
+        _HOLD.step_boundary()
 
     return register_optimizer_step_pre_hook(hook)
 

@@ -72,10 +72,10 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    import optuna
+
     from autoprune._search import _build_task, open_study, run_search
     from autoprune.results import load_study
-
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
     cfg = _config_from_args(args)
