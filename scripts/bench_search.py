@@ -8,8 +8,8 @@ Pareto fronts (accuracy vs measured latency) of:
 For each: hypervolume (Optuna's own), and the smallest accuracy drop among trials with at
 least 2x and 3x measured latency speedup.
 
-Reproduce:  python scripts/bench_search.py            (about 10 minutes on 2 cores)
-            python scripts/bench_search.py --trials 12 --samplers tpe   (quick check)
+Reproduce:  python scripts/bench_search.py            (about 10 minutes on 2 cores; 3 seeds)
+            python scripts/bench_search.py --trials 12 --samplers tpe --seeds 0   (quick check)
 Numbers are written to results/bench_search.json and results/bench_search.md.
 """
 
@@ -65,59 +65,102 @@ def _front_numbers(study: optuna.Study, max_drop: float) -> dict[str, float]:
     }
 
 
+def _front(study: optuna.Study, max_drop: float) -> list[tuple[float, float]]:
+    """Feasible non-dominated (drop, relative latency) points of a study."""
+    pts = [
+        (t.user_attrs["accuracy_drop"], 1.0 / t.user_attrs["speedup"])
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+        and t.user_attrs.get("speedup", 0) > 0
+        and not t.user_attrs.get("early_rejected")
+        and t.user_attrs["accuracy_drop"] <= max_drop
+    ]
+    return [p for p in pts if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in pts)]
+
+
+def _dominated_share(front: list[tuple[float, float]], other: list[tuple[float, float]]) -> float:
+    """Share of `other`'s front points weakly dominated by a point of `front`."""
+    if not other:
+        return float("nan")
+    hit = sum(any(p[0] <= q[0] and p[1] <= q[1] for p in front) for q in other)
+    return hit / len(other)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--samplers", nargs="+", default=["tpe", "nsga2"])
     parser.add_argument("--fine-tune", type=int, default=100, help="fine-tuning steps of every trial")
     parser.add_argument("--max-drop", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args()
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="bench-search-"))
     task = ap.tasks.get("digits")
-    common = {
-        "task": "digits",
-        "objectives": ["accuracy", "latency"],
-        "constraints": {"max_accuracy_drop": args.max_drop},
-        "trials": args.trials,
-        "seed": args.seed,
-        "storage": f"sqlite:///{workdir}/bench.db",
-        "report": False,
-    }
-    # Equal budgets: one-shot pruning, the same fine-tuning steps in every trial.
-    space = {"steps": [1, 1], "shapes": ["oneshot"], "fine_tune_steps": [args.fine_tune]}
-    runs: dict[str, SearchConfig] = {}
-    for sampler in [*args.samplers, "random"]:
-        runs[sampler] = SearchConfig.from_dict({**common, "study": sampler, "sampler": sampler, "space": space})
-    grid = [round(a, 4) for a in np.linspace(0.05, 0.9, args.trials)]
-    runs["uniform sweep"] = SearchConfig.from_dict(
-        {**common, "study": "uniform", "sampler": "random", "reference_amounts": grid,
-         "space": {**space, "methods": ["structured"], "granularity": "global"}}
-    )
-    rows = []
-    for name, cfg in runs.items():
-        t0 = time.perf_counter()
-        study = run_search(cfg, task)
-        numbers = _front_numbers(study, args.max_drop)
-        numbers["minutes"] = (time.perf_counter() - t0) / 60
-        rows.append({"method": name, **numbers})
-        print(f"{name}: {numbers}", flush=True)
+    per_seed: dict[str, list[dict[str, float]]] = {}
+    for seed in args.seeds:
+        common = {
+            "task": "digits",
+            "objectives": ["accuracy", "latency"],
+            "constraints": {"max_accuracy_drop": args.max_drop},
+            "trials": args.trials,
+            "seed": seed,
+            "storage": f"sqlite:///{workdir}/bench.db",
+            "report": False,
+        }
+        # Equal budgets: one-shot pruning, the same fine-tuning steps in every trial.
+        space = {"steps": [1, 1], "shapes": ["oneshot"], "fine_tune_steps": [args.fine_tune]}
+        runs: dict[str, SearchConfig] = {}
+        for sampler in [*args.samplers, "random"]:
+            runs[sampler] = SearchConfig.from_dict(
+                {**common, "study": f"{sampler}-{seed}", "sampler": sampler, "space": space}
+            )
+        grid = [round(a, 4) for a in np.linspace(0.05, 0.9, args.trials)]
+        runs["uniform sweep"] = SearchConfig.from_dict(
+            {**common, "study": f"uniform-{seed}", "sampler": "random", "reference_amounts": grid,
+             "space": {**space, "methods": ["structured"], "granularity": "global"}}
+        )
+        studies = {}
+        for name, cfg in runs.items():
+            t0 = time.perf_counter()
+            studies[name] = run_search(cfg, task)
+            numbers = _front_numbers(studies[name], args.max_drop)
+            numbers["minutes"] = (time.perf_counter() - t0) / 60
+            per_seed.setdefault(name, []).append(numbers)
+        uniform_front = _front(studies["uniform sweep"], args.max_drop)
+        for name, study in studies.items():
+            per_seed[name][-1]["dominates_uniform"] = _dominated_share(_front(study, args.max_drop), uniform_front)
+            print(f"seed {seed} {name}: {per_seed[name][-1]}", flush=True)
 
-    header = "| method | trials | hypervolume | best drop at >=2x | best drop at >=3x | max feasible speedup | fine-tune steps | minutes |"
-    lines = [header, "|" + "---|" * 8]
+    def med(name: str, key: str) -> float:
+        values = [r[key] for r in per_seed[name] if not math.isnan(r[key])]
+        return float(np.median(values)) if values else math.nan
+
+    rows = [
+        {"method": name, **{k: med(name, k) for k in per_seed[name][0]}, "seeds": len(per_seed[name])}
+        for name in per_seed
+    ]
+    header = (
+        "| method | trials | hypervolume | uniform front dominated | best drop at >=2x | best drop at >=3x "
+        "| max feasible speedup | fine-tune steps | minutes |"
+    )
+    lines = [header, "|" + "---|" * 9]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['trials']} | {r['hypervolume']:.4f} | {r['best_drop_2x']:.2f} | "
-            f"{r['best_drop_3x']:.2f} | {r['max_speedup_feasible']:.2f}x | {r['fine_tune_steps']} | {r['minutes']:.1f} |"
+            f"| {r['method']} | {r['trials']:.0f} | {r['hypervolume']:.3f} | {r['dominates_uniform']:.0%} | "
+            f"{r['best_drop_2x']:.2f} | {r['best_drop_3x']:.2f} | {r['max_speedup_feasible']:.2f}x | "
+            f"{r['fine_tune_steps']:.0f} | {r['minutes']:.1f} |"
         )
     table = "\n".join(lines)
     print()
     print(table)
     print(f"\nhypervolume: area dominated in (accuracy drop <= {args.max_drop} points, latency / unpruned latency <= 1);"
           " drops in percentage points (digits held-out set, 450 images: 1 image = 0.22 points)")
-    print(f"reproduce: python scripts/bench_search.py --trials {args.trials} --samplers {' '.join(args.samplers)}")
+    print(f"medians over seeds {args.seeds}")
+    print(f"reproduce: python scripts/bench_search.py --trials {args.trials} --samplers {' '.join(args.samplers)} "
+          f"--seeds {' '.join(map(str, args.seeds))}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_search.json").write_text(json.dumps(rows, indent=2))
     (args.out / "bench_search.md").write_text(table + "\n")
