@@ -26,7 +26,7 @@ from torch import nn
 
 from autoprune import __version__
 from autoprune._errors import AutopruneError, ConfigError
-from autoprune.config import SearchConfig, mask_url
+from autoprune.config import SearchConfig, driver_url, mask_url
 from autoprune.executor import apply_schedule
 from autoprune.preflight import prunable_layers
 from autoprune.schedule import Schedule
@@ -57,7 +57,7 @@ class _EarlyReject(Exception):
 # ---------------------------------------------------------------------------- storage / study
 def make_storage(cfg: SearchConfig) -> optuna.storages.BaseStorage:
     """An Optuna RDB storage for ``cfg.storage`` (SQLite folders are created)."""
-    url = cfg.storage
+    url = driver_url(cfg.storage)
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
         if str(path) not in ("", ":memory:"):

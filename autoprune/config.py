@@ -25,6 +25,7 @@ __all__ = [
     "load_toml",
     "mask_url",
     "DEFAULT_STORAGE",
+    "driver_url",
     "SAMPLERS",
     "GRANULARITIES",
     "IDENTITY_KEYS",
@@ -40,6 +41,27 @@ IDENTITY_KEYS = ("task", "task_options", "objectives", "constraints", "space", "
 def mask_url(url: str) -> str:
     """Hide the password of a database URL: ``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db``."""
     return re.sub(r"(?<=://)([^:/@]+):([^@]*)@", r"\1:***@", url)
+
+
+def driver_url(url: str) -> str:
+    """The URL SQLAlchemy should open: a bare file path is a SQLite file, and a plain
+    ``postgresql://`` URL uses whichever PostgreSQL driver is installed (SQLAlchemy's default,
+    psycopg 3, or else psycopg2 from ``pip install autoprune[postgres]``)."""
+    import importlib.util
+
+    if "://" not in url:
+        return f"sqlite:///{url}"
+    scheme, rest = url.split("://", 1)
+    if scheme in ("postgresql", "postgres"):
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return f"postgresql+psycopg2://{rest}"
+        if importlib.util.find_spec("psycopg") is None:
+            raise ConfigError(
+                f"storage {mask_url(url)!r} needs a PostgreSQL driver: pip install psycopg2-binary "
+                "(or autoprune[postgres])"
+            )
+        return f"postgresql://{rest}"
+    return url
 
 
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:

@@ -89,8 +89,7 @@ def _sqlite_path(storage: str) -> Path | None:
 
 def _normalise_storage(storage: str | Path) -> str:
     """A storage URL; a bare file path means a SQLite file."""
-    text = str(storage)
-    return text if "://" in text else f"sqlite:///{text}"
+    return _config.driver_url(str(storage))
 
 
 def load_study(study_name: str, storage: str | Path = DEFAULT_STORAGE) -> StudyResults:

@@ -364,3 +364,33 @@ def test_cli_search_then_trials(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "objectives" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "url,installed,expected",
+    [
+        ("studies/x.db", set(), "sqlite:///studies/x.db"),
+        ("sqlite:///a.db", set(), "sqlite:///a.db"),
+        ("postgresql://u:pw@h/db", {"psycopg2"}, "postgresql+psycopg2://u:pw@h/db"),
+        ("postgresql://u:pw@h/db", {"psycopg", "psycopg2"}, "postgresql://u:pw@h/db"),
+        ("postgresql+psycopg2://u:pw@h/db", set(), "postgresql+psycopg2://u:pw@h/db"),
+    ],
+)
+def test_storage_driver_url(monkeypatch: pytest.MonkeyPatch, url: str, installed: set[str], expected: str) -> None:
+    import importlib.util
+
+    from autoprune.config import driver_url
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in installed else None)
+    assert driver_url(url) == expected
+
+
+def test_storage_without_postgres_driver_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from autoprune.config import driver_url
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ap.ConfigError) as err:
+        driver_url("postgresql://u:secret@h/db")
+    assert "pip install psycopg2-binary" in str(err.value) and "secret" not in str(err.value)
