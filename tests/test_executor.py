@@ -13,16 +13,6 @@ from autoprune.schedule import step_amounts
 ZOO = ["cnn", "resnet", "mobilenetv2", "transformer"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    # These models are tiny; on a CPU shared with other jobs, two intra-op threads were
-    # measured 10-30x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

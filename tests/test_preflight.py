@@ -12,16 +12,6 @@ from autoprune.preflight import ROOT_TYPES, analyse
 ZOO = ["cnn", "resnet", "mobilenetv2", "transformer"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    # These models are tiny; on a CPU shared with other jobs, two intra-op threads were
-    # measured 10-30x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _Scale(nn.Module):
     """A custom layer holding an unwrapped per-channel parameter."""
 

@@ -13,14 +13,6 @@ import autoprune as ap
 from autoprune.tasks._digits import cache_dir
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------- digits
 def test_digits_task_fields(digits_task: ap.Task) -> None:
     task = digits_task
