@@ -394,3 +394,58 @@ def test_storage_without_postgres_driver_says_what_to_install(monkeypatch: pytes
     with pytest.raises(ap.ConfigError) as err:
         driver_url("postgresql://u:secret@h/db")
     assert "pip install psycopg2-binary" in str(err.value) and "secret" not in str(err.value)
+
+
+def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    (tmp_path / "s.toml").write_text(
+        textwrap.dedent(
+            """
+            task = "digits"
+            trials = 6
+            study = "int"
+            latency_budget_s = 0.05
+            reference_amounts = []
+            report = false
+            [task_options]
+            width = 8
+            batch_size = 16
+            [space]
+            steps = [1, 1]
+            fine_tune_steps = [3000]
+            """
+        )
+    )
+    url = "sqlite:///studies/i.db"
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", "s.toml", "--quiet", "--storage", url],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def running() -> list[optuna.trial.FrozenTrial]:
+        try:
+            study = optuna.load_study(study_name="int", storage=f"sqlite:///{tmp_path}/studies/i.db")
+        except Exception:  # noqa: BLE001 - not created yet
+            return []
+        return [t for t in study.trials if t.user_attrs.get("role") == ROLE_SEARCH
+                and t.state == optuna.trial.TrialState.RUNNING]
+
+    end = time.monotonic() + 300
+    while not running() and time.monotonic() < end:
+        time.sleep(0.2)
+    assert running(), "no search trial started"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    study = optuna.load_study(study_name="int", storage=f"sqlite:///{tmp_path}/studies/i.db")
+    cut = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    assert len(cut) == 1 and cut[0].state == optuna.trial.TrialState.FAIL
+    # the same command resumes and runs only what is missing
+    done_before = len(counted_trials(study))
+    proc = subprocess.run([sys.executable, "-m", "autoprune.cli", "search", "s.toml", "--quiet", "--storage", url,
+                           "--trials", str(done_before + 1)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="int", storage=f"sqlite:///{tmp_path}/studies/i.db")
+    assert len(counted_trials(study)) == done_before + 1

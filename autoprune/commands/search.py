@@ -77,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     from autoprune._search import _build_task, open_study, run_search
     from autoprune.results import load_study
 
-    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
+    # Failed trials are recorded with their error (`autoprune trials` shows it); Optuna's own
+    # warning would print a traceback per failed trial.
+    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.ERROR)
     cfg = _config_from_args(args)
     task = _build_task(cfg)
     open_study(cfg)  # refuses a contradicting config before anything is printed
@@ -106,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"report:  {page}")
         except Exception as exc:  # noqa: BLE001 - the search is stored; a report failure must not hide that
             print(f"report:  not written ({type(exc).__name__}: {exc})")
+    failed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"]
+    if failed:
+        print(f"failed:  {len(failed)} trial(s), e.g. #{failed[-1].number}: {failed[-1].user_attrs.get('error', '?')}")
     print(f"study:   {cfg.study_name} in {mask_url(cfg.storage)}")
     print(f"config:  {out_dir / 'config.json'}")
     print(f"trials:  autoprune trials --study {cfg.study_name} --storage {mask_url(cfg.storage)}")
