@@ -6,12 +6,17 @@ __version__ = "0.1.0"  # the one place the version is written (pyproject reads i
 
 from autoprune import tasks, zoo
 from autoprune._errors import (
+    ArchitectureMismatchError,
     AutopruneError,
     ConfigError,
+    ExportError,
+    NoQualifyingTrialError,
     PreflightError,
     ScheduleError,
+    StudyNotFoundError,
     TargetError,
     TaskError,
+    UnsafeWeightsError,
 )
 from autoprune._search import search
 from autoprune.config import SearchConfig, SpaceConfig
@@ -25,8 +30,13 @@ from autoprune.schedule import LayerPlan, Schedule, step_amounts
 from autoprune.tasks import Task
 
 __all__ = [
+    "ArchitectureMismatchError",
     "AutopruneError",
     "ConfigError",
+    "ExportError",
+    "NoQualifyingTrialError",
+    "StudyNotFoundError",
+    "UnsafeWeightsError",
     "LayerInfo",
     "LayerPlan",
     "Metrics",

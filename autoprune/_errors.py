@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-__all__ = ["AutopruneError", "ScheduleError", "PreflightError", "TaskError", "ConfigError", "TargetError"]
+__all__ = [
+    "AutopruneError",
+    "ScheduleError",
+    "PreflightError",
+    "TaskError",
+    "ConfigError",
+    "TargetError",
+    "StudyNotFoundError",
+    "NoQualifyingTrialError",
+    "ExportError",
+    "ArchitectureMismatchError",
+    "UnsafeWeightsError",
+]
 
 
 class AutopruneError(Exception):
@@ -27,3 +39,23 @@ class ConfigError(AutopruneError, ValueError):
 
 class TargetError(AutopruneError, ValueError):
     """A latency target is invalid or not available on this machine."""
+
+
+class StudyNotFoundError(AutopruneError, LookupError):
+    """No study of that name in the storage (the message lists the names present)."""
+
+
+class NoQualifyingTrialError(AutopruneError, LookupError):
+    """No trial meets a pick rule (the message names the rule and the best value available)."""
+
+
+class ExportError(AutopruneError):
+    """A pruned model cannot be saved or loaded (missing file, bad file, missing package)."""
+
+
+class ArchitectureMismatchError(ExportError):
+    """Saved weights do not fit the rebuilt architecture (the message names the first tensor)."""
+
+
+class UnsafeWeightsError(ExportError):
+    """The weights file holds more than tensors (a pickled object); it is refused, not run."""

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune._errors import AutopruneError
+from autoprune._errors import ArchitectureMismatchError, ExportError, UnsafeWeightsError
 from autoprune.schedule import Schedule
 
 __all__ = [
@@ -64,17 +64,6 @@ METRICS_FILE = "metrics.json"
 ARCHITECTURE_FILE = "architecture.json"
 ONNX_FILE = "model.onnx"
 
-
-class ExportError(AutopruneError):
-    """A pruned model cannot be saved or loaded (missing file, bad file, missing package)."""
-
-
-class ArchitectureMismatchError(ExportError):
-    """Saved weights do not fit the rebuilt architecture (the message names the first tensor)."""
-
-
-class UnsafeWeightsError(ExportError):
-    """The weights file holds more than tensors (a pickled object); it is refused, not run."""
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoprune import config as _config
 from autoprune import study_keys
-from autoprune._errors import AutopruneError, ConfigError
+from autoprune._errors import AutopruneError, ConfigError, NoQualifyingTrialError, StudyNotFoundError
 from autoprune.schedule import Schedule
 
 if TYPE_CHECKING:
@@ -71,13 +71,6 @@ _METRIC_KEYS = (
     "macs",
 )
 
-
-class StudyNotFoundError(AutopruneError, LookupError):
-    """No study of that name in the storage (the message lists the names present)."""
-
-
-class NoQualifyingTrialError(AutopruneError, LookupError):
-    """No trial meets a pick rule (the message names the rule and the best value available)."""
 
 
 # ---------------------------------------------------------------------------- loading
