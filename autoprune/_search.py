@@ -75,12 +75,22 @@ def make_storage(cfg: SearchConfig) -> optuna.storages.BaseStorage:
             "grace_period": cfg.grace_period or 3 * heartbeat,
             "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=cfg.retries),
         }
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - bad URL, server down, missing driver
-        raise ConfigError(f"cannot open storage {mask_url(url)!r}: {type(exc).__name__}: {_first_line(exc)}") from None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except ImportError as exc:
+            raise ConfigError(f"cannot open storage {mask_url(url)!r}: {_first_line(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - bad URL, server down, or a race (below)
+            # Workers starting at once on an empty database race to create Optuna's tables;
+            # the losers see "already exists" errors and succeed on a second try.
+            if attempt == 2:
+                raise ConfigError(
+                    f"cannot open storage {mask_url(url)!r}: {type(exc).__name__}: {_first_line(exc)}"
+                ) from None
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
 
 
 def effective_heartbeat(cfg: SearchConfig) -> int | None:
@@ -112,32 +122,54 @@ def _make_sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.GPSampler(seed=seed)
 
 
-def open_study(cfg: SearchConfig, *, create: bool = True, check: bool = True, seed_offset: int = 0) -> optuna.Study:
+def open_study(
+    cfg: SearchConfig,
+    *,
+    create: bool = True,
+    check: bool = True,
+    seed_offset: int = 0,
+    on_create: Callable[[optuna.Study], None] | None = None,
+) -> optuna.Study:
     """Create or load the study of ``cfg``; a joining run must agree on the study's identity
-    (``check=False`` for readers that only look at the study)."""
+    (``check=False`` for readers that only look at the study). ``on_create`` runs only in
+    the one process that really created the study, even when several start at once."""
     storage = make_storage(cfg)
     name = cfg.study_name
     directions: list[Any] = [OBJECTIVES[o][1] for o in cfg.objectives]
     sampler = _make_sampler(cfg, cfg.seed + seed_offset)
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if name in existing:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
-        stored = study.user_attrs.get("config")
-        if stored is not None and check:
-            _check_same_identity(cfg, stored, name)
-        return study
-    if not create:
-        raise ConfigError(f"no study {name!r} in {mask_url(cfg.storage)}; studies there: {sorted(existing) or 'none'}")
-    study = optuna.create_study(
-        study_name=name, storage=storage, sampler=sampler, directions=directions, load_if_exists=True
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(list(cfg.objectives))
-    study.set_user_attr("config", cfg.to_dict())
-    study.set_user_attr("objectives", list(cfg.objectives))
-    study.set_user_attr("autoprune_version", __version__)
+    if name not in existing:
+        if not create:
+            raise ConfigError(
+                f"no study {name!r} in {mask_url(cfg.storage)}; studies there: {sorted(existing) or 'none'}"
+            )
+        try:
+            study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions)
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # another worker created it a moment ago: join it below
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(list(cfg.objectives))
+            study.set_user_attr("objectives", list(cfg.objectives))
+            study.set_user_attr("autoprune_version", __version__)
+            if on_create is not None:
+                on_create(study)
+            study.set_user_attr("config", cfg.to_dict())  # last: joiners wait for it
+            return study
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    stored = _wait_for_attr(study, "config", 60.0)
+    if stored is not None and check:
+        _check_same_identity(cfg, stored, name)
     return study
+
+
+def _wait_for_attr(study: optuna.Study, key: str, seconds: float) -> Any:
+    """A study attribute that its creator may still be writing (None if it never comes)."""
+    deadline = time.monotonic() + seconds
+    while (value := study.user_attrs.get(key)) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return value
 
 
 def _check_same_identity(cfg: SearchConfig, stored: dict[str, Any], name: str) -> None:
@@ -159,7 +191,7 @@ def stored_config(study_name: str, storage_url: str) -> SearchConfig | None:
     if study_name not in names:
         return None
     study = optuna.load_study(study_name=study_name, storage=storage)
-    data = study.user_attrs.get("config")
+    data = _wait_for_attr(study, "config", 60.0)
     if data is None:
         raise ConfigError(f"study {study_name!r} was not written by autoprune (no saved config)")
     data = dict(data)
@@ -224,6 +256,14 @@ class _Objective:
         from autoprune.evaluation import evaluate
 
         seed = self.cfg.seed
+        if role != ROLE_UNPRUNED and self.baseline is None:
+            # Never wait for another worker while holding the busy lock: its measurement of
+            # the unpruned model would wait for us in turn.
+            _HOLD.release()
+            try:
+                self.baseline = _wait_for_baseline(trial.study)
+            finally:
+                _HOLD.acquire()
         if role == ROLE_UNPRUNED:
             schedule = Schedule(seed=seed)
             self.space.suggest(trial, seed=seed)  # records the (all-zero) params for the sampler
@@ -269,9 +309,23 @@ class _Objective:
             raise FloatingPointError(f"accuracy is {metrics['accuracy']} (NaN/inf weights after fine-tuning?)")
         trial.set_user_attr("time_eval_s", round(float(metrics.get("time_eval_s", 0.0)), 4))
         trial.set_user_attr("time_latency_s", round(float(metrics.get("time_latency_s", 0.0)), 4))
+        values = self._record(trial, metrics)
         if role == ROLE_UNPRUNED:
             self.baseline = dict(metrics)
-        return self._record(trial, metrics)
+            self._publish_baseline(trial.study, metrics)
+        return values
+
+    def _publish_baseline(self, study: optuna.Study, metrics: dict[str, Any]) -> None:
+        """Only the worker that ran the unpruned trial gets here (popping a waiting trial is
+        atomic on a server database), so the references are enqueued exactly once."""
+        study.set_user_attr("layers", [i.as_dict() for i in self.layers])
+        study.set_user_attr("task", dict(self.task.spec))
+        for amount in self.cfg.reference_amounts:
+            study.enqueue_trial(
+                self.space.uniform_params(amount), user_attrs={"role": ROLE_UNIFORM, "uniform_amount": amount}
+            )
+        # Last: a worker waiting for the baseline may start as soon as it appears.
+        study.set_user_attr("baseline", {k: metrics[k] for k in _BASELINE_KEYS if k in metrics})
 
     def _timed_fine_tune(self, timings: dict[str, float]) -> Callable[[nn.Module, int], None] | None:
         if self.task.fine_tune is None:
@@ -358,14 +412,14 @@ def run_worker(cfg_data: dict[str, Any], n_trials: int, worker: int, threads: in
     """Run ``n_trials`` trials of the study in this process (joblib calls this in workers)."""
     torch.set_num_threads(max(1, threads))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = SearchConfig.from_dict(cfg_data, source="worker")
     _HOLD.acquire()  # starting up (building the task) is busy work too
     try:
-        cfg = SearchConfig.from_dict(cfg_data, source="worker")
         task = _build_task(cfg)
-        study = open_study(cfg, seed_offset=worker)
         SearchSpace(prunable_layers(task.model, task.example_inputs), cfg.space)
     finally:
         _HOLD.release()
+    study = open_study(cfg, seed_offset=worker)  # may wait for the study's creator: not busy
     return _optimize(study, task, cfg, n_trials)
 
 
@@ -424,39 +478,44 @@ def _install_training_gate() -> Any:
 
 
 # ---------------------------------------------------------------------------- orchestration
+_BASELINE_KEYS = (
+    "accuracy", "params", "nonzero_params", "dense_bytes", "sparse_bytes", "macs", "latency_ms", "latency_spread"
+)
+_WAIT_S = 900.0
+
+
+def _wait_for_baseline(study: optuna.Study) -> dict[str, Any]:
+    """The unpruned model's metrics, waiting while another worker is still measuring them."""
+    deadline = time.monotonic() + _WAIT_S
+    while True:
+        baseline = study.user_attrs.get("baseline")  # a fresh read from the storage
+        if baseline is not None:
+            return dict(baseline)
+        if time.monotonic() > deadline:
+            raise AutopruneError(f"no baseline after {_WAIT_S:.0f} s: the unpruned model was not evaluated")
+        time.sleep(1.0)
+
+
 def _ensure_references(study: optuna.Study, task: Task, cfg: SearchConfig) -> None:
-    """Evaluate the unpruned model first (drops are measured against it) and enqueue the
-    uniform warm-start schedules once."""
-    def unpruned(states: tuple[optuna.trial.TrialState, ...]) -> list[optuna.trial.FrozenTrial]:
+    """Evaluate the unpruned model first: accuracy drops and speedups are measured against it.
+    The worker that evaluates it also enqueues the uniform warm-start schedules. Workers that
+    start while another one evaluates it wait for the baseline."""
+
+    def unpruned(*states: optuna.trial.TrialState) -> list[optuna.trial.FrozenTrial]:
         return [t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs.get("role") == ROLE_UNPRUNED]
 
-    complete = (optuna.trial.TrialState.COMPLETE,)
-    deadline = time.monotonic() + 900
-    # Another worker may be evaluating the unpruned model right now: wait for it.
-    while not unpruned(complete) and unpruned((optuna.trial.TrialState.RUNNING,)) and time.monotonic() < deadline:
-        time.sleep(1.0)
-    if not unpruned(complete):
-        if not unpruned((optuna.trial.TrialState.WAITING,)):
-            space = SearchSpace(prunable_layers(task.model, task.example_inputs), cfg.space)
-            study.enqueue_trial(space.uniform_params(0.0), user_attrs={"role": ROLE_UNPRUNED})
-        _optimize(study, task, cfg, 1)
-    done = unpruned(complete)
-    if not done:
-        errors = [t.user_attrs.get("error") for t in study.get_trials(deepcopy=False) if t.user_attrs.get("error")]
-        raise AutopruneError(f"evaluating the unpruned model failed: {errors[-1] if errors else 'unknown error'}")
-    base = done[0]
-    keys = ("accuracy", "params", "nonzero_params", "dense_bytes", "sparse_bytes", "macs", "latency_ms", "latency_spread")
-    if "baseline" not in study.user_attrs:
-        study.set_user_attr("baseline", {k: base.user_attrs[k] for k in keys if k in base.user_attrs})
-        study.set_user_attr("layers", [i.as_dict() for i in prunable_layers(task.model, task.example_inputs)])
-        study.set_user_attr("task", dict(task.spec))
-    if not study.user_attrs.get("references_enqueued"):
+    S = optuna.trial.TrialState
+    if "baseline" in study.user_attrs:
+        return
+    if not unpruned(S.WAITING, S.RUNNING, S.COMPLETE):
         space = SearchSpace(prunable_layers(task.model, task.example_inputs), cfg.space)
-        for amount in cfg.reference_amounts:
-            study.enqueue_trial(
-                space.uniform_params(amount), user_attrs={"role": ROLE_UNIFORM, "uniform_amount": amount}
-            )
-        study.set_user_attr("references_enqueued", True)
+        study.enqueue_trial(space.uniform_params(0.0), user_attrs={"role": ROLE_UNPRUNED})
+    if unpruned(S.WAITING):
+        _optimize(study, task, cfg, 1)  # pops the oldest waiting trial: the unpruned one
+    if "baseline" not in study.user_attrs and not unpruned(S.RUNNING):
+        errors = [t.user_attrs.get("error") for t in unpruned(S.FAIL) if t.user_attrs.get("error")]
+        raise AutopruneError(f"evaluating the unpruned model failed: {errors[-1] if errors else 'unknown error'}")
+    _wait_for_baseline(study)
 
 
 def search(
@@ -503,7 +562,12 @@ def search(
 
 def run_search(cfg: SearchConfig, task: Task, *, progress: bool = False) -> optuna.Study:
     """Run (or resume) the search described by ``cfg`` on ``task``."""
-    study = open_study(cfg)
+    space = SearchSpace(prunable_layers(task.model, task.example_inputs), cfg.space)
+
+    def enqueue_unpruned(new_study: optuna.Study) -> None:
+        new_study.enqueue_trial(space.uniform_params(0.0), user_attrs={"role": ROLE_UNPRUNED})
+
+    study = open_study(cfg, on_create=enqueue_unpruned)
     _fail_interrupted_leftovers(study, cfg)
     _ensure_references(study, task, cfg)
     if cfg.worker_trials is not None:

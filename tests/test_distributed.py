@@ -66,25 +66,33 @@ def _has_baseline(url: str, name: str) -> bool:
 
 
 def test_three_workers_give_exactly_3m_trials(tmp_path: Path, postgres_url: str) -> None:
-    (tmp_path / "d.toml").write_text(CONFIG.format(ft=0))
+    (tmp_path / "d.toml").write_text(CONFIG.format(ft=0).replace("reference_amounts = []", "reference_amounts = [0.5]"))
     m = 3
-    first = _worker(tmp_path, "d.toml", "--study", "three", "--storage", postgres_url, "--worker-trials", str(m))
-    _wait_for(lambda: _has_baseline(postgres_url, "three"))
-    # the others join with just --study and --storage: the config comes from the study
-    others = [
-        _worker(tmp_path, "--study", "three", "--storage", postgres_url, "--worker-trials", str(m)) for _ in range(2)
+    # all three start at once: one creates the study and evaluates the unpruned model, the
+    # others wait for it; the uniform reference is enqueued once
+    workers = [
+        _worker(tmp_path, "d.toml", "--study", "three", "--storage", postgres_url, "--worker-trials", str(m))
+        for _ in range(3)
     ]
-    for p in [first, *others]:
-        out, err = p.communicate(timeout=600)
+    for p in workers:
+        out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
         assert postgres_url.split(":")[2].split("@")[0] not in out + err  # the password never shows
     study = _study(postgres_url, "three")
     assert study is not None
+    roles = [t.user_attrs.get("role") for t in study.trials]
+    assert roles.count(ROLE_UNPRUNED) == 1 and roles.count("reference-uniform") == 1
     searched = [t for t in study.trials if t.user_attrs.get("role") != ROLE_UNPRUNED]
     assert len([t for t in searched if t.state == optuna.trial.TrialState.COMPLETE]) == 3 * m
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers)) == 3 * m + 1
     assert all(t.user_attrs.get("host") for t in searched)
+    # a worker started later joins with just --study and --storage: the config comes from the study
+    late = _worker(tmp_path, "--study", "three", "--storage", postgres_url, "--worker-trials", "1")
+    out, err = late.communicate(timeout=600)
+    assert late.returncode == 0, err
+    study = _study(postgres_url, "three")
+    assert study is not None and len(study.trials) == 3 * m + 2
 
 
 def test_sigkilled_worker_trial_is_retried(tmp_path: Path, postgres_url: str) -> None:
@@ -123,7 +131,7 @@ def test_password_is_masked_and_conflicts_are_refused(tmp_path: Path, postgres_u
     password = postgres_url.split(":")[2].split("@")[0]
     (tmp_path / "p.toml").write_text(CONFIG.format(ft=0))
     p = _worker(tmp_path, "p.toml", "--study", "mask", "--storage", postgres_url, "--worker-trials", "1")
-    out, err = p.communicate(timeout=600)
+    out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     assert password not in out + err and "autoprune:***@" in out
     study = _study(postgres_url, "mask")
