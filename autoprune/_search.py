@@ -423,13 +423,15 @@ def run_worker(cfg_data: dict[str, Any], n_trials: int, worker: int, threads: in
     return _optimize(study, task, cfg, n_trials)
 
 
-def _optimize(study: optuna.Study, task: Task, cfg: SearchConfig, n_trials: int) -> int:
+def _optimize(
+    study: optuna.Study, task: Task, cfg: SearchConfig, n_trials: int, callbacks: list[Any] | None = None
+) -> int:
     if n_trials <= 0:
         return 0
     objective = _Objective(task, cfg, study)
     handle = _install_training_gate()
     try:
-        study.optimize(objective, n_trials=n_trials, catch=(Exception,), gc_after_trial=False)
+        study.optimize(objective, n_trials=n_trials, catch=(Exception,), gc_after_trial=False, callbacks=callbacks)
     finally:
         handle.remove()
         _HOLD.release()
@@ -496,26 +498,31 @@ def _wait_for_baseline(study: optuna.Study) -> dict[str, Any]:
         time.sleep(1.0)
 
 
-def _ensure_references(study: optuna.Study, task: Task, cfg: SearchConfig) -> None:
+def _ensure_references(study: optuna.Study, task: Task, cfg: SearchConfig) -> int:
     """Evaluate the unpruned model first: accuracy drops and speedups are measured against it.
     The worker that evaluates it also enqueues the uniform warm-start schedules. Workers that
-    start while another one evaluates it wait for the baseline."""
+    start while another one evaluates it wait for the baseline. Returns how many other
+    trials ran here (another worker may pop the unpruned trial first; ours is then a search
+    trial, and it counts toward this worker's share)."""
 
     def unpruned(*states: optuna.trial.TrialState) -> list[optuna.trial.FrozenTrial]:
         return [t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs.get("role") == ROLE_UNPRUNED]
 
     S = optuna.trial.TrialState
     if "baseline" in study.user_attrs:
-        return
+        return 0
     if not unpruned(S.WAITING, S.RUNNING, S.COMPLETE):
         space = SearchSpace(prunable_layers(task.model, task.example_inputs), cfg.space)
         study.enqueue_trial(space.uniform_params(0.0), user_attrs={"role": ROLE_UNPRUNED})
+    ran: list[optuna.trial.FrozenTrial] = []
     if unpruned(S.WAITING):
-        _optimize(study, task, cfg, 1)  # pops the oldest waiting trial: the unpruned one
+        # pops the oldest waiting trial: the unpruned one, unless another worker was faster
+        _optimize(study, task, cfg, 1, callbacks=[lambda _study, trial: ran.append(trial)])
     if "baseline" not in study.user_attrs and not unpruned(S.RUNNING):
         errors = [t.user_attrs.get("error") for t in unpruned(S.FAIL) if t.user_attrs.get("error")]
         raise AutopruneError(f"evaluating the unpruned model failed: {errors[-1] if errors else 'unknown error'}")
     _wait_for_baseline(study)
+    return sum(t.user_attrs.get("role") != ROLE_UNPRUNED for t in ran)
 
 
 def search(
@@ -569,9 +576,9 @@ def run_search(cfg: SearchConfig, task: Task, *, progress: bool = False) -> optu
 
     study = open_study(cfg, on_create=enqueue_unpruned)
     _fail_interrupted_leftovers(study, cfg)
-    _ensure_references(study, task, cfg)
+    extra = _ensure_references(study, task, cfg)
     if cfg.worker_trials is not None:
-        missing = cfg.worker_trials
+        missing = max(0, cfg.worker_trials - extra)
     else:
         missing = max(0, cfg.trials - len(counted_trials(study)))
     if missing == 0:
