@@ -164,6 +164,19 @@ def open_study(
     return study
 
 
+def check_joinable(cfg: SearchConfig) -> None:
+    """Refuse early a run whose settings contradict the existing study it names (nothing
+    happens when the study does not exist yet: :func:`run_search` creates it)."""
+    storage = make_storage(cfg)
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if cfg.study_name not in existing:
+        return
+    study = optuna.load_study(study_name=cfg.study_name, storage=storage)
+    stored = _wait_for_attr(study, "config", 60.0)
+    if stored is not None:
+        _check_same_identity(cfg, stored, cfg.study_name)
+
+
 def _wait_for_attr(study: optuna.Study, key: str, seconds: float) -> Any:
     """A study attribute that its creator may still be writing (None if it never comes)."""
     deadline = time.monotonic() + seconds
@@ -318,6 +331,8 @@ class _Objective:
     def _publish_baseline(self, study: optuna.Study, metrics: dict[str, Any]) -> None:
         """Only the worker that ran the unpruned trial gets here (popping a waiting trial is
         atomic on a server database), so the references are enqueued exactly once."""
+        if "baseline" in study.user_attrs:
+            return  # a second run of the unpruned trial (a heartbeat retry): references exist
         study.set_user_attr("layers", [i.as_dict() for i in self.layers])
         study.set_user_attr("task", dict(self.task.spec))
         for amount in self.cfg.reference_amounts:
@@ -512,6 +527,8 @@ def _ensure_references(study: optuna.Study, task: Task, cfg: SearchConfig) -> in
     if "baseline" in study.user_attrs:
         return 0
     if not unpruned(S.WAITING, S.RUNNING, S.COMPLETE):
+        # The creator enqueued it with the study; it is missing only when it failed before
+        # (resuming after that) or the study predates it.
         space = SearchSpace(prunable_layers(task.model, task.example_inputs), cfg.space)
         study.enqueue_trial(space.uniform_params(0.0), user_attrs={"role": ROLE_UNPRUNED})
     ran: list[optuna.trial.FrozenTrial] = []

@@ -68,6 +68,9 @@ def _has_baseline(url: str, name: str) -> bool:
 def test_three_workers_give_exactly_3m_trials(tmp_path: Path, postgres_url: str) -> None:
     (tmp_path / "d.toml").write_text(CONFIG.format(ft=0).replace("reference_amounts = []", "reference_amounts = [0.5]"))
     m = 3
+    import autoprune as ap
+
+    ap.tasks.get("digits", width=8, batch_size=16)  # trained and cached: the workers reach the study together
     # all three start at once: one creates the study and evaluates the unpruned model, the
     # others wait for it; the uniform reference is enqueued once
     workers = [
@@ -81,7 +84,8 @@ def test_three_workers_give_exactly_3m_trials(tmp_path: Path, postgres_url: str)
     study = _study(postgres_url, "three")
     assert study is not None
     roles = [t.user_attrs.get("role") for t in study.trials]
-    assert roles.count(ROLE_UNPRUNED) == 1 and roles.count("reference-uniform") == 1
+    detail = [(t.number, t.state.name, t.user_attrs.get("role"), t.system_attrs, t.user_attrs.get("error")) for t in study.trials]
+    assert roles.count(ROLE_UNPRUNED) == 1 and roles.count("reference-uniform") == 1, detail
     searched = [t for t in study.trials if t.user_attrs.get("role") != ROLE_UNPRUNED]
     assert len([t for t in searched if t.state == optuna.trial.TrialState.COMPLETE]) == 3 * m
     numbers = [t.number for t in study.trials]

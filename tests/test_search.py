@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 import autoprune as ap
-from autoprune._search import counted_trials, run_search
+from autoprune._search import check_joinable, counted_trials, run_search
 from autoprune.config import SearchConfig, SpaceConfig
 from autoprune.space import SearchSpace
 from autoprune.study_keys import ROLE_SEARCH, ROLE_UNIFORM, ROLE_UNPRUNED, is_feasible
@@ -364,6 +364,21 @@ def test_cli_search_then_trials(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "objectives" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_check_joinable_never_creates_the_study(tmp_path: Path, tiny_task: ap.Task) -> None:
+    # The CLI checks a joining run before it prints anything. That check must not create the
+    # study: the creator alone enqueues the unpruned reference with it, so workers that start
+    # at once cannot each enqueue one (two unpruned references, two sets of uniform ones).
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    cfg = SearchConfig(storage=url, study="j", trials=1, reference_amounts=[], latency_budget_s=0.02, report=False)
+    check_joinable(cfg)
+    assert optuna.get_all_study_summaries(url, include_best_trial=False) == []
+    study = run_search(cfg, tiny_task)
+    assert [t.user_attrs.get("role") for t in study.trials].count(ROLE_UNPRUNED) == 1
+    with pytest.raises(ap.ConfigError, match="objectives"):
+        check_joinable(cfg.merged(objectives=["accuracy", "size"]))
+    check_joinable(cfg)  # the same settings join
 
 
 @pytest.mark.parametrize(

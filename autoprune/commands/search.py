@@ -74,7 +74,7 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
 def run(args: argparse.Namespace) -> int:
     import optuna
 
-    from autoprune._search import _build_task, open_study, run_search
+    from autoprune._search import _build_task, check_joinable, run_search
     from autoprune.results import load_study
 
     # Failed trials are recorded with their error (`autoprune trials` shows it); Optuna's own
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.ERROR)
     cfg = _config_from_args(args)
     task = _build_task(cfg)
-    open_study(cfg)  # refuses a contradicting config before anything is printed
+    check_joinable(cfg)  # refuses a contradicting config before anything is printed
     print(
         f"autoprune search: study {cfg.study_name!r} in {mask_url(cfg.storage)}, task {cfg.task}, "
         f"objectives {','.join(cfg.objectives)}, {cfg.trials} trials, sampler {cfg.sampler}",
