@@ -246,7 +246,8 @@ class _Objective:
         if target.threads is None and target.device == "cpu":
             target = type(target)(**{**target.__dict__, "threads": os.cpu_count() or 1})
         self.target = target
-        self.cache = LatencyCache(_latency_cache_path(cfg))
+        cache_path = _latency_cache_path(cfg)
+        self.cache = LatencyCache(cache_path) if cache_path is not None else None
         self.baseline: dict[str, Any] | None = study.user_attrs.get("baseline")
         self.host = socket.gethostname()
 
@@ -406,16 +407,33 @@ class _Objective:
         return tuple(float(metrics[OBJECTIVES[o][0]]) for o in self.cfg.objectives)
 
 
-def _latency_cache_path(cfg: SearchConfig) -> Path:
-    """Per study and machine: next to a SQLite study, else in the autoprune cache folder."""
+def _latency_cache_path(cfg: SearchConfig) -> Path | None:
+    """Where measured latencies are kept (``latency_cache`` in the config).
+
+    ``shared`` (default): one file per machine next to a SQLite study (else in the autoprune
+    cache folder), shared by every study there, so an architecture measured once is never
+    measured again on this machine, and a rerun with the same seed sees the same latencies
+    and so suggests the same schedules. ``study``: one file per study (fresh numbers for each
+    study). ``off``: measure every trial. Anything else is the path of the SQLite file.
+    """
     from autoprune.tasks._digits import cache_dir
 
+    host = socket.gethostname()
+    choice = cfg.latency_cache.strip()
+    if choice == "off":
+        return None
+    if choice not in ("shared", "study"):
+        path = Path(choice).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
     if cfg.storage.startswith("sqlite:///"):
         folder = Path(cfg.storage[len("sqlite:///") :]).parent
     else:
         folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{cfg.study_name}.latency-{socket.gethostname()}.sqlite"
+    if choice == "study":
+        return folder / f"{cfg.study_name}.latency-{host}.sqlite"
+    return folder / f"latency-{host}.sqlite"
 
 
 # ---------------------------------------------------------------------------- workers

@@ -144,6 +144,7 @@ class SearchConfig:
     reference_amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     early_reject_margin: float = 1.0
     latency_budget_s: float = 0.5
+    latency_cache: str = "shared"
     heartbeat_interval: int | None = None
     grace_period: int | None = None
     retries: int = 1
@@ -245,6 +246,8 @@ class SearchConfig:
             raise _fail("early_reject_margin", self.early_reject_margin, "a number >= 0")
         if not _num(self.latency_budget_s) or not 0 < self.latency_budget_s <= 60:
             raise _fail("latency_budget_s", self.latency_budget_s, "a number of seconds in (0, 60]")
+        if not isinstance(self.latency_cache, str) or not self.latency_cache.strip():
+            raise _fail("latency_cache", self.latency_cache, "'shared', 'study', 'off' or the path of a SQLite file")
         for key in ("heartbeat_interval", "grace_period"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):

@@ -389,6 +389,56 @@ def test_signature_ignores_weights_and_sees_structure() -> None:
     assert sig != architecture_signature(strided, "cpu", x)
 
 
+def _twin_classes() -> tuple[type[nn.Module], type[nn.Module]]:
+    class Net(nn.Module):  # same name, same layers ...
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    first = Net
+
+    class Net(nn.Module):  # type: ignore[no-redef]  # ... but it computes more
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.fc(self.fc(x)))
+
+    return first, Net
+
+
+def test_signature_sees_forward_code_and_is_the_same_in_every_process() -> None:
+    # A latency cache file is shared by the studies of a folder: two model classes with
+    # the same name and layers but different forward code must not share a latency.
+    a, b = _twin_classes()
+    x = torch.randn(2, 8)
+    assert type(a()).__qualname__ == type(b()).__qualname__
+    assert architecture_signature(a(), "cpu", x) != architecture_signature(b(), "cpu", x)
+    assert architecture_signature(a(), "cpu", x) == architecture_signature(a(), "cpu", x)
+    # no addresses or set order in it: another process with another hash seed agrees
+    code = (
+        "import autoprune as ap; from autoprune.evaluation import architecture_signature as s; "
+        "m, x = ap.zoo.get('transformer'); print(s(m, 'cpu', x))"
+    )
+    import os
+    import subprocess
+    import sys
+
+    sigs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout.strip()
+        for seed in (1, 2)
+    }
+    m, x = ap.zoo.get("transformer")
+    assert sigs == {architecture_signature(m, "cpu", x)}
+
+
 def test_cache_hit_on_an_identical_architecture_does_not_remeasure(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[nn.Module] = []
     real = _evaluate._measure_latency

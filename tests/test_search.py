@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -179,6 +180,26 @@ def test_same_seed_same_schedules(tmp_path: Path, tiny_task: ap.Task) -> None:
     assert sum(int((p != 0).sum()) for p in pruned.parameters()) == t.user_attrs["nonzero_params"]
 
 
+def test_same_seed_same_schedules_with_the_default_sampler(tmp_path: Path, tiny_task: ap.Task) -> None:
+    # TPE learns from measured latencies, which are noisy; the latency cache shared by the
+    # studies of a folder hands the rerun the same latencies, so it suggests the same schedules
+    # also after TPE's start-up trials (10 trials: 5 start-up, the rest from the model)
+    a = run_search(_cfg(tmp_path, study="a", seed=5, trials=10, sampler="tpe"), tiny_task)
+    b = run_search(_cfg(tmp_path, study="b", seed=5, trials=10, sampler="tpe"), tiny_task)
+    assert len(a.trials) == len(b.trials) == 11
+    assert _schedules(a) == _schedules(b)
+    assert [t.values for t in a.trials] == [t.values for t in b.trials]
+    assert (tmp_path / f"latency-{socket.gethostname()}.sqlite").is_file()
+    # a per-study cache is a file of its own; "off" writes none
+    run_search(_cfg(tmp_path, study="c", trials=1, latency_cache="study"), tiny_task)
+    assert (tmp_path / f"c.latency-{socket.gethostname()}.sqlite").is_file()
+    run_search(_cfg(tmp_path, study="d", trials=1, latency_cache="off"), tiny_task)
+    assert not list(tmp_path.glob("d.latency-*"))
+    custom = tmp_path / "lat" / "mine.sqlite"
+    run_search(_cfg(tmp_path, study="e", trials=1, latency_cache=str(custom)), tiny_task)
+    assert custom.is_file()
+
+
 def test_failing_trial_is_recorded_and_search_goes_on(tmp_path: Path, tiny_task: ap.Task) -> None:
     calls = {"n": 0}
     real = tiny_task.fine_tune
@@ -284,6 +305,7 @@ def test_fixed_choices_are_not_parameters(tiny_task: ap.Task) -> None:
         ({"constraints": {"max_drop": 1}}, "constraint = 'max_drop'"),
         ({"colour": "red"}, "unknown key(s) ['colour']"),
         ({"target": "tpu"}, "tpu"),
+        ({"latency_cache": ""}, "latency_cache = ''"),
     ],
 )
 def test_bad_config_values(data: dict[str, object], fragment: str) -> None:
