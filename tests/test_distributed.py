@@ -99,6 +99,24 @@ def test_three_workers_give_exactly_3m_trials(tmp_path: Path, postgres_url: str)
     assert study is not None and len(study.trials) == 3 * m + 2
 
 
+def test_joiner_started_first_waits_for_the_study(tmp_path: Path, postgres_url: str) -> None:
+    # --join never creates the study: started before the creator, it waits for it and then
+    # runs with the creator's config (here a width-8 task that is not the default)
+    (tmp_path / "w.toml").write_text(CONFIG.format(ft=0))
+    joiner = _worker(tmp_path, "--study", "wait", "--storage", postgres_url, "--worker-trials", "2", "--join", "120")
+    time.sleep(3)
+    assert joiner.poll() is None and _study(postgres_url, "wait") is None
+    creator = _worker(tmp_path, "w.toml", "--study", "wait", "--storage", postgres_url, "--worker-trials", "2")
+    for p in (creator, joiner):
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    study = _study(postgres_url, "wait")
+    assert study is not None
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 * 2 + 1  # both workers' shares and the unpruned reference
+    assert study.user_attrs["config"]["task_options"] == {"width": 8, "batch_size": 16}
+
+
 def test_sigkilled_worker_trial_is_retried(tmp_path: Path, postgres_url: str) -> None:
     (tmp_path / "k.toml").write_text(CONFIG.format(ft=4000))
     args = ["k.toml", "--study", "kill", "--storage", postgres_url, "--heartbeat", "1"]

@@ -344,6 +344,17 @@ def test_cli_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str],
     assert "Traceback" not in proc.stderr
 
 
+def test_cli_join_never_creates_a_study(tmp_path: Path) -> None:
+    url = "sqlite:///studies/j.db"
+    proc = _cli("search", "--study", "nope", "--storage", url, "--join", "1", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "study 'nope' does not exist" in proc.stderr and "after waiting 1 s" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/studies/j.db", include_best_trial=False) == []
+    proc = _cli("search", "--join", "5", cwd=tmp_path)
+    assert proc.returncode == 2 and "--join needs --study" in proc.stderr
+
+
 def test_cli_bad_toml(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("trials = 5\n[space]\nsteps = [3, 1]\n")
     proc = _cli("search", "bad.toml", cwd=tmp_path)

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import time
 from typing import Any
 
+from autoprune._errors import ConfigError
 from autoprune.config import DEFAULT_STORAGE, SAMPLERS, SearchConfig, load_toml, mask_url
 
 _PARETO_COLUMNS = ("role", "accuracy", "accuracy_drop", "latency_ms", "speedup", "sparse_bytes", "compression",
@@ -33,6 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-latency-ms", type=float, help="constraint: latency budget in ms")
     p.add_argument("--max-size-bytes", type=float, help="constraint: size budget in bytes (sparse encoding)")
     p.add_argument("--heartbeat", type=int, metavar="SECONDS", help="Optuna heartbeat interval (fail and retry trials of dead workers)")
+    p.add_argument(
+        "--join",
+        type=float,
+        nargs="?",
+        const=600.0,
+        metavar="SECONDS",
+        help="join an existing --study only: wait up to SECONDS (default 600) for another worker to create it, "
+        "never create it here",
+    )
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="log every finished trial (Optuna's INFO lines)")
@@ -58,7 +70,14 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
         overrides["objectives"] = [o.strip() for o in args.objectives.split(",") if o.strip()]
     if args.no_report:
         overrides["report"] = False
-    if cfg is None and args.study and not args.task:
+    if args.join is not None:
+        if not args.study:
+            raise ConfigError("--join needs --study NAME (the study to join)")
+        if args.join < 0 or not math.isfinite(args.join):
+            raise ConfigError(f"--join {args.join} is not allowed: a number of seconds >= 0")
+        stored = _wait_for_study(args.study, args.storage or DEFAULT_STORAGE, args.join)
+        cfg = cfg or stored
+    elif cfg is None and args.study and not args.task:
         # Joining an existing study with just --study/--storage: take its saved config.
         cfg = stored_config(args.study, args.storage or DEFAULT_STORAGE)
     base = cfg or SearchConfig()
@@ -69,6 +88,23 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
             constraints[key] = value
     overrides["constraints"] = constraints
     return base.merged(**overrides)
+
+
+def _wait_for_study(name: str, storage: str, seconds: float) -> SearchConfig:
+    """The config stored in study ``name``, waiting up to ``seconds`` for its creator."""
+    from autoprune._search import stored_config
+
+    deadline = time.monotonic() + seconds
+    while True:
+        cfg = stored_config(name, storage)
+        if cfg is not None:
+            return cfg
+        if time.monotonic() >= deadline:
+            raise ConfigError(
+                f"study {name!r} does not exist in {mask_url(storage)} after waiting {seconds:g} s; "
+                "start the first worker with the study config (it creates the study), or drop --join"
+            )
+        time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
 
 
 def run(args: argparse.Namespace) -> int:
