@@ -25,7 +25,7 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,19 @@ def masked_copy(model: nn.Module, x: torch.Tensor, amount: float) -> nn.Module:
     return masked
 
 
-def _time_once(model: nn.Module, x: torch.Tensor, inner: int) -> float:
+def deployed(model: nn.Module, x: torch.Tensor, backend: str, threads: int) -> Callable[[torch.Tensor], object]:
+    """``model`` as the latency backend runs it (``dense``: eager PyTorch; ``torchscript``:
+    traced, frozen and optimised for inference, BatchNorm folded into the convolutions)."""
+    if backend == "dense":
+        return model
+    from autoprune.evaluation import Target, get_backend
+
+    with torch.inference_mode():
+        run = get_backend(backend).prepare(model, x, Target.parse(f"cpu:threads={threads},backend={backend}"))
+    return lambda _x: run()
+
+
+def _time_once(model: Callable[[torch.Tensor], object], x: torch.Tensor, inner: int) -> float:
     start = time.perf_counter()
     for _ in range(inner):
         model(x)
@@ -71,7 +83,7 @@ def _time_once(model: nn.Module, x: torch.Tensor, inner: int) -> float:
 
 
 def time_interleaved(
-    models: dict[str, nn.Module], x: torch.Tensor, *, repeats: int, warmup: int, min_time_s: float
+    models: dict[str, Callable[[torch.Tensor], object]], x: torch.Tensor, *, repeats: int, warmup: int, min_time_s: float
 ) -> dict[str, float]:
     """Median seconds per forward of each model, timing them in turn so drift hits all alike."""
     with torch.inference_mode():
@@ -102,8 +114,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 variants[f"pruned-{amount}"] = pruned
                 macs[f"pruned-{amount}"] = count_macs(pruned, x)
                 variants[f"masked-{amount}"] = masked_copy(model, x, amount).eval()
+            runnables = {key: deployed(m, x, args.backend, args.threads) for key, m in variants.items()}
             latency = time_interleaved(
-                variants, x, repeats=args.repeats, warmup=args.warmup, min_time_s=args.min_time_ms / 1000
+                runnables, x, repeats=args.repeats, warmup=args.warmup, min_time_s=args.min_time_ms / 1000
             )
             for amount in args.amounts:
                 key = f"pruned-{amount}"
@@ -115,6 +128,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         "batch": batch,
                         "amount": amount,
                         "round_to": args.round_to,
+                        "backend": args.backend,
                         "dense_macs": dense_macs,
                         "pruned_macs": macs[key],
                         "macs_reduction": reduction,
@@ -156,6 +170,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-time-ms", type=float, default=20.0, help="shortest duration of one timing")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--round-to", type=int, default=None, help="Schedule.round_to for the pruned models")
+    parser.add_argument(
+        "--backend",
+        choices=["dense", "torchscript"],
+        default="dense",
+        help="how the models run: eager PyTorch (dense) or traced+frozen TorchScript",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--out", type=Path, default=Path("results/bench_speedup.json"), help=".json; a .csv is written beside it"
@@ -187,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     print(markdown(rows))
-    print(f"\n{args.threads} threads, median of {args.repeats} timings; torch {torch.__version__}")
+    print(f"\n{args.threads} threads, backend {args.backend}, median of {args.repeats} timings; torch {torch.__version__}")
     print(f"numbers in {args.out.with_suffix('.json')} and {args.out.with_suffix('.csv')}")
     print(f"reproduce: {meta['command']}")
     return 0

@@ -344,6 +344,47 @@ def test_a_gate_inside_this_process_own_measurement_does_not_deadlock() -> None:
     assert gated and max(gated) < 1.0
 
 
+@pytest.mark.parametrize("name", ap.zoo.names())
+def test_torchscript_backend_runs_the_same_function(name: str) -> None:
+    # traced, frozen, BatchNorm folded: the same outputs as the eager model, timed as deployed
+    model, x = ap.zoo.get(name, batch_size=4)
+    model.eval()
+    target = Target.parse("cpu:threads=1,backend=torchscript")
+    with torch.inference_mode():
+        run = _backends.get_backend("torchscript").prepare(model, x, target)
+        torch.testing.assert_close(run(), model(x), rtol=1e-4, atol=1e-4)
+    assert all(not isinstance(m, torch.jit.ScriptModule) for m in model.modules())  # the model is untouched
+    result = measure_latency(model, x, target, time_budget_s=0.1, lock=False)
+    assert result.median_ms > 0 and result.repeats >= 1
+    assert architecture_signature(model, target, x) != architecture_signature(model, "cpu:threads=1", x)
+
+
+def test_torchscript_backend_names_what_cannot_be_traced() -> None:
+    class Labelled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> tuple[str, torch.Tensor]:
+            return "label", self.fc(x)
+
+    with pytest.raises(ap.TargetError) as err:
+        measure_latency(Labelled(), torch.randn(2, 4), "cpu:backend=torchscript", time_budget_s=0.05, lock=False)
+    message = str(err.value)
+    assert "'torchscript' cannot trace Labelled" in message and "dense" in message and "\n" not in message
+
+    class TwoInputs(nn.Module):  # keyword inputs trace too
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) + y
+
+    inputs = {"x": torch.randn(2, 4), "y": torch.randn(2, 4)}
+    assert measure_latency(TwoInputs(), inputs, "cpu:backend=torchscript", time_budget_s=0.05, lock=False).median_ms > 0
+
+
 def test_custom_backend_is_selected_by_the_target(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_backends, "_REGISTRY", dict(_backends._REGISTRY))
     calls: list[int] = []
