@@ -83,8 +83,15 @@ class SpaceConfig:
     importance: list[str] = field(default_factory=lambda: ["magnitude", "lamp"])
     norms: list[int] = field(default_factory=lambda: [1, 2])
     global_unstructured: list[bool] = field(default_factory=lambda: [False, True])
-    round_to: int | None = None
+    round_to: int | list[int] | None = None
     ignore: list[str] = field(default_factory=list)
+
+    @property
+    def round_to_choices(self) -> list[int]:
+        """``round_to`` as choices (1 = channel counts are not rounded)."""
+        if self.round_to is None:
+            return [1]
+        return list(self.round_to) if isinstance(self.round_to, list) else [self.round_to]
 
     def validate(self) -> None:
         if self.granularity not in GRANULARITIES:
@@ -114,8 +121,13 @@ class SpaceConfig:
             raise _fail("space.norms", self.norms, "a non-empty subset of [1, 2]")
         if not self.global_unstructured or any(not isinstance(g, bool) for g in self.global_unstructured):
             raise _fail("space.global_unstructured", self.global_unstructured, "a non-empty subset of [false, true]")
-        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
-            raise _fail("space.round_to", self.round_to, "an integer >= 1 (or leave it out)")
+        values = self.round_to if isinstance(self.round_to, list) else [self.round_to]
+        if self.round_to is not None and (
+            not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values)
+        ):
+            raise _fail(
+                "space.round_to", self.round_to, "an integer >= 1, or a list of them to search over (1 = no rounding)"
+            )
         if not isinstance(self.ignore, list) or not all(isinstance(i, str) for i in self.ignore):
             raise _fail("space.ignore", self.ignore, "a list of layer paths")
 

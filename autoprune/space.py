@@ -72,6 +72,7 @@ class SearchSpace:
         c = self.config
         n += (c.steps[0] < c.steps[1]) + (len(c.shapes) > 1) + (len(c.fine_tune_steps) > 1)
         n += (len(c.importance) > 1) + (len(c.norms) > 1) + (len(c.global_unstructured) > 1)
+        n += len(c.round_to_choices) > 1
         return n
 
     # ------------------------------------------------------------------ sampling
@@ -102,7 +103,7 @@ class SearchSpace:
             fine_tune_steps=_choice(trial, "fine_tune_steps", c.fine_tune_steps),
             importance=_choice(trial, "importance", c.importance),
             global_unstructured=_choice(trial, "global_unstructured", c.global_unstructured),
-            round_to=c.round_to,
+            round_to=_round_to(_choice(trial, "round_to", c.round_to_choices)),
             ignore=tuple(c.ignore),
             seed=seed,
         )
@@ -123,7 +124,7 @@ class SearchSpace:
             shape="oneshot",
             fine_tune_steps=max(c.fine_tune_steps),
             importance=c.importance[0],
-            round_to=c.round_to,
+            round_to=_round_to(c.round_to_choices[0]),
             ignore=tuple(c.ignore),
             seed=seed,
         )
@@ -149,7 +150,13 @@ class SearchSpace:
             params["norm"] = c.norms[0]
         if len(c.global_unstructured) > 1:
             params["global_unstructured"] = False
+        if len(c.round_to_choices) > 1:
+            params["round_to"] = c.round_to_choices[0]
         return params
+
+
+def _round_to(value: int) -> int | None:
+    return None if value == 1 else value
 
 
 def _choice(trial: optuna.trial.BaseTrial, name: str, choices: list[Any]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 import autoprune as ap
 from autoprune._search import check_joinable, counted_trials, run_search
@@ -293,9 +295,41 @@ def test_fixed_choices_are_not_parameters(tiny_task: ap.Task) -> None:
     assert "classifier.3:amount" not in trial.params  # output layer: structured does not apply
 
 
+def test_round_to_can_be_searched(tiny_task: ap.Task) -> None:
+    # oneDNN runs channel counts in multiples of 8 much faster (README, bench_speedup), so
+    # round_to can be a choice of the search; 1 means no rounding
+    layers = ap.prunable_layers(tiny_task.model, tiny_task.example_inputs)
+    fixed = dict(methods=["structured"], steps=[1, 1], shapes=["oneshot"], fine_tune_steps=[0],
+                 importance=["magnitude"], norms=[1], global_unstructured=[False])
+    space = SearchSpace(layers, SpaceConfig(**fixed, round_to=[1, 8]))  # type: ignore[arg-type]
+    assert space.dimension == len(space.units) + 1
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        sched = space.suggest(trial)
+        assert trial.params["round_to"] in (1, 8)
+        assert sched.round_to == (None if trial.params["round_to"] == 1 else 8)
+        seen.add(sched.round_to)
+        study.tell(trial, 0.0)
+    assert seen == {None, 8}
+    assert space.uniform_params(0.5)["round_to"] == 1 and space.uniform_schedule(0.5).round_to is None
+    pruned = ap.apply_schedule(
+        tiny_task.model,
+        dataclasses.replace(space.uniform_schedule(0.5), round_to=8),
+        example_inputs=tiny_task.example_inputs,
+    )
+    convs = [m.out_channels for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [8, 8, 8]  # 8, 16, 16 at 50%: 4 is rounded up to 8, 16 goes to 8
+    single = SearchSpace(layers, SpaceConfig(**fixed, round_to=8))  # type: ignore[arg-type]
+    trial = optuna.create_study().ask()
+    assert single.suggest(trial).round_to == 8 and "round_to" not in trial.params
+
+
 @pytest.mark.parametrize(
     "data,fragment",
     [
+        ({"space": {"round_to": [0, 8]}}, "space.round_to = [0, 8]"),
         ({"objectives": ["accuracy"]}, "objectives"),
         ({"objectives": ["accuracy", "speed"]}, "'speed'"),
         ({"trials": 0}, "trials = 0"),
