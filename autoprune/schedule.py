@@ -210,6 +210,8 @@ class Schedule:
             sched += f", ft {self.fine_tune_steps}"
         if self.global_unstructured:
             sched += ", global"
+        if self.round_to and self.round_to > 1 and any(p.method == "structured" for p in active.values()):
+            sched += f", round {self.round_to}"
         return ", ".join(parts) + "; " + sched
 
     # ------------------------------------------------------------------ builders

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -175,6 +176,9 @@ def test_summary() -> None:
         fine_tune_steps=10,
     )
     assert s.summary() == "Sx2 mean 50%; 3 steps cubic, ft 10"
+    assert dataclasses.replace(s, round_to=8).summary() == "Sx2 mean 50%; 3 steps cubic, ft 10, round 8"
+    unstructured = ap.Schedule(layers={"a": ap.LayerPlan("unstructured", 0.5)}, round_to=8)
+    assert unstructured.summary() == "Ux1 mean 50%; one-shot"  # rounding only matters for channels
 
 
 def test_uniform_covers_every_structured_entry_and_caps_at_max_amount() -> None:
