@@ -116,6 +116,7 @@ def test_joiner_started_first_waits_for_the_study(tmp_path: Path, postgres_url: 
     assert study.user_attrs["config"]["task_options"] == {"width": 8, "batch_size": 16}
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_sigkilled_worker_trial_is_retried(tmp_path: Path, postgres_url: str) -> None:
     (tmp_path / "k.toml").write_text(CONFIG.format(ft=4000))
     args = ["k.toml", "--study", "kill", "--storage", postgres_url, "--heartbeat", "1"]
