@@ -188,6 +188,29 @@ def test_hypervolume_history_matches_optuna(n_objectives: int) -> None:
     assert info.values[-1] > 0
 
 
+@pytest.mark.parametrize("n_objectives", [2, 3])
+def test_hypervolume_survives_optuna_moving_its_private_module(
+    n_objectives: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from optuna._hypervolume import compute_hypervolume
+
+    rng = np.random.default_rng(n_objectives)
+    for n in (1, 2, 7, 30):
+        points = rng.random((n, n_objectives))
+        reference = np.full(n_objectives, 1.1)
+        assert _data.exact_hypervolume(points, reference) == pytest.approx(compute_hypervolume(points, reference))
+    # points at or beyond the reference add nothing
+    assert _data.exact_hypervolume(np.array([[1.2, 0.1], [0.5, 0.5]]), np.ones(2)) == pytest.approx(0.25)
+    study = make_study(n_objectives)
+    expected = _data._get_hypervolume_info(study)
+    monkeypatch.setitem(sys.modules, "optuna._hypervolume", None)  # the import now fails
+    assert _data.hypervolume_function() is _data.exact_hypervolume
+    fallback = _data._get_hypervolume_info(study)
+    np.testing.assert_allclose(fallback.values, expected.values, rtol=1e-9)
+
+
 def test_hypervolume_needs_two_objectives() -> None:
     study = optuna.create_study()
     study.add_trial(create_trial(value=1.0))

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -160,14 +160,56 @@ class _HypervolumeInfo(NamedTuple):
     note: str | None  # why the history is missing, when it is
 
 
+def hypervolume_function() -> Callable[..., float]:
+    """Optuna's hypervolume (a private module, ``optuna._hypervolume``); when an Optuna
+    release moves it, :func:`exact_hypervolume` takes over, so the report keeps working."""
+    try:
+        from optuna._hypervolume import compute_hypervolume
+    except ImportError:
+        return exact_hypervolume
+    return compute_hypervolume  # type: ignore[no-any-return]
+
+
+def exact_hypervolume(points: np.ndarray, reference: np.ndarray, assume_pareto: bool = False) -> float:
+    """Exact hypervolume dominated by ``points`` (minimisation) up to ``reference``, for 1 to
+    3 objectives: a sweep in 2D, slices along the last objective in 3D."""
+    pts = np.asarray(points, dtype=float)
+    ref = np.asarray(reference, dtype=float)
+    if pts.size == 0:
+        return 0.0
+    pts = pts[(pts < ref).all(axis=1)]
+    if len(pts) == 0:
+        return 0.0
+    dims = pts.shape[1]
+    if dims == 1:
+        return float(ref[0] - pts[:, 0].min())
+    if dims == 2:
+        # left to right: each point that is lower than all before adds the strip
+        # [x, ref_x] x [y, lowest y so far]
+        volume, lowest = 0.0, float(ref[1])
+        for x, y in pts[np.lexsort((pts[:, 1], pts[:, 0]))]:
+            if y < lowest:
+                volume += (float(ref[0]) - x) * (lowest - y)
+                lowest = float(y)
+        return float(volume)
+    if dims == 3:
+        order = pts[np.argsort(pts[:, 2], kind="stable")]
+        volume = 0.0
+        for i in range(len(order)):
+            z_next = order[i + 1, 2] if i + 1 < len(order) else ref[2]
+            if z_next > order[i, 2]:
+                volume += exact_hypervolume(order[: i + 1, :2], ref[:2]) * (z_next - order[i, 2])
+        return float(volume)
+    raise ValueError(f"exact_hypervolume handles 1 to 3 objectives, but got {dims}")
+
+
 def _get_hypervolume_info(study: optuna.Study) -> _HypervolumeInfo:
     """Hypervolume of the feasible complete trials so far, after each complete trial.
 
     The reference point is the worst feasible value of each objective plus 10% of its
     range, so every feasible trial adds to the volume. Optuna computes the volumes.
     """
-    from optuna._hypervolume import compute_hypervolume
-
+    compute_hypervolume = hypervolume_function()
     if len(study.directions) < 2:
         return _HypervolumeInfo([], [], [], "hypervolume needs at least two objectives")
     complete = sorted(_complete_trials(study), key=lambda t: t.number)
