@@ -109,6 +109,7 @@ def main() -> None:
             "seed": seed,
             "storage": f"sqlite:///{workdir}/bench.db",
             "report": False,
+            "latency_cache": "study",  # each method measures its own trials (fair minutes, no shared hits)
         }
         # Equal budgets: one-shot pruning, the same fine-tuning steps in every trial.
         space = {"steps": [1, 1], "shapes": ["oneshot"], "fine_tune_steps": [args.fine_tune]}

@@ -86,6 +86,7 @@ def main() -> None:
                     "reference_amounts": [],
                     "sampler": "random",
                     "latency_budget_s": 0.5,
+                    "latency_cache": "study",  # each run measures for itself (no hits from earlier runs)
                     "space": {"steps": [1, 1], "shapes": ["oneshot"], "fine_tune_steps": [args.fine_tune]},
                 }
                 cfg = SearchConfig.from_dict(data)
