@@ -84,6 +84,7 @@ class SpaceConfig:
     norms: list[int] = field(default_factory=lambda: [1, 2])
     global_unstructured: list[bool] = field(default_factory=lambda: [False, True])
     round_to: int | list[int] | None = None
+    attention_heads: list[bool] = field(default_factory=lambda: [False, True])
     ignore: list[str] = field(default_factory=list)
 
     @property
@@ -119,6 +120,8 @@ class SpaceConfig:
             raise _fail("space.importance", self.importance, f"a non-empty subset of {list(IMPORTANCES)}")
         if not self.norms or any(n not in (1, 2) for n in self.norms):
             raise _fail("space.norms", self.norms, "a non-empty subset of [1, 2]")
+        if not self.attention_heads or any(not isinstance(g, bool) for g in self.attention_heads):
+            raise _fail("space.attention_heads", self.attention_heads, "a non-empty subset of [false, true]")
         if not self.global_unstructured or any(not isinstance(g, bool) for g in self.global_unstructured):
             raise _fail("space.global_unstructured", self.global_unstructured, "a non-empty subset of [false, true]")
         values = self.round_to if isinstance(self.round_to, list) else [self.round_to]
@@ -181,7 +184,7 @@ class SearchConfig:
         if bad:
             raise ConfigError(f"unknown key(s) {bad} in [space] of {source}; allowed: {sorted(space_known)}")
         space = dict(space)
-        for key in ("methods", "shapes", "importance", "norms", "global_unstructured", "fine_tune_steps"):
+        for key in ("methods", "shapes", "importance", "norms", "global_unstructured", "fine_tune_steps", "attention_heads"):
             if key in space and not isinstance(space[key], list):
                 space[key] = [space[key]]  # a single value fixes the choice
         if "steps" in space and isinstance(space["steps"], int):

@@ -144,26 +144,32 @@ def _structured_step(
     schedule: Schedule,
     targets: dict[str, tuple[int, int]],
     analysis: ModelAnalysis,
+    heads: dict[str, int] | None = None,
 ) -> None:
-    """Prune each structured group down to ``targets[name] = (keep, original)`` channels."""
+    """Prune each structured group down to ``targets[name] = (keep, original)`` channels;
+    the groups in ``heads`` (name -> heads to keep) lose whole attention heads instead."""
     import torch_pruning as tp
 
+    heads = heads or {}
     ratios: dict[nn.Module, float] = {}
     norms: dict[nn.Module, int] = {}
-    for name, (keep, _) in targets.items():
-        module = model.get_submodule(name)
-        current = _out_channels(module)
-        if keep >= current:
-            continue
-        # A hair above the exact keep so Torch-Pruning's int() truncation lands on `keep`.
-        ratios[module] = 1.0 - (keep + 1e-6) / current
-    if not ratios:
-        return
     for name, plan in schedule.layers.items():
         try:
             norms[model.get_submodule(name)] = plan.norm
         except AttributeError:
             continue
+    for name, (keep, _) in targets.items():
+        module = model.get_submodule(name)
+        current = _out_channels(module)
+        if keep >= current or name in heads:
+            continue
+        # A hair above the exact keep so Torch-Pruning's int() truncation lands on `keep`.
+        ratios[module] = 1.0 - (keep + 1e-6) / current
+    for name, keep_heads in heads.items():
+        if targets[name][0] < _out_channels(model.get_submodule(name)):
+            _prune_heads(model, example_inputs, name, keep_heads, _PerLayerImportance(schedule.importance, norms))
+    if not ratios:
+        return
     mha = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     output_layers = [
         model.get_submodule(i.name) for i in analysis.layers if "structured" not in i.methods and i.channels > 0
@@ -186,6 +192,55 @@ def _structured_step(
             )
         with torch.enable_grad():
             pruner.step()
+    finally:
+        model.train(was_training)
+
+
+def _prune_heads(
+    model: nn.Module, example_inputs: Any, name: str, keep_heads: int, importance: _PerLayerImportance
+) -> None:
+    """Remove whole heads from the attention layers of the group rooted at ``name``.
+
+    ``nn.MultiheadAttention`` ties its inner width to the embedding, and head ``h`` owns the
+    embedding channels ``h*head_dim ... (h+1)*head_dim`` (of q, k, v and of ``out_proj``'s
+    input). Removing those channels from the coupled group removes head ``h`` from every
+    attention layer of the group; the heads with the smallest summed channel importance go.
+    """
+    import torch_pruning as tp
+
+    root = model.get_submodule(name)
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings(), torch.enable_grad():
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        prune_fn = graph.get_pruner_of_module(root).prune_out_channels
+        current = _out_channels(root)
+        group = graph.get_pruning_group(root, prune_fn, idxs=list(range(current)))
+        attentions = list(
+            dict.fromkeys(d.target.module for d, _ in group if isinstance(d.target.module, nn.MultiheadAttention))
+        )
+        counts = {m.num_heads for m in attentions}
+        if len(counts) != 1:
+            raise ScheduleError(
+                f"attention_heads=True needs one head count in the attention layers coupled with {name!r}, "
+                f"but they have {sorted(counts)} heads"
+            )
+        n_heads = counts.pop()
+        head_dim = current // n_heads
+        remove = n_heads - keep_heads
+        if remove <= 0:
+            return
+        scores = importance(group)
+        head_scores = scores.detach().float().reshape(n_heads, head_dim).sum(dim=1)
+        gone = sorted(torch.topk(head_scores, remove, largest=False).indices.tolist())
+        idxs = [h * head_dim + j for h in gone for j in range(head_dim)]
+        for attention in attentions:
+            attention.num_heads = keep_heads  # Torch-Pruning derives head_dim from it
+        graph.get_pruning_group(root, prune_fn, idxs=idxs).prune()
+        for attention in attentions:
+            assert attention.head_dim == head_dim and attention.embed_dim == keep_heads * head_dim
     finally:
         model.train(was_training)
 
@@ -288,18 +343,23 @@ def _run_steps(
     originals = {name: info.channels for name, (info, _) in plans.items()}
     for step in range(1, schedule.steps + 1):
         structured: dict[str, tuple[int, int]] = {}
+        whole_heads: dict[str, int] = {}
         unstructured: dict[str, tuple[LayerInfo, float]] = {}
         for name, (info, plan) in plans.items():
             # `name` is the entry's root, which need not be the layer the plan was keyed by.
             amount = step_amounts(plan.amount, schedule.steps, schedule.shape)[step - 1]
-            if plan.method == "structured":
+            if plan.method == "structured" and schedule.attention_heads and info.heads > 0:
+                keep_heads = max(1, round(info.heads * (1.0 - amount)))
+                whole_heads[name] = keep_heads
+                structured[name] = (keep_heads * (originals[name] // info.heads), originals[name])
+            elif plan.method == "structured":
                 multiple = info.channel_groups * (schedule.round_to or 1)
                 structured[name] = (_keep_channels(originals[name], amount, multiple), originals[name])
             else:
                 unstructured[name] = (info, amount)
         if any(keep < _out_channels(pruned.get_submodule(n)) for n, (keep, _) in structured.items()):
             masked = _make_permanent(pruned)
-            _structured_step(pruned, example_inputs, schedule, structured, analysis)
+            _structured_step(pruned, example_inputs, schedule, structured, analysis, whole_heads)
             _restore_masks(masked)
         _unstructured_step(pruned, schedule, unstructured)
         if fine_tune is not None and schedule.fine_tune_steps > 0:

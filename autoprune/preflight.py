@@ -51,6 +51,8 @@ class LayerInfo:
         max_amount: largest safe structured amount (keeps at least one channel per channel
             group); for unstructured-only entries the largest unstructured amount.
         reason: why structured pruning does not apply, when it does not.
+        heads: attention heads of the ``nn.MultiheadAttention`` layers in the group (0 when
+            it holds none); ``Schedule(attention_heads=True)`` removes whole heads.
     """
 
     name: str
@@ -63,6 +65,7 @@ class LayerInfo:
     methods: tuple[str, ...]
     max_amount: float
     reason: str | None = None
+    heads: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +78,7 @@ class LayerInfo:
             "methods": list(self.methods),
             "max_amount": self.max_amount,
             "reason": self.reason,
+            "heads": self.heads,
         }
 
 
@@ -280,6 +284,10 @@ def analyse(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
                 methods=methods,
                 max_amount=max_amount,
                 reason=reason,
+                heads=max(
+                    (analysis.num_heads[m] for m in members if m in analysis.num_heads),
+                    default=0,
+                ),
             )
         )
 

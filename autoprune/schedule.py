@@ -119,6 +119,12 @@ class Schedule:
         round_to: keep structured channel counts a multiple of this (hardware friendly). In
             grouped convolutions and attention it applies per group: each head keeps a
             multiple of ``round_to`` dims, so the embedding stays divisible by the heads.
+        attention_heads: how structured pruning cuts a group that holds
+            ``nn.MultiheadAttention``: ``False`` (default) removes the same number of dims
+            from every head (``num_heads`` stays, ``head_dim`` shrinks); ``True`` removes
+            whole heads, the least important first (``num_heads`` shrinks, ``head_dim``
+            stays), keeping at least one. Either way the embedding shrinks, and with it every
+            layer coupled to it through the residual stream.
         ignore: layer paths that are never touched, whatever ``layers`` says.
         seed: seed for the random parts (random importance, tie breaks).
 
@@ -137,6 +143,7 @@ class Schedule:
     round_to: int | None = None
     ignore: tuple[str, ...] = ()
     seed: int = 0
+    attention_heads: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.layers, Mapping):
@@ -169,6 +176,8 @@ class Schedule:
             raise ScheduleError(f"`fine_tune_steps >= 0` must hold, but got fine_tune_steps={self.fine_tune_steps!r}.")
         if self.importance not in IMPORTANCES:
             raise ScheduleError(f"`importance` must be one of {IMPORTANCES}, but got importance={self.importance!r}.")
+        if not isinstance(self.attention_heads, bool):
+            raise ScheduleError(f"`attention_heads` must be a bool, but got {self.attention_heads!r}.")
         if not isinstance(self.global_unstructured, bool):
             raise ScheduleError(f"`global_unstructured` must be a bool, but got {self.global_unstructured!r}.")
         if self.round_to is not None and (
@@ -212,6 +221,8 @@ class Schedule:
             sched += ", global"
         if self.round_to and self.round_to > 1 and any(p.method == "structured" for p in active.values()):
             sched += f", round {self.round_to}"
+        if self.attention_heads and any(p.method == "structured" for p in active.values()):
+            sched += ", whole heads"
         return ", ".join(parts) + "; " + sched
 
     # ------------------------------------------------------------------ builders
@@ -247,6 +258,7 @@ class Schedule:
             "round_to": self.round_to,
             "ignore": list(self.ignore),
             "seed": self.seed,
+            "attention_heads": self.attention_heads,
         }
 
     def to_json(self, **kwargs: Any) -> str:

@@ -73,6 +73,7 @@ class SearchSpace:
         n += (c.steps[0] < c.steps[1]) + (len(c.shapes) > 1) + (len(c.fine_tune_steps) > 1)
         n += (len(c.importance) > 1) + (len(c.norms) > 1) + (len(c.global_unstructured) > 1)
         n += len(c.round_to_choices) > 1
+        n += len(self._head_choices) > 1
         return n
 
     # ------------------------------------------------------------------ sampling
@@ -104,6 +105,7 @@ class SearchSpace:
             importance=_choice(trial, "importance", c.importance),
             global_unstructured=_choice(trial, "global_unstructured", c.global_unstructured),
             round_to=_round_to(_choice(trial, "round_to", c.round_to_choices)),
+            attention_heads=_choice(trial, "attention_heads", self._head_choices),
             ignore=tuple(c.ignore),
             seed=seed,
         )
@@ -125,6 +127,7 @@ class SearchSpace:
             fine_tune_steps=max(c.fine_tune_steps),
             importance=c.importance[0],
             round_to=_round_to(c.round_to_choices[0]),
+            attention_heads=self._head_choices[0],
             ignore=tuple(c.ignore),
             seed=seed,
         )
@@ -152,7 +155,20 @@ class SearchSpace:
             params["global_unstructured"] = False
         if len(c.round_to_choices) > 1:
             params["round_to"] = c.round_to_choices[0]
+        if len(self._head_choices) > 1:
+            params["attention_heads"] = self._head_choices[0]
         return params
+
+    @property
+    def _head_choices(self) -> list[bool]:
+        """Whole heads or head dims: a choice only where structured pruning can reach an
+        attention layer (otherwise it changes nothing and is not a parameter)."""
+        reachable = any(
+            info.heads > 0 and "structured" in info.methods and "structured" in unit.methods
+            for unit in self.units
+            for info in unit.layers
+        )
+        return list(self.config.attention_heads) if reachable else [False]
 
 
 def _round_to(value: int) -> int | None:

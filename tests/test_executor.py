@@ -194,6 +194,53 @@ def test_attention_embed_dim_stays_divisible_by_heads(amount: float, round_to: i
     out.sum().backward()
 
 
+def test_attention_heads_removes_whole_heads() -> None:
+    model, x = ap.zoo.get("transformer", batch_size=2)
+    residual = "blocks.1.mlp.2"  # the residual-stream group: embedding, norms, both attentions
+    plan = ap.Schedule(layers={residual: ap.LayerPlan("structured", 0.5)}, attention_heads=True)
+    pruned = ap.apply_schedule(model, plan, example_inputs=x)
+    for block in pruned.blocks:
+        attn = block.attn
+        assert (attn.num_heads, attn.head_dim, attn.embed_dim) == (2, 32, 64)
+        assert attn.in_proj_weight.shape == (3 * 64, 64)
+    # which residual channels survive: the embedding's rows tell (it is in the group)
+    kept = [j for j in range(128) if any(torch.equal(model.embed.weight[j], row) for row in pruned.embed.weight)]
+    heads = sorted({j // 32 for j in kept})
+    assert len(heads) == 2 and kept == [h * 32 + d for h in heads for d in range(32)]
+    # each attention keeps those heads' q, k and v rows whole (restricted to the kept inputs)
+    rows = torch.tensor(kept)
+    for before, after in zip(model.blocks, pruned.blocks, strict=True):
+        w = before.attn.in_proj_weight
+        expected = torch.cat([w[offset + rows][:, rows] for offset in (0, 128, 256)])
+        torch.testing.assert_close(after.attn.in_proj_weight, expected)
+        torch.testing.assert_close(after.attn.out_proj.weight, before.attn.out_proj.weight[rows][:, rows])
+    pruned.train()
+    out = pruned(x)
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    # the default keeps every head and shortens each one instead
+    dims = ap.apply_schedule(model, ap.Schedule(layers=plan.layers), example_inputs=x)
+    assert (dims.blocks[0].attn.num_heads, dims.blocks[0].attn.head_dim) == (4, 16)
+    # iterative: 4 -> 3 -> 2 heads over two linear steps; at least one head always stays
+    seen: list[int] = []
+    ap.apply_schedule(
+        model,
+        ap.Schedule(layers=plan.layers, attention_heads=True, steps=2, shape="linear"),
+        example_inputs=x,
+        on_step=lambda m, step, steps: seen.append(m.blocks[0].attn.num_heads),
+    )
+    assert seen == [3, 2]
+    most = ap.Schedule(layers={residual: ap.LayerPlan("structured", 0.95)}, attention_heads=True)
+    assert ap.apply_schedule(model, most, example_inputs=x).blocks[1].attn.num_heads == 1
+    # plain data: the choice round-trips and shows in the summary
+    assert ap.Schedule.from_json(plan.to_json()) == plan and "whole heads" in plan.summary()
+    older = plan.to_dict()
+    del older["attention_heads"]  # schedules stored before the option existed still load
+    assert ap.Schedule.from_dict(older).attention_heads is False
+    with pytest.raises(ap.ScheduleError, match="attention_heads"):
+        ap.Schedule(attention_heads="yes")  # type: ignore[arg-type]
+
+
 def test_grouped_conv_keeps_groups_whole() -> None:
     class Grouped(nn.Module):
         def __init__(self) -> None:

@@ -326,10 +326,38 @@ def test_round_to_can_be_searched(tiny_task: ap.Task) -> None:
     assert single.suggest(trial).round_to == 8 and "round_to" not in trial.params
 
 
+def test_whole_heads_is_a_choice_only_where_attention_can_be_pruned(tiny_task: ap.Task) -> None:
+    model, x = ap.zoo.get("transformer")
+    space = SearchSpace(ap.prunable_layers(model, x), SpaceConfig(methods=["structured"]))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    choices = set()
+    for _ in range(10):
+        trial = study.ask()
+        sched = space.suggest(trial)
+        assert sched.attention_heads is trial.params["attention_heads"]
+        choices.add(sched.attention_heads)
+        study.tell(trial, 0.0)
+    assert choices == {False, True}
+    assert space.uniform_params(0.5)["attention_heads"] is False and not space.uniform_schedule(0.5).attention_heads
+    fixed = SearchSpace(ap.prunable_layers(model, x), SpaceConfig(methods=["structured"], attention_heads=[True]))
+    trial = optuna.create_study().ask()
+    assert fixed.suggest(trial).attention_heads is True and "attention_heads" not in trial.params
+    # no attention in the model (or only unstructured pruning): not a parameter at all
+    digits = SearchSpace(ap.prunable_layers(tiny_task.model, tiny_task.example_inputs), SpaceConfig())
+    trial = optuna.create_study().ask()
+    assert digits.suggest(trial).attention_heads is False and "attention_heads" not in trial.params
+    unstructured = SearchSpace(ap.prunable_layers(model, x), SpaceConfig(methods=["unstructured"]))
+    trial = optuna.create_study().ask()
+    unstructured.suggest(trial)
+    assert "attention_heads" not in trial.params
+    assert SearchConfig.from_dict({"space": {"attention_heads": True}}).space.attention_heads == [True]
+
+
 @pytest.mark.parametrize(
     "data,fragment",
     [
         ({"space": {"round_to": [0, 8]}}, "space.round_to = [0, 8]"),
+        ({"space": {"attention_heads": ["yes"]}}, "space.attention_heads"),
         ({"objectives": ["accuracy"]}, "objectives"),
         ({"objectives": ["accuracy", "speed"]}, "'speed'"),
         ({"trials": 0}, "trials = 0"),
