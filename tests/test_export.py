@@ -196,3 +196,24 @@ def test_onnx_export(tmp_path: Path, pruned: torch.nn.Module, digits_task: ap.Ta
 
     out = ap.save_pruned(pruned, tmp_path, schedule=SCHEDULE, example_inputs=digits_task.example_inputs, onnx=True)
     onnx.checker.check_model(onnx.load(str(out / "model.onnx")))
+
+
+def test_whole_head_attention_reloads(tmp_path: Path) -> None:
+    # the heads' count lives in the module, not the state dict: re-applying the schedule
+    # to a fresh model rebuilds it, and the reloaded model computes the same outputs
+    model, x = ap.zoo.get("transformer", batch_size=2)
+    schedule = ap.Schedule(
+        layers={"blocks.1.mlp.2": ap.LayerPlan("structured", 0.5), "blocks.0.mlp.0": ap.LayerPlan("unstructured", 0.5)},
+        attention_heads=True,
+    )
+    pruned = ap.apply_schedule(model, schedule, example_inputs=x).eval()
+    ap.save_pruned(pruned, tmp_path / "heads", schedule=schedule, example_inputs=x)
+
+    def factory() -> torch.nn.Module:
+        return ap.zoo.get("transformer", batch_size=2, seed=5)[0]  # other weights: they are replaced
+
+    reloaded = ap.load_pruned(tmp_path / "heads", factory).eval()
+    assert [b.attn.num_heads for b in reloaded.blocks] == [2, 2]
+    assert [b.attn.head_dim for b in reloaded.blocks] == [32, 32]
+    with torch.inference_mode():
+        torch.testing.assert_close(reloaded(x), pruned(x))
