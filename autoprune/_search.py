@@ -187,6 +187,12 @@ def _wait_for_attr(study: optuna.Study, key: str, seconds: float) -> Any:
 
 def _check_same_identity(cfg: SearchConfig, stored: dict[str, Any], name: str) -> None:
     mine = cfg.identity()
+    try:
+        # Options added since the study was created take their defaults (an older study's
+        # stored config simply lacks them), so resuming it is not refused for that.
+        stored = SearchConfig.from_dict({**stored, "storage": cfg.storage}, source=f"study {name!r}").identity()
+    except AutopruneError:
+        pass  # written by a newer autoprune: compare what is there
     for key in mine:
         theirs = stored.get(key)
         if json.dumps(mine[key], sort_keys=True) != json.dumps(theirs, sort_keys=True):

@@ -474,6 +474,14 @@ def test_check_joinable_never_creates_the_study(tmp_path: Path, tiny_task: ap.Ta
     with pytest.raises(ap.ConfigError, match="objectives"):
         check_joinable(cfg.merged(objectives=["accuracy", "size"]))
     check_joinable(cfg)  # the same settings join
+    # a study written before an option existed lacks it in its stored config: the default
+    # stands in, so resuming it is not refused
+    older = dict(study.user_attrs["config"])
+    older["space"] = {k: v for k, v in older["space"].items() if k != "attention_heads"}
+    del older["latency_cache"]
+    study.set_user_attr("config", older)
+    check_joinable(cfg)
+    assert len(run_search(cfg.merged(trials=2), tiny_task).trials) == 3
 
 
 @pytest.mark.parametrize(
