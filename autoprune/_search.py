@@ -114,7 +114,12 @@ def _make_sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
         pop = cfg.population_size or max(8, min(50, cfg.trials // 4))
         return optuna.samplers.NSGAIIISampler(seed=seed, population_size=pop)
     if cfg.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(5, min(10, cfg.trials // 4)))
+        # constant_liar: trials other workers are still running count as bad results while a
+        # worker samples, so parallel workers spread out instead of sampling the same region;
+        # a one-worker run never has another running trial, so it samples exactly as without
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=max(5, min(10, cfg.trials // 4)), constant_liar=True
+        )
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if cfg.sampler == "qmc":

@@ -202,6 +202,24 @@ def test_same_seed_same_schedules_with_the_default_sampler(tmp_path: Path, tiny_
     assert custom.is_file()
 
 
+def test_constant_liar_changes_nothing_for_one_worker(
+    tmp_path: Path, tiny_task: ap.Task, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # TPE runs with constant_liar (parallel workers spread out); a one-worker run has no
+    # other running trial, so it must suggest exactly what TPE without the liar suggests
+    from autoprune import _search
+
+    liar = run_search(_cfg(tmp_path, study="liar", seed=2, trials=9, sampler="tpe"), tiny_task)
+    assert _search._make_sampler(_cfg(tmp_path, sampler="tpe"), 0)._constant_liar  # type: ignore[attr-defined]
+    plain = optuna.samplers.TPESampler
+    monkeypatch.setattr(
+        optuna.samplers, "TPESampler", lambda **kw: plain(**{**kw, "constant_liar": False})
+    )
+    assert not _search._make_sampler(_cfg(tmp_path, sampler="tpe"), 0)._constant_liar  # type: ignore[attr-defined]
+    honest = run_search(_cfg(tmp_path, study="honest", seed=2, trials=9, sampler="tpe"), tiny_task)
+    assert _schedules(liar) == _schedules(honest)
+
+
 def test_failing_trial_is_recorded_and_search_goes_on(tmp_path: Path, tiny_task: ap.Task) -> None:
     calls = {"n": 0}
     real = tiny_task.fine_tune
