@@ -281,6 +281,16 @@ class _Objective:
         from autoprune.evaluation import evaluate
 
         seed = self.cfg.seed
+        if role == ROLE_UNPRUNED and "baseline" in trial.study.user_attrs:
+            # A second unpruned trial: a heartbeat retry of one whose worker died after
+            # publishing, or two workers resuming a failed baseline at once. Measuring again
+            # would only publish the references twice.
+            first = trial.study.user_attrs.get("baseline_trial")
+            raise AutopruneError(
+                f"{_DUPLICATE}: the unpruned model was already measured"
+                + (f" in trial {first}" if first is not None else "")
+                + "; this copy is not evaluated"
+            )
         if role != ROLE_UNPRUNED and self.baseline is None:
             # Never wait for another worker while holding the busy lock: its measurement of
             # the unpruned model would wait for us in turn.
@@ -337,10 +347,10 @@ class _Objective:
         values = self._record(trial, metrics)
         if role == ROLE_UNPRUNED:
             self.baseline = dict(metrics)
-            self._publish_baseline(trial.study, metrics)
+            self._publish_baseline(trial.study, metrics, trial.number)
         return values
 
-    def _publish_baseline(self, study: optuna.Study, metrics: dict[str, Any]) -> None:
+    def _publish_baseline(self, study: optuna.Study, metrics: dict[str, Any], number: int) -> None:
         """Only the worker that ran the unpruned trial gets here (popping a waiting trial is
         atomic on a server database), so the references are enqueued exactly once."""
         if "baseline" in study.user_attrs:
@@ -351,6 +361,7 @@ class _Objective:
             study.enqueue_trial(
                 self.space.uniform_params(amount), user_attrs={"role": ROLE_UNIFORM, "uniform_amount": amount}
             )
+        study.set_user_attr("baseline_trial", number)
         # Last: a worker waiting for the baseline may start as soon as it appears.
         study.set_user_attr("baseline", {k: metrics[k] for k in _BASELINE_KEYS if k in metrics})
 
@@ -474,8 +485,25 @@ def _optimize(
         return 0
     objective = _Objective(task, cfg, study)
     handle = _install_training_gate()
+    duplicates: list[int] = []
+
+    def note_duplicate(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if _DUPLICATE in str(trial.user_attrs.get("error", "")):
+            duplicates.append(trial.number)
+
     try:
-        study.optimize(objective, n_trials=n_trials, catch=(Exception,), gc_after_trial=False, callbacks=callbacks)
+        remaining = n_trials
+        while remaining > 0:
+            # a duplicate unpruned trial popped from the queue is not one of the n trials asked
+            duplicates.clear()
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                catch=(Exception,),
+                gc_after_trial=False,
+                callbacks=[*(callbacks or []), note_duplicate],
+            )
+            remaining = len(duplicates)
     finally:
         handle.remove()
         _HOLD.release()
@@ -524,6 +552,7 @@ def _install_training_gate() -> Any:
 
 
 # ---------------------------------------------------------------------------- orchestration
+_DUPLICATE = "duplicate unpruned reference"
 _BASELINE_KEYS = (
     "accuracy", "params", "nonzero_params", "dense_bytes", "sparse_bytes", "macs", "latency_ms", "latency_spread"
 )

@@ -8,6 +8,7 @@ Study ``user_attrs``:
     ``objectives``: objective metric names in the order of ``trial.values``
         (also set with ``study.set_metric_names``); directions are ``study.directions``.
     ``baseline``: metrics dict of the unpruned model (trial 0 carries the same).
+    ``baseline_trial``: number of the trial that measured it.
     ``layers``: preflight of the task model, a list of ``LayerInfo.as_dict()``.
     ``task``: the task spec (``Task.spec``), enough to rebuild the task.
     ``autoprune_version``.

@@ -220,6 +220,23 @@ def test_constant_liar_changes_nothing_for_one_worker(
     assert _schedules(liar) == _schedules(honest)
 
 
+def test_a_second_unpruned_trial_is_not_evaluated(tmp_path: Path, tiny_task: ap.Task) -> None:
+    # e.g. a heartbeat retry of the unpruned trial whose worker died after publishing the
+    # baseline: it must not measure again and enqueue the uniform references a second time
+    cfg = _cfg(tmp_path, study="dup", trials=1)
+    study = run_search(cfg, tiny_task)
+    assert study.user_attrs["baseline_trial"] == 0
+    space = SearchSpace(ap.prunable_layers(tiny_task.model, tiny_task.example_inputs), cfg.space)
+    study.enqueue_trial(space.uniform_params(0.0), user_attrs={"role": ROLE_UNPRUNED})
+    study = run_search(cfg.merged(trials=2), tiny_task)
+    dup = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(dup) == 1 and "duplicate unpruned reference" in dup[0].user_attrs["error"]
+    assert "in trial 0" in dup[0].user_attrs["error"]
+    roles = [t.user_attrs.get("role") for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert roles.count(ROLE_UNPRUNED) == 1 and roles.count(ROLE_UNIFORM) == 1
+    assert len(counted_trials(study)) == 2
+
+
 def test_failing_trial_is_recorded_and_search_goes_on(tmp_path: Path, tiny_task: ap.Task) -> None:
     calls = {"n": 0}
     real = tiny_task.fine_tune
