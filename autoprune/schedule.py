@@ -261,6 +261,11 @@ class Schedule:
             "attention_heads": self.attention_heads,
         }
 
+    def __hash__(self) -> int:
+        # `layers` is a dict, so the generated hash would fail; the canonical JSON is the
+        # schedule's identity (equal schedules have equal JSON)
+        return hash(self.to_json())
+
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, **kwargs)
 

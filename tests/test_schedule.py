@@ -167,6 +167,14 @@ def test_active_layers_skip_none_zero_and_ignored() -> None:
     assert list(s.active_layers("unstructured")) == ["b"]
 
 
+def test_schedules_are_hashable_by_value() -> None:
+    a = ap.Schedule(layers={"x": ap.LayerPlan("structured", 0.5)}, steps=2, shape="linear")
+    b = ap.Schedule.from_json(a.to_json())
+    c = dataclasses.replace(a, steps=3)
+    assert a == b and hash(a) == hash(b)
+    assert len({a, b, c}) == 2 and {a: 1}[b] == 1
+
+
 def test_summary() -> None:
     assert ap.Schedule().summary() == "unpruned"
     s = ap.Schedule(
