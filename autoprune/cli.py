@@ -1,4 +1,4 @@
-"""The ``autoprune`` command line: ``search``, ``trials``, ``report``, ``apply``.
+"""The ``autoprune`` command line: ``search``, ``trials``, ``report``, ``apply``, ``layers``.
 
 Each sub-command lives in ``autoprune/commands/<name>.py`` with ``add_arguments(parser)``
 and ``run(args) -> int``. Bad usage or bad input prints one line and exits 2; ``--debug``
@@ -26,6 +26,7 @@ COMMANDS = {
     "trials": "print the trials table of a study",
     "report": "write the HTML Pareto report of a study",
     "apply": "apply a chosen trial's schedule and export the pruned model",
+    "layers": "show what a search would prune in the task's model, and the size of its search space",
 }
 
 

@@ -452,6 +452,22 @@ def test_cli_join_never_creates_a_study(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--join needs --study" in proc.stderr
 
 
+def test_cli_layers_shows_the_preflight_and_the_space(tmp_path: Path, tiny_task: ap.Task) -> None:
+    (tmp_path / "l.toml").write_text('task = "digits"\n[task_options]\nwidth = 8\nbatch_size = 16\n[space]\nsteps = 1\n')
+    proc = _cli("layers", "l.toml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    layers = ap.prunable_layers(tiny_task.model, tiny_task.example_inputs)
+    for info in layers:
+        row = next(line for line in lines if line.startswith(info.name + " "))
+        assert f" {info.channels} " in row and ",".join(info.methods) in row
+    assert "  classifier.3: its output channels are the model's output" in lines
+    space = SearchSpace(layers, SearchConfig.from_dict({"space": {"steps": 1}}).space)
+    assert lines[-1] == f"search space (layer granularity): {len(space.units)} units, {space.dimension} parameters per trial"
+    proc = _cli("layers", "--task", "nowhere.module:make", cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "nowhere.module" in proc.stderr
+
+
 def test_cli_bad_toml(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("trials = 5\n[space]\nsteps = [3, 1]\n")
     proc = _cli("search", "bad.toml", cwd=tmp_path)

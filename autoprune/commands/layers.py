@@ -1,0 +1,65 @@
+"""Show what a search would prune, before running one: every prunable layer or coupled group
+of the task's model (channels, channel groups, attention heads, the methods that apply, the
+largest safe amount, why structured pruning does not apply where it does not), what was
+skipped and why, and how many parameters the study config's search space samples."""
+
+from __future__ import annotations
+
+import argparse
+
+from autoprune.config import SearchConfig, load_toml
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", metavar="STUDY.toml", help="study config: its task, task options and space")
+    p.add_argument("--task", help="built-in task name (digits) or 'package.module:factory' (default: the config's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from autoprune._search import _build_task
+    from autoprune.preflight import analyse
+    from autoprune.space import SearchSpace
+
+    cfg = load_toml(args.config) if args.config else SearchConfig()
+    if args.task:
+        cfg = cfg.merged(task=args.task, task_options={} if args.task != cfg.task else cfg.task_options)
+    task = _build_task(cfg)
+    analysis = analyse(task.model, task.example_inputs)
+    print(f"task {cfg.task}: {type(task.model).__name__}, {sum(p.numel() for p in task.model.parameters()):,} parameters")
+    print()
+    header = ("layer", "type", "channels", "groups", "heads", "members", "params", "methods", "max amount")
+    rows = [
+        (
+            info.name,
+            info.type,
+            str(info.channels),
+            str(info.channel_groups),
+            str(info.heads or ""),
+            str(len(info.members)),
+            f"{info.params:,}",
+            ",".join(info.methods) or "-",
+            f"{info.max_amount:.2f}" if info.methods else "-",
+        )
+        for info in analysis.layers
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    for line in (header, *rows):
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+    notes = [(i.name, i.reason) for i in analysis.layers if i.reason]
+    if notes:
+        print()
+        print("not structured:")
+        for name, reason in notes:
+            print(f"  {name}: {reason}")
+    if analysis.skipped:
+        print()
+        print("skipped:")
+        for name, reason in analysis.skipped:
+            print(f"  {name}: {reason}")
+    space = SearchSpace(analysis.layers, cfg.space)
+    print()
+    print(
+        f"search space ({cfg.space.granularity} granularity): {len(space.units)} units, "
+        f"{space.dimension} parameters per trial"
+    )
+    return 0
