@@ -463,8 +463,15 @@ def _build_task(cfg: SearchConfig) -> Task:
     return get_task(cfg.task, **cfg.task_options)
 
 
-def run_worker(cfg_data: dict[str, Any], n_trials: int, worker: int, threads: int) -> int:
-    """Run ``n_trials`` trials of the study in this process (joblib calls this in workers)."""
+def run_worker(
+    cfg_data: dict[str, Any], n_trials: int, worker: int, threads: int, ready_dir: str | None = None
+) -> int:
+    """Run ``n_trials`` trials of the study in this process (joblib calls this in workers).
+
+    ``ready_dir``: where this worker says its start-up imports are done (see
+    :class:`_StartupCover`)."""
+    if ready_dir is not None:
+        Path(ready_dir, str(worker)).touch()
     torch.set_num_threads(max(1, threads))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = SearchConfig.from_dict(cfg_data, source="worker")
@@ -483,7 +490,11 @@ def _optimize(
 ) -> int:
     if n_trials <= 0:
         return 0
-    objective = _Objective(task, cfg, study)
+    _HOLD.acquire()  # the preflight in _Objective traces the model: busy work, like training
+    try:
+        objective = _Objective(task, cfg, study)
+    finally:
+        _HOLD.release()
     handle = _install_training_gate()
     duplicates: list[int] = []
 
@@ -508,6 +519,54 @@ def _optimize(
         handle.remove()
         _HOLD.release()
     return n_trials
+
+
+class _StartupCover:
+    """Holds the machine's busy gate for joblib workers while they start.
+
+    A new worker process imports torch and autoprune before any code of ours runs in it: a
+    few seconds of full CPU that the worker cannot yet mark as busy itself. A worker that
+    started faster would otherwise measure latency right through them. The parent holds the
+    shared side of the gate until every worker has said it is past its imports (a file in
+    ``ready_dir``), or ``timeout`` seconds (a worker that failed to start)."""
+
+    def __init__(self, workers: int, timeout: float = 300.0) -> None:
+        import shutil
+        import tempfile
+
+        from autoprune.evaluation import training_gate
+
+        self._rmtree = shutil.rmtree
+        self.ready_dir = tempfile.mkdtemp(prefix="autoprune-workers-")
+        self._gate: Any = training_gate()  # waits for a measurement already running
+        self._gate.__enter__()
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(workers, timeout), daemon=True)
+        self._thread.start()
+
+    def _watch(self, workers: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if len(os.listdir(self.ready_dir)) >= workers:
+                break
+            self._stop.wait(0.1)
+        self._release()
+
+    def _release(self) -> None:
+        with self._guard:
+            if self._gate is not None:
+                self._gate.__exit__(None, None, None)
+                self._gate = None
+
+    @property
+    def holding(self) -> bool:
+        return self._gate is not None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._rmtree(self.ready_dir, ignore_errors=True)
 
 
 class _BusyHold:
@@ -676,9 +735,14 @@ def run_search(cfg: SearchConfig, task: Task, *, progress: bool = False) -> optu
             shares = [missing // workers + (i < missing % workers) for i in range(workers)]
             threads = max(1, (os.cpu_count() or 1) // workers)
             data = cfg.to_dict(mask=False)
-            Parallel(n_jobs=workers, backend="loky")(
-                delayed(run_worker)(data, share, i + 1, threads) for i, share in enumerate(shares)
-            )
+            cover = _StartupCover(workers)
+            try:
+                Parallel(n_jobs=workers, backend="loky")(
+                    delayed(run_worker)(data, share, i + 1, threads, cover.ready_dir)
+                    for i, share in enumerate(shares)
+                )
+            finally:
+                cover.close()
     finally:
         if monitor is not None:
             monitor.close()

@@ -164,6 +164,39 @@ def test_two_workers_give_exactly_n_unique_trials(tmp_path: Path) -> None:
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
 
+def test_startup_cover_holds_measurements_until_workers_are_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # joblib workers import torch before they can mark themselves busy; the parent covers
+    # that time, so no worker measures latency through another's start-up
+    import threading
+    import time
+
+    from autoprune._search import _StartupCover
+    from autoprune.evaluation import measurement_lock
+
+    monkeypatch.setenv("AUTOPRUNE_LATENCY_LOCK", str(tmp_path / "latency.lock"))
+    cover = _StartupCover(2)
+    measured = threading.Event()
+
+    def measure() -> None:
+        with measurement_lock():
+            measured.set()
+
+    thread = threading.Thread(target=measure)
+    thread.start()
+    time.sleep(0.5)
+    assert cover.holding and not measured.is_set()
+    (Path(cover.ready_dir) / "1").touch()
+    time.sleep(0.5)
+    assert cover.holding and not measured.is_set()  # one of two workers is still starting
+    (Path(cover.ready_dir) / "2").touch()
+    thread.join(timeout=30)
+    assert measured.is_set() and not cover.holding
+    cover.close()
+    assert not Path(cover.ready_dir).exists()
+
+
 def test_same_seed_same_schedules(tmp_path: Path, tiny_task: ap.Task) -> None:
     a = run_search(_cfg(tmp_path, study="a", seed=3, sampler="random"), tiny_task)
     b = run_search(_cfg(tmp_path, study="b", seed=3, sampler="random"), tiny_task)
