@@ -385,6 +385,29 @@ def test_torchscript_backend_names_what_cannot_be_traced() -> None:
     assert measure_latency(TwoInputs(), inputs, "cpu:backend=torchscript", time_budget_s=0.05, lock=False).median_ms > 0
 
 
+def test_around_latency_wraps_the_measurement_only() -> None:
+    # the search lets go of its busy hold only while it measures, not while it computes
+    # accuracy and MACs, and not at all on a cache hit
+    import contextlib
+
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def around() -> Any:
+        events.append("enter")
+        yield
+        events.append("exit")
+
+    model, x = ap.zoo.get("cnn")
+    cache = LatencyCache()
+    first = ap.evaluate(model, x, target="cpu:threads=1", cache=cache, time_budget_s=0.05, around_latency=around)
+    assert events == ["enter", "exit"] and not first.latency_cached
+    again = ap.evaluate(model, x, target="cpu:threads=1", cache=cache, time_budget_s=0.05, around_latency=around)
+    assert events == ["enter", "exit"] and again.latency_cached
+    ap.evaluate(model, x, target="cpu:threads=1", measure_latency=False, around_latency=around)
+    assert events == ["enter", "exit"]
+
+
 def test_custom_backend_is_selected_by_the_target(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_backends, "_REGISTRY", dict(_backends._REGISTRY))
     calls: list[int] = []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -36,6 +39,7 @@ def evaluate(
     measure_latency: bool = True,
     time_budget_s: float = 1.0,
     lock: bool = True,
+    around_latency: Callable[[], AbstractContextManager[object]] | None = None,
 ) -> Metrics:
     """Measure accuracy, size, MACs and latency of a model.
 
@@ -50,6 +54,10 @@ def evaluate(
         measure_latency: False skips latency (``latency_ms`` is NaN), for quick checks.
         time_budget_s: time budget of one latency measurement.
         lock: take the machine-wide measurement lock (see :func:`measure_latency`).
+        around_latency: a context manager factory entered around the latency measurement
+            alone (not a cache hit). The search uses it to stop marking its process busy
+            while it measures, so accuracy and MACs are computed as busy work that other
+            workers' measurements wait for.
 
     Raises:
         TargetError: the target is invalid or not available here (checked before anything runs).
@@ -91,7 +99,8 @@ def evaluate(
         if hit is not None:
             latency, cached = hit, True
         else:
-            latency = _measure_latency(model, inputs, target, time_budget_s=time_budget_s, lock=lock)
+            with around_latency() if around_latency is not None else contextlib.nullcontext():
+                latency = _measure_latency(model, inputs, target, time_budget_s=time_budget_s, lock=lock)
             if cache is not None:
                 cache.put(key, latency)
     time_latency_s = 0.0 if cached else time.perf_counter() - start
