@@ -525,6 +525,18 @@ def _optimize(
     return n_trials
 
 
+def _stop_idle_workers() -> None:
+    """Shut down joblib's reusable loky executor, if there is one, and wait for its workers
+    to exit (``get_reusable_executor()`` would first resize or create one)."""
+    try:
+        from joblib.externals.loky import reusable_executor
+    except ImportError:  # pragma: no cover - joblib without loky
+        return
+    executor = getattr(reusable_executor, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True)
+
+
 @contextlib.contextmanager
 def _not_busy() -> Iterator[None]:
     """Let go of this worker's busy hold for a while (around its own latency measurement)."""
@@ -757,6 +769,11 @@ def run_search(cfg: SearchConfig, task: Task, *, progress: bool = False) -> optu
                 )
             finally:
                 cover.close()
+                # joblib keeps idle workers for the next call; a later search with another
+                # worker count would replace them, and their exit (freeing torch) would run
+                # unguarded through the new workers' measurements. Stop them now, while
+                # nothing measures.
+                _stop_idle_workers()
     finally:
         if monitor is not None:
             monitor.close()
