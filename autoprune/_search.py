@@ -143,7 +143,7 @@ def open_study(
     name = cfg.study_name
     directions: list[Any] = [OBJECTIVES[o][1] for o in cfg.objectives]
     sampler = _make_sampler(cfg, cfg.seed + seed_offset)
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    existing = _study_names(storage)
     if name not in existing:
         if not create:
             raise ConfigError(
@@ -163,24 +163,35 @@ def open_study(
                 on_create(study)
             study.set_user_attr("config", cfg.to_dict())  # last: joiners wait for it
             return study
-    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
-    stored = _wait_for_attr(study, "config", 60.0)
-    if stored is not None and check:
-        _check_same_identity(cfg, stored, name)
-    return study
+    return _join(cfg, storage, sampler=sampler, check=check)
 
 
 def check_joinable(cfg: SearchConfig) -> None:
     """Refuse early a run whose settings contradict the existing study it names (nothing
     happens when the study does not exist yet: :func:`run_search` creates it)."""
     storage = make_storage(cfg)
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if cfg.study_name not in existing:
-        return
-    study = optuna.load_study(study_name=cfg.study_name, storage=storage)
+    if cfg.study_name in _study_names(storage):
+        _join(cfg, storage)
+
+
+def _study_names(storage: optuna.storages.BaseStorage) -> set[str]:
+    return {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+
+
+def _join(
+    cfg: SearchConfig,
+    storage: optuna.storages.BaseStorage,
+    *,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    check: bool = True,
+) -> optuna.Study:
+    """Load the existing study of ``cfg``, once its creator has written the config, and
+    refuse it when ``check`` and the settings contradict it."""
+    study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler)
     stored = _wait_for_attr(study, "config", 60.0)
-    if stored is not None:
+    if stored is not None and check:
         _check_same_identity(cfg, stored, cfg.study_name)
+    return study
 
 
 def _wait_for_attr(study: optuna.Study, key: str, seconds: float) -> Any:
@@ -212,8 +223,7 @@ def _check_same_identity(cfg: SearchConfig, stored: dict[str, Any], name: str) -
 def stored_config(study_name: str, storage_url: str) -> SearchConfig | None:
     """The config saved in an existing study, or None when the study does not exist."""
     storage = make_storage(SearchConfig(storage=storage_url))
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if study_name not in names:
+    if study_name not in _study_names(storage):
         return None
     study = optuna.load_study(study_name=study_name, storage=storage)
     data = _wait_for_attr(study, "config", 60.0)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from autoprune._errors import PreflightError
+from autoprune.evaluation._inputs import call_model
 
 __all__ = ["LayerInfo", "ModelAnalysis", "analyse", "prunable_layers", "ROOT_TYPES"]
 
@@ -124,15 +125,6 @@ def _has_tensor(output: Any) -> bool:
     return False
 
 
-def _call(model: nn.Module, example_inputs: Any) -> Any:
-    # The same calling convention as Torch-Pruning's tracer.
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    return model(example_inputs)
-
-
 def build_graph(model: nn.Module, example_inputs: Any) -> Any:
     """Trace ``model`` with Torch-Pruning, turning any failure into a PreflightError.
 
@@ -144,7 +136,7 @@ def build_graph(model: nn.Module, example_inputs: Any) -> Any:
     name = type(model).__name__
     try:
         with torch.no_grad():
-            output = _call(model, example_inputs)
+            output = call_model(model, example_inputs)  # Torch-Pruning's tracer calls it the same way
     except Exception as exc:  # noqa: BLE001 - any failure here means the same to the user
         raise PreflightError(
             f"cannot run {name} on the example inputs ({_describe(example_inputs)}): {type(exc).__name__}: {exc}"

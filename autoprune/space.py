@@ -55,6 +55,14 @@ class SearchSpace:
             cap = min(config.max_amount, max(info.max_amount for info in members))
             cap = math.floor(cap / config.amount_step + 1e-9) * config.amount_step
             self.units.append(Unit(key=key, layers=tuple(members), methods=methods, max_amount=round(cap, 6)))
+        # Whole heads or head dims: a choice only where structured pruning can reach an
+        # attention layer (otherwise it changes nothing and is not a parameter).
+        reachable = any(
+            info.heads > 0 and "structured" in info.methods and "structured" in unit.methods
+            for unit in self.units
+            for info in unit.layers
+        )
+        self._head_choices: list[bool] = list(config.attention_heads) if reachable else [False]
 
     def _unit_key(self, name: str) -> str:
         if self.config.granularity == "global":
@@ -158,17 +166,6 @@ class SearchSpace:
         if len(self._head_choices) > 1:
             params["attention_heads"] = self._head_choices[0]
         return params
-
-    @property
-    def _head_choices(self) -> list[bool]:
-        """Whole heads or head dims: a choice only where structured pruning can reach an
-        attention layer (otherwise it changes nothing and is not a parameter)."""
-        reachable = any(
-            info.heads > 0 and "structured" in info.methods and "structured" in unit.methods
-            for unit in self.units
-            for info in unit.layers
-        )
-        return list(self.config.attention_heads) if reachable else [False]
 
 
 def _round_to(value: int) -> int | None:

@@ -38,3 +38,22 @@ def postgres_url():  # type: ignore[no-untyped-def]
         pytest.skip(f"no PostgreSQL server could be started: {exc}")
     yield url
     ctx.__exit__(None, None, None)
+
+
+class _GroupedNet(torch.nn.Module):
+    """A grouped convolution (4 groups) between a plain conv and a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 16, 3)
+        self.b = torch.nn.Conv2d(16, 32, 3, groups=4)
+        self.fc = torch.nn.Linear(32, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.b(self.a(x)).mean((2, 3)))
+
+
+@pytest.fixture
+def grouped_net() -> tuple[torch.nn.Module, torch.Tensor]:
+    """A small model with a grouped convolution, in eval mode, and an input for it."""
+    return _GroupedNet().eval(), torch.randn(1, 3, 8, 8)

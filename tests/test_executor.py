@@ -241,18 +241,8 @@ def test_attention_heads_removes_whole_heads() -> None:
         ap.Schedule(attention_heads="yes")  # type: ignore[arg-type]
 
 
-def test_grouped_conv_keeps_groups_whole() -> None:
-    class Grouped(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Conv2d(3, 16, 3)
-            self.b = nn.Conv2d(16, 32, 3, groups=4)
-            self.fc = nn.Linear(32, 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(self.b(self.a(x)).mean((2, 3)))
-
-    model, x = Grouped().eval(), torch.randn(1, 3, 8, 8)
+def test_grouped_conv_keeps_groups_whole(grouped_net: tuple[nn.Module, torch.Tensor]) -> None:
+    model, x = grouped_net
     pruned = ap.apply_schedule(model, ap.Schedule.uniform(model, x, amount=0.5), example_inputs=x)
     assert pruned.b.out_channels == 16
     assert pruned.b.out_channels % pruned.b.groups == 0

@@ -200,18 +200,8 @@ def test_unused_layer_is_unstructured_only() -> None:
     assert "not used in the traced forward pass" in info.reason
 
 
-def test_grouped_conv_channel_groups() -> None:
-    class Grouped(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Conv2d(3, 16, 3)
-            self.b = nn.Conv2d(16, 32, 3, groups=4)
-            self.fc = nn.Linear(32, 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(self.b(self.a(x)).mean((2, 3)))
-
-    infos = _by_name(Grouped().eval(), torch.randn(1, 3, 8, 8))
+def test_grouped_conv_channel_groups(grouped_net: tuple[nn.Module, torch.Tensor]) -> None:
+    infos = _by_name(*grouped_net)
     assert infos["b"].channel_groups == 4
     assert infos["b"].max_amount == 0.87  # floor((1 - 4/32) * 100) / 100
 
