@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from autoprune._errors import PreflightError
-from autoprune.evaluation._inputs import call_model
+from autoprune._inputs import call_model
 
 __all__ = ["LayerInfo", "ModelAnalysis", "analyse", "prunable_layers", "ROOT_TYPES"]
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from autoprune.evaluation._backends import get_backend
-from autoprune.evaluation._inputs import input_signature
+from autoprune._inputs import input_signature
 from autoprune.evaluation._latency import LatencyResult
 from autoprune.evaluation._target import Target
 

@@ -58,7 +58,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 from autoprune.evaluation._backends import get_backend
-from autoprune.evaluation._inputs import resize_batch, to_target
+from autoprune._inputs import resize_batch, to_target
 from autoprune.evaluation._target import Target
 
 __all__ = [

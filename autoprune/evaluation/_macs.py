@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils import flop_counter
 
-from autoprune.evaluation._inputs import call_model, resize_batch
+from autoprune._inputs import call_model, resize_batch
 
 __all__ = ["count_macs"]
 

@@ -1,4 +1,5 @@
-"""Example inputs: calling a model with them, resizing their batch, moving and casting them.
+"""Example inputs and model outputs: calling a model, picking the output that is scored,
+resizing a batch, moving and casting tensors. A neutral helper: every stage may import it.
 
 Example inputs follow Torch-Pruning's convention: a tensor is passed as ``model(x)``, a tuple
 or list as ``model(*x)``, a dict as ``model(**x)``. The batch dimension is the first
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["call_model", "map_tensors", "resize_batch", "to_target", "input_signature"]
+__all__ = ["call_model", "select_output", "map_tensors", "resize_batch", "to_target", "input_signature"]
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -22,6 +23,46 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
+
+
+def select_output(output: Any, key: str | int | None = None) -> torch.Tensor:
+    """The tensor that is scored from what a model returned.
+
+    ``key`` names it: a dict key or attribute (``"logits"`` of a Hugging Face ``ModelOutput``)
+    or a position in a tuple/list. With ``key=None``: a tensor is itself; a mapping or
+    ``ModelOutput`` gives ``"logits"`` when it has one, else its first tensor; a tuple or list
+    gives its first tensor.
+
+    Raises:
+        ValueError: ``key`` names nothing in the output, or the output holds no tensor.
+    """
+    if isinstance(output, torch.Tensor) and key is None:
+        return output
+    if key is not None:
+        found: Any = None
+        if isinstance(key, int) and isinstance(output, (tuple, list)):
+            found = output[key] if -len(output) <= key < len(output) else None
+        elif isinstance(key, str):
+            if isinstance(output, dict) or hasattr(output, "keys"):
+                found = output.get(key) if hasattr(output, "get") else None
+            if found is None:
+                found = getattr(output, key, None)
+        if not isinstance(found, torch.Tensor):
+            raise ValueError(f"output {key!r} is not a tensor in the model's output of type {type(output).__name__}")
+        return found
+    if hasattr(output, "keys") and hasattr(output, "get"):  # dict or transformers.ModelOutput
+        logits = output.get("logits")
+        if isinstance(logits, torch.Tensor):
+            return logits
+        values = [output[k] for k in output.keys()]
+    elif isinstance(output, (tuple, list)):
+        values = list(output)
+    else:
+        values = []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            return value
+    raise ValueError(f"the model's output of type {type(output).__name__} holds no tensor to score")
 
 
 def map_tensors(inputs: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
