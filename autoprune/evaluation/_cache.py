@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.evaluation._backends import get_backend
 from autoprune._inputs import input_signature
+from autoprune.evaluation._backends import get_backend
 from autoprune.evaluation._latency import LatencyResult
 from autoprune.evaluation._target import Target
 

@@ -57,8 +57,8 @@ try:  # shared locks for running training steps; without fcntl the gate is a bar
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-from autoprune.evaluation._backends import get_backend
 from autoprune._inputs import resize_batch, to_target
+from autoprune.evaluation._backends import get_backend
 from autoprune.evaluation._target import Target
 
 __all__ = [
