@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
-from autoprune import tasks, zoo
+from autoprune import tasks
 from autoprune._errors import (
     ArchitectureMismatchError,
     AutopruneError,
@@ -18,15 +18,14 @@ from autoprune._errors import (
     TaskError,
     UnsafeWeightsError,
 )
-from autoprune._search import search
 from autoprune.config import SearchConfig, SpaceConfig
 from autoprune.evaluation import Metrics, Target, evaluate
 from autoprune.executor import apply_schedule
 from autoprune.export import load_pruned, save_pruned
 from autoprune.preflight import LayerInfo, prunable_layers
 from autoprune.report import report
-from autoprune.results import load_study
 from autoprune.schedule import LayerPlan, Schedule, step_amounts
+from autoprune.study import load_study, search
 from autoprune.tasks import Task
 
 __all__ = [
@@ -59,5 +58,4 @@ __all__ = [
     "step_amounts",
     "Task",
     "tasks",
-    "zoo",
 ]

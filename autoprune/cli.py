@@ -17,7 +17,6 @@ from typing import NoReturn
 __all__ = ["main", "EXIT_OK", "EXIT_USAGE"]
 
 EXIT_OK = 0
-EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 

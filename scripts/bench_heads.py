@@ -19,6 +19,7 @@ import torch
 
 import autoprune as ap
 from autoprune.evaluation import count_macs
+from autoprune.testing import models as zoo
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     parser.add_argument("--inner", type=int, default=20, help="forward passes per timing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, x = ap.zoo.get("transformer", batch_size=args.batch)
+    model, x = zoo.get("transformer", batch_size=args.batch)
     model.eval()
     variants = {"unpruned": model}
     for amount in (0.25, 0.5, 0.75):

@@ -41,6 +41,7 @@ import torch
 
 import autoprune as ap
 from autoprune.evaluation import Target, default_lock_path, measure_latency, training_gate
+from autoprune.testing import models as zoo
 
 IDLE, TRAIN, TRAIN_GATED, STOP = 0, 1, 2, -1
 
@@ -50,7 +51,7 @@ def _trainer(mode: Any, steps: Any, threads: int, cpu: int | None, lock_path: st
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     torch.set_num_threads(threads)
-    model = ap.zoo.PlainCNN(width=32)
+    model = zoo.PlainCNN(width=32)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
     with steps.get_lock():
@@ -105,7 +106,7 @@ def _run_condition(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=ap.zoo.names(), choices=ap.zoo.names())
+    parser.add_argument("--models", nargs="+", default=zoo.names(), choices=zoo.names())
     parser.add_argument("--batch", type=int, default=8, help="example batch size (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="threads of the measurement and of the trainer")
     parser.add_argument("--repeats", type=int, default=5, help="measurements per model and condition")
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for name in args.models:
-            model, x = ap.zoo.get(name, batch_size=args.batch)
+            model, x = zoo.get(name, batch_size=args.batch)
             row: dict[str, Any] = {"model": name}
             row["quiet"], _ = _run_condition(mode, steps, IDLE, model, x, target, args)
             row["train_nolock"], row["steps_per_s_nolock"] = _run_condition(mode, steps, TRAIN, model, x, target, args)

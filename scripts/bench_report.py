@@ -42,8 +42,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 import autoprune as ap
-from autoprune import study_keys
-from autoprune.report import _data, open_study
+from autoprune.report import _data, open_study, trials_dataframe
+from autoprune.study import keys as study_keys
+from autoprune.testing import models as zoo
 
 OBJECTIVES = {2: ["accuracy", "latency"], 3: ["accuracy", "latency", "size"]}
 
@@ -120,7 +121,7 @@ def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
 
 def _load_times(page: Path, loads: int) -> tuple[float | None, str]:
     try:
-        from autoprune.report._browser import find_chromium, load_page
+        from autoprune.testing.browser import find_chromium, load_page
     except ImportError as exc:
         return None, f"no playwright ({exc})"
     if find_chromium() is None:
@@ -154,7 +155,7 @@ def bench(args: argparse.Namespace, n_objectives: int, work: Path, model: Any, x
         ("hypervolume_s", _data._get_hypervolume_info),
         ("heatmap_s", _data._get_heatmap_info),
         ("importance_s", _data._get_importance_info),
-        ("table_s", _data._get_trials_table),
+        ("table_s", trials_dataframe),
     ):
         _, row[key] = _timed(fn, study)
     _, row["pattern_s"] = _timed(_data._get_pattern_info, study, model=model, example_inputs=x)
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("autoprune").setLevel(logging.ERROR)
     torch.manual_seed(0)
-    model, x = ap.zoo.get("resnet")
+    model, x = zoo.get("resnet")
     layers = ap.prunable_layers(model, x)
 
     work = Path(tempfile.mkdtemp(prefix="autoprune-bench-report-"))

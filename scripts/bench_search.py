@@ -26,9 +26,9 @@ import numpy as np
 import optuna
 
 import autoprune as ap
-from autoprune._search import run_search
 from autoprune.config import SearchConfig
-from autoprune.report._data import hypervolume_function
+from autoprune.report import hypervolume
+from autoprune.study import run_search
 
 
 def _front_numbers(study: optuna.Study, max_drop: float) -> dict[str, float]:
@@ -41,7 +41,7 @@ def _front_numbers(study: optuna.Study, max_drop: float) -> dict[str, float]:
     ]
     feasible = np.array([p for p in points if p[0] <= max_drop and p[1] <= 1.0]) if points else np.zeros((0, 2))
     ref = np.array([max_drop, 1.0])
-    hv = float(hypervolume_function()(feasible, ref)) if len(feasible) else 0.0
+    hv = hypervolume(feasible, ref) if len(feasible) else 0.0
 
     def best_drop(min_speedup: float) -> float:
         drops = [t.user_attrs["accuracy_drop"] for t in done

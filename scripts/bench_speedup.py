@@ -35,6 +35,7 @@ from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode
 
 import autoprune as ap
+from autoprune.testing import models as zoo
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for name in args.models:
         for batch in args.batches:
-            model, x = ap.zoo.get(name, batch_size=batch, seed=args.seed)
+            model, x = zoo.get(name, batch_size=batch, seed=args.seed)
             dense_macs = count_macs(model, x)
             variants: dict[str, nn.Module] = {"dense": model}
             macs: dict[str, int] = {"dense": dense_macs}
@@ -162,7 +163,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=ap.zoo.names(), choices=ap.zoo.names())
+    parser.add_argument("--models", nargs="+", default=zoo.names(), choices=zoo.names())
     parser.add_argument("--amounts", nargs="+", type=float, default=[0.3, 0.5, 0.7])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--repeats", type=int, default=30, help="timings per model (the median is reported)")

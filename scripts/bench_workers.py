@@ -29,9 +29,9 @@ from typing import Any
 import optuna
 
 import autoprune as ap
-from autoprune._search import run_search
 from autoprune.config import SearchConfig
 from autoprune.evaluation import measure_latency
+from autoprune.study import run_search
 
 
 @contextlib.contextmanager
@@ -39,7 +39,7 @@ def _storage(kind: str, workdir: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{workdir}/bench.db"
         return
-    from autoprune._pgtest import temporary_postgres
+    from autoprune.testing.postgres import temporary_postgres
 
     with temporary_postgres() as url:
         yield url

@@ -29,7 +29,7 @@ def digits_task():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def postgres_url():  # type: ignore[no-untyped-def]
     """A real PostgreSQL server on 127.0.0.1 for the session (Debian's postgresql package)."""
-    from autoprune._pgtest import temporary_postgres
+    from autoprune.testing.postgres import temporary_postgres
 
     try:
         ctx = temporary_postgres()

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autoprune.study_keys import ROLE_UNPRUNED
+from autoprune.study.keys import ROLE_UNPRUNED
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

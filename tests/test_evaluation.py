@@ -25,14 +25,15 @@ from autoprune.evaluation import (
     _evaluate,
     architecture_signature,
     count_macs,
+    derived_metrics,
     measure_latency,
     measurement_lock,
     register_backend,
-    relative_metrics,
     size_stats,
     tensor_bytes,
     training_gate,
 )
+from autoprune.testing import models as zoo
 
 BUDGET = 0.3  # seconds per latency measurement in these tests
 
@@ -195,7 +196,7 @@ def test_macs_of_conv2d_match_the_formula(batch: int, groups: int, stride: int) 
 def test_macs_of_linear_and_attention() -> None:
     assert count_macs(nn.Linear(20, 30), torch.randn(4, 20)) == 600
     assert count_macs(nn.Linear(20, 30), (torch.randn(4, 7, 20),)) == 7 * 600
-    model, x = ap.zoo.get("transformer", batch_size=3)
+    model, x = zoo.get("transformer", batch_size=3)
     seq, dim, d_in = 16, 128, 32
     block = seq * dim * 3 * dim + seq * dim * dim + 2 * seq * seq * dim + 2 * seq * dim * 4 * dim
     assert count_macs(model, x) == seq * d_in * dim + 2 * block + dim * 10
@@ -211,11 +212,11 @@ def test_macs_restore_modes_and_fast_path() -> None:
 
 # ---------------------------------------------------------------------------- latency
 def _conv_net(width: int) -> nn.Module:
-    return ap.zoo.PlainCNN(width=width).eval()
+    return zoo.PlainCNN(width=width).eval()
 
 
 def test_latency_of_the_same_model_twice_agrees() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=2)
+    model, x = zoo.get("cnn", batch_size=2)
     a = measure_latency(model, x, "cpu:threads=1", time_budget_s=BUDGET)
     b = measure_latency(model, x, "cpu:threads=1", time_budget_s=BUDGET)
     assert a.median_ms > 0 and a.repeats >= 3 and a.spread >= 0
@@ -344,10 +345,10 @@ def test_a_gate_inside_this_process_own_measurement_does_not_deadlock() -> None:
     assert gated and max(gated) < 1.0
 
 
-@pytest.mark.parametrize("name", ap.zoo.names())
+@pytest.mark.parametrize("name", zoo.names())
 def test_torchscript_backend_runs_the_same_function(name: str) -> None:
     # traced, frozen, BatchNorm folded: the same outputs as the eager model, timed as deployed
-    model, x = ap.zoo.get(name, batch_size=4)
+    model, x = zoo.get(name, batch_size=4)
     model.eval()
     target = Target.parse("cpu:threads=1,backend=torchscript")
     with torch.inference_mode():
@@ -398,7 +399,7 @@ def test_around_latency_wraps_the_measurement_only() -> None:
         yield
         events.append("exit")
 
-    model, x = ap.zoo.get("cnn")
+    model, x = zoo.get("cnn")
     cache = LatencyCache()
     first = ap.evaluate(model, x, target="cpu:threads=1", cache=cache, time_budget_s=0.05, around_latency=around)
     assert events == ["enter", "exit"] and not first.latency_cached
@@ -437,18 +438,18 @@ def test_custom_backend_is_selected_by_the_target(monkeypatch: pytest.MonkeyPatc
 
 # ---------------------------------------------------------------------------- cache
 def test_signature_ignores_weights_and_sees_structure() -> None:
-    a, x = ap.zoo.get("resnet", seed=0)
-    b, _ = ap.zoo.get("resnet", seed=1)
+    a, x = zoo.get("resnet", seed=0)
+    b, _ = zoo.get("resnet", seed=1)
     with torch.no_grad():
         b.fc.weight[:, :10] = 0  # unstructured zeros do not change the architecture
-    narrow = ap.zoo.ResNetLike(width=32)
+    narrow = zoo.ResNetLike(width=32)
     sig = architecture_signature(a, "cpu", x)
     assert sig == architecture_signature(b, "cpu", x)
     assert sig != architecture_signature(narrow, "cpu", x)
     assert sig != architecture_signature(a, "cpu:threads=1", x)
     assert sig != architecture_signature(a, "cpu:batch=8", x)
     assert sig != architecture_signature(a, "cpu", torch.randn(1, 3, 64, 64))
-    strided = ap.zoo.ResNetLike()
+    strided = zoo.ResNetLike()
     strided.stem[0].stride = (2, 2)  # same shapes, different computation
     assert sig != architecture_signature(strided, "cpu", x)
 
@@ -485,8 +486,8 @@ def test_signature_sees_forward_code_and_is_the_same_in_every_process() -> None:
     assert architecture_signature(a(), "cpu", x) == architecture_signature(a(), "cpu", x)
     # no addresses or set order in it: another process with another hash seed agrees
     code = (
-        "import autoprune as ap; from autoprune.evaluation import architecture_signature as s; "
-        "m, x = ap.zoo.get('transformer'); print(s(m, 'cpu', x))"
+        "from autoprune.testing import models as zoo; from autoprune.evaluation import architecture_signature as s; "
+        "m, x = zoo.get('transformer'); print(s(m, 'cpu', x))"
     )
     import os
     import subprocess
@@ -499,7 +500,7 @@ def test_signature_sees_forward_code_and_is_the_same_in_every_process() -> None:
         ).stdout.strip()
         for seed in (1, 2)
     }
-    m, x = ap.zoo.get("transformer")
+    m, x = zoo.get("transformer")
     assert sigs == {architecture_signature(m, "cpu", x)}
 
 
@@ -590,7 +591,10 @@ def test_evaluate_plain_inputs_and_no_latency() -> None:
     assert metrics.macs == 32 and metrics.time_latency_s < 0.1
 
 
-def test_relative_metrics() -> None:
+def test_derived_metrics() -> None:
     base = ap.Metrics(90.0, 100, 100, 400, 400, 1000, 10.0, 0.01)
     pruned = ap.Metrics(88.5, 100, 10, 400, 100, 1000, 8.0, 0.01)
-    assert relative_metrics(pruned, base) == {"accuracy_drop": 1.5, "speedup": 1.25, "compression": 4.0}
+    assert derived_metrics(pruned, base) == {"accuracy_drop": 1.5, "speedup": 1.25, "compression": 4.0}
+    # from stored dicts; what cannot be computed is NaN (never 0 or inf)
+    undefined = derived_metrics({"accuracy": None, "latency_ms": 0.0, "sparse_bytes": 0}, base.as_dict())
+    assert all(math.isnan(v) for v in undefined.values())

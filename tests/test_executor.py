@@ -9,6 +9,7 @@ import autoprune as ap
 from autoprune.executor import resolve_plans
 from autoprune.preflight import analyse
 from autoprune.schedule import step_amounts
+from autoprune.testing import models as zoo
 
 ZOO = ["cnn", "resnet", "mobilenetv2", "transformer"]
 
@@ -68,7 +69,7 @@ def _sgd_fine_tune(x: torch.Tensor) -> ap.executor.FineTune:
 # ---------------------------------------------------------------------------- structured
 @pytest.mark.parametrize("name", ZOO)
 def test_structured_half_gives_expected_channels_and_3x_fewer_params(name: str) -> None:
-    model, x = ap.zoo.get(name, batch_size=2)
+    model, x = zoo.get(name, batch_size=2)
     infos = [i for i in ap.prunable_layers(model, x) if "structured" in i.methods]
     schedule = ap.Schedule.uniform(model, x, amount=0.5)
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
@@ -89,7 +90,7 @@ def test_structured_half_gives_expected_channels_and_3x_fewer_params(name: str) 
 
 
 def test_plain_cnn_exact_shapes() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=2)
+    model, x = zoo.get("cnn", batch_size=2)
     pruned = ap.apply_schedule(model, ap.Schedule.uniform(model, x, amount=0.5), example_inputs=x)
     convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 32), (32, 32), (32, 64), (64, 64), (64, 128)]
@@ -99,7 +100,7 @@ def test_plain_cnn_exact_shapes() -> None:
 
 @pytest.mark.parametrize("name", ZOO)
 def test_pruned_model_runs_forward_and_backward(name: str) -> None:
-    model, x = ap.zoo.get(name, batch_size=2)
+    model, x = zoo.get(name, batch_size=2)
     pruned = ap.apply_schedule(model, ap.Schedule.uniform(model, x, amount=0.7), example_inputs=x)
     pruned.train()
     out = pruned(x)
@@ -111,7 +112,7 @@ def test_pruned_model_runs_forward_and_backward(name: str) -> None:
 
 @pytest.mark.parametrize("name", ZOO)
 def test_input_model_is_untouched(name: str) -> None:
-    model, x = ap.zoo.get(name, batch_size=2)
+    model, x = zoo.get(name, batch_size=2)
     model.train()
     before = _state(model)
     modules_before = [type(m) for m in model.modules()]
@@ -132,7 +133,7 @@ def test_input_model_is_untouched(name: str) -> None:
 @pytest.mark.parametrize("importance", ["magnitude", "lamp", "random"])
 @pytest.mark.parametrize("name", ZOO)
 def test_every_importance_works(name: str, importance: str) -> None:
-    model, x = ap.zoo.get(name, batch_size=1)
+    model, x = zoo.get(name, batch_size=1)
     schedule = ap.Schedule.uniform(model, x, amount=0.3, importance=importance, seed=1)
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
     for info in ap.prunable_layers(model, x):
@@ -165,7 +166,7 @@ def test_magnitude_keeps_the_largest_channels() -> None:
 
 @pytest.mark.parametrize("amount", [0.3, 0.5])
 def test_round_to_gives_channel_multiples(amount: float) -> None:
-    model, x = ap.zoo.get("cnn", batch_size=1)
+    model, x = zoo.get("cnn", batch_size=1)
     pruned = ap.apply_schedule(model, ap.Schedule.uniform(model, x, amount=amount, round_to=8), example_inputs=x)
     counts = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)]
     assert all(c % 8 == 0 for c in counts)
@@ -175,7 +176,7 @@ def test_round_to_gives_channel_multiples(amount: float) -> None:
 
 @pytest.mark.parametrize(("amount", "round_to"), [(0.3, None), (0.5, None), (0.7, None), (0.3, 8)])
 def test_attention_embed_dim_stays_divisible_by_heads(amount: float, round_to: int | None) -> None:
-    model, x = ap.zoo.get("transformer", batch_size=2)
+    model, x = zoo.get("transformer", batch_size=2)
     schedule = ap.Schedule.uniform(model, x, amount=amount, round_to=round_to)
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
     attns = [m for m in pruned.modules() if isinstance(m, nn.MultiheadAttention)]
@@ -195,7 +196,7 @@ def test_attention_embed_dim_stays_divisible_by_heads(amount: float, round_to: i
 
 
 def test_attention_heads_removes_whole_heads() -> None:
-    model, x = ap.zoo.get("transformer", batch_size=2)
+    model, x = zoo.get("transformer", batch_size=2)
     residual = "blocks.1.mlp.2"  # the residual-stream group: embedding, norms, both attentions
     plan = ap.Schedule(layers={residual: ap.LayerPlan("structured", 0.5)}, attention_heads=True)
     pruned = ap.apply_schedule(model, plan, example_inputs=x)
@@ -253,7 +254,7 @@ def test_grouped_conv_keeps_groups_whole(grouped_net: tuple[nn.Module, torch.Ten
 @pytest.mark.parametrize("amount", [0.3, 0.5, 0.9])
 @pytest.mark.parametrize("name", ZOO)
 def test_unstructured_zero_fraction_is_exact(name: str, amount: float) -> None:
-    model, x = ap.zoo.get(name, batch_size=1)
+    model, x = zoo.get(name, batch_size=1)
     infos = ap.prunable_layers(model, x)
     pruned = ap.apply_schedule(
         model, ap.Schedule.uniform(model, x, method="unstructured", amount=amount), example_inputs=x
@@ -269,7 +270,7 @@ def test_unstructured_zero_fraction_is_exact(name: str, amount: float) -> None:
 
 
 def test_unstructured_zeroes_the_smallest_weights_of_each_layer() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=1)
+    model, x = zoo.get("cnn", batch_size=1)
     pruned = ap.apply_schedule(
         model, ap.Schedule(layers={"features.1.0": ap.LayerPlan("unstructured", 0.4)}), example_inputs=x
     )
@@ -280,7 +281,7 @@ def test_unstructured_zeroes_the_smallest_weights_of_each_layer() -> None:
 
 
 def test_global_unstructured_zeroes_the_globally_smallest_weights() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=1)
+    model, x = zoo.get("cnn", batch_size=1)
     infos = [i for i in ap.prunable_layers(model, x)]
     schedule = ap.Schedule.uniform(model, x, method="unstructured", amount=0.6, global_unstructured=True)
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
@@ -301,7 +302,7 @@ def test_global_unstructured_zeroes_the_globally_smallest_weights() -> None:
 
 
 def test_mixed_structured_and_unstructured_neighbours() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=2)
+    model, x = zoo.get("cnn", batch_size=2)
     schedule = ap.Schedule(
         layers={
             "features.0.0": ap.LayerPlan("structured", 0.5),
@@ -326,7 +327,7 @@ def test_mixed_structured_and_unstructured_neighbours() -> None:
 # ---------------------------------------------------------------------------- iterative
 @pytest.mark.parametrize("shape", ["linear", "cubic", "oneshot"])
 def test_iterative_structured_channels_follow_step_amounts(shape: str) -> None:
-    model, x = ap.zoo.get("cnn", batch_size=1)
+    model, x = zoo.get("cnn", batch_size=1)
     schedule = ap.Schedule.uniform(model, x, amount=0.6, steps=3, shape=shape)
     seen: list[tuple[int, int, int, int]] = []
 
@@ -340,7 +341,7 @@ def test_iterative_structured_channels_follow_step_amounts(shape: str) -> None:
 
 
 def test_iterative_unstructured_masks_survive_fine_tuning() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=2)
+    model, x = zoo.get("cnn", batch_size=2)
     schedule = ap.Schedule.uniform(
         model, x, method="unstructured", amount=0.8, steps=4, shape="cubic", fine_tune_steps=3
     )
@@ -372,7 +373,7 @@ def test_iterative_unstructured_masks_survive_fine_tuning() -> None:
 
 
 def test_no_fine_tune_calls_when_steps_are_zero() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=1)
+    model, x = zoo.get("cnn", batch_size=1)
     calls: list[int] = []
     schedule = ap.Schedule.uniform(model, x, amount=0.5, steps=2)
     ap.apply_schedule(model, schedule, example_inputs=x, fine_tune=lambda m, s: calls.append(s))
@@ -380,7 +381,7 @@ def test_no_fine_tune_calls_when_steps_are_zero() -> None:
 
 
 def test_on_step_may_stop_the_schedule() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=1)
+    model, x = zoo.get("cnn", batch_size=1)
 
     class Stop(Exception):
         pass
@@ -395,7 +396,7 @@ def test_on_step_may_stop_the_schedule() -> None:
 # ---------------------------------------------------------------------------- determinism
 @pytest.mark.parametrize("name", ["resnet", "transformer"])
 def test_same_schedule_same_model_same_result(name: str) -> None:
-    model, x = ap.zoo.get(name, batch_size=2)
+    model, x = zoo.get(name, batch_size=2)
     layers = {
         i.name: ap.LayerPlan("structured" if "structured" in i.methods else "unstructured", 0.5)
         for i in ap.prunable_layers(model, x)
@@ -413,7 +414,7 @@ def test_same_schedule_same_model_same_result(name: str) -> None:
 
 
 def test_callers_rng_is_left_alone() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=1)
+    model, x = zoo.get("cnn", batch_size=1)
     torch.manual_seed(1234)
     state = torch.get_rng_state()
     ap.apply_schedule(model, ap.Schedule.uniform(model, x, importance="random", seed=9), example_inputs=x)
@@ -422,7 +423,7 @@ def test_callers_rng_is_left_alone() -> None:
 
 # ---------------------------------------------------------------------------- schedule vs model
 def test_two_plans_in_one_coupled_group_is_an_error() -> None:
-    model, x = ap.zoo.get("resnet", batch_size=1)
+    model, x = zoo.get("resnet", batch_size=1)
     schedule = ap.Schedule(
         layers={"stem.0": ap.LayerPlan("structured", 0.5), "layer1.0.conv2": ap.LayerPlan("structured", 0.3)}
     )
@@ -431,7 +432,7 @@ def test_two_plans_in_one_coupled_group_is_an_error() -> None:
 
 
 def test_any_member_names_its_group() -> None:
-    model, x = ap.zoo.get("resnet", batch_size=1)
+    model, x = zoo.get("resnet", batch_size=1)
     pruned = ap.apply_schedule(
         model, ap.Schedule(layers={"layer1.1.bn2": ap.LayerPlan("structured", 0.5)}), example_inputs=x
     )
@@ -440,21 +441,21 @@ def test_any_member_names_its_group() -> None:
 
 
 def test_structured_on_the_output_layer_is_an_error() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=1)
+    model, x = zoo.get("cnn", batch_size=1)
     schedule = ap.Schedule(layers={"classifier.3": ap.LayerPlan("structured", 0.5)})
     with pytest.raises(ap.ScheduleError, match=r"method 'structured' does not apply to layer 'classifier.3'.*output"):
         ap.apply_schedule(model, schedule, example_inputs=x)
 
 
 def test_structured_amount_above_max_amount_is_an_error() -> None:
-    model, x = ap.zoo.get("mobilenetv2", batch_size=1)
+    model, x = zoo.get("mobilenetv2", batch_size=1)
     schedule = ap.Schedule(layers={"blocks.0.block.6": ap.LayerPlan("structured", 0.97)})
     with pytest.raises(ap.ScheduleError, match=r"amount <= 0.96.*'blocks.0.block.6'.*32 channels.*amount=0.97"):
         ap.apply_schedule(model, schedule, example_inputs=x)
 
 
 def test_unknown_layer_is_an_error() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=1)
+    model, x = zoo.get("cnn", batch_size=1)
     schedule = ap.Schedule(layers={"features.9": ap.LayerPlan("structured", 0.5)})
     with pytest.raises(ap.ScheduleError, match=r"'features.9' is not a prunable layer.*features.0.0"):
         ap.apply_schedule(model, schedule, example_inputs=x)
@@ -484,7 +485,7 @@ def test_custom_model_prunes_what_it_can() -> None:
 
 
 def test_ignore_protects_a_whole_group() -> None:
-    model, x = ap.zoo.get("resnet", batch_size=1)
+    model, x = zoo.get("resnet", batch_size=1)
     schedule = ap.Schedule.uniform(model, x, amount=0.5, ignore=["layer1.0.bn2"])
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
     assert pruned.stem[0].out_channels == 64  # group of layer1.0.bn2
@@ -492,13 +493,13 @@ def test_ignore_protects_a_whole_group() -> None:
 
 
 def test_ignore_must_name_layers_of_the_model() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=1)
+    model, x = zoo.get("cnn", batch_size=1)
     with pytest.raises(ap.ScheduleError, match=r"`ignore` must name layers of the model.*'feature.0.0'"):
         ap.apply_schedule(model, ap.Schedule(ignore=["feature.0.0"]), example_inputs=x)
 
 
 def test_resolve_plans_maps_plans_to_entries() -> None:
-    model, x = ap.zoo.get("resnet", batch_size=1)
+    model, x = zoo.get("resnet", batch_size=1)
     schedule = ap.Schedule(
         layers={
             "layer1.0.bn2": ap.LayerPlan("structured", 0.5),
@@ -512,13 +513,13 @@ def test_resolve_plans_maps_plans_to_entries() -> None:
 
 
 def test_not_a_schedule_is_an_error() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=1)
+    model, x = zoo.get("cnn", batch_size=1)
     with pytest.raises(ap.ScheduleError, match="must be an autoprune.Schedule"):
         ap.apply_schedule(model, {"layers": {}}, example_inputs=x)  # type: ignore[arg-type]
 
 
 def test_empty_schedule_returns_an_equal_copy() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=1)
+    model, x = zoo.get("cnn", batch_size=1)
     pruned = ap.apply_schedule(model, ap.Schedule(), example_inputs=x)
     assert pruned is not model
     assert _same_state(_state(model), _state(pruned))
@@ -529,7 +530,7 @@ def test_unstructured_ranking_does_not_depend_on_a_forward_pass_between_steps() 
     forward pass; the second step must rank the fine-tuned weights either way."""
     import autoprune as ap
 
-    model, x = ap.zoo.get("cnn", batch_size=2)
+    model, x = zoo.get("cnn", batch_size=2)
     schedule = ap.Schedule(layers={"features.1.0": ap.LayerPlan("unstructured", 0.6)}, steps=2, shape="linear",
                            fine_tune_steps=1)
 

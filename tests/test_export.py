@@ -16,6 +16,7 @@ import autoprune as ap
 from autoprune.evaluation import count_macs, size_stats
 from autoprune.export import ArchitectureMismatchError, ExportError, UnsafeWeightsError
 from autoprune.tasks._digits import DigitsNet
+from autoprune.testing import models as zoo
 
 SCHEDULE = ap.Schedule(
     layers={
@@ -201,7 +202,7 @@ def test_onnx_export(tmp_path: Path, pruned: torch.nn.Module, digits_task: ap.Ta
 def test_whole_head_attention_reloads(tmp_path: Path) -> None:
     # the heads' count lives in the module, not the state dict: re-applying the schedule
     # to a fresh model rebuilds it, and the reloaded model computes the same outputs
-    model, x = ap.zoo.get("transformer", batch_size=2)
+    model, x = zoo.get("transformer", batch_size=2)
     schedule = ap.Schedule(
         layers={"blocks.1.mlp.2": ap.LayerPlan("structured", 0.5), "blocks.0.mlp.0": ap.LayerPlan("unstructured", 0.5)},
         attention_heads=True,
@@ -210,7 +211,7 @@ def test_whole_head_attention_reloads(tmp_path: Path) -> None:
     ap.save_pruned(pruned, tmp_path / "heads", schedule=schedule, example_inputs=x)
 
     def factory() -> torch.nn.Module:
-        return ap.zoo.get("transformer", batch_size=2, seed=5)[0]  # other weights: they are replaced
+        return zoo.get("transformer", batch_size=2, seed=5)[0]  # other weights: they are replaced
 
     reloaded = ap.load_pruned(tmp_path / "heads", factory).eval()
     assert [b.attn.num_heads for b in reloaded.blocks] == [2, 2]

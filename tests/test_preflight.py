@@ -8,6 +8,7 @@ from torch import nn
 
 import autoprune as ap
 from autoprune.preflight import ROOT_TYPES, analyse
+from autoprune.testing import models as zoo
 
 ZOO = ["cnn", "resnet", "mobilenetv2", "transformer"]
 
@@ -59,7 +60,7 @@ def _by_name(model: nn.Module, x: torch.Tensor) -> dict[str, ap.LayerInfo]:
 # ---------------------------------------------------------------------------- zoo models
 @pytest.mark.parametrize("name", ZOO)
 def test_every_weight_is_covered_exactly_once(name: str) -> None:
-    model, x = ap.zoo.get(name, batch_size=2)
+    model, x = zoo.get(name, batch_size=2)
     infos = ap.prunable_layers(model, x)
     weights = [w for i in infos for w in i.weights]
     assert len(weights) == len(set(weights))
@@ -76,7 +77,7 @@ def test_every_weight_is_covered_exactly_once(name: str) -> None:
 
 @pytest.mark.parametrize("name", ZOO)
 def test_output_layer_is_unstructured_only(name: str) -> None:
-    model, x = ap.zoo.get(name, batch_size=2)
+    model, x = zoo.get(name, batch_size=2)
     infos = ap.prunable_layers(model, x)
     out = [i for i in infos if i.reason and "output" in i.reason]
     assert len(out) == 1
@@ -87,7 +88,7 @@ def test_output_layer_is_unstructured_only(name: str) -> None:
 
 @pytest.mark.parametrize("name", ZOO)
 def test_max_amount_keeps_one_channel_per_group(name: str) -> None:
-    model, x = ap.zoo.get(name, batch_size=2)
+    model, x = zoo.get(name, batch_size=2)
     for info in ap.prunable_layers(model, x):
         if "structured" in info.methods:
             assert info.max_amount == math.floor((1 - info.channel_groups / info.channels) * 100) / 100
@@ -95,7 +96,7 @@ def test_max_amount_keeps_one_channel_per_group(name: str) -> None:
 
 
 def test_plain_cnn_entries() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=2)
+    model, x = zoo.get("cnn", batch_size=2)
     infos = _by_name(model, x)
     assert list(infos) == [
         "features.0.0",
@@ -113,7 +114,7 @@ def test_plain_cnn_entries() -> None:
 
 
 def test_residual_additions_couple_the_stem_with_the_block_outputs() -> None:
-    model, x = ap.zoo.get("resnet", batch_size=2)
+    model, x = zoo.get("resnet", batch_size=2)
     infos = _by_name(model, x)
     assert set(infos["stem.0"].members) == {
         "stem.0",
@@ -128,7 +129,7 @@ def test_residual_additions_couple_the_stem_with_the_block_outputs() -> None:
 
 
 def test_depthwise_conv_is_coupled_with_its_expansion() -> None:
-    model, x = ap.zoo.get("mobilenetv2", batch_size=2)
+    model, x = zoo.get("mobilenetv2", batch_size=2)
     infos = _by_name(model, x)
     dw = infos["blocks.0.block.3"]
     assert set(dw.members) == {"blocks.0.block.0", "blocks.0.block.1", "blocks.0.block.3", "blocks.0.block.4"}
@@ -139,7 +140,7 @@ def test_depthwise_conv_is_coupled_with_its_expansion() -> None:
 
 
 def test_attention_heads_set_the_channel_groups() -> None:
-    model, x = ap.zoo.get("transformer", batch_size=2)
+    model, x = zoo.get("transformer", batch_size=2)
     infos = _by_name(model, x)
     stream = [i for i in infos.values() if "blocks.0.attn" in i.members]
     assert len(stream) == 1
@@ -152,7 +153,7 @@ def test_attention_heads_set_the_channel_groups() -> None:
 
 
 def test_as_dict_is_plain_data() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=2)
+    model, x = zoo.get("cnn", batch_size=2)
     d = ap.prunable_layers(model, x)[0].as_dict()
     assert d["name"] == "features.0.0"
     assert d["methods"] == ["structured", "unstructured"]
@@ -160,7 +161,7 @@ def test_as_dict_is_plain_data() -> None:
 
 
 def test_preflight_leaves_the_model_as_it_was() -> None:
-    model, x = ap.zoo.get("resnet", batch_size=2)
+    model, x = zoo.get("resnet", batch_size=2)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ap.prunable_layers(model, x)
@@ -209,7 +210,7 @@ def test_grouped_conv_channel_groups(grouped_net: tuple[nn.Module, torch.Tensor]
 def test_analysis_reports_skipped_and_heads() -> None:
     analysis = analyse(CustomNet().eval(), torch.randn(2, 3, 8, 8))
     assert dict(analysis.skipped).keys() == {"scale", "mix"}
-    model, x = ap.zoo.get("transformer", batch_size=2)
+    model, x = zoo.get("transformer", batch_size=2)
     assert analyse(model, x).num_heads == {"blocks.0.attn": 4, "blocks.1.attn": 4}
 
 
@@ -240,7 +241,7 @@ def test_non_tensor_output_is_a_clear_preflight_error() -> None:
 
 
 def test_wrong_example_inputs_are_named() -> None:
-    model, _ = ap.zoo.get("cnn")
+    model, _ = zoo.get("cnn")
     with pytest.raises(
         ap.PreflightError, match=r"cannot run PlainCNN on the example inputs \(tensor of shape \(1, 4, 8, 8\)\)"
     ):

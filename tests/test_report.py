@@ -1,6 +1,6 @@
 """The HTML report: the data behind each figure, the page, the CSV, PNG export and the CLI.
 
-Studies are built with Optuna directly, following the contract in autoprune.study_keys, so
+Studies are built with Optuna directly, following the contract in autoprune.study.keys, so
 these tests do not depend on the search.
 """
 
@@ -24,10 +24,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 import autoprune as ap
-from autoprune import study_keys
 from autoprune.commands import report as report_cmd
-from autoprune.report import _data, _png, default_out_dir, open_study, trials_dataframe
-from autoprune.report import _write_report as write_report
+from autoprune.report import _data, _png, default_out_dir, hypervolume, open_study, trials_dataframe, write_report
+from autoprune.study import keys as study_keys
+from autoprune.testing import models as zoo
 
 TASK_SPEC = {"name": "digits", "width": 16, "batch_size": 32}
 OBJECTIVE_SETS = {2: ["accuracy", "latency"], 3: ["accuracy", "latency", "size"]}
@@ -122,7 +122,7 @@ def make_study(
 def cnn() -> tuple[torch.nn.Module, torch.Tensor, list[ap.LayerInfo]]:
     """A small untrained CNN from the zoo: real layers for real schedules, no training."""
     torch.manual_seed(0)
-    model, x = ap.zoo.get("cnn")
+    model, x = zoo.get("cnn")
     return model, x, ap.prunable_layers(model, x)
 
 
@@ -188,27 +188,13 @@ def test_hypervolume_history_matches_optuna(n_objectives: int) -> None:
     assert info.values[-1] > 0
 
 
-@pytest.mark.parametrize("n_objectives", [2, 3])
-def test_hypervolume_survives_optuna_moving_its_private_module(
-    n_objectives: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import sys
-
-    from optuna._hypervolume import compute_hypervolume
-
-    rng = np.random.default_rng(n_objectives)
-    for n in (1, 2, 7, 30):
-        points = rng.random((n, n_objectives))
-        reference = np.full(n_objectives, 1.1)
-        assert _data.exact_hypervolume(points, reference) == pytest.approx(compute_hypervolume(points, reference))
+def test_hypervolume_of_points_by_optuna() -> None:
+    # two boxes of 0.5 x 0.5 overlapping in 0.25 x 0.25; 3D: one box
+    assert hypervolume([[0.5, 0.0], [0.0, 0.5]], [1.0, 1.0]) == pytest.approx(0.75)
+    assert hypervolume([[0.5, 0.5, 0.5]], [1.0, 1.0, 1.0]) == pytest.approx(0.125)
     # points at or beyond the reference add nothing
-    assert _data.exact_hypervolume(np.array([[1.2, 0.1], [0.5, 0.5]]), np.ones(2)) == pytest.approx(0.25)
-    study = make_study(n_objectives)
-    expected = _data._get_hypervolume_info(study)
-    monkeypatch.setitem(sys.modules, "optuna._hypervolume", None)  # the import now fails
-    assert _data.hypervolume_function() is _data.exact_hypervolume
-    fallback = _data._get_hypervolume_info(study)
-    np.testing.assert_allclose(fallback.values, expected.values, rtol=1e-9)
+    assert hypervolume(np.array([[1.2, 0.1], [0.5, 0.5]]), np.ones(2)) == pytest.approx(0.25)
+    assert hypervolume(np.zeros((0, 2)), [1.0, 1.0]) == 0.0
 
 
 def test_hypervolume_needs_two_objectives() -> None:
@@ -261,7 +247,7 @@ def test_trials_table_has_one_row_per_trial() -> None:
     table = trials_dataframe(study)
     assert len(table) == len(study.trials)
     assert list(table["number"]) == [t.number for t in study.trials]
-    for column in ("state", "accuracy", "latency", "size", "role", "feasible", "schedule_summary", "error"):
+    for column in ("state", "accuracy", "latency", "size", "role", "feasible", "schedule", "error"):
         assert column in table.columns
     failed = table[table["state"] == "FAIL"]
     assert len(failed) and (failed["error"] == "RuntimeError: boom").all()

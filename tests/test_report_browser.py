@@ -11,7 +11,8 @@ import torch
 from test_report import make_study
 
 import autoprune as ap
-from autoprune.report._browser import find_chromium, load_page
+from autoprune.testing import models as zoo
+from autoprune.testing.browser import find_chromium, load_page
 
 pytestmark = [
     pytest.mark.browser,
@@ -22,7 +23,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def cnn() -> tuple[torch.nn.Module, torch.Tensor, list[ap.LayerInfo]]:
     torch.manual_seed(0)
-    model, x = ap.zoo.get("cnn")
+    model, x = zoo.get("cnn")
     return model, x, ap.prunable_layers(model, x)
 
 

@@ -8,6 +8,7 @@ import pytest
 
 import autoprune as ap
 from autoprune.schedule import step_amounts
+from autoprune.testing import models as zoo
 
 
 def _full_schedule() -> ap.Schedule:
@@ -190,7 +191,7 @@ def test_summary() -> None:
 
 
 def test_uniform_covers_every_structured_entry_and_caps_at_max_amount() -> None:
-    model, x = ap.zoo.get("mobilenetv2", batch_size=1)
+    model, x = zoo.get("mobilenetv2", batch_size=1)
     infos = {i.name: i for i in ap.prunable_layers(model, x)}
     s = ap.Schedule.uniform(model, x, amount=0.97, steps=2, shape="linear")
     assert set(s.layers) == {n for n, i in infos.items() if "structured" in i.methods}
@@ -202,7 +203,7 @@ def test_uniform_covers_every_structured_entry_and_caps_at_max_amount() -> None:
 
 
 def test_uniform_unstructured_includes_output_layer() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=1)
+    model, x = zoo.get("cnn", batch_size=1)
     s = ap.Schedule.uniform(model, x, method="unstructured", amount=0.5)
     assert "classifier.3" in s.layers
     assert all(p.method == "unstructured" for p in s.layers.values())

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 import autoprune as ap
-from autoprune._search import check_joinable, counted_trials, run_search
 from autoprune.config import SearchConfig, SpaceConfig
 from autoprune.space import SearchSpace
-from autoprune.study_keys import ROLE_SEARCH, ROLE_UNIFORM, ROLE_UNPRUNED, is_feasible
+from autoprune.study import check_joinable, counted_trials, run_search
+from autoprune.study.keys import ROLE_SEARCH, ROLE_UNIFORM, ROLE_UNPRUNED, is_feasible
+from autoprune.testing import models as zoo
 
 TINY = {"width": 8, "batch_size": 16}
 FAST_SPACE = {"fine_tune_steps": [0, 10], "steps": [1, 2]}
@@ -164,37 +165,46 @@ def test_two_workers_give_exactly_n_unique_trials(tmp_path: Path) -> None:
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
 
-def test_startup_cover_holds_measurements_until_workers_are_ready(
+def test_worker_start_up_holds_measurements_until_workers_are_ready(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # joblib workers import torch before they can mark themselves busy; the parent covers
+    # worker processes import torch before they can mark themselves busy; the parent covers
     # that time, so no worker measures latency through another's start-up
     import threading
     import time
 
-    from autoprune._search import _StartupCover
-    from autoprune.evaluation import measurement_lock
+    from autoprune._lock import machine_lock
+    from autoprune.study._workers import wait_until_ready
 
     monkeypatch.setenv("AUTOPRUNE_LATENCY_LOCK", str(tmp_path / "latency.lock"))
-    cover = _StartupCover(2)
-    measured = threading.Event()
+    ready_dir = tmp_path / "ready"
+    ready_dir.mkdir()
+    covering, measured = threading.Event(), threading.Event()
+    ready: list[bool] = []
+
+    def cover() -> None:  # what run_in_workers does while its workers start
+        with machine_lock().busy():
+            covering.set()
+            ready.append(wait_until_ready(ready_dir, 2, timeout=30))
 
     def measure() -> None:
-        with measurement_lock():
+        covering.wait()
+        with machine_lock().measuring():
             measured.set()
 
-    thread = threading.Thread(target=measure)
-    thread.start()
+    threads = [threading.Thread(target=cover), threading.Thread(target=measure)]
+    for thread in threads:
+        thread.start()
     time.sleep(0.5)
-    assert cover.holding and not measured.is_set()
-    (Path(cover.ready_dir) / "1").touch()
+    assert covering.is_set() and not measured.is_set()
+    (ready_dir / "1").touch()
     time.sleep(0.5)
-    assert cover.holding and not measured.is_set()  # one of two workers is still starting
-    (Path(cover.ready_dir) / "2").touch()
-    thread.join(timeout=30)
-    assert measured.is_set() and not cover.holding
-    cover.close()
-    assert not Path(cover.ready_dir).exists()
+    assert not measured.is_set()  # one of two workers is still starting
+    (ready_dir / "2").touch()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert measured.is_set() and ready == [True]
+    assert wait_until_ready(tmp_path / "ready", 3, timeout=0.2) is False  # a worker that never starts
 
 
 def test_same_seed_same_schedules(tmp_path: Path, tiny_task: ap.Task) -> None:
@@ -240,15 +250,15 @@ def test_constant_liar_changes_nothing_for_one_worker(
 ) -> None:
     # TPE runs with constant_liar (parallel workers spread out); a one-worker run has no
     # other running trial, so it must suggest exactly what TPE without the liar suggests
-    from autoprune import _search
+    from autoprune.study import _storage
 
     liar = run_search(_cfg(tmp_path, study="liar", seed=2, trials=9, sampler="tpe"), tiny_task)
-    assert _search._make_sampler(_cfg(tmp_path, sampler="tpe"), 0)._constant_liar  # type: ignore[attr-defined]
+    assert _storage._make_sampler(_cfg(tmp_path, sampler="tpe"), 0)._constant_liar  # type: ignore[attr-defined]
     plain = optuna.samplers.TPESampler
     monkeypatch.setattr(
         optuna.samplers, "TPESampler", lambda **kw: plain(**{**kw, "constant_liar": False})
     )
-    assert not _search._make_sampler(_cfg(tmp_path, sampler="tpe"), 0)._constant_liar  # type: ignore[attr-defined]
+    assert not _storage._make_sampler(_cfg(tmp_path, sampler="tpe"), 0)._constant_liar  # type: ignore[attr-defined]
     honest = run_search(_cfg(tmp_path, study="honest", seed=2, trials=9, sampler="tpe"), tiny_task)
     assert _schedules(liar) == _schedules(honest)
 
@@ -395,7 +405,7 @@ def test_round_to_can_be_searched(tiny_task: ap.Task) -> None:
 
 
 def test_whole_heads_is_a_choice_only_where_attention_can_be_pruned(tiny_task: ap.Task) -> None:
-    model, x = ap.zoo.get("transformer")
+    model, x = zoo.get("transformer")
     space = SearchSpace(ap.prunable_layers(model, x), SpaceConfig(methods=["structured"]))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     choices = set()
@@ -472,6 +482,16 @@ def test_cli_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str],
     assert len(lines) == 1, proc.stderr
     assert fragment in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--study", "s"], ["t.toml"]])
+def test_cli_storage_folder_that_is_a_file_is_one_line(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "t.toml").write_text('task = "digits"\n[task_options]\nwidth = 8\nbatch_size = 16\n')
+    proc = _cli("search", *args, "--storage", "sqlite:///afile/x.db", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert "'afile' or a folder above it is a file" in proc.stderr
 
 
 def test_cli_join_never_creates_a_study(tmp_path: Path) -> None:

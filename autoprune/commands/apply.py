@@ -13,7 +13,7 @@ import argparse
 import math
 from typing import Any
 
-from autoprune.results import DEFAULT_STORAGE, MINIMIZE_KEYS
+from autoprune.study import DEFAULT_STORAGE, MINIMIZE_KEYS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from autoprune._errors import ConfigError
     from autoprune.export import ExportError, save_pruned
-    from autoprune.results import load_study
+    from autoprune.study import load_study
 
     rules = (args.max_accuracy_drop, args.max_latency_ms, args.max_size_bytes)
     if args.trial is None and all(r is None for r in rules):

@@ -16,14 +16,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoprune._search import _build_task
     from autoprune.preflight import analyse
     from autoprune.space import SearchSpace
+    from autoprune.study import build_task
 
     cfg = load_toml(args.config) if args.config else SearchConfig()
     if args.task:
         cfg = cfg.merged(task=args.task, task_options={} if args.task != cfg.task else cfg.task_options)
-    task = _build_task(cfg)
+    task = build_task(cfg)
     analysis = analyse(task.model, task.example_inputs)
     print(f"task {cfg.task}: {type(task.model).__name__}, {sum(p.numel() for p in task.model.parameters()):,} parameters")
     print()

@@ -43,11 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoprune.report import _write_report, default_out_dir, open_study
+    from autoprune.report import default_out_dir, open_study, write_report
 
     study = open_study(args.study, args.storage)
     out = args.out if args.out is not None else default_out_dir(args.study, args.storage)
-    files = _write_report(study, out, png=args.png, pattern_trial=args.trial, pattern_layer=args.layer)
+    files = write_report(study, out, png=args.png, pattern_trial=args.trial, pattern_layer=args.layer)
     print(f"report: {files.page}")
     print(f"trials: {files.csv}")
     for path in files.pngs:

@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> SearchConfig:
-    from autoprune._search import stored_config
+    from autoprune.study import stored_config
 
     cfg = load_toml(args.config) if args.config else None
     overrides: dict[str, Any] = {
@@ -92,7 +92,7 @@ def _config_from_args(args: argparse.Namespace) -> SearchConfig:
 
 def _wait_for_study(name: str, storage: str, seconds: float) -> SearchConfig:
     """The config stored in study ``name``, waiting up to ``seconds`` for its creator."""
-    from autoprune._search import stored_config
+    from autoprune.study import stored_config
 
     deadline = time.monotonic() + seconds
     while True:
@@ -110,14 +110,13 @@ def _wait_for_study(name: str, storage: str, seconds: float) -> SearchConfig:
 def run(args: argparse.Namespace) -> int:
     import optuna
 
-    from autoprune._search import _build_task, check_joinable, run_search
-    from autoprune.results import load_study
+    from autoprune.study import build_task, check_joinable, load_study, run_search
 
     # Failed trials are recorded with their error (`autoprune trials` shows it); Optuna's own
     # warning would print a traceback per failed trial.
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.ERROR)
     cfg = _config_from_args(args)
-    task = _build_task(cfg)
+    task = build_task(cfg)
     check_joinable(cfg)  # refuses a contradicting config before anything is printed
     print(
         f"autoprune search: study {cfg.study_name!r} in {mask_url(cfg.storage)}, task {cfg.task}, "

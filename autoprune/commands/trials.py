@@ -7,9 +7,9 @@ import argparse
 
 from autoprune.config import DEFAULT_STORAGE
 
-# Columns shown on a terminal; --csv writes every column of the report's table.
+# Columns shown on a terminal; --csv writes every column of the trials table.
 _SHOWN = ("number", "state", "role", "feasible", "accuracy", "accuracy_drop", "latency_ms", "speedup",
-          "sparse_bytes", "macs", "schedule_summary", "error")
+          "sparse_bytes", "macs", "schedule", "error")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,13 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoprune.report import trials_dataframe
-    from autoprune.results import load_study
+    from autoprune.study import load_study
 
-    study = load_study(args.study, args.storage).study
-    df = trials_dataframe(study)
-    if args.pareto:  # the same front as StudyResults.pareto(): feasible, completed, fully run
-        df = df[df["number"].isin([t.number for t in study.best_trials])]
+    results = load_study(args.study, args.storage)
+    # --pareto: the same front as StudyResults.pareto(): feasible, complete, fully run
+    df = (results.pareto() if args.pareto else results.trials_table()).reset_index()
     if args.csv:
         df.to_csv(args.csv, index=False)
     shown = df[[c for c in _SHOWN if c in df.columns]]

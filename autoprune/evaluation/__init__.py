@@ -21,7 +21,7 @@ from autoprune.evaluation._backends import (
     register_backend,
 )
 from autoprune.evaluation._cache import LatencyCache, architecture_signature
-from autoprune.evaluation._evaluate import accuracy_drop, compression_ratio, evaluate, relative_metrics, speedup
+from autoprune.evaluation._evaluate import derived_metrics, evaluate
 from autoprune.evaluation._latency import (
     LOCK_ENV,
     LatencyResult,
@@ -47,20 +47,17 @@ __all__ = [
     "Metrics",
     "Target",
     "TrainingGate",
-    "accuracy_drop",
     "architecture_signature",
     "backend_names",
-    "compression_ratio",
     "count_macs",
     "default_lock_path",
+    "derived_metrics",
     "evaluate",
     "get_backend",
     "measure_latency",
     "measurement_lock",
     "register_backend",
-    "relative_metrics",
     "size_stats",
-    "speedup",
     "tensor_bytes",
     "training_gate",
 ]

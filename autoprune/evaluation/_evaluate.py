@@ -6,7 +6,7 @@ import contextlib
 import math
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -21,13 +21,12 @@ from autoprune.evaluation._metrics import Metrics
 from autoprune.evaluation._size import size_stats
 from autoprune.evaluation._target import Target
 
-__all__ = ["evaluate", "compression_ratio", "accuracy_drop", "speedup", "relative_metrics"]
+__all__ = ["evaluate", "derived_metrics"]
 
 
 def _is_task(obj: Any) -> bool:
-    from autoprune.tasks import Task
-
-    return isinstance(obj, Task)
+    # Duck typing: the evaluator sits below the tasks and does not import them.
+    return callable(getattr(obj, "evaluate", None)) and hasattr(obj, "example_inputs")
 
 
 def evaluate(
@@ -124,27 +123,31 @@ def evaluate(
     )
 
 
-def compression_ratio(metrics: Metrics, baseline: Metrics) -> float:
-    """Baseline dense bytes over the model's sparse bytes (how many times smaller it stores)."""
-    return baseline.dense_bytes / metrics.sparse_bytes if metrics.sparse_bytes else math.inf
+def derived_metrics(metrics: Mapping[str, Any] | Metrics, baseline: Mapping[str, Any] | Metrics) -> dict[str, float]:
+    """``accuracy_drop``, ``speedup`` and ``compression`` of a model against the unpruned one.
 
+    ``accuracy_drop`` is the baseline accuracy minus the model's (task units: points for
+    percentages); ``speedup`` the baseline latency over the model's; ``compression`` the
+    baseline dense bytes over the model's sparse bytes. A value that cannot be computed (a
+    number missing, not measured, or a denominator <= 0) is NaN.
 
-def accuracy_drop(metrics: Metrics, baseline: Metrics) -> float:
-    """Baseline accuracy minus the model's, in the task's units (points for percentages)."""
-    return baseline.accuracy - metrics.accuracy
+    Example:
+        >>> derived_metrics({"accuracy": 90.0, "latency_ms": 2.0, "sparse_bytes": 25},
+        ...                 {"accuracy": 91.5, "latency_ms": 2.5, "dense_bytes": 100})
+        {'accuracy_drop': 1.5, 'speedup': 1.25, 'compression': 4.0}
+    """
+    m = metrics.as_dict() if isinstance(metrics, Metrics) else metrics
+    b = baseline.as_dict() if isinstance(baseline, Metrics) else baseline
 
+    def number(value: Any) -> float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
-def speedup(metrics: Metrics, baseline: Metrics) -> float:
-    """Baseline latency over the model's latency (NaN when either was not measured)."""
-    if math.isnan(metrics.latency_ms) or math.isnan(baseline.latency_ms) or metrics.latency_ms <= 0:
-        return math.nan
-    return baseline.latency_ms / metrics.latency_ms
+    def ratio(num: Any, den: Any) -> float:
+        n, d = number(num), number(den)
+        return n / d if d > 0 else math.nan  # NaN stays NaN
 
-
-def relative_metrics(metrics: Metrics, baseline: Metrics) -> dict[str, float]:
-    """``accuracy_drop``, ``speedup`` and ``compression`` against the unpruned model's metrics."""
     return {
-        "accuracy_drop": accuracy_drop(metrics, baseline),
-        "speedup": speedup(metrics, baseline),
-        "compression": compression_ratio(metrics, baseline),
+        "accuracy_drop": number(b.get("accuracy")) - number(m.get("accuracy")),
+        "speedup": ratio(b.get("latency_ms"), m.get("latency_ms")),
+        "compression": ratio(b.get("dense_bytes"), m.get("sparse_bytes")),
     }

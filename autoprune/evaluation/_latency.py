@@ -40,24 +40,15 @@ import logging
 import math
 import os
 import statistics
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from types import TracebackType
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import filelock
 import torch
 from torch import nn
 
-try:  # shared locks for running training steps; without fcntl the gate is a barrier only
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
-
 from autoprune._inputs import resize_batch, to_target
+from autoprune._lock import LOCK_ENV, TrainingGate, default_lock_path, measurement_lock, training_gate
 from autoprune.evaluation._backends import get_backend
 from autoprune.evaluation._target import Target
 
@@ -72,11 +63,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-LOCK_ENV = "AUTOPRUNE_LATENCY_LOCK"
-_LOCKS: dict[str, filelock.FileLock] = {}
-_LOCKS_GUARD = threading.Lock()
-_MEASURING = threading.local()  # how deep this thread is inside its own measurements
 
 
 class LatencyResult(NamedTuple):
@@ -97,111 +83,6 @@ class LatencyResult(NamedTuple):
     seconds: float
     wait_s: float = 0.0
     calls_per_repeat: int = 1
-
-
-def default_lock_path() -> Path:
-    """The machine-wide lock file: ``$AUTOPRUNE_LATENCY_LOCK`` or one in the temp folder."""
-    env = os.environ.get(LOCK_ENV)
-    return Path(env) if env else Path(tempfile.gettempdir()) / "autoprune-latency.lock"
-
-
-def _file_lock(lock_path: str | os.PathLike[str] | None) -> filelock.FileLock:
-    # One FileLock object per path and process: it is reentrant, so a training gate called
-    # inside this process's own measurement does not deadlock.
-    key = os.fspath(lock_path if lock_path is not None else default_lock_path())
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(key)
-        if lock is None:
-            lock = _LOCKS[key] = filelock.FileLock(key)
-        return lock
-
-
-def _steps_path(lock_path: str | os.PathLike[str] | None) -> str:
-    return os.fspath(lock_path if lock_path is not None else default_lock_path()) + ".steps"
-
-
-@contextlib.contextmanager
-def _flock(path: str, operation: int) -> Iterator[None]:
-    if fcntl is None:
-        yield
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, operation)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the flock
-
-
-@contextlib.contextmanager
-def measurement_lock(lock_path: str | os.PathLike[str] | None = None) -> Iterator[float]:
-    """Hold the machine-wide measurement lock, once gated training steps have finished.
-
-    Yields the seconds spent waiting (for other measurements and for running steps).
-    """
-    lock = _file_lock(lock_path)
-    start = time.perf_counter()
-    depth = getattr(_MEASURING, "depth", 0)
-    with lock:
-        # Nested in this thread's own measurement: the steps lock is already held.
-        steps = _flock(_steps_path(lock_path), fcntl.LOCK_EX) if fcntl and not depth else contextlib.nullcontext()
-        with steps:
-            _MEASURING.depth = depth + 1
-            try:
-                yield time.perf_counter() - start
-            finally:
-                _MEASURING.depth = depth
-
-
-class TrainingGate:
-    """What :func:`training_gate` returns: the wait is over; as a context it marks a step.
-
-    Attributes:
-        waited_s: seconds spent waiting for measurements at the gate.
-    """
-
-    def __init__(self, waited_s: float, steps_path: str) -> None:
-        self.waited_s = waited_s
-        self._steps_path = steps_path
-        self._hold: contextlib.AbstractContextManager[None] | None = None
-
-    def __enter__(self) -> TrainingGate:
-        # A step inside this thread's own measurement must not wait for that measurement.
-        if fcntl is not None and not getattr(_MEASURING, "depth", 0):
-            self._hold = _flock(self._steps_path, fcntl.LOCK_SH)
-            self._hold.__enter__()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._hold is not None:
-            self._hold.__exit__(exc_type, exc, tb)
-            self._hold = None
-
-    def __repr__(self) -> str:
-        return f"TrainingGate(waited_s={self.waited_s:.3f})"
-
-
-def training_gate(lock_path: str | os.PathLike[str] | None = None) -> TrainingGate:
-    """Wait while a latency measurement runs on this machine; wrap a training step to protect it.
-
-    Called between training steps, it returns once no measurement holds the lock (it takes
-    the lock and releases it at once: well under a millisecond when none runs). Used as a
-    context manager around a step, it also keeps a measurement from starting until that
-    step has finished, so a measurement never overlaps a gated step. The search's
-    fine-tuning wraps every optimiser step this way.
-
-    Example:
-        >>> for step in range(2):
-        ...     with training_gate():
-        ...         pass  # loss.backward(); optimizer.step()
-    """
-    lock = _file_lock(lock_path)
-    start = time.perf_counter()
-    lock.acquire()
-    lock.release()
-    return TrainingGate(time.perf_counter() - start, _steps_path(lock_path))
 
 
 def _make_timer(target: Target) -> Callable[[Callable[[], object], int], float]:

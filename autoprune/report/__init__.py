@@ -16,7 +16,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from autoprune.results import StudyNotFoundError
+from autoprune._errors import StudyNotFoundError
+from autoprune.config import DEFAULT_STORAGE  # one default for every command
 
 if TYPE_CHECKING:
     import optuna
@@ -27,16 +28,17 @@ __all__ = [
     "DEFAULT_STORAGE",
     "PAGE_NAME",
     "CSV_NAME",
+    "ReportFiles",
     "StudyNotFoundError",
     "default_out_dir",
+    "hypervolume",
     "open_study",
     "report",
     "trials_dataframe",
+    "write_report",
 ]
 
 _logger = logging.getLogger(__name__)
-
-from autoprune.config import DEFAULT_STORAGE  # noqa: E402 - one default for every command
 
 PAGE_NAME = "report.html"
 CSV_NAME = "trials.csv"
@@ -49,7 +51,7 @@ def open_study(study_name: str, storage: str | Path = DEFAULT_STORAGE) -> optuna
         StudyNotFoundError: no such storage, or no such study in it (the message lists the
             studies that are there).
     """
-    from autoprune.results import load_study
+    from autoprune.study import load_study
 
     return load_study(study_name, storage).study
 
@@ -66,20 +68,29 @@ def default_out_dir(study_name: str, storage: str | Path = DEFAULT_STORAGE) -> P
 
 
 def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
-    """The report's trials table: one row per trial with its objective values and metrics."""
-    from autoprune.report._data import _get_trials_table
+    """The report's trials table (``trials.csv``): :func:`autoprune.study.trials_table`."""
+    from autoprune.study import trials_table
 
-    return _get_trials_table(study)
+    return trials_table(study)
 
 
-class _ReportFiles(NamedTuple):
+def hypervolume(points: Any, reference_point: Any) -> float:
+    """The hypervolume ``points`` dominate up to ``reference_point`` (all minimised), by Optuna."""
+    from autoprune.report._data import hypervolume as _hypervolume
+
+    return _hypervolume(points, reference_point)
+
+
+class ReportFiles(NamedTuple):
+    """What :func:`write_report` wrote."""
+
     page: Path
     csv: Path
     pngs: list[Path]
     png_message: str | None  # why no PNGs were written, when asked for and not written
 
 
-def _write_report(
+def write_report(
     study: optuna.Study,
     out_dir: str | Path,
     *,
@@ -88,7 +99,20 @@ def _write_report(
     pattern_layer: str | None = None,
     model: nn.Module | None = None,
     example_inputs: Any = None,
-) -> _ReportFiles:
+) -> ReportFiles:
+    """Write the report and say which files it wrote (:func:`report` returns the page only).
+
+    Args:
+        study: a study written by :func:`autoprune.search`.
+        out_dir: folder for the page, the CSV and the PNGs (created if missing).
+        png: also write ``<figure>.png`` for each figure (needs kaleido and Chrome or
+            Chromium; without them ``png_message`` says why, and the page is still written).
+        pattern_trial: the trial whose pruning pattern is shown (default: the Pareto trial
+            that prunes the largest share of the weights).
+        pattern_layer: the layer shown (default: that trial's largest pruned layer).
+        model, example_inputs: the unpruned model and its inputs for the pruning pattern;
+            by default the task is rebuilt from the study's task spec.
+    """
     import optuna
 
     from autoprune.report import _data, _plots
@@ -143,7 +167,7 @@ def _write_report(
     imp_intro = "Which search parameters decide each objective (Optuna's PED-ANOVA over the complete trials)."
     sections.append(Section("importances", "Parameter importances", imp_intro, imp_fig, imp.note))
 
-    table = _data._get_trials_table(study)
+    table = trials_dataframe(study)
     csv_path = out / CSV_NAME
     table.to_csv(csv_path, index=False)
 
@@ -175,31 +199,18 @@ def _write_report(
 
         figures = {s.key: s.figure for s in sections if s.figure is not None}
         pngs, message = export_pngs(figures, out)
-    return _ReportFiles(page, csv_path, pngs, message)
+    return ReportFiles(page, csv_path, pngs, message)
 
 
-def report(
-    study: optuna.Study,
-    out_dir: str | Path,
-    *,
-    png: bool = False,
-    pattern_trial: int | None = None,
-    pattern_layer: str | None = None,
-    model: nn.Module | None = None,
-    example_inputs: Any = None,
-) -> Path:
+def report(study: optuna.Study, out_dir: str | Path, **options: Any) -> Path:
     """Write the study's HTML report (``report.html``) and ``trials.csv`` into ``out_dir``.
 
     Args:
-        study: a study written by :func:`autoprune.search` (see :mod:`autoprune.study_keys`).
+        study: a study written by :func:`autoprune.search` (see :mod:`autoprune.study.keys`).
         out_dir: folder for the page, the CSV and the PNGs (created if missing).
-        png: also write ``<figure>.png`` for each figure (needs kaleido and Chrome or
-            Chromium; without them a one-line warning is logged and the page still written).
-        pattern_trial: the trial whose pruning pattern is shown (default: the Pareto trial
-            that prunes the largest share of the weights).
-        pattern_layer: the layer shown (default: that trial's largest pruned layer).
-        model, example_inputs: the unpruned model and its inputs for the pruning pattern;
-            by default the task is rebuilt from the study's task spec.
+        **options: ``png``, ``pattern_trial``, ``pattern_layer``, ``model`` and
+            ``example_inputs``, as in :func:`write_report`. A PNG export that cannot run
+            logs a one-line warning; the page is still written.
 
     Returns:
         The path of the HTML page.
@@ -209,15 +220,7 @@ def report(
         >>> path.name
         'report.html'
     """
-    files = _write_report(
-        study,
-        out_dir,
-        png=png,
-        pattern_trial=pattern_trial,
-        pattern_layer=pattern_layer,
-        model=model,
-        example_inputs=example_inputs,
-    )
+    files = write_report(study, out_dir, **options)
     if files.png_message:
         _logger.warning(files.png_message)
     return files.page

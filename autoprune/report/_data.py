@@ -10,22 +10,22 @@ import dataclasses
 import logging
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from autoprune import study_keys
 from autoprune._errors import AutopruneError, ConfigError
 from autoprune.schedule import Schedule
+from autoprune.study import keys as study_keys
+from autoprune.study.keys import objective_names, schedule_summary
 
 if TYPE_CHECKING:
     import optuna
-    import pandas as pd
     from optuna.trial import FrozenTrial
     from torch import nn
 
-__all__: list[str] = []
+__all__ = ["directions", "hypervolume"]
 
 _logger = logging.getLogger(__name__)
 
@@ -36,21 +36,11 @@ MIN_TRIALS_FOR_IMPORTANCE = 10
 MAX_PATTERN_ROWS = 256
 MAX_PATTERN_COLS = 288
 # Extra metrics shown in hovers when a trial carries them.
-HOVER_METRICS = ("accuracy_drop", "speedup", "compression")
-
-POINT_GROUPS = ("pareto", "feasible", "infeasible", "reference")
+HOVER_METRICS = study_keys.DERIVED_METRICS
 REFERENCE_ROLES = (study_keys.ROLE_UNPRUNED, study_keys.ROLE_UNIFORM)
 
 
 # ---------------------------------------------------------------------------- helpers
-def objective_names(study: optuna.Study) -> list[str]:
-    """Objective names in the order of ``trial.values``."""
-    names = study.metric_names or study.user_attrs.get("objectives")
-    if names and len(names) == len(study.directions):
-        return [str(n) for n in names]
-    return [f"objective {i}" for i in range(len(study.directions))]
-
-
 def directions(study: optuna.Study) -> list[str]:
     return ["maximize" if d.name == "MAXIMIZE" else "minimize" for d in study.directions]
 
@@ -71,19 +61,6 @@ def _schedule_or_none(trial: FrozenTrial) -> Schedule | None:
         return None
 
 
-def schedule_summary(trial: FrozenTrial) -> str:
-    """The trial's one-line schedule summary (stored, or made from its schedule)."""
-    summary = trial.user_attrs.get("schedule_summary")
-    if isinstance(summary, str):
-        return summary
-    schedule = _schedule_or_none(trial)
-    return schedule.summary() if schedule is not None else ""
-
-
-def _role(trial: FrozenTrial) -> str:
-    return str(trial.user_attrs.get("role", study_keys.ROLE_SEARCH))
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
@@ -95,7 +72,7 @@ def _fmt(value: Any) -> str:
 
 
 def _hover(trial: FrozenTrial, names: Sequence[str]) -> str:
-    lines = [f"<b>trial {trial.number}</b> ({_role(trial)})"]
+    lines = [f"<b>trial {trial.number}</b> ({study_keys.trial_role(trial)})"]
     lines += [f"{name}: {_fmt(v)}" for name, v in zip(names, trial.values, strict=True)]
     lines += [f"{key}: {_fmt(trial.user_attrs[key])}" for key in HOVER_METRICS if key in trial.user_attrs]
     if not study_keys.is_feasible(trial):
@@ -138,7 +115,7 @@ def _get_pareto_info(study: optuna.Study) -> _ParetoInfo:
     complete = _complete_trials(study)
     best = sorted(study.best_trials, key=lambda t: t.number)
     best_numbers = {t.number for t in best}
-    references = [t for t in complete if _role(t) in REFERENCE_ROLES]
+    references = [t for t in complete if study_keys.trial_role(t) in REFERENCE_ROLES]
     ref_numbers = {t.number for t in references}
     others = [t for t in complete if t.number not in best_numbers and t.number not in ref_numbers]
     groups = {
@@ -160,47 +137,30 @@ class _HypervolumeInfo(NamedTuple):
     note: str | None  # why the history is missing, when it is
 
 
-def hypervolume_function() -> Callable[..., float]:
-    """Optuna's hypervolume (a private module, ``optuna._hypervolume``); when an Optuna
-    release moves it, :func:`exact_hypervolume` takes over, so the report keeps working."""
-    try:
-        from optuna._hypervolume import compute_hypervolume
-    except ImportError:
-        return exact_hypervolume
-    return compute_hypervolume  # type: ignore[no-any-return]
+def hypervolume(points: Sequence[Sequence[float]] | np.ndarray, reference_point: Sequence[float]) -> float:
+    """The hypervolume that ``points`` dominate up to ``reference_point`` (all objectives
+    minimised), computed by Optuna's public :func:`optuna.visualization.plot_hypervolume_history`
+    on an in-memory study of the points (Optuna keeps its hypervolume function private)."""
+    import optuna
 
-
-def exact_hypervolume(points: np.ndarray, reference: np.ndarray, assume_pareto: bool = False) -> float:
-    """Exact hypervolume dominated by ``points`` (minimisation) up to ``reference``, for 1 to
-    3 objectives: a sweep in 2D, slices along the last objective in 3D."""
-    pts = np.asarray(points, dtype=float)
-    ref = np.asarray(reference, dtype=float)
-    if pts.size == 0:
-        return 0.0
-    pts = pts[(pts < ref).all(axis=1)]
+    pts = np.asarray(points, dtype=float).reshape(-1, len(reference_point))
     if len(pts) == 0:
         return 0.0
-    dims = pts.shape[1]
-    if dims == 1:
-        return float(ref[0] - pts[:, 0].min())
-    if dims == 2:
-        # left to right: each point that is lower than all before adds the strip
-        # [x, ref_x] x [y, lowest y so far]
-        volume, lowest = 0.0, float(ref[1])
-        for x, y in pts[np.lexsort((pts[:, 1], pts[:, 0]))]:
-            if y < lowest:
-                volume += (float(ref[0]) - x) * (lowest - y)
-                lowest = float(y)
-        return float(volume)
-    if dims == 3:
-        order = pts[np.argsort(pts[:, 2], kind="stable")]
-        volume = 0.0
-        for i in range(len(order)):
-            z_next = order[i + 1, 2] if i + 1 < len(order) else ref[2]
-            if z_next > order[i, 2]:
-                volume += exact_hypervolume(order[: i + 1, :2], ref[:2]) * (z_next - order[i, 2])
-        return float(volume)
-    raise ValueError(f"exact_hypervolume handles 1 to 3 objectives, but got {dims}")
+    study = optuna.create_study(directions=["minimize"] * len(reference_point))
+    distributions: dict[str, optuna.distributions.BaseDistribution] = {}
+    study.add_trials([optuna.trial.create_trial(values=list(p), params={}, distributions=distributions) for p in pts])
+    return _hypervolume_history(study, list(map(float, reference_point)))[1][-1]
+
+
+def _hypervolume_history(study: optuna.Study, reference_point: list[float]) -> tuple[list[int], list[float]]:
+    """Optuna's hypervolume after each complete trial (its public plot's data)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        figure = optuna.visualization.plot_hypervolume_history(study, reference_point)
+    trace = figure.data[0]
+    return [int(x) for x in trace.x], [float(y) for y in trace.y]
 
 
 def _get_hypervolume_info(study: optuna.Study) -> _HypervolumeInfo:
@@ -209,14 +169,13 @@ def _get_hypervolume_info(study: optuna.Study) -> _HypervolumeInfo:
     The reference point is the worst feasible value of each objective plus 10% of its
     range, so every feasible trial adds to the volume. Optuna computes the volumes.
     """
-    compute_hypervolume = hypervolume_function()
     if len(study.directions) < 2:
         return _HypervolumeInfo([], [], [], "hypervolume needs at least two objectives")
     complete = sorted(_complete_trials(study), key=lambda t: t.number)
     feasible = [t for t in complete if study_keys.is_feasible(t)]
     if not feasible:
         return _HypervolumeInfo([], [], [], "no feasible complete trial yet")
-    # Optuna's hypervolume assumes minimisation: flip maximised objectives.
+    # In minimisation form: flip maximised objectives.
     signs = np.array([-1.0 if d == "maximize" else 1.0 for d in directions(study)])
     points = np.array([t.values for t in feasible], dtype=float) * signs
     finite = np.isfinite(points).all(axis=1)
@@ -224,23 +183,9 @@ def _get_hypervolume_info(study: optuna.Study) -> _HypervolumeInfo:
         return _HypervolumeInfo([], [], [], "no feasible trial has finite objective values")
     worst, best = points[finite].max(axis=0), points[finite].min(axis=0)
     span = np.where(worst > best, worst - best, np.maximum(np.abs(worst), 1.0))
-    reference = worst + 0.1 * span
-
-    feasible_numbers = {t.number for t in feasible}
-    front = np.empty((0, len(signs)))
-    volume = 0.0
-    numbers, values = [], []
-    for trial in complete:
-        if trial.number in feasible_numbers:
-            point = np.asarray(trial.values, dtype=float) * signs
-            dominated = bool(len(front)) and bool((front <= point).all(axis=1).any())
-            if np.isfinite(point).all() and not dominated:
-                keep = ~(point <= front).all(axis=1)
-                front = np.vstack([front[keep], point])
-                volume = float(compute_hypervolume(front, reference, assume_pareto=True))
-        numbers.append(trial.number)
-        values.append(volume)
-    return _HypervolumeInfo(numbers, values, (reference * signs).tolist(), None)
+    reference = ((worst + 0.1 * span) * signs).tolist()  # in the objectives' own directions
+    numbers, values = _hypervolume_history(study, reference)
+    return _HypervolumeInfo(numbers, values, reference, None)
 
 
 # ---------------------------------------------------------------------------- heatmap
@@ -321,46 +266,6 @@ def _get_importance_info(study: optuna.Study, *, min_trials: int = MIN_TRIALS_FO
     return _ImportanceInfo(names, results, len(complete), None)
 
 
-# ---------------------------------------------------------------------------- trials table
-TABLE_ATTRS = (
-    "role",
-    "feasible",
-    "early_rejected",
-    "accuracy_drop",
-    "speedup",
-    "compression",
-    "latency_ms",
-    "sparse_bytes",
-    "macs",
-    "schedule_summary",
-    "error",
-)
-
-
-def _get_trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, objective values, the contract's metrics."""
-    import pandas as pd
-
-    names = objective_names(study)
-    attrs = [a for a in TABLE_ATTRS if a not in names]
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        row: dict[str, Any] = {"number": t.number, "state": t.state.name}
-        values = t.values if t.values is not None else [None] * len(names)
-        row.update(dict(zip(names, values, strict=True)))
-        for key in attrs:
-            if key == "role":
-                row[key] = _role(t)
-            elif key == "feasible":
-                row[key] = study_keys.is_feasible(t) if t.state.name == "COMPLETE" else None
-            elif key == "schedule_summary":
-                row[key] = schedule_summary(t)
-            else:
-                row[key] = t.user_attrs.get(key)
-        rows.append(row)
-    return pd.DataFrame(rows, columns=["number", "state", *names, *attrs])
-
-
 # ---------------------------------------------------------------------------- pruning pattern
 class _PatternInfo(NamedTuple):
     trial_number: int | None
@@ -397,7 +302,7 @@ def _default_pattern_trial(study: optuna.Study) -> FrozenTrial | None:
     for t in study.best_trials:
         s = _schedule_or_none(t)
         if s is not None and s.active_layers():
-            best.append((_role(t) == study_keys.ROLE_SEARCH, _pruned_fraction(s, params), -t.number, t))
+            best.append((study_keys.trial_role(t) == study_keys.ROLE_SEARCH, _pruned_fraction(s, params), -t.number, t))
     return max(best, key=lambda x: x[:3])[3] if best else None
 
 

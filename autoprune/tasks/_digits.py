@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from autoprune._paths import cache_dir
 from autoprune.tasks._base import Task
 
 __all__ = ["DigitsNet", "make_digits", "cache_dir"]
@@ -48,12 +48,6 @@ class DigitsNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
-
-
-def cache_dir() -> Path:
-    """Where trained task models are cached (``$AUTOPRUNE_CACHE_DIR`` or ``~/.cache/autoprune``)."""
-    root = os.environ.get("AUTOPRUNE_CACHE_DIR") or Path.home() / ".cache" / "autoprune"
-    return Path(root)
 
 
 def _load_data(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

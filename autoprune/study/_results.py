@@ -1,12 +1,12 @@
 """Reading a finished (or running) study: the Pareto table, picking a trial, applying it.
 
 A study written by :func:`autoprune.search` follows the contract in
-:mod:`autoprune.study_keys`; everything here reads it through that module.
+:mod:`autoprune.study.keys`; everything here reads it through that module.
 
 Example:
     >>> import autoprune as ap
     >>> results = ap.load_study("digits", "sqlite:///studies/autoprune.db")  # doctest: +SKIP
-    >>> results.pareto_table  # doctest: +SKIP
+    >>> results.pareto()  # doctest: +SKIP
     >>> picked = results.pick(max_accuracy_drop=1.0, minimize="latency")  # doctest: +SKIP
     >>> model = picked.apply()  # the study's task model, pruned and fine-tuned like the trial  # doctest: +SKIP
 """
@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoprune import config as _config
-from autoprune import study_keys
-from autoprune._errors import AutopruneError, ConfigError, NoQualifyingTrialError, StudyNotFoundError
-from autoprune.schedule import Schedule
+from autoprune._errors import ConfigError, NoQualifyingTrialError, StudyNotFoundError
+from autoprune.study import keys as study_keys
+from autoprune.study._picked import PickedTrial, format_value
+from autoprune.study._table import trial_metrics, trials_table
 
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
-    from torch import nn
 
     from autoprune.tasks import Task
 
@@ -35,7 +34,6 @@ __all__ = [
     "DEFAULT_STORAGE",
     "MINIMIZE_KEYS",
     "NoQualifyingTrialError",
-    "PickedTrial",
     "StudyNotFoundError",
     "StudyResults",
     "load_study",
@@ -55,22 +53,6 @@ MINIMIZE_KEYS: dict[str, str] = {
     "accuracy_drop": "accuracy_drop",
 }
 _UNITS = {"accuracy_drop": " points", "latency_ms": " ms", "sparse_bytes": " bytes"}
-
-# Trial user_attrs copied into tables and PickedTrial.metrics, in this order.
-_METRIC_KEYS = (
-    "accuracy",
-    "accuracy_drop",
-    "speedup",
-    "compression",
-    "latency_ms",
-    "latency_spread",
-    "sparse_bytes",
-    "dense_bytes",
-    "nonzero_params",
-    "params",
-    "macs",
-)
-
 
 
 # ---------------------------------------------------------------------------- loading
@@ -136,11 +118,6 @@ def _finite_or_inf(value: Any) -> float:
     return math.inf if math.isnan(number) else number
 
 
-def _ratio(num: Any, den: Any) -> float:
-    n, d = _number(num), _number(den)
-    return n / d if d > 0 and not math.isnan(n) else math.nan
-
-
 def _is_usable(trial: optuna.trial.FrozenTrial) -> bool:
     """A complete trial that ran its whole schedule and recorded it."""
     from optuna.trial import TrialState
@@ -150,112 +127,6 @@ def _is_usable(trial: optuna.trial.FrozenTrial) -> bool:
         and not trial.user_attrs.get("early_rejected", False)
         and "schedule" in trial.user_attrs
     )
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-# ---------------------------------------------------------------------------- picked trial
-@dataclass
-class PickedTrial:
-    """One trial chosen from a study: its number, Schedule and recorded metrics.
-
-    Attributes:
-        number: the Optuna trial number.
-        schedule: the Schedule the trial applied.
-        metrics: what the trial recorded (accuracy, accuracy_drop, speedup, compression,
-            latency_ms, sparse_bytes, nonzero_params, params, macs, ...).
-        role: ``search`` or one of the reference roles (unpruned, uniform).
-        feasible: whether the trial met the study's constraints.
-        rule: how it was picked, in words.
-    """
-
-    number: int
-    schedule: Schedule
-    metrics: dict[str, Any]
-    role: str = study_keys.ROLE_SEARCH
-    feasible: bool = True
-    rule: str = ""
-    _results: StudyResults | None = field(default=None, repr=False, compare=False)
-
-    def summary(self) -> str:
-        """One line: trial number, key metrics and the schedule summary."""
-        m = self.metrics
-        parts = [f"trial {self.number}"]
-        for key, label in (
-            ("accuracy", "accuracy"),
-            ("accuracy_drop", "drop"),
-            ("latency_ms", "latency_ms"),
-            ("speedup", "speedup"),
-            ("compression", "compression"),
-            ("nonzero_params", "nonzero_params"),
-            ("macs", "macs"),
-        ):
-            value = m.get(key)
-            if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
-                parts.append(f"{label}={_fmt(value)}")
-        return ", ".join(parts) + f" | {self.schedule.summary()}"
-
-    def apply(
-        self,
-        model: nn.Module | None = None,
-        *,
-        task: Task | None = None,
-        fine_tune_steps: int | None = None,
-        final_fine_tune_steps: int = 0,
-    ) -> nn.Module:
-        """Prune a copy of ``model`` with this trial's schedule, fine-tuning like the trial.
-
-        With the same (unpruned, trained) model and the same task the result has the trial's
-        architecture exactly (parameter count, MACs). Its accuracy matches the trial's to
-        floating-point noise on the same machine and software: the built-in tasks seed their
-        fine-tuning, so only a different CPU/thread count or torch version moves it (a few
-        tenths of a point on ``digits``).
-
-        Args:
-            model: the unpruned model; defaults to the task's model.
-            task: supplies the example inputs and ``fine_tune``; defaults to the study's task
-                rebuilt from its spec (``study.user_attrs["task"]``).
-            fine_tune_steps: fine-tuning steps after each pruning step; defaults to the
-                schedule's (what the trial did). 0 gives the architecture only.
-            final_fine_tune_steps: a final, usually longer, fine-tune after the last pruning
-                step, with the unstructured masks still on (pruned weights stay zero).
-
-        Returns:
-            A pruned copy; ``model`` is left untouched.
-        """
-        import dataclasses
-
-        from autoprune._errors import TaskError
-        from autoprune.executor import apply_schedule
-
-        if task is None:
-            if self._results is None:
-                raise TaskError("this PickedTrial is not tied to a study; pass `task=`")
-            task = self._results.task()
-        if model is None:
-            model = task.model
-        schedule = self.schedule
-        if fine_tune_steps is not None:
-            if fine_tune_steps < 0:
-                raise ConfigError(f"`fine_tune_steps >= 0` must hold, but got {fine_tune_steps=}.")
-            schedule = dataclasses.replace(schedule, fine_tune_steps=fine_tune_steps)
-        if final_fine_tune_steps < 0:
-            raise ConfigError(f"`final_fine_tune_steps >= 0` must hold, but got {final_fine_tune_steps=}.")
-        needs_tuning = schedule.fine_tune_steps > 0 or final_fine_tune_steps > 0
-        if needs_tuning and task.fine_tune is None:
-            raise TaskError(f"task {task.name!r} cannot fine-tune; pass fine_tune_steps=0 and no final fine-tune")
-        fine_tune = task.fine_tune
-
-        def final(pruned: nn.Module, step: int, steps: int) -> None:
-            # After the last step, while unstructured masks are still on: zeros stay zero.
-            if step == steps and final_fine_tune_steps > 0 and fine_tune is not None:
-                _logger.info("final fine-tune of trial %d: %d steps", self.number, final_fine_tune_steps)
-                fine_tune(pruned, final_fine_tune_steps)
-
-        pruned = apply_schedule(model, schedule, example_inputs=task.example_inputs, fine_tune=fine_tune, on_step=final)
-        return pruned.eval()
 
 
 # ---------------------------------------------------------------------------- results
@@ -269,10 +140,7 @@ class StudyResults:
         self.study = study
         attrs = study.user_attrs
         self.baseline: dict[str, Any] = dict(attrs.get("baseline") or {})
-        objectives = attrs.get("objectives") or study.metric_names
-        if not objectives:
-            objectives = [f"value{i}" for i in range(len(study.directions))]
-        self.objectives: list[str] = [str(o) for o in objectives]
+        self.objectives: list[str] = study_keys.objective_names(study)
         self._task: Task | None = None
 
     def __repr__(self) -> str:
@@ -293,43 +161,10 @@ class StudyResults:
 
     # ------------------------------------------------------------------ tables
     def _metrics(self, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-        attrs = trial.user_attrs
-        out = {key: attrs.get(key) for key in _METRIC_KEYS}
-        base = self.baseline
-        # Derived columns follow the contract; older/partial studies get them computed here.
-        if out["accuracy_drop"] is None:
-            out["accuracy_drop"] = _number(base.get("accuracy")) - _number(attrs.get("accuracy"))
-        if out["speedup"] is None:
-            out["speedup"] = _ratio(base.get("latency_ms"), attrs.get("latency_ms"))
-        if out["compression"] is None:
-            out["compression"] = _ratio(base.get("dense_bytes"), attrs.get("sparse_bytes"))
-        return out
-
-    def _row(self, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-        row: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
-        row["role"] = trial.user_attrs.get("role", study_keys.ROLE_SEARCH)
-        values = trial.values or [math.nan] * len(self.objectives)
-        for name, value in zip(self.objectives, values, strict=False):
-            row[f"objective_{name}"] = value
-        row.update(self._metrics(trial))
-        row["feasible"] = study_keys.is_feasible(trial)
-        row["early_rejected"] = bool(trial.user_attrs.get("early_rejected", False))
-        summary = trial.user_attrs.get("schedule_summary")
-        if summary is None and "schedule" in trial.user_attrs:
-            try:
-                summary = study_keys.trial_schedule(trial).summary()
-            except AutopruneError:
-                summary = "invalid schedule"
-        row["schedule"] = summary
-        return row
+        return trial_metrics(trial, self.baseline)
 
     def _table(self, trials: list[optuna.trial.FrozenTrial]) -> pd.DataFrame:
-        import pandas as pd
-
-        rows = [self._row(t) for t in sorted(trials, key=lambda t: t.number)]
-        columns = ["number", "state", "role", *(f"objective_{o}" for o in self.objectives), *_METRIC_KEYS]
-        columns += ["feasible", "early_rejected", "schedule"]
-        return pd.DataFrame(rows, columns=columns).set_index("number")
+        return trials_table(self.study, trials).set_index("number")
 
     def trials_table(self) -> pd.DataFrame:
         """Every trial (any state), one row each, indexed by trial number."""
@@ -341,15 +176,11 @@ class StudyResults:
         return [t for t in self.study.best_trials if _is_usable(t) and study_keys.is_feasible(t)]
 
     def pareto(self) -> pd.DataFrame:
-        """The Pareto trials as a DataFrame indexed by trial number: objective values,
-        accuracy, accuracy drop, speedup and compression against the unpruned model, the
-        size and compute records, and a schedule summary."""
+        """The Pareto trials as a DataFrame indexed by trial number, with the columns of
+        :func:`trials_table` (objective values, accuracy, accuracy drop, speedup and
+        compression against the unpruned model, the size and compute records, a schedule
+        summary)."""
         return self._table(self.pareto_trials())
-
-    @property
-    def pareto_table(self) -> pd.DataFrame:
-        """Same as :meth:`pareto`."""
-        return self.pareto()
 
     def candidates(self) -> list[optuna.trial.FrozenTrial]:
         """Trials :meth:`pick` chooses among: complete, feasible, not early-rejected."""
@@ -461,7 +292,7 @@ class StudyResults:
                     raise NoQualifyingTrialError(f"no trial has {rule}{among}: no trial records {key}")
                 best_t, best_m = min(measured, key=lambda tm: (_number(tm[1][key]), tm[0].number))
                 raise NoQualifyingTrialError(
-                    f"no trial has {rule}{among}; the smallest is {_fmt(_number(best_m[key]))} (trial {best_t.number})"
+                    f"no trial has {rule}{among}; the smallest is {format_value(_number(best_m[key]))} (trial {best_t.number})"
                 )
             pool = kept
             applied.append(rule)

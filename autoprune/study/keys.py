@@ -7,7 +7,7 @@ Study ``user_attrs``:
     ``config``: the resolved study config (dict; storage URL with password masked).
     ``objectives``: objective metric names in the order of ``trial.values``
         (also set with ``study.set_metric_names``); directions are ``study.directions``.
-    ``baseline``: metrics dict of the unpruned model (trial 0 carries the same).
+    ``baseline``: the unpruned model's ``BASELINE_METRICS`` (trial 0 carries the same).
     ``baseline_trial``: number of the trial that measured it.
     ``layers``: preflight of the task model, a list of ``LayerInfo.as_dict()``.
     ``task``: the task spec (``Task.spec``), enough to rebuild the task.
@@ -16,9 +16,11 @@ Study ``user_attrs``:
 Trial ``user_attrs``:
     ``schedule``: the Schedule as JSON; ``schedule_summary``: one line for humans.
     ``role``: ``ROLE_UNPRUNED``, ``ROLE_UNIFORM`` or ``ROLE_SEARCH``.
-    every key of ``Metrics.as_dict()``, plus ``accuracy_drop`` (baseline minus accuracy, in
-        the task's units: percentage points for the built-in tasks), ``speedup`` (baseline
-        latency / latency) and ``compression`` (baseline dense bytes / sparse bytes).
+    every key of ``Metrics.as_dict()``, plus the ``DERIVED_METRICS`` of
+        :func:`autoprune.evaluation.derived_metrics`: ``accuracy_drop`` (baseline minus
+        accuracy, in the task's units: percentage points for the built-in tasks),
+        ``speedup`` (baseline latency / latency) and ``compression`` (baseline dense bytes /
+        sparse bytes); NaN where one cannot be computed.
     ``time_prune_s``, ``time_finetune_s``, ``time_eval_s``, ``time_latency_s``.
     ``feasible`` (bool), ``early_rejected`` (bool), ``error`` (str, on failed trials).
 Constraint values are set with Optuna's ``trial.set_constraint(name, value)`` (names
@@ -31,15 +33,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from autoprune._errors import AutopruneError
+from autoprune.evaluation import METRIC_NAMES
+from autoprune.schedule import Schedule
+
 __all__ = [
+    "BASELINE_METRICS",
+    "DERIVED_METRICS",
+    "TABLE_METRICS",
     "ROLE_UNPRUNED",
     "ROLE_UNIFORM",
     "ROLE_SEARCH",
     "OBJECTIVES",
     "DIRECTIONS",
-    "is_feasible",
-    "trial_schedule",
     "constraint_values",
+    "is_feasible",
+    "objective_names",
+    "schedule_summary",
+    "trial_role",
+    "trial_schedule",
 ]
 
 ROLE_UNPRUNED = "reference-unpruned"
@@ -56,6 +68,22 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
 }
 DIRECTIONS = {name: direction for name, (_, direction) in OBJECTIVES.items()}
 
+# The one list of metric names: what the baseline keeps, what is derived from it, and the
+# metrics (in this order) of every trials table, Pareto table and picked trial.
+BASELINE_METRICS: tuple[str, ...] = METRIC_NAMES
+DERIVED_METRICS = ("accuracy_drop", "speedup", "compression")
+TABLE_METRICS = (
+    "accuracy",
+    *DERIVED_METRICS,
+    "latency_ms",
+    "latency_spread",
+    "sparse_bytes",
+    "dense_bytes",
+    "nonzero_params",
+    "params",
+    "macs",
+)
+
 
 def constraint_values(trial: Any) -> dict[str, float]:
     """The constraint values of a FrozenTrial by name (empty when it has none)."""
@@ -69,8 +97,32 @@ def is_feasible(trial: Any) -> bool:
     return all(v <= 0 for v in constraint_values(trial).values())
 
 
-def trial_schedule(trial: Any) -> Any:
+def trial_schedule(trial: Any) -> Schedule:
     """The Schedule a trial applied."""
-    from autoprune.schedule import Schedule
-
     return Schedule.from_json(trial.user_attrs["schedule"])
+
+
+def trial_role(trial: Any) -> str:
+    """``ROLE_UNPRUNED``, ``ROLE_UNIFORM`` or ``ROLE_SEARCH`` (trials without a role searched)."""
+    return str(trial.user_attrs.get("role", ROLE_SEARCH))
+
+
+def schedule_summary(trial: Any) -> str:
+    """The trial's one-line schedule summary (stored, or made from its schedule; "" if none)."""
+    summary = trial.user_attrs.get("schedule_summary")
+    if isinstance(summary, str):
+        return summary
+    if "schedule" not in trial.user_attrs:
+        return ""
+    try:
+        return trial_schedule(trial).summary()
+    except AutopruneError:
+        return "invalid schedule"
+
+
+def objective_names(study: Any) -> list[str]:
+    """Objective names in the order of ``trial.values`` (``objective 0``... when unnamed)."""
+    names = study.metric_names or study.user_attrs.get("objectives")
+    if names and len(names) == len(study.directions):
+        return [str(n) for n in names]
+    return [f"objective {i}" for i in range(len(study.directions))]

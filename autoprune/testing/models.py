@@ -1,7 +1,7 @@
 """Small reference models: one per architecture family that pruning tools tend to break on.
 
-They are used by the tests and the benchmarks, and they make good starting points for a
-user who wants to try autoprune on something bigger than ``digits``.
+They are used by the tests and the benchmarks (``from autoprune.testing import models``), and
+they make good starting points for trying autoprune on something bigger than ``digits``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,48 @@
+"""The study stage: runs the search as an Optuna study and reads its results.
+
+In the order of the data flow, one job per module:
+
+- :mod:`~autoprune.study.keys`: the contract of what a study stores (user attributes,
+  roles, objectives, metric names); every reader goes through it.
+- ``_storage``: the Optuna storage, creating or joining a study, counting its trials.
+- ``_objective``: one trial (schedule, prune, measure, record), with the SearchSpace and
+  the preflight built once per process (:class:`SearchSetup`).
+- ``_references``: the unpruned baseline and the uniform reference schedules.
+- ``_run``: :func:`search` and :func:`run_search`: references first, then the trial loop.
+- ``_workers``: local worker processes.
+- ``_progress``: the progress bar.
+- ``_table``: :func:`trials_table`, the one trials table (CLI, CSV, Pareto table).
+- ``_results``: :func:`load_study` and :class:`StudyResults`: the Pareto front, picking a trial.
+- ``_picked``: :class:`PickedTrial`: a picked trial's Schedule and metrics, applying it.
+"""
+
+from __future__ import annotations
+
+from autoprune.study import keys
+from autoprune.study._objective import Objective, SearchSetup
+from autoprune.study._picked import PickedTrial
+from autoprune.study._results import DEFAULT_STORAGE, MINIMIZE_KEYS, StudyResults, load_study
+from autoprune.study._run import build_task, run_search, run_worker, search
+from autoprune.study._storage import check_joinable, counted_trials, make_storage, open_study, stored_config
+from autoprune.study._table import trials_table
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "MINIMIZE_KEYS",
+    "Objective",
+    "PickedTrial",
+    "SearchSetup",
+    "StudyResults",
+    "build_task",
+    "check_joinable",
+    "counted_trials",
+    "keys",
+    "load_study",
+    "make_storage",
+    "open_study",
+    "run_search",
+    "run_worker",
+    "search",
+    "stored_config",
+    "trials_table",
+]

@@ -1,0 +1,56 @@
+"""The one trials table of a study (``autoprune trials``, ``trials.csv``, the Pareto table)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from autoprune.evaluation import derived_metrics
+from autoprune.study import keys as study_keys
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+
+__all__ = ["trial_metrics", "trials_table"]
+
+
+def trial_metrics(trial: optuna.trial.FrozenTrial, baseline: dict[str, Any]) -> dict[str, Any]:
+    """The trial's ``TABLE_METRICS``; derived ones an older study lacks are computed here."""
+    attrs = trial.user_attrs
+    out = {key: attrs.get(key) for key in study_keys.TABLE_METRICS}
+    derived = derived_metrics(attrs, baseline)
+    for key in study_keys.DERIVED_METRICS:
+        if out[key] is None:
+            out[key] = derived[key]
+    return out
+
+
+def trials_table(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> pd.DataFrame:
+    """The one trials table: a row per trial (every trial by default), by trial number.
+
+    Columns: ``number``, ``state``, ``role``, one per objective (named like it, the value
+    Optuna optimised), the ``TABLE_METRICS`` of :mod:`autoprune.study.keys` that no
+    objective column already shows, ``feasible`` (None until complete),
+    ``early_rejected``, ``schedule`` (the one-line summary) and ``error``.
+    """
+    import pandas as pd
+
+    names = study_keys.objective_names(study)
+    baseline = dict(study.user_attrs.get("baseline") or {})
+    metrics = [k for k in study_keys.TABLE_METRICS if k not in names]
+    rows = []
+    chosen = study.get_trials(deepcopy=False) if trials is None else trials
+    for t in sorted(chosen, key=lambda t: t.number):
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name, "role": study_keys.trial_role(t)}
+        values = t.values if t.values is not None else [math.nan] * len(names)
+        row.update(zip(names, values, strict=False))
+        measured = trial_metrics(t, baseline)
+        row.update({k: measured[k] for k in metrics})
+        row["feasible"] = study_keys.is_feasible(t) if t.state.name == "COMPLETE" else None
+        row["early_rejected"] = bool(t.user_attrs.get("early_rejected", False))
+        row["schedule"] = study_keys.schedule_summary(t)
+        row["error"] = t.user_attrs.get("error")
+        rows.append(row)
+    columns = ["number", "state", "role", *names, *metrics, "feasible", "early_rejected", "schedule", "error"]
+    return pd.DataFrame(rows, columns=columns)
