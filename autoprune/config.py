@@ -17,7 +17,6 @@ from typing import Any
 
 from autoprune._errors import ConfigError
 from autoprune.schedule import IMPORTANCES, METHODS, SHAPES
-from autoprune.study_keys import OBJECTIVES
 
 __all__ = [
     "SpaceConfig",
@@ -29,6 +28,7 @@ __all__ = [
     "SAMPLERS",
     "GRANULARITIES",
     "IDENTITY_KEYS",
+    "OBJECTIVES",
 ]
 
 DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"
@@ -36,6 +36,14 @@ SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "qmc", "gp")
 GRANULARITIES = ("layer", "block", "global")
 # Keys that define what a study *is*; a worker joining a study must agree on them.
 IDENTITY_KEYS = ("task", "task_options", "objectives", "constraints", "space", "reference_amounts")
+# Objective name -> (the trial user_attr it reads, direction); autoprune.study.keys re-exports it.
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "accuracy": ("accuracy", "maximize"),
+    "latency": ("latency_ms", "minimize"),
+    "size": ("sparse_bytes", "minimize"),
+    "params": ("nonzero_params", "minimize"),
+    "macs": ("macs", "minimize"),
+}
 
 
 def mask_url(url: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_results import make_real_study
+from test_study_results import make_real_study
 
 import autoprune as ap
 from autoprune.evaluation import count_macs, size_stats

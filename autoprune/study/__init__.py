@@ -22,7 +22,7 @@ from autoprune.study import keys
 from autoprune.study._objective import Objective, SearchSetup
 from autoprune.study._picked import PickedTrial
 from autoprune.study._results import DEFAULT_STORAGE, MINIMIZE_KEYS, StudyResults, load_study
-from autoprune.study._run import build_task, run_search, run_worker, search
+from autoprune.study._run import build_task, run_search, search
 from autoprune.study._storage import check_joinable, counted_trials, make_storage, open_study, stored_config
 from autoprune.study._table import trials_table
 
@@ -41,7 +41,6 @@ __all__ = [
     "make_storage",
     "open_study",
     "run_search",
-    "run_worker",
     "search",
     "stored_config",
     "trials_table",

@@ -2,8 +2,8 @@
 process or in local worker processes.
 
 :func:`search` is the public entry point; :func:`run_search` runs a resolved config on a
-built task; :func:`run_worker` is one process's share (what joblib workers and
-``autoprune search --worker-trials`` run).
+built task (``autoprune search`` calls it); :func:`run_worker` is what each local worker
+process runs. Every process builds its :class:`SearchSetup` (preflight and SearchSpace) once.
 """
 
 from __future__ import annotations

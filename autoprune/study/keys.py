@@ -34,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from autoprune._errors import AutopruneError
+from autoprune.config import OBJECTIVES
 from autoprune.evaluation import METRIC_NAMES
 from autoprune.schedule import Schedule
 
@@ -58,14 +59,7 @@ ROLE_UNPRUNED = "reference-unpruned"
 ROLE_UNIFORM = "reference-uniform"
 ROLE_SEARCH = "search"
 
-# Objective name -> (trial user_attr it reads, direction).
-OBJECTIVES: dict[str, tuple[str, str]] = {
-    "accuracy": ("accuracy", "maximize"),
-    "latency": ("latency_ms", "minimize"),
-    "size": ("sparse_bytes", "minimize"),
-    "params": ("nonzero_params", "minimize"),
-    "macs": ("macs", "minimize"),
-}
+# Objective name -> (trial user_attr it reads, direction), defined with the config that validates it.
 DIRECTIONS = {name: direction for name, (_, direction) in OBJECTIVES.items()}
 
 # The one list of metric names: what the baseline keeps, what is derived from it, and the

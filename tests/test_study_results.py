@@ -340,3 +340,19 @@ def test_pick_rule_on_real_study(real: tuple[StudyResults, dict[str, Any]]) -> N
     fewest = min(trials.values(), key=lambda t: (t[2]["macs"], t[0]))
     assert picked.number == fewest[0]
     assert not math.isnan(picked.metrics["speedup"])
+
+
+def test_cli_trials_shows_the_one_trials_table(synthetic: StudyResults, synthetic_storage: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    for flag, expected in (([], synthetic.trials_table()), (["--pareto"], synthetic.pareto())):
+        csv = tmp_path / "t.csv"
+        args = ["trials", "--study", "synthetic", "--storage", synthetic_storage, "--csv", str(csv), *flag]
+        proc = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        table = pd.read_csv(csv)
+        assert list(table["number"]) == list(expected.index)  # --pareto: the front pareto() gives
+        assert list(table.columns) == ["number", *expected.columns]

@@ -165,48 +165,6 @@ def test_two_workers_give_exactly_n_unique_trials(tmp_path: Path) -> None:
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
 
-def test_worker_start_up_holds_measurements_until_workers_are_ready(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # worker processes import torch before they can mark themselves busy; the parent covers
-    # that time, so no worker measures latency through another's start-up
-    import threading
-    import time
-
-    from autoprune._lock import machine_lock
-    from autoprune.study._workers import wait_until_ready
-
-    monkeypatch.setenv("AUTOPRUNE_LATENCY_LOCK", str(tmp_path / "latency.lock"))
-    ready_dir = tmp_path / "ready"
-    ready_dir.mkdir()
-    covering, measured = threading.Event(), threading.Event()
-    ready: list[bool] = []
-
-    def cover() -> None:  # what run_in_workers does while its workers start
-        with machine_lock().busy():
-            covering.set()
-            ready.append(wait_until_ready(ready_dir, 2, timeout=30))
-
-    def measure() -> None:
-        covering.wait()
-        with machine_lock().measuring():
-            measured.set()
-
-    threads = [threading.Thread(target=cover), threading.Thread(target=measure)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.5)
-    assert covering.is_set() and not measured.is_set()
-    (ready_dir / "1").touch()
-    time.sleep(0.5)
-    assert not measured.is_set()  # one of two workers is still starting
-    (ready_dir / "2").touch()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert measured.is_set() and ready == [True]
-    assert wait_until_ready(tmp_path / "ready", 3, timeout=0.2) is False  # a worker that never starts
-
-
 def test_same_seed_same_schedules(tmp_path: Path, tiny_task: ap.Task) -> None:
     a = run_search(_cfg(tmp_path, study="a", seed=3, sampler="random"), tiny_task)
     b = run_search(_cfg(tmp_path, study="b", seed=3, sampler="random"), tiny_task)
