@@ -20,8 +20,10 @@ distribution of the pruned model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 # Names under which attention modules keep their projections and head layout.
-_FUSED = ("qkv", "c_attn")
+_FUSED = ("qkv", "c_attn", "to_qkv")
 _SEPARATE = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin", "k_lin", "v_lin"), ("q", "k", "v"))
 _HEADS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
 _HEAD_DIM = ("head_dim", "attention_head_size", "head_size", "dim_per_head")
@@ -48,7 +50,7 @@ _HEAD_DIM = ("head_dim", "attention_head_size", "head_size", "dim_per_head")
 _ALL_HEADS = ("attn_dim", "all_head_size", "split_size")
 # Parameters that carry the embedding width in their last dimension, outside any layer.
 _TOKEN_PARAM = re.compile(
-    r"(^|\.)(cls_token|dist_token|reg_token|mask_token|pos_embed|position_embeddings|absolute_pos_embed)$"
+    r"(^|\.)((cls|class|dist|reg|mask)_token|pos_embed|pos_embedding|position_embeddings|absolute_pos_embed)$"
 )
 
 
@@ -175,6 +177,26 @@ def update_heads(layouts: list[HeadLayout], *, whole_heads: bool) -> None:
             setattr(module, layout.head_dim_attr, head_dim)
         for attr in layout.width_attrs:
             setattr(module, attr, width)
+
+
+@contextlib.contextmanager
+def per_head_parameters_frozen(model: nn.Module) -> Iterator[None]:
+    """Keep Torch-Pruning's tracer off the per-head parameters (relative position bias tables).
+
+    They feed the attention logits through an index and reshapes whose channel mapping
+    Torch-Pruning expands without bound (Swin and MaxViT in torchvision ran out of memory);
+    their head count never changes when head dims are pruned, and whole heads are not
+    offered for such modules. The tracer follows only parameters that require gradients.
+    """
+    params = [getattr(layout.module, n) for layout in find_attention(model) for n in layout.per_head]
+    states = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, state in zip(params, states, strict=True):
+            p.requires_grad_(state)
 
 
 def token_parameters(model: nn.Module) -> dict[str, int]:

@@ -219,7 +219,7 @@ def _meta_prune(
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _attention.per_head_parameters_frozen(model):
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")  # preflight lists them
             warnings.filterwarnings("ignore", message=r"\[Warning\] Unknown operation")
             pruner = tp.pruner.MetaPruner(
@@ -268,7 +268,7 @@ def _prune_heads(
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings(), torch.enable_grad():
+        with warnings.catch_warnings(), torch.enable_grad(), _attention.per_head_parameters_frozen(model):
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             graph = tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_inputs, **tracer_options(model, output)

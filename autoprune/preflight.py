@@ -180,7 +180,7 @@ def build_graph(model: nn.Module, example_inputs: Any, output: str | int | None 
     import torch_pruning as tp
 
     try:
-        with torch.enable_grad(), warnings.catch_warnings():
+        with torch.enable_grad(), warnings.catch_warnings(), _attention.per_head_parameters_frozen(model):
             # Unwrapped parameters are reported by preflight itself, with their layer; unknown
             # ops are treated as element-wise, which is what they are in the zoo models.
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
@@ -242,30 +242,66 @@ def analyse(model: nn.Module, example_inputs: Any, *, output: str | int | None =
             analysis.num_heads[name] = module.num_heads
     layouts = _attention.find_attention(model)
     analysis.num_heads.update({layout.name: layout.heads for layout in layouts})
-    covered: set[str] = set()
-    # Unwrapped parameter -> the group Torch-Pruning slices it with (by root name).
-    unwrapped_in_group: dict[str, str] = {}
+    trace = _Trace(model, graph, layouts)
     if graph is not None:
+        trace.functional = _functional_layers(model, graph, example_inputs, output)
         for group in graph.get_all_groups(root_module_types=root_types(model)):
-            info = _group_entry(model, graph, group, layouts, covered, unwrapped_in_group)
+            info = _group_entry(trace, group)
             if info is not None:
                 analysis.layers.append(info)
-    _lone_layers(model, graph, untraced, analysis, covered, unwrapped_in_group)
+    _lone_layers(trace, untraced, analysis)
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     analysis.layers.sort(key=lambda i: order[i.name])
     return analysis
 
 
-def _group_entry(
-    model: nn.Module,
-    graph: Any,
-    group: Any,
-    layouts: list[_attention.HeadLayout],
-    covered: set[str],
-    unwrapped_in_group: dict[str, str],
-) -> LayerInfo | None:
+@dataclass
+class _Trace:
+    """What the entries are read from, and what they have claimed so far."""
+
+    model: nn.Module
+    graph: Any
+    layouts: list[_attention.HeadLayout]
+    covered: set[str] = field(default_factory=set)
+    # Unwrapped parameter -> the group Torch-Pruning slices it with (by root name).
+    unwrapped_in_group: dict[str, str] = field(default_factory=dict)
+    # Layers whose weight the forward uses without calling them: name -> (in, out) widths.
+    functional: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _functional_layers(
+    model: nn.Module, graph: Any, example_inputs: Any, output: str | int | None
+) -> dict[str, tuple[int, int]]:
+    """Weight layers the tracer never saw called but whose weight reaches the output.
+
+    torchvision's Swin calls ``F.linear(x, self.qkv.weight)``: Torch-Pruning sees an
+    element-wise op there and would cut the channels around it without cutting the weight.
+    """
+    unseen = {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, root_types(model)) and _weights_of(m) and m not in graph.module2node
+    }
+    if not unseen:
+        return {}
+    weights = [getattr(m, _weights_of(m)[0]) for m in unseen.values()]
+    with torch.enable_grad():
+        out = select_output(call_model(model, example_inputs), output)
+        grads = torch.autograd.grad(out.float().sum(), weights, allow_unused=True)
+    found: dict[str, tuple[int, int]] = {}
+    for (name, module), grad in zip(unseen.items(), grads, strict=True):
+        if grad is not None and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            w = module.weight
+            found[name] = (int(w.shape[1] * getattr(module, "groups", 1)), int(w.shape[0]))
+    return found
+
+
+def _group_entry(trace: _Trace, group: Any) -> LayerInfo | None:
     """The entry of one Torch-Pruning group (None when its root is not a named layer)."""
     from torch_pruning import ops
+
+    model, graph, layouts, covered = trace.model, trace.graph, trace.layouts, trace.covered
+    unwrapped_in_group = trace.unwrapped_in_group
 
     names = {m: n for n, m in model.named_modules()}
     param_names = {p: n for n, p in model.named_parameters()}
@@ -326,6 +362,7 @@ def _group_entry(
     weights = [w for w in weights if w[0] not in covered]
     covered.update(w for w, _ in weights)
     covered.update(members)
+    touching = [n for n, widths in trace.functional.items() if channels in widths]
     reason: str | None = None
     if output_coupled:
         reason = "its output channels are the model's output"
@@ -335,6 +372,11 @@ def _group_entry(
         reason = (
             f"it is coupled with unwrapped parameter(s) {', '.join(ambiguous)} whose channel dimension "
             "Torch-Pruning would have to guess"
+        )
+    elif touching:
+        reason = (
+            f"its channels may reach {', '.join(touching)}, whose weight the forward uses without calling the "
+            "layer, out of Torch-Pruning's sight"
         )
     elif channels <= ch_groups:
         reason = "only one channel per channel group"
@@ -359,15 +401,9 @@ def _group_entry(
     )
 
 
-def _lone_layers(
-    model: nn.Module,
-    graph: Any,
-    untraced: str | None,
-    analysis: ModelAnalysis,
-    covered: set[str],
-    unwrapped_in_group: dict[str, str],
-) -> None:
+def _lone_layers(trace: _Trace, untraced: str | None, analysis: ModelAnalysis) -> None:
     """Layers with weights that no group covers: custom modules, untraced branches or models."""
+    model, graph, covered, unwrapped_in_group = trace.model, trace.graph, trace.covered, trace.unwrapped_in_group
     weight_types = root_types(model)
     for name, module in model.named_modules():
         if name in covered:
@@ -393,6 +429,8 @@ def _lone_layers(
         if isinstance(module, weight_types) and wnames:
             if untraced is not None:
                 reason = untraced
+            elif name in trace.functional:
+                reason = "the forward uses its weight without calling the layer, out of Torch-Pruning's sight"
             elif module not in graph.module2node:
                 reason = "not used in the traced forward pass"
             else:
