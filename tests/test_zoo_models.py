@@ -259,3 +259,80 @@ def test_largest_safe_amounts_run(name: str) -> None:
         out = _out(pruned, x)
         assert out.shape == expected
         assert torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------------------- head bookkeeping
+def _attention_units(model: nn.Module, x: Any) -> list[ap.LayerInfo]:
+    return [i for i in ap.prunable_layers(model, x) if i.heads > 0]
+
+
+def _only(units: list[ap.LayerInfo], amount: float, **options: Any) -> ap.Schedule:
+    return ap.Schedule(layers={i.name: ap.LayerPlan("structured", amount) for i in units}, **options)
+
+
+def test_timm_attention_head_dims_and_whole_heads() -> None:
+    model, x = _build("timm_deit_tiny")  # 3 heads of 64, width 192
+    units = _attention_units(model, x)
+    assert [(i.name, i.channels, i.channel_groups, i.heads) for i in units] == [
+        ("blocks.0.attn.qkv", 576, 9, 3),
+        ("blocks.1.attn.qkv", 576, 9, 3),
+    ]
+    dims = ap.apply_schedule(model, _only(units, 0.5), example_inputs=x)
+    heads = ap.apply_schedule(model, _only(units, 0.34, attention_heads=True), example_inputs=x)
+    for block in range(2):
+        a = dims.blocks[block].attn
+        assert (a.num_heads, a.head_dim, a.attn_dim, a.qkv.out_features, a.proj.in_features) == (3, 32, 96, 288, 96)
+        assert a.scale == 64**-0.5  # the temperature the weights were trained at
+        b = heads.blocks[block].attn
+        assert (b.num_heads, b.head_dim, b.attn_dim, b.qkv.out_features, b.proj.in_features) == (2, 64, 128, 384, 128)
+    for pruned in (dims, heads):
+        assert _out(pruned, x).shape == (2, 10)
+        _trains(pruned, x)
+
+
+def test_hf_bert_attention_attributes_follow_the_surgery() -> None:
+    model, x = _build("hf_bert")  # 4 heads of 16
+    units = _attention_units(model, x)
+    assert [(i.channels, i.channel_groups, i.heads) for i in units] == [(64, 4, 4), (64, 4, 4)]
+    dims = ap.apply_schedule(model, _only(units, 0.5), example_inputs=x)
+    heads = ap.apply_schedule(model, _only(units, 0.5, attention_heads=True), example_inputs=x)
+    for layer in range(2):
+        a = dims.bert.encoder.layer[layer].attention.self
+        assert (a.num_attention_heads, a.attention_head_size, a.all_head_size, a.query.out_features) == (4, 8, 32, 32)
+        b = heads.bert.encoder.layer[layer].attention.self
+        assert (b.num_attention_heads, b.attention_head_size, b.all_head_size, b.key.out_features) == (2, 16, 32, 32)
+        assert heads.bert.encoder.layer[layer].attention.output.dense.in_features == 32
+    for pruned in (dims, heads):
+        assert _out(pruned, x).shape == (2, 3)
+        _trains(pruned, x)
+
+
+def test_embedding_width_reaches_class_and_position_tokens() -> None:
+    model, x = _build("hf_vit")
+    stream = next(i for i in ap.prunable_layers(model, x) if "vit.embeddings.patch_embeddings.projection" in i.members)
+    assert stream.methods == ("structured", "unstructured")
+    pruned = ap.apply_schedule(model, _only([stream], 0.5), example_inputs=x)
+    emb = pruned.vit.embeddings
+    assert emb.cls_token.shape == (1, 1, 32)
+    assert emb.position_embeddings.shape == (1, 17, 32)
+    assert emb.patch_embeddings.projection.out_channels == 32
+    assert pruned.vit.layers[0].attention.q_proj.in_features == 32
+    assert _out(pruned, x).shape == (2, 10)
+
+
+def test_untraceable_shufflenet_is_unstructured_with_the_reason() -> None:
+    model, x = _build("tv_shufflenet_v2")
+    infos = ap.prunable_layers(model, x)
+    weighted = [i for i in infos if i.weights]
+    assert len(weighted) == 57  # every conv and the classifier
+    assert all(i.methods == ("unstructured",) for i in weighted)
+    assert all(i.reason and "Torch-Pruning cannot trace ShuffleNetV2" in i.reason for i in weighted)
+
+
+def test_functionally_called_layers_block_their_width() -> None:
+    model, x = _build("tv_swin")  # calls F.linear(x, self.qkv.weight)
+    infos = {i.name: i for i in ap.prunable_layers(model, x)}
+    assert infos["features.1.0.attn.qkv"].methods == ("unstructured",)
+    assert "without calling the layer" in (infos["features.1.0.attn.qkv"].reason or "")
+    assert infos["features.1.1.mlp.3"].methods == ("unstructured",)  # the residual width
+    assert infos["features.1.0.mlp.0"].methods == ("structured", "unstructured")  # the MLP hidden width
