@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from autoprune import _attention
 from autoprune._errors import ScheduleError
-from autoprune.preflight import LayerInfo, ModelAnalysis, analyse
+from autoprune.preflight import LayerInfo, ModelAnalysis, analyse, root_types, tracer_options
 from autoprune.schedule import LayerPlan, Schedule, step_amounts
 
 __all__ = ["apply_schedule", "resolve_plans", "StepCallback"]
@@ -118,6 +119,7 @@ class _PerLayerImportance:
         import torch_pruning as tp
 
         self.norms = norms
+        self.kind = kind
         if kind == "random":
             self._by_p = {p: tp.importance.RandomImportance() for p in (1, 2)}
         elif kind == "lamp":
@@ -135,7 +137,13 @@ class _PerLayerImportance:
             else:
                 continue
             break
-        return self._by_p[p](group)
+        score = self._by_p[p](group)
+        if self.kind != "random":
+            # Torch-Pruning's criteria skip layers it does not know (GPT-2's Conv1D).
+            extra = _attention.conv1d_magnitude(group, p)
+            if extra is not None:
+                score = extra if score is None else score + extra.to(score)
+        return score
 
 
 def _structured_step(
@@ -145,50 +153,88 @@ def _structured_step(
     targets: dict[str, tuple[int, int]],
     analysis: ModelAnalysis,
     heads: dict[str, int] | None = None,
+    output: str | int | None = None,
 ) -> None:
     """Prune each structured group down to ``targets[name] = (keep, original)`` channels;
     the groups in ``heads`` (name -> heads to keep) lose whole attention heads instead."""
-    import torch_pruning as tp
-
     heads = heads or {}
-    ratios: dict[nn.Module, float] = {}
     norms: dict[nn.Module, int] = {}
     for name, plan in schedule.layers.items():
         try:
             norms[model.get_submodule(name)] = plan.norm
         except AttributeError:
             continue
+    importance = _PerLayerImportance(schedule.importance, norms)
+    layouts = _attention.find_attention(model)
+    ratios: dict[nn.Module, float] = {}
+    head_ratios: dict[nn.Module, float] = {}
     for name, (keep, _) in targets.items():
         module = model.get_submodule(name)
         current = _out_channels(module)
-        if keep >= current or name in heads:
+        if keep >= current:
             continue
-        # A hair above the exact keep so Torch-Pruning's int() truncation lands on `keep`.
-        ratios[module] = 1.0 - (keep + 1e-6) / current
-    for name, keep_heads in heads.items():
-        if targets[name][0] < _out_channels(model.get_submodule(name)):
-            _prune_heads(model, example_inputs, name, keep_heads, _PerLayerImportance(schedule.importance, norms))
-    if not ratios:
-        return
-    mha = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+        if name in heads and _is_mha_group(model, analysis, name):
+            _prune_heads(model, example_inputs, name, heads[name], importance, output)
+        elif name in heads:
+            now = current * analysis.by_member()[name].heads // targets[name][1]
+            # Torch-Pruning removes ceil(ratio * heads) heads: a hair below the exact count.
+            head_ratios[module] = (now - heads[name] - 1e-6) / now
+        else:
+            # A hair above the exact keep so Torch-Pruning's int() truncation lands on `keep`.
+            ratios[module] = 1.0 - (keep + 1e-6) / current
     output_layers = [
         model.get_submodule(i.name) for i in analysis.layers if "structured" not in i.methods and i.channels > 0
     ]
+    if head_ratios:
+        # Whole heads: the head ratio decides; the width ratio only has to be non-zero for
+        # Torch-Pruning to visit the group, and head dims are left alone.
+        _meta_prune(model, example_inputs, importance, dict(head_ratios), output_layers, layouts, output,
+                    head_ratios=head_ratios)
+        _attention.update_heads(layouts, whole_heads=True)
+    if ratios:
+        _meta_prune(model, example_inputs, importance, ratios, output_layers, layouts, output)
+        _attention.update_heads(layouts, whole_heads=False)
+
+
+def _meta_prune(
+    model: nn.Module,
+    example_inputs: Any,
+    importance: _PerLayerImportance,
+    ratios: dict[nn.Module, float],
+    ignored: list[nn.Module],
+    layouts: list[_attention.HeadLayout],
+    output: str | int | None,
+    head_ratios: dict[nn.Module, float] | None = None,
+) -> None:
+    """One Torch-Pruning pass: per-group width ratios, or whole heads with ``head_ratios``."""
+    import torch_pruning as tp
+
+    num_heads: dict[nn.Module, int] = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    num_heads.update(_attention.num_heads_map(layouts))
+    head_dict: dict[nn.Module, float] = {}
+    for layout in layouts:
+        for proj in layout.projections:
+            if head_ratios and proj in head_ratios:
+                head_dict.update({p: head_ratios[proj] for p in layout.projections})
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _attention.per_head_parameters_frozen(model):
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")  # preflight lists them
+            warnings.filterwarnings("ignore", message=r"\[Warning\] Unknown operation")
             pruner = tp.pruner.MetaPruner(
                 model,
                 example_inputs,
-                importance=_PerLayerImportance(schedule.importance, norms),
+                importance=importance,
                 pruning_ratio=0.0,
                 pruning_ratio_dict=ratios,  # type: ignore[arg-type]
-                ignored_layers=output_layers,
-                num_heads=mha,  # type: ignore[arg-type]
-                prune_head_dims=True,
-                prune_num_heads=False,
+                ignored_layers=ignored,
+                num_heads=num_heads,  # type: ignore[arg-type]
+                prune_head_dims=not head_ratios,
+                prune_num_heads=bool(head_ratios),
+                head_pruning_ratio_dict=head_dict or None,  # type: ignore[arg-type]
+                root_module_types=list(root_types(model)),
+                **tracer_options(model, output),
             )
         with torch.enable_grad():
             pruner.step()
@@ -196,8 +242,18 @@ def _structured_step(
         model.train(was_training)
 
 
+def _is_mha_group(model: nn.Module, analysis: ModelAnalysis, name: str) -> bool:
+    info = analysis.by_member()[name]
+    return any(isinstance(model.get_submodule(m), nn.MultiheadAttention) for m in info.members)
+
+
 def _prune_heads(
-    model: nn.Module, example_inputs: Any, name: str, keep_heads: int, importance: _PerLayerImportance
+    model: nn.Module,
+    example_inputs: Any,
+    name: str,
+    keep_heads: int,
+    importance: _PerLayerImportance,
+    output: str | int | None = None,
 ) -> None:
     """Remove whole heads from the attention layers of the group rooted at ``name``.
 
@@ -212,9 +268,11 @@ def _prune_heads(
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings(), torch.enable_grad():
+        with warnings.catch_warnings(), torch.enable_grad(), _attention.per_head_parameters_frozen(model):
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, **tracer_options(model, output)
+            )
         prune_fn = graph.get_pruner_of_module(root).prune_out_channels
         current = _out_channels(root)
         group = graph.get_pruning_group(root, prune_fn, idxs=list(range(current)))
@@ -250,6 +308,8 @@ def _out_channels(module: nn.Module) -> int:
         return int(module.embed_dim)
     if isinstance(module, nn.Linear):
         return int(module.out_features)
+    if not hasattr(module, "out_channels"):
+        return _attention.projection_width(module)  # GPT-2's Conv1D
     return int(module.out_channels)  # type: ignore[arg-type]
 
 
@@ -293,6 +353,7 @@ def apply_schedule(
     example_inputs: Any,
     fine_tune: FineTune | None = None,
     on_step: StepCallback | None = None,
+    output: str | int | None = None,
 ) -> nn.Module:
     """Return a pruned copy of ``model`` following ``schedule``; ``model`` is left untouched.
 
@@ -303,10 +364,13 @@ def apply_schedule(
     Args:
         model: the model to prune (not modified).
         schedule: what to prune and how.
-        example_inputs: inputs for tracing the model (a tensor or a tuple of tensors).
+        example_inputs: inputs for tracing the model: a tensor, a tuple of tensors or a dict
+            of keyword arguments (a tokenizer's ``input_ids`` and ``attention_mask``).
         fine_tune: ``fine_tune(model, steps)``, called after every pruning step when
-            ``schedule.fine_tune_steps > 0``.
+            ``schedule.fine_tune_steps > 0`` (a warning says so when it is 0).
         on_step: called with ``(model, step, steps)`` after each step; may raise to stop.
+        output: the scored output of a model returning a dict, ``ModelOutput`` or tuple
+            (as in :func:`autoprune.prunable_layers`); the graph is traced from it.
 
     Example:
         >>> import autoprune as ap
@@ -318,16 +382,23 @@ def apply_schedule(
     if not isinstance(schedule, Schedule):
         raise ScheduleError(f"`schedule` must be an autoprune.Schedule, but got {type(schedule).__name__}.")
     pruned = copy.deepcopy(model)
-    analysis = analyse(pruned, example_inputs)
+    analysis = analyse(pruned, example_inputs, output=output)
     plans = resolve_plans(schedule, analysis)
     if fine_tune is None and schedule.fine_tune_steps > 0 and schedule.steps > 1:
         _logger.warning(
             "the schedule asks for %d fine-tuning steps but no fine_tune was given", schedule.fine_tune_steps
         )
+    if fine_tune is not None and schedule.fine_tune_steps == 0:
+        warnings.warn(
+            "apply_schedule got a fine_tune, but the schedule's fine_tune_steps is 0, so it is never called; "
+            "set Schedule(fine_tune_steps=...) to fine-tune between pruning steps",
+            UserWarning,
+            stacklevel=2,
+        )
     # The seed drives random importance and tie breaks; fork so the caller's RNG is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(schedule.seed)
-        _run_steps(pruned, schedule, plans, analysis, example_inputs, fine_tune, on_step)
+        _run_steps(pruned, schedule, plans, analysis, example_inputs, fine_tune, on_step, output)
     return pruned
 
 
@@ -339,6 +410,7 @@ def _run_steps(
     example_inputs: Any,
     fine_tune: FineTune | None,
     on_step: StepCallback | None,
+    output: str | int | None = None,
 ) -> None:
     originals = {name: info.channels for name, (info, _) in plans.items()}
     for step in range(1, schedule.steps + 1):
@@ -359,7 +431,7 @@ def _run_steps(
                 unstructured[name] = (info, amount)
         if any(keep < _out_channels(pruned.get_submodule(n)) for n, (keep, _) in structured.items()):
             masked = _make_permanent(pruned)
-            _structured_step(pruned, example_inputs, schedule, structured, analysis, whole_heads)
+            _structured_step(pruned, example_inputs, schedule, structured, analysis, whole_heads, output)
             _restore_masks(masked)
         _unstructured_step(pruned, schedule, unstructured)
         if fine_tune is not None and schedule.fine_tune_steps > 0:

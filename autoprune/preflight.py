@@ -8,6 +8,7 @@ Schedule keyed by entry names covers the model without overlaps.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -16,10 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune import _attention
 from autoprune._errors import PreflightError
-from autoprune._inputs import call_model
+from autoprune._inputs import call_model, select_output
 
 __all__ = ["LayerInfo", "ModelAnalysis", "analyse", "prunable_layers", "ROOT_TYPES"]
+
+_logger = logging.getLogger(__name__)
 
 ROOT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.MultiheadAttention)
 # Normalisation layers follow their group; they are never pruned on their own.
@@ -32,6 +36,7 @@ _FOLLOWER_TYPES: tuple[type[nn.Module], ...] = (
     nn.InstanceNorm1d,
     nn.InstanceNorm2d,
     nn.InstanceNorm3d,
+    nn.Embedding,  # token embeddings carry the residual width (BERT, GPT-2); never pruned alone
 )
 
 
@@ -52,8 +57,10 @@ class LayerInfo:
         max_amount: largest safe structured amount (keeps at least one channel per channel
             group); for unstructured-only entries the largest unstructured amount.
         reason: why structured pruning does not apply, when it does not.
-        heads: attention heads of the ``nn.MultiheadAttention`` layers in the group (0 when
-            it holds none); ``Schedule(attention_heads=True)`` removes whole heads.
+        heads: attention heads of the attention layers in the group (``nn.MultiheadAttention``
+            or q/k/v projections of a module with a head count); 0 when it holds none, or when
+            whole heads cannot be removed (a per-head parameter such as Swin's relative
+            position bias table). ``Schedule(attention_heads=True)`` removes whole heads.
     """
 
     name: str
@@ -104,6 +111,9 @@ class ModelAnalysis:
 
 
 def _weights_of(module: nn.Module) -> list[str]:
+    conv1d = _attention.conv1d_type()
+    if conv1d is not None and isinstance(module, conv1d):
+        return ["weight"]
     if isinstance(module, nn.MultiheadAttention):
         return (
             ["in_proj_weight"]
@@ -115,46 +125,73 @@ def _weights_of(module: nn.Module) -> list[str]:
     return []
 
 
-def _has_tensor(output: Any) -> bool:
-    if isinstance(output, torch.Tensor):
-        return True
-    if isinstance(output, (list, tuple)):
-        return any(_has_tensor(o) for o in output)
-    if isinstance(output, dict):
-        return any(_has_tensor(o) for o in output.values())
-    return False
+def tracer_options(model: nn.Module, output: str | int | None = None) -> dict[str, Any]:
+    """Keyword arguments for Torch-Pruning's tracer and pruners, the same in preflight and executor.
 
-
-def build_graph(model: nn.Module, example_inputs: Any) -> Any:
-    """Trace ``model`` with Torch-Pruning, turning any failure into a PreflightError.
-
-    The model is run once on its own first, so that a wrong input or a non-tensor output is
-    reported as such rather than as an error from deep inside the tracer.
+    The graph is traced from the scored output only (``select_output(out, output)``), so a
+    model may return a dict, a ``ModelOutput`` or a tuple (caches, hidden states and
+    losses are not followed); class and position tokens get their width dimension named;
+    GPT-2's ``Conv1D`` gets a pruner.
     """
-    import torch_pruning as tp
+    from torch_pruning._helpers import UnwrappedParameters
 
+    params = dict(model.named_parameters())
+    unwrapped = [
+        UnwrappedParameters(parameters=params[n], pruning_dim=dim) for n, dim in _attention.token_parameters(model).items()
+    ]
+    return {
+        "output_transform": lambda out: select_output(out, output),
+        "unwrapped_parameters": unwrapped,
+        "customized_pruners": _attention.customized_pruners(model),
+    }
+
+
+def root_types(model: nn.Module) -> tuple[type[nn.Module], ...]:
+    """:data:`ROOT_TYPES`, plus GPT-2's ``Conv1D`` when the model has one."""
+    conv1d = _attention.conv1d_type()
+    if conv1d is not None and any(isinstance(m, conv1d) for m in model.modules()):
+        return ROOT_TYPES + (conv1d,)
+    return ROOT_TYPES
+
+
+def check_runs(model: nn.Module, example_inputs: Any, output: str | int | None = None) -> None:
+    """Run ``model`` once on its inputs, so that a wrong input or an output with nothing to
+    score is reported as such rather than as an error from deep inside the tracer."""
     name = type(model).__name__
     try:
         with torch.no_grad():
-            output = call_model(model, example_inputs)  # Torch-Pruning's tracer calls it the same way
+            out = call_model(model, example_inputs)  # Torch-Pruning's tracer calls it the same way
     except Exception as exc:  # noqa: BLE001 - any failure here means the same to the user
         raise PreflightError(
             f"cannot run {name} on the example inputs ({_describe(example_inputs)}): {type(exc).__name__}: {exc}"
         ) from exc
-    if not _has_tensor(output):
-        raise PreflightError(
-            f"cannot trace {name}: its forward must return a tensor (or a tuple, list or dict of tensors) "
-            f"for Torch-Pruning to follow the autograd graph, but it returned {type(output).__name__}"
-        )
     try:
-        with torch.enable_grad(), warnings.catch_warnings():
-            # Unwrapped parameters are reported by preflight itself, with their layer.
+        select_output(out, output)
+    except ValueError as exc:
+        raise PreflightError(
+            f"cannot trace {name}: its forward must return a tensor (or a tuple, list, dict or ModelOutput holding "
+            f"one) for Torch-Pruning to follow the autograd graph, but it returned {type(out).__name__} ({exc})"
+        ) from exc
+
+
+def build_graph(model: nn.Module, example_inputs: Any, output: str | int | None = None) -> Any:
+    """Trace ``model`` with Torch-Pruning (after :func:`check_runs`), turning any failure into a
+    PreflightError."""
+    import torch_pruning as tp
+
+    try:
+        with torch.enable_grad(), warnings.catch_warnings(), _attention.per_head_parameters_frozen(model):
+            # Unwrapped parameters are reported by preflight itself, with their layer; unknown
+            # ops are treated as element-wise, which is what they are in the zoo models.
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+            warnings.filterwarnings("ignore", message=r"\[Warning\] Unknown operation")
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, **tracer_options(model, output)
+            )
     except Exception as exc:  # noqa: BLE001 - any tracing failure means the same to the user
         raise PreflightError(
-            f"cannot trace {name} with Torch-Pruning (it follows the autograd graph of one forward pass; "
-            f"data-dependent Python control flow, non-tensor outputs or detached tensors break it): "
+            f"cannot trace {type(model).__name__} with Torch-Pruning (it follows the autograd graph of one forward "
+            f"pass; data-dependent Python control flow, non-tensor outputs or detached tensors break it): "
             f"{type(exc).__name__}: {exc}"
         ) from exc
 
@@ -178,112 +215,196 @@ def _custom_op(graph: Any, module: Any) -> str | None:
     return None
 
 
-def analyse(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
-    """Analyse ``model``: its prunable groups, lone layers and what was skipped and why."""
-    from torch_pruning import ops
+def analyse(model: nn.Module, example_inputs: Any, *, output: str | int | None = None) -> ModelAnalysis:
+    """Analyse ``model``: its prunable groups, lone layers and what was skipped and why.
 
+    When Torch-Pruning cannot trace the model, the analysis goes on without a graph: every
+    weight-carrying layer is offered for unstructured pruning, with the tracer's error as
+    the reason structured pruning is not.
+    """
     was_training = model.training
     model.eval()
+    graph: Any = None
+    untraced: str | None = None
     try:
-        graph = build_graph(model, example_inputs)
+        check_runs(model, example_inputs, output)
+        try:
+            graph = build_graph(model, example_inputs, output)
+        except PreflightError as exc:
+            cause = exc.__cause__
+            untraced = f"Torch-Pruning cannot trace {type(model).__name__} ({type(cause).__name__}: {cause})"
+            _logger.warning("%s; its layers are offered for unstructured pruning only", untraced)
     finally:
         model.train(was_training)
-    names = {m: n for n, m in model.named_modules()}
-    param_names = {p: n for n, p in model.named_parameters()}
     analysis = ModelAnalysis(layers=[])
-    covered: set[str] = set()
-    # Unwrapped parameter -> the group Torch-Pruning slices it with (by root name).
-    unwrapped_in_group: dict[str, str] = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.MultiheadAttention):
             analysis.num_heads[name] = module.num_heads
+    layouts = _attention.find_attention(model)
+    analysis.num_heads.update({layout.name: layout.heads for layout in layouts})
+    trace = _Trace(model, graph, layouts)
+    if graph is not None:
+        trace.functional = _functional_layers(model, graph, example_inputs, output)
+        for group in graph.get_all_groups(root_module_types=root_types(model)):
+            info = _group_entry(trace, group)
+            if info is not None:
+                analysis.layers.append(info)
+    _lone_layers(trace, untraced, analysis)
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    analysis.layers.sort(key=lambda i: order[i.name])
+    return analysis
 
-    for group in graph.get_all_groups(root_module_types=ROOT_TYPES):
-        root = group[0][0].target.module
-        root_name = names.get(root)
-        if root_name is None:
+
+@dataclass
+class _Trace:
+    """What the entries are read from, and what they have claimed so far."""
+
+    model: nn.Module
+    graph: Any
+    layouts: list[_attention.HeadLayout]
+    covered: set[str] = field(default_factory=set)
+    # Unwrapped parameter -> the group Torch-Pruning slices it with (by root name).
+    unwrapped_in_group: dict[str, str] = field(default_factory=dict)
+    # Layers whose weight the forward uses without calling them: name -> (in, out) widths.
+    functional: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _functional_layers(
+    model: nn.Module, graph: Any, example_inputs: Any, output: str | int | None
+) -> dict[str, tuple[int, int]]:
+    """Weight layers the tracer never saw called but whose weight reaches the output.
+
+    torchvision's Swin calls ``F.linear(x, self.qkv.weight)``: Torch-Pruning sees an
+    element-wise op there and would cut the channels around it without cutting the weight.
+    """
+    unseen = {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, root_types(model)) and _weights_of(m) and m not in graph.module2node
+    }
+    if not unseen:
+        return {}
+    weights = [getattr(m, _weights_of(m)[0]) for m in unseen.values()]
+    with torch.enable_grad():
+        out = select_output(call_model(model, example_inputs), output)
+        grads = torch.autograd.grad(out.float().sum(), weights, allow_unused=True)
+    found: dict[str, tuple[int, int]] = {}
+    for (name, module), grad in zip(unseen.items(), grads, strict=True):
+        if grad is not None and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            w = module.weight
+            found[name] = (int(w.shape[1] * getattr(module, "groups", 1)), int(w.shape[0]))
+    return found
+
+
+def _group_entry(trace: _Trace, group: Any) -> LayerInfo | None:
+    """The entry of one Torch-Pruning group (None when its root is not a named layer)."""
+    from torch_pruning import ops
+
+    model, graph, layouts, covered = trace.model, trace.graph, trace.layouts, trace.covered
+    unwrapped_in_group = trace.unwrapped_in_group
+
+    names = {m: n for n, m in model.named_modules()}
+    param_names = {p: n for n, p in model.named_parameters()}
+    explicit = _attention.token_parameters(model)
+    projections = {p: layout for layout in layouts for p in layout.projections}
+    layer_types = root_types(model) + _FOLLOWER_TYPES
+    root = group[0][0].target.module
+    root_name = names.get(root)
+    if root_name is None:
+        return None
+    channels = int(graph.get_out_channels(root) or 0)
+    members: list[str] = []
+    output_coupled = False
+    custom_ops: list[str] = []
+    ambiguous: list[str] = []
+    ch_groups = 1
+    heads = 0
+    for dep, _ in group:
+        target = dep.target.module
+        if dep.target.type == ops.OPTYPE.PARAMETER:
+            pname = param_names.get(target, "?")
+            unwrapped_in_group.setdefault(pname, root_name)
+            if pname not in explicit and sum(size > 1 for size in target.shape) > 1:
+                # Torch-Pruning guesses the last non-singleton dim; with several it may
+                # guess wrong and break the model.
+                ambiguous.append(f"{pname} {tuple(target.shape)}")
             continue
-        members: list[str] = []
-        output_coupled = False
-        custom_ops: list[str] = []
-        ambiguous: list[str] = []
-        ch_groups = 1
-        for dep, _ in group:
-            target = dep.target.module
-            if dep.target.type == ops.OPTYPE.PARAMETER:
-                pname = param_names.get(target, "?")
-                unwrapped_in_group.setdefault(pname, root_name)
-                if sum(size > 1 for size in target.shape) > 1:
-                    # Torch-Pruning guesses the last non-singleton dim; with several it may
-                    # guess wrong and break the model.
-                    ambiguous.append(f"{pname} {tuple(target.shape)}")
-                continue
-            op = _custom_op(graph, target)
-            if op is not None and op not in custom_ops:
-                custom_ops.append(op)
-            if not graph.is_out_channel_pruning_fn(dep.handler):
-                continue
-            node = graph.module2node.get(target)
-            if node is not None and len(node.outputs) == 0:
-                output_coupled = True
-            tname = names.get(target)
-            if tname is None or not isinstance(target, ROOT_TYPES + _FOLLOWER_TYPES):
-                continue
-            if tname not in members:
-                members.append(tname)
-            if isinstance(target, nn.MultiheadAttention):
-                ch_groups = max(ch_groups, target.num_heads)
-            elif isinstance(target, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and 1 < target.groups < target.out_channels:
-                ch_groups = max(ch_groups, target.groups)
-        weights: list[tuple[str, str]] = []
-        for m in members:
-            mod = model.get_submodule(m)
-            weights += [(m, p) for p in _weights_of(mod)]
-            if isinstance(mod, nn.MultiheadAttention):
-                weights.append((f"{m}.out_proj", "weight"))
-        weights = [w for w in weights if w[0] not in covered]
-        covered.update(w for w, _ in weights)
-        covered.update(members)
-        channels = int(graph.get_out_channels(root) or 0)
-        params = sum(model.get_submodule(w).get_parameter(p).numel() for w, p in weights)
-        reason: str | None = None
-        if output_coupled:
-            reason = "its output channels are the model's output"
-        elif custom_ops:
-            reason = f"its channels pass through custom autograd op(s) {', '.join(custom_ops)} that Torch-Pruning cannot see into"
-        elif ambiguous:
-            reason = (
-                f"it is coupled with unwrapped parameter(s) {', '.join(ambiguous)} whose channel dimension "
-                "Torch-Pruning would have to guess"
-            )
-        elif channels <= ch_groups:
-            reason = "only one channel per channel group"
-        if reason is not None:
-            methods: tuple[str, ...] = ("unstructured",) if weights else ()
-            max_amount = 0.99
-        else:
-            methods = ("structured", "unstructured")
-            max_amount = math.floor((1 - ch_groups / channels) * 100) / 100
-        analysis.layers.append(
-            LayerInfo(
-                name=root_name,
-                type=type(root).__name__,
-                members=tuple(members),
-                weights=tuple(weights),
-                channels=channels,
-                channel_groups=ch_groups,
-                params=params,
-                methods=methods,
-                max_amount=max_amount,
-                reason=reason,
-                heads=max(
-                    (analysis.num_heads[m] for m in members if m in analysis.num_heads),
-                    default=0,
-                ),
-            )
+        op = _custom_op(graph, target)
+        if op is not None and op not in custom_ops:
+            custom_ops.append(op)
+        if not graph.is_out_channel_pruning_fn(dep.handler):
+            continue
+        node = graph.module2node.get(target)
+        if node is not None and len(node.outputs) == 0:
+            output_coupled = True
+        tname = names.get(target)
+        if tname is None or not isinstance(target, layer_types):
+            continue
+        if tname not in members:
+            members.append(tname)
+        if isinstance(target, nn.MultiheadAttention):
+            ch_groups = max(ch_groups, target.num_heads)
+            heads = max(heads, target.num_heads)
+        elif target in projections:
+            layout = projections[target]
+            # A fused qkv holds three times the heads: each of q, k and v keeps whole heads.
+            ch_groups = max(ch_groups, layout.heads * max(1, channels // layout.width()))
+            if not layout.per_head:  # a per-head parameter (Swin's bias table) would need cutting too
+                heads = max(heads, layout.heads)
+        elif isinstance(target, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and 1 < target.groups < target.out_channels:
+            ch_groups = max(ch_groups, target.groups)
+    weights: list[tuple[str, str]] = []
+    for m in members:
+        mod = model.get_submodule(m)
+        weights += [(m, p) for p in _weights_of(mod)]
+        if isinstance(mod, nn.MultiheadAttention):
+            weights.append((f"{m}.out_proj", "weight"))
+    weights = [w for w in weights if w[0] not in covered]
+    covered.update(w for w, _ in weights)
+    covered.update(members)
+    touching = [n for n, widths in trace.functional.items() if channels in widths]
+    reason: str | None = None
+    if output_coupled:
+        reason = "its output channels are the model's output"
+    elif custom_ops:
+        reason = f"its channels pass through custom autograd op(s) {', '.join(custom_ops)} that Torch-Pruning cannot see into"
+    elif ambiguous:
+        reason = (
+            f"it is coupled with unwrapped parameter(s) {', '.join(ambiguous)} whose channel dimension "
+            "Torch-Pruning would have to guess"
         )
+    elif touching:
+        reason = (
+            f"its channels may reach {', '.join(touching)}, whose weight the forward uses without calling the "
+            "layer, out of Torch-Pruning's sight"
+        )
+    elif channels <= ch_groups:
+        reason = "only one channel per channel group"
+    if reason is not None:
+        methods: tuple[str, ...] = ("unstructured",) if weights else ()
+        max_amount = 0.99
+    else:
+        methods = ("structured", "unstructured")
+        max_amount = math.floor((1 - ch_groups / channels) * 100) / 100
+    return LayerInfo(
+        name=root_name,
+        type=type(root).__name__,
+        members=tuple(members),
+        weights=tuple(weights),
+        channels=channels,
+        channel_groups=ch_groups,
+        params=sum(model.get_submodule(w).get_parameter(p).numel() for w, p in weights),
+        methods=methods,
+        max_amount=max_amount,
+        reason=reason,
+        heads=heads,
+    )
 
-    # Layers with weights that no group covers: custom modules, untraced branches.
+
+def _lone_layers(trace: _Trace, untraced: str | None, analysis: ModelAnalysis) -> None:
+    """Layers with weights that no group covers: custom modules, untraced branches or models."""
+    model, graph, covered, unwrapped_in_group = trace.model, trace.graph, trace.covered, trace.unwrapped_in_group
+    weight_types = root_types(model)
     for name, module in model.named_modules():
         if name in covered:
             continue
@@ -305,10 +426,15 @@ def analyse(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
         if isinstance(parent, nn.MultiheadAttention) or isinstance(module, _FOLLOWER_TYPES):
             continue
         wnames = _weights_of(module)
-        if isinstance(module, ROOT_TYPES) and wnames:
-            reason = "not reached when tracing the model with the example inputs"
-            if module not in graph.module2node:
+        if isinstance(module, weight_types) and wnames:
+            if untraced is not None:
+                reason = untraced
+            elif name in trace.functional:
+                reason = "the forward uses its weight without calling the layer, out of Torch-Pruning's sight"
+            elif module not in graph.module2node:
                 reason = "not used in the traced forward pass"
+            else:
+                reason = "not reached when tracing the model with the example inputs"
             analysis.layers.append(
                 LayerInfo(
                     name=name,
@@ -324,7 +450,7 @@ def analyse(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
                 )
             )
             continue
-        kind = "unwrapped parameter(s)" if not isinstance(module, ROOT_TYPES) else "no weight"
+        kind = "unwrapped parameter(s)" if not isinstance(module, weight_types) else "no weight"
         sliced = sorted({unwrapped_in_group[f"{name}.{p}"] for p in own if f"{name}.{p}" in unwrapped_in_group})
         fate = (
             f"not pruned itself (coupled with the channels of group(s) {', '.join(sliced)})"
@@ -332,16 +458,22 @@ def analyse(model: nn.Module, example_inputs: Any) -> ModelAnalysis:
             else "no Torch-Pruning handler, left as is"
         )
         analysis.skipped.append((name, f"{type(module).__name__} with {kind} {', '.join(own)}: {fate}"))
-    order = {n: i for i, n in enumerate(names.values())}
-    analysis.layers.sort(key=lambda i: order[i.name])
-    return analysis
 
 
-def prunable_layers(model: nn.Module, example_inputs: Any) -> list[LayerInfo]:
+def prunable_layers(model: nn.Module, example_inputs: Any, *, output: str | int | None = None) -> list[LayerInfo]:
     """List each prunable layer or coupled group with its methods and largest safe amount.
 
     Layers that cannot be pruned structurally appear with ``methods == ("unstructured",)``
     and the reason; parameters that cannot be pruned at all appear with empty ``methods``.
+    A model Torch-Pruning cannot trace is offered for unstructured pruning only.
+
+    Args:
+        model: the model (left as it was).
+        example_inputs: a tensor (``model(x)``), a tuple (``model(*x)``) or a dict
+            (``model(**x)``, e.g. a tokenizer's ``input_ids`` and ``attention_mask``).
+        output: which output is scored when the model returns a dict, ``ModelOutput`` or
+            tuple (see :func:`autoprune._inputs.select_output`; default ``logits`` or the
+            first tensor). The graph is traced from it alone.
 
     Example:
         >>> import autoprune as ap
@@ -349,7 +481,7 @@ def prunable_layers(model: nn.Module, example_inputs: Any) -> list[LayerInfo]:
         >>> [i.name for i in ap.prunable_layers(model, x)][:2]
         ['features.0.0', 'features.1.0']
     """
-    analysis = analyse(model, example_inputs)
+    analysis = analyse(model, example_inputs, output=output)
     skipped = [
         LayerInfo(
             name=n,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch_pruning as tp
@@ -376,8 +378,19 @@ def test_no_fine_tune_calls_when_steps_are_zero() -> None:
     model, x = zoo.get("cnn", batch_size=1)
     calls: list[int] = []
     schedule = ap.Schedule.uniform(model, x, amount=0.5, steps=2)
-    ap.apply_schedule(model, schedule, example_inputs=x, fine_tune=lambda m, s: calls.append(s))
+    with pytest.warns(UserWarning, match=r"got a fine_tune, but the schedule's fine_tune_steps is 0, so it is never called"):
+        ap.apply_schedule(model, schedule, example_inputs=x, fine_tune=lambda m, s: calls.append(s))
     assert calls == []
+
+
+def test_fine_tune_with_steps_gives_no_warning() -> None:
+    model, x = ap.zoo.get("cnn", batch_size=1)
+    calls: list[int] = []
+    schedule = ap.Schedule.uniform(model, x, amount=0.5, steps=2, fine_tune_steps=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ap.apply_schedule(model, schedule, example_inputs=x, fine_tune=lambda m, s: calls.append(s))
+    assert calls == [3, 3]
 
 
 def test_on_step_may_stop_the_schedule() -> None:
@@ -404,12 +417,8 @@ def test_same_schedule_same_model_same_result(name: str) -> None:
     schedule = ap.Schedule(layers=layers, steps=2, shape="linear", fine_tune_steps=2, importance="random", seed=3)
     runs = [ap.apply_schedule(model, schedule, example_inputs=x, fine_tune=_sgd_fine_tune(x)) for _ in range(2)]
     assert _same_state(_state(runs[0]), _state(runs[1]))
-    other = ap.apply_schedule(
-        model, ap.Schedule(layers=layers, importance="random", seed=4), example_inputs=x, fine_tune=_sgd_fine_tune(x)
-    )
-    first = ap.apply_schedule(
-        model, ap.Schedule(layers=layers, importance="random", seed=3), example_inputs=x, fine_tune=_sgd_fine_tune(x)
-    )
+    other = ap.apply_schedule(model, ap.Schedule(layers=layers, importance="random", seed=4), example_inputs=x)
+    first = ap.apply_schedule(model, ap.Schedule(layers=layers, importance="random", seed=3), example_inputs=x)
     assert not _same_state(_state(first), _state(other))  # another seed, other channels
 
 

@@ -248,7 +248,14 @@ def test_wrong_example_inputs_are_named() -> None:
         ap.prunable_layers(model, torch.randn(1, 4, 8, 8))
 
 
-def test_tracing_failure_is_a_preflight_error() -> None:
-    with pytest.raises(ap.PreflightError, match="cannot trace _Fails with Torch-Pruning.*no autograd support") as info:
-        ap.prunable_layers(_Fails(), torch.randn(2, 4))
-    assert isinstance(info.value.__cause__, RuntimeError)
+def test_untraceable_model_is_offered_unstructured_with_the_reason() -> None:
+    infos = ap.prunable_layers(_Fails(), torch.randn(2, 4))
+    assert [(i.name, i.methods, i.params) for i in infos] == [("l", ("unstructured",), 16)]
+    assert infos[0].reason == (
+        "structured pruning not possible: Torch-Pruning cannot trace _Fails "
+        "(RuntimeError: custom kernel has no autograd support)"
+    )
+    pruned = ap.apply_schedule(
+        _Fails(), ap.Schedule(layers={"l": ap.LayerPlan("unstructured", 0.5)}), example_inputs=torch.randn(2, 4)
+    )
+    assert int((pruned.l.weight == 0).sum()) == 8
