@@ -629,3 +629,18 @@ def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name="int", storage=f"sqlite:///{tmp_path}/studies/i.db")
     assert len(counted_trials(study)) == done_before + 1
+
+
+def test_resume_fails_trials_left_running_by_a_stopped_run(tmp_path: Path) -> None:
+    from autoprune.study._storage import fail_interrupted_leftovers, open_study
+
+    cfg = _cfg(tmp_path)
+    study = open_study(cfg)
+    study.enqueue_trial({}, user_attrs={"role": ROLE_SEARCH})
+    left = study.ask()  # RUNNING, as a killed process leaves it
+    fail_interrupted_leftovers(study, cfg)
+    trial = study.get_trials(deepcopy=False)[left.number]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["interrupted"] is True
+    assert "left RUNNING by a stopped run" in trial.user_attrs["error"]
+    assert trial not in counted_trials(study)
