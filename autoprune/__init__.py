@@ -20,7 +20,7 @@ from autoprune._errors import (
 )
 from autoprune._search import search
 from autoprune.config import SearchConfig, SpaceConfig
-from autoprune.evaluation import Metrics, Target, evaluate
+from autoprune.evaluation import Metrics, Speedup, SpeedupMeter, Target, evaluate, measure_speedup
 from autoprune.executor import apply_schedule
 from autoprune.export import load_pruned, save_pruned
 from autoprune.preflight import LayerInfo, prunable_layers
@@ -45,6 +45,8 @@ __all__ = [
     "SearchConfig",
     "SpaceConfig",
     "ScheduleError",
+    "Speedup",
+    "SpeedupMeter",
     "Target",
     "TargetError",
     "TaskError",
@@ -52,6 +54,7 @@ __all__ = [
     "evaluate",
     "load_pruned",
     "load_study",
+    "measure_speedup",
     "save_pruned",
     "search",
     "prunable_layers",

@@ -182,6 +182,35 @@ def test_size_stats_of_batchnorm_counts_buffers() -> None:
     assert stats["dense_bytes"] == 4 * 8 * 4 + 8
 
 
+@pytest.mark.parametrize(
+    ("dtype", "size"),
+    [(torch.float32, 4), (torch.float16, 2), (torch.bfloat16, 2), (torch.int8, 1), (torch.float64, 8)],
+)
+def test_bytes_count_each_tensor_at_its_own_dtype(dtype: torch.dtype, size: int) -> None:
+    # 100 x 100 with exactly 1000 nonzeros (every tenth value):
+    # bitmask = 10000/8 + 1000*v; CSR = 1000*v + 1000*1 (column < 256) + 101*2 (count < 65536)
+    t = torch.zeros(100, 100, dtype=dtype)
+    t.view(-1)[::10] = 1
+    csr, bitmask = 1000 * size + 1000 + 202, 1250 + 1000 * size
+    assert tensor_bytes(t) == (10_000 * size, min(csr, bitmask))
+    assert tensor_bytes(torch.ones(7, dtype=dtype)) == (7 * size, 7 * size)
+
+
+def test_size_stats_of_a_half_precision_model() -> None:
+    model = nn.Sequential(nn.Linear(10, 4), nn.BatchNorm1d(4))
+    # Linear 44 values, BatchNorm weight/bias/mean/var 16 values, num_batches_tracked int64
+    assert size_stats(model)["dense_bytes"] == 60 * 4 + 8
+    assert size_stats(model.half())["dense_bytes"] == 60 * 2 + 8
+    assert size_stats(model.bfloat16())["dense_bytes"] == 60 * 2 + 8
+    with torch.no_grad():
+        model[0].weight[:, :5] = 0  # 20 of 40 zero: bitmask 5 + 20*2 = 45 < CSR 20*(2+1) + 5*1 = 65 < 80
+    stats = size_stats(model)
+    assert stats["dense_bytes"] == 60 * 2 + 8
+    # all-zero tensors (BatchNorm bias and running mean, num_batches_tracked) store in 1 byte
+    # of bitmask; Linear bias, BatchNorm weight and running var stay dense (4 * 2 bytes each)
+    assert stats["sparse_bytes"] == 45 + 3 * 8 + 3 * 1
+
+
 # ---------------------------------------------------------------------------- MACs
 @pytest.mark.parametrize("batch", [1, 5])
 @pytest.mark.parametrize(("groups", "stride"), [(1, 1), (4, 2)])
@@ -494,7 +523,11 @@ def test_signature_sees_forward_code_and_is_the_same_in_every_process() -> None:
 
     sigs = {
         subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300,
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
             env={**os.environ, "PYTHONHASHSEED": str(seed)},
         ).stdout.strip()
         for seed in (1, 2)

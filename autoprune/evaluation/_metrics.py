@@ -29,7 +29,7 @@ class Metrics:
         accuracy: the task's ``evaluate(model)`` (higher is better); NaN when no task.
         params: parameter count, dense (every element, zero or not).
         nonzero_params: parameters that are not exactly zero.
-        dense_bytes: bytes of the fp32 state dict stored dense.
+        dense_bytes: bytes of the state dict stored dense, each tensor at its own dtype's size.
         sparse_bytes: bytes stored with the smaller of bitmask+values or CSR for tensors
             with zeros (never more than dense per tensor).
         macs: multiply-accumulates of one forward pass of ONE sample (the first of the
