@@ -11,7 +11,10 @@ import dataclasses
 import math
 import random
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,15 +23,18 @@ from torch import nn
 import autoprune as ap
 from autoprune import TargetError
 from autoprune.evaluation import (
+    LatencyBackend,
     LatencyCache,
     Speedup,
     SpeedupMeter,
     Target,
+    _backends,
     cached_speedup,
     check_outputs,
     get_backend,
     measure_speedup,
     median_interval,
+    register_backend,
     speedup_key,
 )
 
@@ -153,6 +159,33 @@ def test_meter_keeps_its_own_reference_and_restores_the_model() -> None:
     assert meter.reference.classifier[1].weight.count_nonzero() > 0 and not meter.reference.training
     meter.measure(model, budget_s=0.05)
     assert all(m.training for m in model.modules())
+
+
+def test_the_clock_is_thread_cpu_time_on_one_cpu_thread_and_wall_time_otherwise() -> None:
+    model, x = ap.zoo.get("cnn", batch_size=2)
+    assert measure_speedup(model, model, x, target=TARGET, budget_s=0.05).clock == "thread"
+    assert measure_speedup(model, model, x, target="cpu:threads=2", budget_s=0.05).clock == "wall"
+    assert measure_speedup(model, model, x, target=TARGET, budget_s=0.05, clock="wall").clock == "wall"
+    with pytest.raises(ValueError, match="clock"):
+        measure_speedup(model, model, x, target=TARGET, clock="cycles")
+
+
+def test_work_on_another_thread_falls_back_to_the_wall_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_backends, "_REGISTRY", dict(_backends._REGISTRY))
+
+    @register_backend("elsewhere")
+    class Elsewhere(LatencyBackend):
+        def prepare(self, model: nn.Module, inputs: Any, target: Target) -> Callable[[], object]:
+            def run() -> None:
+                worker = threading.Thread(target=model, args=(inputs,))
+                worker.start()
+                worker.join()
+
+            return run
+
+    model, x = ap.zoo.get("cnn", batch_size=8)
+    s = measure_speedup(model, model, x, target="cpu:threads=1,backend=elsewhere", budget_s=0.1, clock="thread")
+    assert s.clock == "wall"
 
 
 @pytest.mark.parametrize(

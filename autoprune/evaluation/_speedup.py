@@ -14,7 +14,14 @@ Their ratio carries that drift. So a speedup is measured *paired*:
    the next round BAAB), so a drift that is linear within a round hits both sides equally,
    and neither side is always first. A round gives one ratio, reference time per call over
    model time per call.
-4. The speedup is the median of the round ratios; its 95% interval is the distribution-free
+4. The clock: on a single-threaded CPU target (``threads=1``) blocks are timed with the
+   thread's CPU time (``time.thread_time``), so the time the scheduler hands to other
+   processes on a busy machine does not count; what remains of the drift (frequency,
+   caches, memory bandwidth) hits both sides of a round alike. Warm-up checks that the work
+   runs on the calling thread (a good share of some call's wall time is this thread's CPU
+   time), else the wall clock is used, as it is on other targets (CUDA events on CUDA).
+   :attr:`Speedup.clock` says which.
+5. The speedup is the median of the round ratios; its 95% interval is the distribution-free
    order-statistic interval of the median (:func:`median_interval`). Rounds go on until
    the interval lies within ``+-rel_tol`` of the median (at least ``min_rounds`` rounds),
    or until the budget is spent; :attr:`Speedup.converged` says which.
@@ -49,6 +56,11 @@ __all__ = ["Speedup", "SpeedupMeter", "measure_speedup", "median_interval"]
 MIN_BLOCK_S = 0.005  # the shortest a block of calls may take
 _ROUNDS_PER_BUDGET = 40  # blocks are sized so a budget holds about this many rounds
 _WARMUP_SHARE = 0.1
+_CLOCKS = ("auto", "thread", "wall")
+# The thread clock needs a warm-up call whose thread CPU time is at least this share of its
+# wall time: work handed to another thread shows almost none (a few percent); a call on this
+# thread shows 20-60% on a machine with 4 runnable processes a core, and 90+% when quiet.
+_ON_THREAD = 0.25
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,8 @@ class Speedup:
         model_calls: calls of the model in each block.
         reference_calls: calls of the reference in each block.
         cached: True when this came from a :class:`LatencyCache` instead of being measured now.
+        clock: ``"thread"`` (the thread's CPU time: ``model_ms`` and ``reference_ms`` are what
+            a call costs on a core of its own) or ``"wall"`` (elapsed time; CUDA events on CUDA).
     """
 
     ratio: float
@@ -90,6 +104,7 @@ class Speedup:
     model_calls: int = 1
     reference_calls: int = 1
     cached: bool = False
+    clock: str = "wall"
 
     @property
     def rel_halfwidth(self) -> float:
@@ -212,6 +227,7 @@ class SpeedupMeter:
         max_rounds: int | None = None,
         lock: bool = True,
         lock_path: Any = None,
+        clock: str = "auto",
     ) -> Speedup:
         """Time ``model`` against the reference in alternating rounds (see the module docs).
 
@@ -226,6 +242,8 @@ class SpeedupMeter:
             max_rounds: stop after this many rounds even if not converged (None: no limit).
             lock: hold the machine-wide measurement lock (turn off only to study its effect).
             lock_path: the lock file (default: :func:`default_lock_path`).
+            clock: ``"auto"`` (the thread's CPU time on a ``threads=1`` CPU target when the
+                work runs on the calling thread, else wall time), ``"thread"`` or ``"wall"``.
 
         Raises:
             TargetError: the backend cannot run the model.
@@ -236,6 +254,8 @@ class SpeedupMeter:
             raise ValueError(f"`rel_tol >= 0` must hold, but got {rel_tol=}.")
         if max_rounds is not None and max_rounds < 1:
             raise ValueError(f"`max_rounds >= 1` (or None) must hold, but got {max_rounds=}.")
+        if clock not in _CLOCKS or (clock == "thread" and self.target.is_cuda):
+            raise ValueError(f"`clock` must be one of {', '.join(_CLOCKS)} ('thread' on cpu only), but got {clock=}.")
         modes = {m: m.training for m in model.modules()}
         try:
             model.eval()
@@ -243,7 +263,9 @@ class SpeedupMeter:
                 run = self.backend.prepare(model, self.inputs, self.target)
                 with measuring(self.target, lock=lock, lock_path=lock_path) as wait_s:
                     started = time.perf_counter()
-                    rounds = _Rounds(self._reference_run, run, make_timer(self.target), budget_s)
+                    if clock == "auto":
+                        clock = "thread" if self.target.threads == 1 and not self.target.is_cuda else "wall"
+                    rounds = _Rounds(self._reference_run, run, self.target, budget_s, clock)
                     rounds.run(rel_tol, max(min_rounds, 6), max_rounds)
                     seconds = time.perf_counter() - started
         finally:
@@ -266,7 +288,21 @@ class SpeedupMeter:
             wait_s=wait_s,
             model_calls=rounds.model_calls,
             reference_calls=rounds.reference_calls,
+            clock=rounds.clock,
         )
+
+
+def _both_clocks(run: Callable[[], object], timer: Callable[[Callable[[], object], int], float]) -> tuple[float, float]:
+    cpu = time.thread_time()
+    wall = timer(run, 1)
+    return wall, time.thread_time() - cpu
+
+
+def _thread_timer(run: Callable[[], object], n: int) -> float:
+    start = time.thread_time()
+    for _ in range(n):
+        run()
+    return time.thread_time() - start
 
 
 class _Rounds:
@@ -276,10 +312,12 @@ class _Rounds:
         self,
         reference: Callable[[], object],
         model: Callable[[], object],
-        timer: Callable[[Callable[[], object], int], float],
+        target: Target,
         budget_s: float,
+        clock: str,
     ) -> None:
-        self.reference, self.model, self.timer, self.budget_s = reference, model, timer, budget_s
+        self.reference, self.model, self.target, self.budget_s, self.clock = reference, model, target, budget_s, clock
+        self.timer = make_timer(target)
         self.start = time.perf_counter()
         self.ratios: list[float] = []
         self.model_s: list[float] = []
@@ -287,16 +325,24 @@ class _Rounds:
         self.reference_calls = self.model_calls = 1
 
     def _warm_up(self, max_rounds: int | None) -> None:
-        ref: list[float] = []
-        mod: list[float] = []
+        ref: list[tuple[float, float]] = []  # (wall, thread CPU) seconds of single calls
+        mod: list[tuple[float, float]] = []
         while len(ref) < 3 or time.perf_counter() - self.start < _WARMUP_SHARE * self.budget_s:
-            ref.append(self.timer(self.reference, 1))
-            mod.append(self.timer(self.model, 1))
+            ref.append(_both_clocks(self.reference, self.timer))
+            mod.append(_both_clocks(self.model, self.timer))
+        if self.clock == "thread":
+            # Work on other threads would not be counted: check that some call used this one.
+            on_thread = all(max(c / max(w, 1e-9) for w, c in side) >= _ON_THREAD for side in (ref, mod))
+            if on_thread:
+                self.timer = _thread_timer
+            else:
+                self.clock = "wall"
+        col = 1 if self.clock == "thread" else 0
         # The first call of each side may include one-off work (allocations, lazy init).
         rounds = max_rounds or _ROUNDS_PER_BUDGET
         block_s = max(MIN_BLOCK_S, (1 - _WARMUP_SHARE) * self.budget_s / (4 * rounds))
-        self.reference_calls = max(1, math.ceil(block_s / max(statistics.median(ref[1:]), 1e-7)))
-        self.model_calls = max(1, math.ceil(block_s / max(statistics.median(mod[1:]), 1e-7)))
+        self.reference_calls = max(1, math.ceil(block_s / max(statistics.median(t[col] for t in ref[1:]), 1e-7)))
+        self.model_calls = max(1, math.ceil(block_s / max(statistics.median(t[col] for t in mod[1:]), 1e-7)))
 
     def _round(self, reference_first: bool) -> None:
         ref, nr = self.reference, self.reference_calls
@@ -342,6 +388,7 @@ def measure_speedup(
     max_rounds: int | None = None,
     lock: bool = True,
     lock_path: Any = None,
+    clock: str = "auto",
 ) -> Speedup:
     """How many times faster ``model`` runs than ``reference``, timed in alternation.
 
@@ -367,4 +414,5 @@ def measure_speedup(
         max_rounds=max_rounds,
         lock=lock,
         lock_path=lock_path,
+        clock=clock,
     )
