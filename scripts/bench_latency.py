@@ -166,6 +166,10 @@ def _drift(args: argparse.Namespace, target: Target) -> tuple[list[dict], str]:
         if not proc.is_alive():
             proc.start()
         paired = [meter.measure(pruned, budget_s=args.budget, lock_path=args.lock_path) for _ in range(args.repeats)]
+        walls = [
+            meter.measure(pruned, budget_s=args.budget, lock_path=args.lock_path, clock="wall").ratio
+            for _ in range(args.repeats)
+        ]
         unpaired = []
         for _ in range(args.repeats):
             ref = measure_latency(model, x, target, time_budget_s=args.budget / 2, lock_path=args.lock_path)
@@ -183,11 +187,15 @@ def _drift(args: argparse.Namespace, target: Target) -> tuple[list[dict], str]:
             paired_converged=sum(s.converged for s in paired),
             paired_halfwidth=statistics.median(s.rel_halfwidth for s in paired),
             paired_seconds=statistics.fmean(s.seconds for s in paired),
+            clock=paired[0].clock,
+            wall_median=statistics.median(walls),
+            wall_cv=_cv(walls),
             unpaired_median=statistics.median(unpaired),
             unpaired_cv=_cv(unpaired),
             quiet=statistics.median(s.ratio for s in quiet),
             paired=[s.as_dict() for s in paired],
             unpaired=unpaired,
+            paired_wall=walls,
         )
         row["paired_vs_quiet"] = row["paired_median"] / row["quiet"] - 1
         rows.append(row)
@@ -195,16 +203,19 @@ def _drift(args: argparse.Namespace, target: Target) -> tuple[list[dict], str]:
     lines = [
         f"Speedup of uniform 50% structured over unpruned on `{target}`, batch {args.batch}; "
         f"disturber {args.busy:g} s busy / {args.idle:g} s idle on one CPU; {args.repeats} measurements "
-        f"of {args.budget:g} s each (unpaired: two latencies of {args.budget / 2:g} s).",
+        f"of {args.budget:g} s each (unpaired: two latencies of {args.budget / 2:g} s). Paired: "
+        f"`SpeedupMeter.measure` (clock: {rows[0]['clock'] if rows else '?'}); median ±%: the median "
+        "relative half-width of the 95% intervals.",
         "",
-        "| model | paired median | paired CV | converged | median ±% | unpaired median | unpaired CV "
-        "| quiet (paired) | paired vs quiet |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | paired median | paired CV | converged | median ±% | paired, wall clock: median, CV "
+        "| unpaired median | unpaired CV | quiet (paired) | paired vs quiet |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['paired_median']:.3f}x | {100 * r['paired_cv']:.1f}% | "
             f"{r['paired_converged']}/{args.repeats} | {100 * r['paired_halfwidth']:.1f}% | "
+            f"{r['wall_median']:.3f}x, {100 * r['wall_cv']:.1f}% | "
             f"{r['unpaired_median']:.3f}x | {100 * r['unpaired_cv']:.1f}% | {r['quiet']:.3f}x | "
             f"{100 * r['paired_vs_quiet']:+.1f}% |"
         )

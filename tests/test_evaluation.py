@@ -627,3 +627,21 @@ def test_relative_metrics() -> None:
     base = ap.Metrics(90.0, 100, 100, 400, 400, 1000, 10.0, 0.01)
     pruned = ap.Metrics(88.5, 100, 10, 400, 100, 1000, 8.0, 0.01)
     assert relative_metrics(pruned, base) == {"accuracy_drop": 1.5, "speedup": 1.25, "compression": 4.0}
+
+
+# ---------------------------------------------------------------------------- paired speedup in evaluate
+def test_evaluate_with_a_speedup_meter_records_the_paired_speedup() -> None:
+    model, x = ap.zoo.get("cnn", batch_size=2)
+    meter = ap.SpeedupMeter(model, x, "cpu:threads=1")
+    cache = LatencyCache()
+    m = ap.evaluate(model, x, speedup_meter=meter, cache=cache, time_budget_s=0.3, rel_tol=1.0)
+    assert m.target == "cpu:threads=1" and m.latency_clock == "thread" and not m.latency_cached
+    assert m.speedup_low <= m.speedup <= m.speedup_high and m.latency_repeats >= 3
+    assert m.latency_ms > 0 and m.reference_latency_ms > 0
+    assert relative_metrics(m, m)["speedup"] == m.speedup  # the paired ratio, not a ratio of latencies
+    again = ap.evaluate(model, x, speedup_meter=meter, cache=cache, time_budget_s=0.3, rel_tol=1.0)
+    assert again.latency_cached and again.speedup == m.speedup and again.time_latency_s == 0.0
+    plain = ap.evaluate(model, x, target="cpu:threads=1", time_budget_s=0.05)
+    assert math.isnan(plain.speedup) and plain.latency_clock == "wall"
+    with pytest.raises(ap.TargetError, match="differs from the speedup meter's"):
+        ap.evaluate(model, x, target="cpu:threads=2", speedup_meter=meter)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,15 @@ class Metrics:
         time_latency_s: seconds spent on latency, waiting for the lock included (0 on a
             cache hit).
         latency_wait_s: of those, seconds spent waiting for the machine-wide measurement lock.
+        speedup: reference time / model time, timed in alternation with the reference when
+            :func:`~autoprune.evaluate` was given a ``speedup_meter`` (NaN otherwise); then
+            ``latency_ms`` is the model's time from the same rounds, ``latency_spread`` the
+            relative half-width of the speedup's interval and ``latency_repeats`` its rounds.
+        speedup_low: lower end of the speedup's 95% interval.
+        speedup_high: upper end of the speedup's 95% interval.
+        speedup_converged: False when the interval did not reach the tolerance in the budget.
+        reference_latency_ms: the reference's time per call, from the same rounds.
+        latency_clock: ``"thread"`` (CPU time of the calling thread) or ``"wall"``.
     """
 
     accuracy: float
@@ -62,6 +72,12 @@ class Metrics:
     time_eval_s: float = 0.0
     time_latency_s: float = 0.0
     latency_wait_s: float = 0.0
+    speedup: float = math.nan
+    speedup_low: float = math.nan
+    speedup_high: float = math.nan
+    speedup_converged: bool = False
+    reference_latency_ms: float = math.nan
+    latency_clock: str = "wall"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
