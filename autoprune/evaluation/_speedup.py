@@ -18,8 +18,8 @@ Their ratio carries that drift. So a speedup is measured *paired*:
    thread's CPU time (``time.thread_time``), so the time the scheduler hands to other
    processes on a busy machine does not count; what remains of the drift (frequency,
    caches, memory bandwidth) hits both sides of a round alike. Warm-up checks that the work
-   runs on the calling thread (a good share of some call's wall time is this thread's CPU
-   time), else the wall clock is used, as it is on other targets (CUDA events on CUDA).
+   runs on the calling thread (most of the process's CPU time during warm-up is this
+   thread's), else the wall clock is used, as it is on other targets (CUDA events on CUDA).
    :attr:`Speedup.clock` says which.
 5. The speedup is the median of the round ratios; its 95% interval is the distribution-free
    order-statistic interval of the median (:func:`median_interval`). Rounds go on until
@@ -57,10 +57,10 @@ MIN_BLOCK_S = 0.005  # the shortest a block of calls may take
 _ROUNDS_PER_BUDGET = 40  # blocks are sized so a budget holds about this many rounds
 _WARMUP_SHARE = 0.1
 _CLOCKS = ("auto", "thread", "wall")
-# The thread clock needs a warm-up call whose thread CPU time is at least this share of its
-# wall time: work handed to another thread shows almost none (a few percent); a call on this
-# thread shows 20-60% on a machine with 4 runnable processes a core, and 90+% when quiet.
-_ON_THREAD = 0.25
+# The thread clock needs this share of the process's CPU time during warm-up to be the
+# calling thread's: work handed to other threads of the process would not be counted.
+# (Compared with the process's CPU time, not wall time, so a busy machine does not matter.)
+_ON_THREAD = 0.8
 
 
 @dataclass(frozen=True)
@@ -327,12 +327,13 @@ class _Rounds:
     def _warm_up(self, max_rounds: int | None) -> None:
         ref: list[tuple[float, float]] = []  # (wall, thread CPU) seconds of single calls
         mod: list[tuple[float, float]] = []
+        process = time.process_time()
         while len(ref) < 3 or time.perf_counter() - self.start < _WARMUP_SHARE * self.budget_s:
             ref.append(_both_clocks(self.reference, self.timer))
             mod.append(_both_clocks(self.model, self.timer))
+        process = time.process_time() - process
         if self.clock == "thread":
-            # Work on other threads would not be counted: check that some call used this one.
-            on_thread = all(max(c / max(w, 1e-9) for w, c in side) >= _ON_THREAD for side in (ref, mod))
+            on_thread = sum(c for _, c in ref + mod) >= _ON_THREAD * process
             if on_thread:
                 self.timer = _thread_timer
             else:
