@@ -125,11 +125,10 @@ def test_k_times_the_work_is_k_times_slower() -> None:
 def test_the_interval_narrows_with_more_rounds() -> None:
     model, x = ap.zoo.get("cnn", batch_size=2)
     meter = SpeedupMeter(model, x, TARGET)
-    # same block length (budget per round), 8 rounds against 64
-    few = meter.measure(model, budget_s=0.5, rel_tol=0.0, max_rounds=8)
-    many = meter.measure(model, budget_s=4.0, rel_tol=0.0, max_rounds=64)
-    # blocks are sized for 8 and 64 rounds; on a loaded machine fewer may fit in the budget
-    assert few.rounds <= 8 and many.rounds >= 2 * few.rounds
+    # the same 5 ms blocks, 8 rounds against 64 (the budget is far from binding)
+    few = meter.measure(model, budget_s=60.0, rel_tol=0.0, max_rounds=8, block_s=0.005)
+    many = meter.measure(model, budget_s=60.0, rel_tol=0.0, max_rounds=64, block_s=0.005)
+    assert (few.rounds, many.rounds) == (8, 64)
     assert many.high - many.low < few.high - few.low
     assert not few.converged and not many.converged  # rel_tol 0 cannot be met
 
@@ -143,7 +142,7 @@ def test_a_tiny_budget_is_flagged_as_not_converged() -> None:
 
 def test_a_loose_tolerance_converges_and_stops_early() -> None:
     model, x = ap.zoo.get("cnn", batch_size=2)
-    s = measure_speedup(model, model, x, target=TARGET, budget_s=30.0, rel_tol=1.0)
+    s = measure_speedup(model, model, x, target=TARGET, budget_s=30.0, rel_tol=1.0, block_s=0.005)
     assert s.converged and s.rounds == 8  # the default min_rounds
     assert s.seconds < 30.0
 

@@ -228,6 +228,7 @@ class SpeedupMeter:
         lock: bool = True,
         lock_path: Any = None,
         clock: str = "auto",
+        block_s: float | None = None,
     ) -> Speedup:
         """Time ``model`` against the reference in alternating rounds (see the module docs).
 
@@ -244,6 +245,8 @@ class SpeedupMeter:
             lock_path: the lock file (default: :func:`default_lock_path`).
             clock: ``"auto"`` (the thread's CPU time on a ``threads=1`` CPU target when the
                 work runs on the calling thread, else wall time), ``"thread"`` or ``"wall"``.
+            block_s: how long one block of calls should last (default: the budget over
+                ``4 * max_rounds``, or over 160 without ``max_rounds``; at least 5 ms).
 
         Raises:
             TargetError: the backend cannot run the model.
@@ -254,6 +257,8 @@ class SpeedupMeter:
             raise ValueError(f"`rel_tol >= 0` must hold, but got {rel_tol=}.")
         if max_rounds is not None and max_rounds < 1:
             raise ValueError(f"`max_rounds >= 1` (or None) must hold, but got {max_rounds=}.")
+        if block_s is not None and not block_s > 0:
+            raise ValueError(f"`block_s > 0` (or None) must hold, but got {block_s=}.")
         if clock not in _CLOCKS or (clock == "thread" and self.target.is_cuda):
             raise ValueError(f"`clock` must be one of {', '.join(_CLOCKS)} ('thread' on cpu only), but got {clock=}.")
         modes = {m: m.training for m in model.modules()}
@@ -266,13 +271,12 @@ class SpeedupMeter:
                     if clock == "auto":
                         clock = "thread" if self.target.threads == 1 and not self.target.is_cuda else "wall"
                     rounds = _Rounds(self._reference_run, run, self.target, budget_s, clock)
-                    rounds.run(rel_tol, max(min_rounds, 6), max_rounds)
+                    rounds.run(rel_tol, max(min_rounds, 6), max_rounds, block_s)
                     seconds = time.perf_counter() - started
         finally:
             for module, training in modes.items():
                 module.training = training
-        ratio, low, high, covered = median_interval(rounds.ratios)
-        converged = covered and low >= ratio * (1 - rel_tol) and high <= ratio * (1 + rel_tol)
+        ratio, low, high, _ = median_interval(rounds.ratios)
         return Speedup(
             ratio=ratio,
             low=low,
@@ -280,7 +284,7 @@ class SpeedupMeter:
             rounds=len(rounds.ratios),
             model_ms=statistics.median(rounds.model_s) * 1e3,
             reference_ms=statistics.median(rounds.reference_s) * 1e3,
-            converged=converged,
+            converged=_converged(rounds.ratios, rel_tol),
             rel_tol=rel_tol,
             budget_s=budget_s,
             target=str(self.target),
@@ -290,6 +294,12 @@ class SpeedupMeter:
             reference_calls=rounds.reference_calls,
             clock=rounds.clock,
         )
+
+
+def _converged(ratios: Sequence[float], rel_tol: float) -> bool:
+    """Whether the 95% interval of the median ratio lies within ``+-rel_tol`` of it."""
+    ratio, low, high, covered = median_interval(ratios)
+    return covered and low >= ratio * (1 - rel_tol) and high <= ratio * (1 + rel_tol)
 
 
 def _both_clocks(run: Callable[[], object], timer: Callable[[Callable[[], object], int], float]) -> tuple[float, float]:
@@ -324,7 +334,7 @@ class _Rounds:
         self.reference_s: list[float] = []
         self.reference_calls = self.model_calls = 1
 
-    def _warm_up(self, max_rounds: int | None) -> None:
+    def _warm_up(self, max_rounds: int | None, block_s: float | None) -> None:
         ref: list[tuple[float, float]] = []  # (wall, thread CPU) seconds of single calls
         mod: list[tuple[float, float]] = []
         process = time.process_time()
@@ -340,8 +350,9 @@ class _Rounds:
                 self.clock = "wall"
         col = 1 if self.clock == "thread" else 0
         # The first call of each side may include one-off work (allocations, lazy init).
-        rounds = max_rounds or _ROUNDS_PER_BUDGET
-        block_s = max(MIN_BLOCK_S, (1 - _WARMUP_SHARE) * self.budget_s / (4 * rounds))
+        if block_s is None:
+            rounds = max_rounds or _ROUNDS_PER_BUDGET
+            block_s = max(MIN_BLOCK_S, (1 - _WARMUP_SHARE) * self.budget_s / (4 * rounds))
         self.reference_calls = max(1, math.ceil(block_s / max(statistics.median(t[col] for t in ref[1:]), 1e-7)))
         self.model_calls = max(1, math.ceil(block_s / max(statistics.median(t[col] for t in mod[1:]), 1e-7)))
 
@@ -361,8 +372,8 @@ class _Rounds:
         self.model_s.append(mod_s)
         self.ratios.append(ref_s / mod_s if mod_s > 0 else math.inf)
 
-    def run(self, rel_tol: float, min_rounds: int, max_rounds: int | None) -> None:
-        self._warm_up(max_rounds)
+    def run(self, rel_tol: float, min_rounds: int, max_rounds: int | None, block_s: float | None) -> None:
+        self._warm_up(max_rounds, block_s)
         deadline = self.start + self.budget_s
         while True:
             self._round(reference_first=len(self.ratios) % 2 == 0)
@@ -371,10 +382,8 @@ class _Rounds:
                 return
             if n >= 3 and time.perf_counter() >= deadline:
                 return
-            if n >= min_rounds:
-                ratio, low, high, covered = median_interval(self.ratios)
-                if covered and low >= ratio * (1 - rel_tol) and high <= ratio * (1 + rel_tol):
-                    return
+            if n >= min_rounds and _converged(self.ratios, rel_tol):
+                return
 
 
 def measure_speedup(
