@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -639,7 +640,17 @@ def test_evaluate_with_a_speedup_meter_records_the_paired_speedup() -> None:
     assert m.speedup_low <= m.speedup <= m.speedup_high and m.latency_repeats >= 3
     assert m.latency_ms > 0 and m.reference_latency_ms > 0
     assert relative_metrics(m, m)["speedup"] == m.speedup  # the paired ratio, not a ratio of latencies
-    again = ap.evaluate(model, x, speedup_meter=meter, cache=cache, time_budget_s=0.3, rel_tol=1.0)
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def around() -> Iterator[None]:
+        events.append("enter")
+        yield
+
+    again = ap.evaluate(
+        model, x, speedup_meter=meter, cache=cache, time_budget_s=0.3, rel_tol=1.0, around_latency=around
+    )
+    assert events == []  # a cache hit is not a measurement
     assert again.latency_cached and again.speedup == m.speedup and again.time_latency_s == 0.0
     plain = ap.evaluate(model, x, target="cpu:threads=1", time_budget_s=0.05)
     assert math.isnan(plain.speedup) and plain.latency_clock == "wall"

@@ -21,7 +21,8 @@ import json
 import os
 import socket
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,7 @@ def cached_speedup(
     *,
     budget_s: float = 2.0,
     rel_tol: float = 0.02,
+    around: Callable[[], AbstractContextManager[object]] | None = None,
     **measure_options: Any,
 ) -> Speedup:
     """``meter.measure(model)``, unless the cache holds a tight enough entry for it.
@@ -230,6 +232,7 @@ def cached_speedup(
         budget_s: time budget of a measurement (part of the key).
         rel_tol: the relative half-width an entry must have to be reused, and the one a new
             measurement aims for.
+        around: a context manager factory entered around a measurement (not a cache hit).
         **measure_options: passed to :meth:`SpeedupMeter.measure` (``lock``, ``min_rounds``, ...).
 
     Example:
@@ -240,13 +243,14 @@ def cached_speedup(
         >>> cached_speedup(meter, model, cache, budget_s=0.3, rel_tol=0.5).cached
         True
     """
-    if cache is None:
-        return meter.measure(model, budget_s=budget_s, rel_tol=rel_tol, **measure_options)
-    key = speedup_key(model, meter, budget_s)
-    stored = cache.get_speedup(key)
+    key = speedup_key(model, meter, budget_s) if cache is not None else ""
+    stored = cache.get_speedup(key) if cache is not None else None
     if stored is not None and stored.rel_halfwidth <= rel_tol:
         return dataclasses.replace(stored, cached=True)
-    fresh = meter.measure(model, budget_s=budget_s, rel_tol=rel_tol, **measure_options)
+    with around() if around is not None else contextlib.nullcontext():
+        fresh = meter.measure(model, budget_s=budget_s, rel_tol=rel_tol, **measure_options)
+    if cache is None:
+        return fresh
     if stored is None or fresh.rel_halfwidth <= stored.rel_halfwidth:
         cache.put_speedup(key, fresh)
     return fresh

@@ -66,8 +66,9 @@ def evaluate(
             while it measures, so accuracy and MACs are computed as busy work that other
             workers' measurements wait for.
         speedup_meter: the unpruned reference, prepared (:class:`SpeedupMeter`): latency is
-            then timed in alternation with it (:meth:`SpeedupMeter.measure`), so machine drift
-            cancels, and ``speedup``, its interval and the reference's time are recorded.
+            then timed in alternation with it (:meth:`SpeedupMeter.measure`, on the meter's
+            example inputs), so machine drift cancels, and ``speedup``, its interval and the
+            reference's time are recorded.
         rel_tol: with a meter, the relative half-width of the speedup's 95% interval to aim for.
 
     Raises:
@@ -113,8 +114,9 @@ def evaluate(
     cached = False
     paired: Speedup | None = None
     if measure_latency and speedup_meter is not None:
-        with around_latency() if around_latency is not None else contextlib.nullcontext():
-            paired = cached_speedup(speedup_meter, model, cache, budget_s=time_budget_s, rel_tol=rel_tol, lock=lock)
+        paired = cached_speedup(
+            speedup_meter, model, cache, budget_s=time_budget_s, rel_tol=rel_tol, around=around_latency, lock=lock
+        )
         cached = paired.cached
         latency = LatencyResult(paired.model_ms, paired.rel_halfwidth, paired.rounds, paired.seconds, paired.wait_s)
     elif measure_latency:
