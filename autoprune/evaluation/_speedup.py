@@ -399,6 +399,7 @@ def measure_speedup(
     lock: bool = True,
     lock_path: Any = None,
     clock: str = "auto",
+    block_s: float | None = None,
 ) -> Speedup:
     """How many times faster ``model`` runs than ``reference``, timed in alternation.
 
@@ -425,4 +426,5 @@ def measure_speedup(
         lock=lock,
         lock_path=lock_path,
         clock=clock,
+        block_s=block_s,
     )
