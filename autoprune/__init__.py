@@ -19,7 +19,7 @@ from autoprune._errors import (
     UnsafeWeightsError,
 )
 from autoprune.config import SearchConfig, SpaceConfig
-from autoprune.evaluation import Metrics, Target, evaluate
+from autoprune.evaluation import Metrics, Speedup, SpeedupMeter, Target, evaluate, measure_speedup
 from autoprune.executor import apply_schedule
 from autoprune.export import load_pruned, save_pruned
 from autoprune.preflight import LayerInfo, prunable_layers
@@ -44,6 +44,8 @@ __all__ = [
     "SearchConfig",
     "SpaceConfig",
     "ScheduleError",
+    "Speedup",
+    "SpeedupMeter",
     "Target",
     "TargetError",
     "TaskError",
@@ -51,6 +53,7 @@ __all__ = [
     "evaluate",
     "load_pruned",
     "load_study",
+    "measure_speedup",
     "save_pruned",
     "search",
     "prunable_layers",

@@ -35,6 +35,7 @@ from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode
 
 import autoprune as ap
+from autoprune.evaluation import backend_names
 from autoprune.testing import models as zoo
 
 
@@ -173,9 +174,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--round-to", type=int, default=None, help="Schedule.round_to for the pruned models")
     parser.add_argument(
         "--backend",
-        choices=["dense", "torchscript"],
+        choices=backend_names(),
         default="dense",
-        help="how the models run: eager PyTorch (dense) or traced+frozen TorchScript",
+        help="how the models run: a latency backend (dense: eager PyTorch; torchscript; onnxruntime; compile)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

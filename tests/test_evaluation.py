@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,35 @@ def test_size_stats_of_batchnorm_counts_buffers() -> None:
     assert stats["params"] == 16
     # weight, bias, running mean and var as fp32, num_batches_tracked as int64
     assert stats["dense_bytes"] == 4 * 8 * 4 + 8
+
+
+@pytest.mark.parametrize(
+    ("dtype", "size"),
+    [(torch.float32, 4), (torch.float16, 2), (torch.bfloat16, 2), (torch.int8, 1), (torch.float64, 8)],
+)
+def test_bytes_count_each_tensor_at_its_own_dtype(dtype: torch.dtype, size: int) -> None:
+    # 100 x 100 with exactly 1000 nonzeros (every tenth value):
+    # bitmask = 10000/8 + 1000*v; CSR = 1000*v + 1000*1 (column < 256) + 101*2 (count < 65536)
+    t = torch.zeros(100, 100, dtype=dtype)
+    t.view(-1)[::10] = 1
+    csr, bitmask = 1000 * size + 1000 + 202, 1250 + 1000 * size
+    assert tensor_bytes(t) == (10_000 * size, min(csr, bitmask))
+    assert tensor_bytes(torch.ones(7, dtype=dtype)) == (7 * size, 7 * size)
+
+
+def test_size_stats_of_a_half_precision_model() -> None:
+    model = nn.Sequential(nn.Linear(10, 4), nn.BatchNorm1d(4))
+    # Linear 44 values, BatchNorm weight/bias/mean/var 16 values, num_batches_tracked int64
+    assert size_stats(model)["dense_bytes"] == 60 * 4 + 8
+    assert size_stats(model.half())["dense_bytes"] == 60 * 2 + 8
+    assert size_stats(model.bfloat16())["dense_bytes"] == 60 * 2 + 8
+    with torch.no_grad():
+        model[0].weight[:, :5] = 0  # 20 of 40 zero: bitmask 5 + 20*2 = 45 < CSR 20*(2+1) + 5*1 = 65 < 80
+    stats = size_stats(model)
+    assert stats["dense_bytes"] == 60 * 2 + 8
+    # all-zero tensors (BatchNorm bias and running mean, num_batches_tracked) store in 1 byte
+    # of bitmask; Linear bias, BatchNorm weight and running var stay dense (4 * 2 bytes each)
+    assert stats["sparse_bytes"] == 45 + 3 * 8 + 3 * 1
 
 
 # ---------------------------------------------------------------------------- MACs
@@ -495,7 +525,11 @@ def test_signature_sees_forward_code_and_is_the_same_in_every_process() -> None:
 
     sigs = {
         subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300,
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
             env={**os.environ, "PYTHONHASHSEED": str(seed)},
         ).stdout.strip()
         for seed in (1, 2)
@@ -598,3 +632,31 @@ def test_derived_metrics() -> None:
     # from stored dicts; what cannot be computed is NaN (never 0 or inf)
     undefined = derived_metrics({"accuracy": None, "latency_ms": 0.0, "sparse_bytes": 0}, base.as_dict())
     assert all(math.isnan(v) for v in undefined.values())
+
+
+# ---------------------------------------------------------------------------- paired speedup in evaluate
+def test_evaluate_with_a_speedup_meter_records_the_paired_speedup() -> None:
+    model, x = zoo.get("cnn", batch_size=2)
+    meter = ap.SpeedupMeter(model, x, "cpu:threads=1")
+    cache = LatencyCache()
+    m = ap.evaluate(model, x, speedup_meter=meter, cache=cache, time_budget_s=0.3, rel_tol=1.0)
+    assert m.target == "cpu:threads=1" and m.latency_clock == "thread" and not m.latency_cached
+    assert m.speedup_low <= m.speedup <= m.speedup_high and m.latency_repeats >= 3
+    assert m.latency_ms > 0 and m.reference_latency_ms > 0
+    assert derived_metrics(m, m)["speedup"] == m.speedup  # the paired ratio, not a ratio of latencies
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def around() -> Iterator[None]:
+        events.append("enter")
+        yield
+
+    again = ap.evaluate(
+        model, x, speedup_meter=meter, cache=cache, time_budget_s=0.3, rel_tol=1.0, around_latency=around
+    )
+    assert events == []  # a cache hit is not a measurement
+    assert again.latency_cached and again.speedup == m.speedup and again.time_latency_s == 0.0
+    plain = ap.evaluate(model, x, target="cpu:threads=1", time_budget_s=0.05)
+    assert math.isnan(plain.speedup) and plain.latency_clock == "wall"
+    with pytest.raises(ap.TargetError, match="differs from the speedup meter's"):
+        ap.evaluate(model, x, target="cpu:threads=2", speedup_meter=meter)

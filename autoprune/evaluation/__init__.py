@@ -5,10 +5,15 @@
 - :func:`measure_latency` times a model; measurements on one machine take turns through a
   machine-wide file lock, and training loops wrap each step in :func:`training_gate` to
   pause while a measurement runs (and keep a measurement from overlapping a step).
-- :class:`LatencyCache` keyed by :func:`architecture_signature` measures each architecture once.
+- :func:`measure_speedup` and :class:`SpeedupMeter` time a model in alternation with a
+  reference (the unpruned model), so machine drift cancels; they return a :class:`Speedup`
+  with its 95% interval and whether it converged.
+- :class:`LatencyCache` keyed by :func:`architecture_signature` measures each architecture
+  once; :func:`cached_speedup` reuses a stored speedup only when its interval is tight.
 - :func:`size_stats` and :func:`count_macs` count parameters, bytes and MACs.
 - :class:`LatencyBackend` and :func:`register_backend`: the extension point for targets that
-  run models with other (for example sparse) kernels.
+  run models with other (for example sparse) kernels. Registered: ``dense`` (eager),
+  ``torchscript``, ``compile`` (torch.compile/inductor) and ``onnxruntime``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from autoprune.evaluation._backends import (
     get_backend,
     register_backend,
 )
-from autoprune.evaluation._cache import LatencyCache, architecture_signature
+from autoprune.evaluation._cache import LatencyCache, architecture_signature, cached_speedup, speedup_key
 from autoprune.evaluation._evaluate import derived_metrics, evaluate
 from autoprune.evaluation._latency import (
     LOCK_ENV,
@@ -29,35 +34,48 @@ from autoprune.evaluation._latency import (
     default_lock_path,
     measure_latency,
     measurement_lock,
+    measuring,
     training_gate,
 )
 from autoprune.evaluation._macs import count_macs
 from autoprune.evaluation._metrics import METRIC_NAMES, Metrics
+from autoprune.evaluation._runtimes import CompileBackend, OnnxRuntimeBackend, check_outputs
 from autoprune.evaluation._size import size_stats, tensor_bytes
+from autoprune.evaluation._speedup import Speedup, SpeedupMeter, measure_speedup, median_interval
 from autoprune.evaluation._target import DTYPES, Target
 
 __all__ = [
     "DTYPES",
     "LOCK_ENV",
     "METRIC_NAMES",
+    "CompileBackend",
     "DenseBackend",
     "LatencyBackend",
     "LatencyCache",
     "LatencyResult",
     "Metrics",
+    "OnnxRuntimeBackend",
+    "Speedup",
+    "SpeedupMeter",
     "Target",
     "TrainingGate",
     "architecture_signature",
     "backend_names",
+    "cached_speedup",
+    "check_outputs",
     "count_macs",
     "default_lock_path",
     "derived_metrics",
     "evaluate",
     "get_backend",
     "measure_latency",
+    "measure_speedup",
     "measurement_lock",
+    "measuring",
+    "median_interval",
     "register_backend",
     "size_stats",
+    "speedup_key",
     "tensor_bytes",
     "training_gate",
 ]

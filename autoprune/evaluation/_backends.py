@@ -144,6 +144,7 @@ class TorchScriptBackend(LatencyBackend):
             # torch 2.13 marks TorchScript deprecated (the docstring says so); tracer
             # warnings about Python values are the tracer's normal output for attention
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 says it with FutureWarning
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             # tracing records ordinary tensors (the timing loop's inputs are inference tensors)
             example = map_tensors(inputs, lambda t: t.clone())

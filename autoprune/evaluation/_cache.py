@@ -4,17 +4,25 @@ Unstructured pruning leaves every shape as it is, and dense kernels do not care 
 so many trials of a search share an architecture. The cache key is
 :func:`architecture_signature`; the cache is in-process (a dict) or a SQLite file that the
 workers of a study share.
+
+It holds latencies (:class:`LatencyResult`) and speedups (:class:`Speedup`, with their
+interval). A speedup's key (:func:`speedup_key`) names the model's architecture, the
+reference's, the target (device, backend, threads, batch, dtype) and the budget;
+:func:`cached_speedup` reuses an entry only when its interval is as tight as asked, and
+measures again otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import socket
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +32,10 @@ from torch import nn
 from autoprune._inputs import input_signature
 from autoprune.evaluation._backends import get_backend
 from autoprune.evaluation._latency import LatencyResult
+from autoprune.evaluation._speedup import Speedup, SpeedupMeter
 from autoprune.evaluation._target import Target
 
-__all__ = ["LatencyCache", "architecture_signature"]
+__all__ = ["LatencyCache", "architecture_signature", "cached_speedup", "speedup_key"]
 
 
 def architecture_signature(model: nn.Module, target: str | Target, example_inputs: Any = None) -> str:
@@ -118,13 +127,15 @@ class LatencyCache:
         self.path = None if path is None else Path(path)
         self.host = host if host is not None else socket.gethostname()
         self._memory: dict[str, LatencyResult] = {}
+        self._speedups: dict[str, Speedup] = {}
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as db:
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS latency "
-                    "(key TEXT NOT NULL, host TEXT NOT NULL, result TEXT NOT NULL, PRIMARY KEY (key, host))"
-                )
+                for table in ("latency", "speedup"):
+                    db.execute(
+                        f"CREATE TABLE IF NOT EXISTS {table} "
+                        "(key TEXT NOT NULL, host TEXT NOT NULL, result TEXT NOT NULL, PRIMARY KEY (key, host))"
+                    )
 
     def __repr__(self) -> str:
         return f"LatencyCache({str(self.path) if self.path else None!r}, host={self.host!r})"
@@ -140,28 +151,106 @@ class LatencyCache:
         finally:
             db.close()
 
+    def _read(self, table: str, key: str) -> dict[str, Any] | None:
+        with self._connect() as db:
+            row = db.execute(f"SELECT result FROM {table} WHERE key = ? AND host = ?", (key, self.host)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def _write(self, table: str, key: str, value: dict[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO {table} (key, host, result) VALUES (?, ?, ?)",
+                (key, self.host, json.dumps(value)),
+            )
+
     def get(self, key: str) -> LatencyResult | None:
         """The stored result for ``key`` on this host, or None."""
         if self.path is None:
             return self._memory.get(key)
-        with self._connect() as db:
-            row = db.execute("SELECT result FROM latency WHERE key = ? AND host = ?", (key, self.host)).fetchone()
-        return None if row is None else LatencyResult(**json.loads(row[0]))
+        row = self._read("latency", key)
+        return None if row is None else LatencyResult(**row)
 
     def put(self, key: str, result: LatencyResult) -> None:
         """Store ``result`` for ``key`` on this host (a later put replaces it)."""
         result = LatencyResult(*result)
         if self.path is None:
             self._memory[key] = result
-            return
-        with self._connect() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO latency (key, host, result) VALUES (?, ?, ?)",
-                (key, self.host, json.dumps(result._asdict())),
-            )
+        else:
+            self._write("latency", key, result._asdict())
+
+    def get_speedup(self, key: str) -> Speedup | None:
+        """The stored speedup for ``key`` (see :func:`speedup_key`) on this host, or None."""
+        if self.path is None:
+            return self._speedups.get(key)
+        row = self._read("speedup", key)
+        return None if row is None else Speedup.from_dict(row)
+
+    def put_speedup(self, key: str, result: Speedup) -> None:
+        """Store a speedup for ``key`` on this host (a later put replaces it)."""
+        if self.path is None:
+            self._speedups[key] = result
+        else:
+            self._write("speedup", key, result.as_dict())
 
     def __len__(self) -> int:
         if self.path is None:
             return len(self._memory)
         with self._connect() as db:
             return int(db.execute("SELECT COUNT(*) FROM latency WHERE host = ?", (self.host,)).fetchone()[0])
+
+
+def speedup_key(model: nn.Module, meter: SpeedupMeter, budget_s: float) -> str:
+    """The cache key of ``model``'s speedup against ``meter``'s reference: both architecture
+    signatures (which include the target's device, backend, threads, batch and dtype) and
+    the time budget."""
+    model_signature = architecture_signature(model, meter.target, meter.example_inputs)
+    text = f"speedup;model={model_signature};reference={meter.reference_signature};budget={float(budget_s)!r}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cached_speedup(
+    meter: SpeedupMeter,
+    model: nn.Module,
+    cache: LatencyCache | None,
+    *,
+    budget_s: float = 2.0,
+    rel_tol: float = 0.02,
+    around: Callable[[], AbstractContextManager[object]] | None = None,
+    **measure_options: Any,
+) -> Speedup:
+    """``meter.measure(model)``, unless the cache holds a tight enough entry for it.
+
+    An entry is reused (returned with ``cached=True``) only when its interval lies within
+    ``+-rel_tol`` of its ratio; a wider one (a measurement that did not converge, or one
+    asked with a looser tolerance) is measured again. Of the two, the one with the narrower
+    interval is kept in the cache; the fresh measurement is returned.
+
+    Args:
+        meter: the prepared reference.
+        model: the model to time.
+        cache: where entries live (None: always measure).
+        budget_s: time budget of a measurement (part of the key).
+        rel_tol: the relative half-width an entry must have to be reused, and the one a new
+            measurement aims for.
+        around: a context manager factory entered around a measurement (not a cache hit).
+        **measure_options: passed to :meth:`SpeedupMeter.measure` (``lock``, ``min_rounds``, ...).
+
+    Example:
+        >>> import autoprune as ap
+        >>> model, x = ap.zoo.get("cnn")
+        >>> meter, cache = ap.SpeedupMeter(model, x, "cpu:threads=1"), LatencyCache()
+        >>> first = cached_speedup(meter, model, cache, budget_s=0.3, rel_tol=0.5)
+        >>> cached_speedup(meter, model, cache, budget_s=0.3, rel_tol=0.5).cached
+        True
+    """
+    key = speedup_key(model, meter, budget_s) if cache is not None else ""
+    stored = cache.get_speedup(key) if cache is not None else None
+    if stored is not None and stored.rel_halfwidth <= rel_tol:
+        return dataclasses.replace(stored, cached=True)
+    with around() if around is not None else contextlib.nullcontext():
+        fresh = meter.measure(model, budget_s=budget_s, rel_tol=rel_tol, **measure_options)
+    if cache is None:
+        return fresh
+    if stored is None or fresh.rel_halfwidth <= stored.rel_halfwidth:
+        cache.put_speedup(key, fresh)
+    return fresh

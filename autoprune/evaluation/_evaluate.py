@@ -13,12 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.evaluation._cache import LatencyCache, architecture_signature
+from autoprune._errors import TargetError
+from autoprune.evaluation._cache import LatencyCache, architecture_signature, cached_speedup
 from autoprune.evaluation._latency import LatencyResult
 from autoprune.evaluation._latency import measure_latency as _measure_latency
 from autoprune.evaluation._macs import count_macs
 from autoprune.evaluation._metrics import Metrics
 from autoprune.evaluation._size import size_stats
+from autoprune.evaluation._speedup import Speedup, SpeedupMeter
 from autoprune.evaluation._target import Target
 
 __all__ = ["evaluate", "derived_metrics"]
@@ -33,12 +35,14 @@ def evaluate(
     model: nn.Module,
     task_or_inputs: Any,
     *,
-    target: str | Target = "cpu",
+    target: str | Target | None = None,
     cache: LatencyCache | None = None,
     measure_latency: bool = True,
     time_budget_s: float = 1.0,
     lock: bool = True,
     around_latency: Callable[[], AbstractContextManager[object]] | None = None,
+    speedup_meter: SpeedupMeter | None = None,
+    rel_tol: float = 0.02,
 ) -> Metrics:
     """Measure accuracy, size, MACs and latency of a model.
 
@@ -47,9 +51,12 @@ def evaluate(
         task_or_inputs: an :class:`autoprune.Task` (accuracy is ``task.evaluate(model)``,
             latency and MACs use ``task.example_inputs``) or plain example inputs (accuracy
             is NaN).
-        target: where latency is measured, a :class:`Target` or its text form.
+        target: where latency is measured, a :class:`Target` or its text form (default:
+            ``"cpu"``, or the meter's target; with a meter it must be the meter's target).
         cache: a :class:`LatencyCache`; an architecture already in it is not measured again
-            (``latency_cached`` is then True and ``time_latency_s`` is 0).
+            (``latency_cached`` is then True and ``time_latency_s`` is 0). With a meter, a
+            stored speedup is reused only when its interval is within ``rel_tol``
+            (:func:`cached_speedup`).
         measure_latency: False skips latency (``latency_ms`` is NaN), for quick checks.
         time_budget_s: time budget of one latency measurement.
         lock: take the machine-wide measurement lock (see :func:`measure_latency`).
@@ -57,6 +64,11 @@ def evaluate(
             alone (not a cache hit). The search uses it to stop marking its process busy
             while it measures, so accuracy and MACs are computed as busy work that other
             workers' measurements wait for.
+        speedup_meter: the unpruned reference, prepared (:class:`SpeedupMeter`): latency is
+            then timed in alternation with it (:meth:`SpeedupMeter.measure`, on the meter's
+            example inputs), so machine drift cancels, and ``speedup``, its interval and the
+            reference's time are recorded.
+        rel_tol: with a meter, the relative half-width of the speedup's 95% interval to aim for.
 
     Raises:
         TargetError: the target is invalid or not available here (checked before anything runs).
@@ -68,7 +80,14 @@ def evaluate(
         >>> m.params == sum(p.numel() for p in model.parameters())
         True
     """
-    target = Target.parse(target)
+    if speedup_meter is not None:
+        if target is not None and Target.parse(target) != speedup_meter.target:
+            raise TargetError(
+                f"evaluate's target {str(Target.parse(target))!r} differs from the speedup meter's "
+                f"{str(speedup_meter.target)!r}; pass the meter's target or none."
+            )
+        target = speedup_meter.target
+    target = Target.parse(target if target is not None else "cpu")
     if measure_latency:
         target.check_available()
     if _is_task(task_or_inputs):
@@ -92,7 +111,14 @@ def evaluate(
     start = time.perf_counter()
     latency = LatencyResult(math.nan, math.nan, 0, 0.0)
     cached = False
-    if measure_latency:
+    paired: Speedup | None = None
+    if measure_latency and speedup_meter is not None:
+        paired = cached_speedup(
+            speedup_meter, model, cache, budget_s=time_budget_s, rel_tol=rel_tol, around=around_latency, lock=lock
+        )
+        cached = paired.cached
+        latency = LatencyResult(paired.model_ms, paired.rel_halfwidth, paired.rounds, paired.seconds, paired.wait_s)
+    elif measure_latency:
         key = architecture_signature(model, target, inputs) if cache is not None else ""
         hit = cache.get(key) if cache is not None else None
         if hit is not None:
@@ -120,7 +146,21 @@ def evaluate(
         time_eval_s=time_eval_s,
         time_latency_s=time_latency_s,
         latency_wait_s=0.0 if cached else latency.wait_s,
+        **_speedup_fields(paired),
     )
+
+
+def _speedup_fields(paired: Speedup | None) -> dict[str, Any]:
+    if paired is None:
+        return {}
+    return {
+        "speedup": paired.ratio,
+        "speedup_low": paired.low,
+        "speedup_high": paired.high,
+        "speedup_converged": paired.converged,
+        "reference_latency_ms": paired.reference_ms,
+        "latency_clock": paired.clock,
+    }
 
 
 def derived_metrics(metrics: Mapping[str, Any] | Metrics, baseline: Mapping[str, Any] | Metrics) -> dict[str, float]:
@@ -148,6 +188,7 @@ def derived_metrics(metrics: Mapping[str, Any] | Metrics, baseline: Mapping[str,
 
     return {
         "accuracy_drop": number(b.get("accuracy")) - number(m.get("accuracy")),
-        "speedup": ratio(b.get("latency_ms"), m.get("latency_ms")),
+        # the paired ratio (timed in alternation with the reference) when there is one
+        "speedup": paired if math.isfinite(paired := number(m.get("speedup"))) else ratio(b.get("latency_ms"), m.get("latency_ms")),
         "compression": ratio(b.get("dense_bytes"), m.get("sparse_bytes")),
     }

@@ -41,7 +41,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -60,6 +60,7 @@ __all__ = [
     "TrainingGate",
     "default_lock_path",
     "LOCK_ENV",
+    "measuring",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class LatencyResult(NamedTuple):
     calls_per_repeat: int = 1
 
 
-def _make_timer(target: Target) -> Callable[[Callable[[], object], int], float]:
+def make_timer(target: Target) -> Callable[[Callable[[], object], int], float]:
     """``timer(run, n)``: seconds for ``n`` back-to-back calls of ``run`` on the target."""
     if target.is_cuda:
 
@@ -120,7 +121,7 @@ def _spread(per_call: list[float]) -> tuple[float, float]:
 def _time(
     run: Callable[[], object], target: Target, time_budget_s: float, max_spread: float, min_repeats: int
 ) -> tuple[float, float, int, int]:
-    timer = _make_timer(target)
+    timer = make_timer(target)
     start = time.perf_counter()
     deadline = start + time_budget_s
     warm: list[float] = []
@@ -186,28 +187,42 @@ def measure_latency(
     target.check_available()
     backend = get_backend(target.backend)
     modes = {m: m.training for m in model.modules()}
-    threads = torch.get_num_threads()
-    gc_enabled = gc.isenabled()
     device_ctx = torch.cuda.device(target.torch_device) if target.is_cuda else contextlib.nullcontext()
     try:
         model.eval()
         with device_ctx, torch.inference_mode():
             inputs = to_target(resize_batch(example_inputs, target.batch_size), target.torch_device, target.torch_dtype)
             run = backend.prepare(model, inputs, target)
-            with measurement_lock(lock_path) if lock else contextlib.nullcontext(0.0) as wait_s:
-                if target.threads is not None and target.threads != threads:
-                    torch.set_num_threads(target.threads)
-                gc.disable()
+            with measuring(target, lock=lock, lock_path=lock_path) as wait_s:
                 started = time.perf_counter()
                 median_s, spread, repeats, calls = _time(run, target, time_budget_s, max_spread, min_repeats)
                 seconds = time.perf_counter() - started
     finally:
-        if gc_enabled:
-            gc.enable()
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
         for module, training in modes.items():
             module.training = training
     result = LatencyResult(median_s * 1e3, spread, repeats, seconds, wait_s, calls)
     _logger.debug("latency on %s: %s", target, result)
     return result
+
+
+@contextlib.contextmanager
+def measuring(target: Target, *, lock: bool = True, lock_path: str | os.PathLike[str] | None = None) -> Iterator[float]:
+    """The conditions every timing in the evaluator runs under, for latency and speedup alike.
+
+    It holds the machine-wide measurement lock (:func:`measurement_lock`; this is the one
+    place the evaluator takes it), sets the target's thread count and pauses the garbage
+    collector; all three are restored on exit. Yields the seconds spent waiting for the lock.
+    """
+    threads = torch.get_num_threads()
+    gc_enabled = gc.isenabled()
+    try:
+        with measurement_lock(lock_path) if lock else contextlib.nullcontext(0.0) as wait_s:
+            if target.threads is not None and target.threads != threads:
+                torch.set_num_threads(target.threads)
+            gc.disable()
+            yield wait_s
+    finally:
+        if gc_enabled:
+            gc.enable()
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ class Metrics:
         accuracy: the task's ``evaluate(model)`` (higher is better); NaN when no task.
         params: parameter count, dense (every element, zero or not).
         nonzero_params: parameters that are not exactly zero.
-        dense_bytes: bytes of the fp32 state dict stored dense.
+        dense_bytes: bytes of the state dict stored dense, each tensor at its own dtype's size.
         sparse_bytes: bytes stored with the smaller of bitmask+values or CSR for tensors
             with zeros (never more than dense per tensor).
         macs: multiply-accumulates of one forward pass of ONE sample (the first of the
@@ -45,6 +46,15 @@ class Metrics:
         time_latency_s: seconds spent on latency, waiting for the lock included (0 on a
             cache hit).
         latency_wait_s: of those, seconds spent waiting for the machine-wide measurement lock.
+        speedup: reference time / model time, timed in alternation with the reference when
+            :func:`~autoprune.evaluate` was given a ``speedup_meter`` (NaN otherwise); then
+            ``latency_ms`` is the model's time from the same rounds, ``latency_spread`` the
+            relative half-width of the speedup's interval and ``latency_repeats`` its rounds.
+        speedup_low: lower end of the speedup's 95% interval.
+        speedup_high: upper end of the speedup's 95% interval.
+        speedup_converged: False when the interval did not reach the tolerance in the budget.
+        reference_latency_ms: the reference's time per call, from the same rounds.
+        latency_clock: ``"thread"`` (CPU time of the calling thread) or ``"wall"``.
     """
 
     accuracy: float
@@ -62,6 +72,12 @@ class Metrics:
     time_eval_s: float = 0.0
     time_latency_s: float = 0.0
     latency_wait_s: float = 0.0
+    speedup: float = math.nan
+    speedup_low: float = math.nan
+    speedup_high: float = math.nan
+    speedup_converged: bool = False
+    reference_latency_ms: float = math.nan
+    latency_clock: str = "wall"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

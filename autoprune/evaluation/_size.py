@@ -1,9 +1,9 @@
 """Model size: parameter counts and bytes stored dense and sparse.
 
 Bytes are counted over the model's ``state_dict`` (parameters and buffers; a tensor shared
-under several names counts once). Floating tensors count as fp32 (4 bytes a value),
-whatever their current dtype, so sizes compare across targets; other tensors count at their
-own element size. For one tensor with ``n`` elements of which ``z`` are nonzero, value size
+under several names counts once). Every tensor counts at its own element size, as it would
+be stored: 4 bytes a value in float32, 2 in float16 and bfloat16, 1 in int8 (cast a model
+with ``model.half()`` to see its half-precision size). For one tensor with ``n`` elements of which ``z`` are nonzero, value size
 ``v`` bytes:
 
 - dense: ``n * v``
@@ -28,8 +28,6 @@ from torch import nn
 
 __all__ = ["size_stats", "tensor_bytes"]
 
-FP32_BYTES = 4
-
 
 def _index_bytes(max_value: int) -> int:
     for size in (1, 2, 4):
@@ -41,7 +39,7 @@ def _index_bytes(max_value: int) -> int:
 def tensor_bytes(t: torch.Tensor) -> tuple[int, int]:
     """``(dense_bytes, sparse_bytes)`` of one tensor by the formulas of this module."""
     n = t.numel()
-    v = FP32_BYTES if t.is_floating_point() else t.element_size()
+    v = t.element_size()
     dense = n * v
     if n == 0:
         return 0, 0
