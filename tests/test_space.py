@@ -264,8 +264,9 @@ def _synthetic_sensitivity(space: SearchSpace) -> Sensitivity:
     """The first unit is very sensitive, the others cheap; each saves MACs linearly."""
     units = [u.key for u in space.units if u.supports("structured")]
     curves = tuple(
-        Curve(u, "structured", (0.25, 0.5, 0.75), (90.0, 60.0, 20.0) if i == 0 else (99.9, 99.5, 98.0),
-              (100, 200, 300))  # fmt: skip
+        Curve(
+            u, "structured", (0.25, 0.5, 0.75), (90.0, 60.0, 20.0) if i == 0 else (99.9, 99.5, 98.0), (100, 200, 300)
+        )  # fmt: skip
         for i, u in enumerate(units)
     )
     return Sensitivity(curves, 100.0, 100.0, 300 * len(units), 0.0, True)
