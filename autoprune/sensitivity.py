@@ -51,6 +51,7 @@ __all__ = [
     "macs_meter",
     "scan_sensitivity",
     "screen",
+    "warm_starts",
     "RESOURCES",
     "SENSITIVITY_VERSION",
 ]
@@ -294,7 +295,7 @@ def scan_sensitivity(
         >>> import autoprune as ap
         >>> model, x = ap.zoo.get("cnn")
         >>> sens = scan_sensitivity(model, x, ap.prunable_layers(model, x),
-        ...                         evaluate=lambda m: float(-m(x).var()), amounts=(0.5,))
+        ...                         evaluate=lambda m: 0.0, amounts=(0.5,))
         >>> sens.curve("classifier.3") is None  # the output layer: no structured curve
         True
     """
@@ -476,6 +477,38 @@ def allocations(
 ) -> list[dict[str, float]]:
     """:func:`allocate` for several targets (the warm starts of a study)."""
     return [allocate(sensitivity, t, **options) for t in targets]
+
+
+def warm_starts(
+    space: SearchSpace,
+    sensitivity: Sensitivity,
+    targets: Sequence[float] = (0.25, 0.5, 0.75),
+    *,
+    resource: str = "macs",
+    measure: Callable[[dict[str, float]], float] | None = None,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """Trial params for ``study.enqueue_trial``, one per target (duplicates dropped): the
+    sensitivity-greedy allocation of each target, capped at the space's units, on its grid.
+
+    Args:
+        space: the study's SearchSpace (its units were scanned).
+        sensitivity: the scan.
+        targets: fractions of the model's MACs (or latency) to save.
+        resource: ``macs`` or ``latency`` (needs speedups in the scan).
+        measure: see :func:`allocate` (e.g. :func:`macs_meter` for real MAC counts).
+        **options: whole-schedule choices for :meth:`SearchSpace.params_for`.
+    """
+    caps = {u.key: u.max_amount for u in space.units if u.supports("structured")}
+    out: list[dict[str, Any]] = []
+    for target in targets:
+        amounts = allocate(
+            sensitivity, target, resource=resource, caps=caps, step=space.config.amount_step, measure=measure
+        )
+        params = space.params_for({u: a for u, a in amounts.items() if a > 0}, **options)
+        if params not in out:
+            out.append(params)
+    return out
 
 
 def macs_meter(model: nn.Module, example_inputs: Any, space: SearchSpace) -> Callable[[dict[str, float]], float]:

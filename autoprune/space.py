@@ -228,7 +228,11 @@ class SearchSpace:
 
     def uniform_params(self, amount: float, *, method: str = "structured") -> dict[str, Any]:
         """Parameter values of :meth:`uniform_schedule`, to enqueue as a warm start. Units
-        that ``method`` cannot reach (the output layer for structured) say ``none``."""
+        that ``method`` cannot reach (the output layer for structured) say ``none``;
+        ``amount=0`` is the unpruned model, with the smallest fine-tuning choice."""
+        if amount <= 0:
+            # nothing pruned: nothing fine-tuned either (the unpruned reference)
+            return self.params_for({}, fine_tune_steps=min(self.config.fine_tune_steps))
         if method not in self.config.methods:
             method = next(m for m in self.config.methods if m != "none")
         return self.params_for({u.key: amount for u in self.units if u.supports(method)}, method=method)

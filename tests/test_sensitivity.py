@@ -23,6 +23,7 @@ from autoprune.sensitivity import (
     macs_meter,
     scan_sensitivity,
     screen,
+    warm_starts,
 )
 from autoprune.space import SearchSpace
 
@@ -241,6 +242,27 @@ def test_measured_allocation_reaches_the_real_macs_target(
     most = max(units, key=lambda u: sens.drop_at(u, 0.5) / max(sens.saved_at(u, 0.5), 1e-9))
     amounts = allocate(sens, 0.5, measure=meter, step=step)
     assert amounts[most] == min(amounts.values())
+
+
+def test_warm_starts_are_enqueue_ready(scanned: tuple[SearchSpace, Sensitivity, dict[str, int]]) -> None:
+    space, sens, _ = scanned
+    starts = warm_starts(space, sens, (0.25, 0.5, 0.75, 0.75))
+    assert len(starts) == 3  # the repeated target gives the same params once
+    study = optuna.create_study()
+    macs = []
+    for params in starts:
+        study.enqueue_trial(params)
+        trial = study.ask()
+        schedule = space.suggest(trial)
+        assert trial.params == params and schedule == space.schedule_from_params(params)
+        assert schedule.fine_tune_steps == max(space.config.fine_tune_steps) and schedule.steps == 1
+        assert params["classifier.3:method"] == "none"  # the output layer: no structured pruning
+        amounts = {n: p.amount for n, p in schedule.layers.items()}
+        macs.append(sens.macs_fraction(amounts))
+        study.tell(trial, 0.0)
+    assert macs[0] >= 0.25 and macs[1] >= 0.5 and macs[2] >= 0.75 and macs == sorted(macs)
+    cheap = warm_starts(space, sens, (0.5,), fine_tune_steps=25)
+    assert cheap[0]["fine_tune_steps"] == 25
 
 
 # ---------------------------------------------------------------------------- screening

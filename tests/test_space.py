@@ -195,7 +195,8 @@ def test_uniform_references_record_what_runs(cnn_layers: list[ap.LayerInfo]) -> 
     assert (schedule.steps, schedule.fine_tune_steps) == (1, 100)
     unpruned = space.uniform_params(0.0)
     assert all(v == "none" for k, v in unpruned.items() if k.endswith(":method"))
-    assert space.schedule_from_params(unpruned).active_layers() == {}
+    assert unpruned["fine_tune_steps"] == 0 and "steps" not in unpruned  # nothing pruned, nothing fine-tuned
+    assert space.schedule_from_params(unpruned, seed=3) == Schedule(seed=3)  # what the unpruned trial runs
     no_none = _space(cnn_layers, methods=["structured", "unstructured"])
     assert no_none.uniform_params(0.5)["classifier.3:amount"] == 0.0  # without 'none', amount 0 says it
     assert no_none.uniform_schedule(0.5) == dataclasses.replace(schedule, layers=schedule.layers)
