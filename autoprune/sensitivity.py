@@ -46,7 +46,7 @@ __all__ = [
     "Sensitivity",
     "allocate",
     "allocations",
-    "alone",
+    "schedule_alone",
     "greedy_path",
     "macs_meter",
     "scan_sensitivity",
@@ -161,7 +161,7 @@ class Sensitivity:
             raise ScheduleError(f"`resource` must be one of {RESOURCES}, but got resource={resource!r}.")
         return _interpolate(curve.amounts, _running_max(saved), amount)
 
-    def macs_fraction(self, amounts: Mapping[str, float], resource: str = "macs") -> float:
+    def saved_fraction(self, amounts: Mapping[str, float], resource: str = "macs") -> float:
         """The additive estimate of the fraction saved by ``{unit: amount}`` together (each
         unit's saving alone, summed). It overestimates when neighbouring units are pruned
         together (a layer loses input and output channels); :func:`allocate` takes a
@@ -342,7 +342,9 @@ def _unit_space(space_or_layers: SearchSpace | Sequence[LayerInfo]) -> SearchSpa
     return SearchSpace(layers, dataclasses.replace(space_or_layers.config, parametrization="unit"))
 
 
-def alone(space: SearchSpace, unit: str, amount: float, method: str = "structured", *, seed: int = 0) -> Schedule:
+def schedule_alone(
+    space: SearchSpace, unit: str, amount: float, method: str = "structured", *, seed: int = 0
+) -> Schedule:
     """The schedule that prunes ``unit`` alone at ``amount`` in one step, without fine-tuning."""
     params = space.params_for({unit: amount}, method=method)
     schedule = space.schedule_from_params(params, seed=seed)
@@ -365,7 +367,7 @@ def _scan_unit(
     asked = sorted({round(min(a, unit.max_amount), 6) for a in amounts})
     done, scores, removed, speedups = [], [], [], []
     for amount in asked:
-        schedule = alone(space, unit.key, amount, method, seed=seed)
+        schedule = schedule_alone(space, unit.key, amount, method, seed=seed)
         if not schedule.active_layers():
             continue  # below the space's grid
         pruned = apply_schedule(model, schedule, example_inputs=example_inputs)
@@ -457,7 +459,7 @@ def allocate(
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 <= target < 1:
         raise ScheduleError(f"`0 <= target < 1` must hold, but got target={target!r}.")
     path = greedy_path(sensitivity, resource=resource, caps=caps, step=step)
-    saved = measure or (lambda amounts: sensitivity.macs_fraction(amounts, resource))
+    saved = measure or (lambda amounts: sensitivity.saved_fraction(amounts, resource))
     if target <= 0:
         return path[0]
     lo, hi = 0, len(path) - 1  # path[hi] is the answer if any is

@@ -338,7 +338,7 @@ class SearchSpace:
         assert self.sensitivity is not None
         c = self.config
         # the target whose allocation is nearest to the amounts (MACs-weighted), then offsets
-        target = _on_grid(min(self.sensitivity.macs_fraction(amounts), c.max_amount), c.amount_step)
+        target = _on_grid(min(self.sensitivity.saved_fraction(amounts), c.max_amount), c.amount_step)
         base = self._allocation(target)
         prefs: dict[str, Any] = {"target": target}
         for unit in self.units:

@@ -18,10 +18,10 @@ from autoprune.sensitivity import (
     Sensitivity,
     allocate,
     allocations,
-    alone,
     greedy_path,
     macs_meter,
     scan_sensitivity,
+    schedule_alone,
     screen,
     warm_starts,
 )
@@ -91,9 +91,7 @@ def test_scan_covers_every_unit_once_per_amount(
     assert sens.calibrated and sens.seconds > 0
 
 
-def test_macs_removed_are_exact(
-    scanned: tuple[SearchSpace, Sensitivity, dict[str, int]], digits_task: ap.Task
-) -> None:
+def test_macs_removed_are_exact(scanned: tuple[SearchSpace, Sensitivity, dict[str, int]], digits_task: ap.Task) -> None:
     space, sens, _ = scanned
     model, x = digits_task.model, digits_task.example_inputs
     base = count_macs(model, x)
@@ -102,7 +100,7 @@ def test_macs_removed_are_exact(
         if curve.method != "structured":
             continue
         for amount, removed in zip(curve.amounts, curve.macs_removed, strict=True):
-            pruned = ap.apply_schedule(model, alone(space, curve.unit, amount), example_inputs=x)
+            pruned = ap.apply_schedule(model, schedule_alone(space, curve.unit, amount), example_inputs=x)
             assert removed == base - count_macs(pruned, x)
         assert list(curve.macs_removed) == sorted(set(curve.macs_removed))  # strictly more with the amount
         assert curve.speedups is not None
@@ -181,10 +179,10 @@ def test_allocation_reaches_the_target_with_less_on_the_sensitive_unit(target: f
     sens = _synthetic()
     amounts = allocate(sens, target, step=0.05)
     assert set(amounts) == {"a", "b", "c"}  # unstructured-only units save no MACs
-    saved = sens.macs_fraction(amounts)
+    saved = sens.saved_fraction(amounts)
     assert target <= saved < target + 0.02  # one step of the largest unit at most
     assert amounts["a"] <= amounts["b"] <= amounts["c"]
-    uniform = next(u / 20 for u in range(1, 16) if sens.macs_fraction(dict.fromkeys("abc", u / 20)) >= target)
+    uniform = next(u / 20 for u in range(1, 16) if sens.saved_fraction(dict.fromkeys("abc", u / 20)) >= target)
     greedy_drop = sum(sens.drop_at(u, a) for u, a in amounts.items())
     assert greedy_drop <= sum(sens.drop_at(u, uniform) for u in "abc")  # never worse than uniform (estimate)
 
@@ -258,7 +256,7 @@ def test_warm_starts_are_enqueue_ready(scanned: tuple[SearchSpace, Sensitivity, 
         assert schedule.fine_tune_steps == max(space.config.fine_tune_steps) and schedule.steps == 1
         assert params["classifier.3:method"] == "none"  # the output layer: no structured pruning
         amounts = {n: p.amount for n, p in schedule.layers.items()}
-        macs.append(sens.macs_fraction(amounts))
+        macs.append(sens.saved_fraction(amounts))
         study.tell(trial, 0.0)
     assert macs[0] >= 0.25 and macs[1] >= 0.5 and macs[2] >= 0.75 and macs == sorted(macs)
     cheap = warm_starts(space, sens, (0.5,), fine_tune_steps=25)
