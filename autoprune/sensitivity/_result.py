@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -122,19 +122,12 @@ class Sensitivity:
         ``measure`` callable that counts for real."""
         return sum(self.saved_at(u, a, resource) for u, a in amounts.items() if self.curve(u) is not None and a > 0)
 
-    def allocate(
-        self,
-        target: float,
-        *,
-        resource: str = "macs",
-        caps: Mapping[str, float] | None = None,
-        step: float = 0.05,
-        measure: Callable[[dict[str, float]], float] | None = None,
-    ) -> dict[str, float]:
-        """See :func:`allocate`."""
+    def allocate(self, target: float, **options: Any) -> dict[str, float]:
+        """:func:`autoprune.sensitivity.allocate` of this scan (``resource``, ``caps``, ``step``,
+        ``measure`` as there)."""
         from autoprune.sensitivity._allocate import allocate
 
-        return allocate(self, target, resource=resource, caps=caps, step=step, measure=measure)
+        return allocate(self, target, **options)
 
     def _curve(self, unit: str, method: str) -> Curve:
         curve = self.curve(unit, method)
