@@ -25,6 +25,7 @@ from autoprune.export import load_pruned, save_pruned
 from autoprune.preflight import LayerInfo, prunable_layers
 from autoprune.report import report
 from autoprune.schedule import LayerPlan, Schedule, step_amounts
+from autoprune.space import uniform_schedule
 from autoprune.study import load_study, search
 from autoprune.tasks import Task
 
@@ -59,6 +60,7 @@ __all__ = [
     "prunable_layers",
     "report",
     "step_amounts",
+    "uniform_schedule",
     "Task",
     "tasks",
 ]

@@ -27,6 +27,7 @@ __all__ = [
     "driver_url",
     "SAMPLERS",
     "GRANULARITIES",
+    "PARAMETRIZATIONS",
     "IDENTITY_KEYS",
     "OBJECTIVES",
 ]
@@ -34,6 +35,9 @@ __all__ = [
 DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "qmc", "gp")
 GRANULARITIES = ("layer", "block", "global")
+# unit: an amount (and method) per unit; sensitivity: one global MACs target spread over the
+# units by the sensitivity scan, plus a small offset per unit (needs a scan)
+PARAMETRIZATIONS = ("unit", "sensitivity")
 # Keys that define what a study *is*; a worker joining a study must agree on them.
 IDENTITY_KEYS = ("task", "task_options", "objectives", "constraints", "space", "reference_amounts")
 # Objective name -> (the trial user_attr it reads, direction); autoprune.study.keys re-exports it.
@@ -94,6 +98,8 @@ class SpaceConfig:
     round_to: int | list[int] | None = None
     attention_heads: list[bool] = field(default_factory=lambda: [False, True])
     ignore: list[str] = field(default_factory=list)
+    parametrization: str = "unit"
+    offset_range: float = 0.1
 
     @property
     def round_to_choices(self) -> list[int]:
@@ -141,6 +147,10 @@ class SpaceConfig:
             )
         if not isinstance(self.ignore, list) or not all(isinstance(i, str) for i in self.ignore):
             raise _fail("space.ignore", self.ignore, "a list of layer paths")
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise _fail("space.parametrization", self.parametrization, ", ".join(PARAMETRIZATIONS))
+        if not _num(self.offset_range) or not 0 <= self.offset_range < 1:
+            raise _fail("space.offset_range", self.offset_range, "a number with 0 <= offset_range < 1 (0: no offsets)")
 
 
 def _num(v: Any) -> bool:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from autoprune._errors import ScheduleError
 
@@ -22,6 +22,8 @@ __all__ = [
     "SHAPES",
     "IMPORTANCES",
     "step_amounts",
+    "check_plan",
+    "PrunableLayer",
     "SCHEDULE_VERSION",
 ]
 
@@ -35,8 +37,31 @@ Method = Literal["structured", "unstructured", "none"]
 Shape = Literal["oneshot", "linear", "cubic"]
 
 
+class PrunableLayer(Protocol):
+    """What :meth:`Schedule.uniform` reads of a preflight entry (``autoprune.preflight.LayerInfo``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def methods(self) -> tuple[str, ...]: ...
+    @property
+    def max_amount(self) -> float: ...
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_plan(method: object, amount: object, norm: object, *, layer: str | None = None) -> None:
+    """Check the fields of a :class:`LayerPlan`; the error names the rule, the layer (when
+    given) and the value."""
+    where = f" on layer {layer!r}" if layer is not None else ""
+    if method not in METHODS:
+        raise ScheduleError(f"`method` must be one of {METHODS}, but got method={method!r}{where}.")
+    if not _is_number(amount) or math.isnan(amount) or not 0.0 <= amount < 1.0:  # type: ignore[arg-type,operator]
+        raise ScheduleError(f"`0 <= amount < 1` must hold, but got amount={amount!r}{where}.")
+    if norm not in NORMS or isinstance(norm, bool):
+        raise ScheduleError(f"`norm` must be 1 or 2, but got norm={norm!r}{where}.")
 
 
 @dataclass(frozen=True)
@@ -57,15 +82,12 @@ class LayerPlan:
     amount: float = 0.0
     norm: int = 1
 
-    def validate(self, layer: str = "?") -> None:
-        if self.method not in METHODS:
-            raise ScheduleError(
-                f"`method` must be one of {METHODS}, but got method={self.method!r} on layer {layer!r}."
-            )
-        if not _is_number(self.amount) or math.isnan(self.amount) or not 0.0 <= self.amount < 1.0:
-            raise ScheduleError(f"`0 <= amount < 1` must hold, but got amount={self.amount!r} on layer {layer!r}.")
-        if self.norm not in NORMS or isinstance(self.norm, bool):
-            raise ScheduleError(f"`norm` must be 1 or 2, but got norm={self.norm!r} on layer {layer!r}.")
+    def __post_init__(self) -> None:
+        check_plan(self.method, self.amount, self.norm)
+
+    def validate(self, layer: str | None = None) -> None:
+        """Raise :class:`ScheduleError` unless the plan is valid (``layer`` names it in the message)."""
+        check_plan(self.method, self.amount, self.norm, layer=layer)
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "amount": self.amount, "norm": self.norm}
@@ -229,21 +251,66 @@ class Schedule:
     @classmethod
     def uniform(
         cls,
-        model: Any,
-        example_inputs: Any,
-        *,
+        layers: Iterable[PrunableLayer],
+        *args: Any,
         method: Method = "structured",
         amount: float = 0.5,
         **options: Any,
     ) -> Schedule:
-        """The same plan on every layer that supports ``method`` (the hand-made baseline)."""
-        from autoprune.preflight import prunable_layers
+        """The same plan on every layer that supports ``method`` (the hand-made baseline).
 
-        layers = {}
-        for info in prunable_layers(model, example_inputs):
-            if method in info.methods:
-                layers[info.name] = LayerPlan(method=method, amount=min(amount, info.max_amount))
-        return cls(layers=layers, **options)
+        Args:
+            layers: the model's preflight, ``autoprune.prunable_layers(model, example_inputs)``
+                (anything with ``name``, ``methods`` and ``max_amount``). Each amount is capped
+                at the layer's safe maximum. ``autoprune.space.uniform_schedule(model,
+                example_inputs, ...)`` runs the preflight for you.
+            method: ``structured`` or ``unstructured``.
+            amount: the amount asked of every layer.
+            **options: the other :class:`Schedule` fields (``steps``, ``round_to``...).
+
+        Example:
+            >>> from types import SimpleNamespace as Layer
+            >>> layers = [Layer(name="a", methods=("structured",), max_amount=0.9),
+            ...           Layer(name="out", methods=("unstructured",), max_amount=0.99)]
+            >>> list(Schedule.uniform(layers, amount=0.95).layers.items())
+            [('a', LayerPlan(method='structured', amount=0.9, norm=1))]
+        """
+        # `args`: only to answer the old call `Schedule.uniform(model, example_inputs)` with
+        # what to call instead (the preflight lives downstream of the Schedule)
+        if (
+            args
+            or not isinstance(layers, Iterable)
+            or isinstance(layers, (str, Mapping))
+            or hasattr(layers, "named_modules")
+        ):
+            raise ScheduleError(
+                f"`Schedule.uniform` takes the preflight's layers, but got {type(layers).__name__}; call "
+                "Schedule.uniform(autoprune.prunable_layers(model, example_inputs), amount=...) or "
+                "autoprune.space.uniform_schedule(model, example_inputs, amount=...)."
+            )
+        plans = {
+            info.name: LayerPlan(method=method, amount=min(amount, info.max_amount))
+            for info in layers
+            if method in info.methods
+        }
+        return cls(layers=plans, **options)
+
+    # ------------------------------------------------------------------ fidelity
+    def with_fine_tune(self, fine_tune_steps: int) -> Schedule:
+        """The same pruning with ``fine_tune_steps`` per step: the cheap (screening) version of
+        a schedule, or its full version back. The architecture it produces is the same.
+
+        Example:
+            >>> s = Schedule(layers={"a": LayerPlan("structured", 0.5)}, fine_tune_steps=100)
+            >>> s.with_fine_tune(10).fine_tune_steps, s.with_fine_tune(10).layers == s.layers
+            (10, True)
+        """
+        return dataclasses.replace(self, fine_tune_steps=fine_tune_steps)
+
+    @property
+    def fine_tune_budget(self) -> int:
+        """Fine-tuning steps the whole schedule spends (``steps * fine_tune_steps``)."""
+        return self.steps * self.fine_tune_steps
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -291,6 +358,7 @@ class Schedule:
             extra = sorted(set(plan) - {"method", "amount", "norm"})
             if extra:
                 raise ScheduleError(f"unknown field(s) {extra} on layer {name!r}; allowed: method, amount, norm.")
+            check_plan(plan.get("method", "structured"), plan.get("amount", 0.0), plan.get("norm", 1), layer=str(name))
             layers[name] = LayerPlan(**plan)
         if isinstance(data.get("ignore"), list):
             data["ignore"] = tuple(data["ignore"])

@@ -4,21 +4,40 @@ Parameter names are layer paths (``features.0:amount``, ``features.0:method``) s
 Optuna's own tools (dashboard, importances) stay readable. With ``granularity = "block"``
 layers sharing a path prefix are tied together; with ``"global"`` one amount and one
 method apply everywhere. A fixed choice (a single value in the config) is not a parameter.
+
+Every sampled parameter changes the schedule (define-by-run conditionals): no amount when a
+unit's method is ``none``; ``steps`` only with fine-tuning between the steps; ``shape`` only
+with several steps, and then never ``oneshot`` (several steps of one-shot would fine-tune the
+unpruned model before pruning it); ``importance``, ``norm`` and ``round_to`` only when
+something is pruned structurally; ``global_unstructured`` only with at least two unstructured
+weights. A parameter that does not apply takes the config's first choice in the Schedule.
+
+One source of truth: :meth:`SearchSpace.suggest` (an Optuna trial),
+:meth:`SearchSpace.schedule_from_params` (a params dict) and :meth:`SearchSpace.params_for`
+(a Schedule or per-unit amounts -> params) all run the same sampling code, so a trial
+enqueued with ``params_for(x)`` samples exactly ``schedule_from_params(params_for(x))``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from autoprune._errors import ScheduleError
 from autoprune.config import SpaceConfig
-from autoprune.preflight import LayerInfo
-from autoprune.schedule import LayerPlan, Schedule
+from autoprune.preflight import LayerInfo, prunable_layers
+from autoprune.schedule import LayerPlan, Method, Schedule, Shape
 
-__all__ = ["SearchSpace", "Unit"]
+if TYPE_CHECKING:
+    from autoprune.sensitivity import Sensitivity
+
+__all__ = ["SearchSpace", "Unit", "uniform_schedule"]
+
+_UNSTRUCTURED_MAX = 0.99
 
 
 @dataclass(frozen=True)
@@ -30,6 +49,26 @@ class Unit:
     methods: tuple[str, ...]
     max_amount: float
 
+    def supports(self, method: str) -> bool:
+        """Whether ``method`` is a choice of this unit and reaches at least one of its layers."""
+        return method in self.methods and any(method in info.methods for info in self.layers)
+
+
+def uniform_schedule(
+    model: Any, example_inputs: Any, *, method: Method = "structured", amount: float = 0.5, **options: Any
+) -> Schedule:
+    """The same plan on every layer of ``model`` that supports ``method`` (the hand-made
+    baseline); what ``Schedule.uniform(model, example_inputs, ...)`` did before the Schedule
+    stopped depending on the preflight.
+
+    Example:
+        >>> import autoprune as ap
+        >>> model, x = ap.zoo.get("cnn")
+        >>> uniform_schedule(model, x, amount=0.5).layers["features.0.0"]
+        LayerPlan(method='structured', amount=0.5, norm=1)
+    """
+    return Schedule.uniform(prunable_layers(model, example_inputs), method=method, amount=amount, **options)
+
 
 class SearchSpace:
     """Maps Optuna trials to Schedules for one model.
@@ -37,10 +76,14 @@ class SearchSpace:
     Args:
         layers: the model's preflight (``autoprune.prunable_layers``).
         config: what may be searched and what is fixed.
+        sensitivity: a sensitivity scan of the same units
+            (:func:`autoprune.sensitivity.scan_sensitivity`); needed by
+            ``config.parametrization == "sensitivity"``.
     """
 
-    def __init__(self, layers: list[LayerInfo], config: SpaceConfig) -> None:
+    def __init__(self, layers: list[LayerInfo], config: SpaceConfig, *, sensitivity: Sensitivity | None = None) -> None:
         self.config = config
+        self.sensitivity = sensitivity
         ignore = set(config.ignore)
         usable = [info for info in layers if info.methods and info.name not in ignore]
         groups: dict[str, list[LayerInfo]] = {}
@@ -54,6 +97,8 @@ class SearchSpace:
                 continue
             cap = min(config.max_amount, max(info.max_amount for info in members))
             cap = math.floor(cap / config.amount_step + 1e-9) * config.amount_step
+            if cap < config.amount_step - 1e-9:
+                continue  # not even one step of pruning is safe
             self.units.append(Unit(key=key, layers=tuple(members), methods=methods, max_amount=round(cap, 6)))
         # Whole heads or head dims: a choice only where structured pruning can reach an
         # attention layer (otherwise it changes nothing and is not a parameter).
@@ -63,6 +108,8 @@ class SearchSpace:
             for info in unit.layers
         )
         self._head_choices: list[bool] = list(config.attention_heads) if reachable else [False]
+        if config.parametrization == "sensitivity":
+            self._check_sensitivity()
 
     def _unit_key(self, name: str) -> str:
         if self.config.granularity == "global":
@@ -73,106 +120,365 @@ class SearchSpace:
             return ".".join(parts[:depth])
         return name
 
+    def _check_sensitivity(self) -> None:
+        if self.sensitivity is None:
+            raise ScheduleError(
+                "space.parametrization = 'sensitivity' needs a sensitivity scan: "
+                "SearchSpace(layers, config, sensitivity=scan_sensitivity(...))."
+            )
+        if "structured" not in self.config.methods:
+            raise ScheduleError(
+                f"space.parametrization = 'sensitivity' prunes structurally, but space.methods={self.config.methods!r}."
+            )
+        missing = [u.key for u in self.units if u.supports("structured") and self.sensitivity.curve(u.key) is None]
+        if missing:
+            raise ScheduleError(
+                f"the sensitivity scan has no structured curve for unit(s) {missing}; scan this space's units "
+                f"(granularity {self.config.granularity!r})."
+            )
+
     @property
     def dimension(self) -> int:
-        """Number of Optuna parameters a trial samples."""
-        n = sum((len(u.methods) > 1) + 1 for u in self.units)
+        """The most Optuna parameters a trial samples (conditional ones included)."""
         c = self.config
-        n += (c.steps[0] < c.steps[1]) + (len(c.shapes) > 1) + (len(c.fine_tune_steps) > 1)
-        n += (len(c.importance) > 1) + (len(c.norms) > 1) + (len(c.global_unstructured) > 1)
+        if c.parametrization == "sensitivity":
+            n = 1 + (c.offset_range > 0) * sum(u.supports("structured") for u in self.units)
+        else:
+            n = sum((len(u.methods) > 1) + 1 for u in self.units)
+        iterative = [s for s in c.shapes if s != "oneshot"]
+        can_iterate = c.steps[0] < c.steps[1] and max(c.fine_tune_steps) > 0 and bool(iterative)
+        n += can_iterate + (len(iterative) > 1) + (len(c.fine_tune_steps) > 1)
+        n += (len(c.importance) > 1) + (len(c.norms) > 1)
+        n += len(c.global_unstructured) > 1 and c.parametrization == "unit"  # the other prunes structurally
         n += len(c.round_to_choices) > 1
         n += len(self._head_choices) > 1
         return n
 
     # ------------------------------------------------------------------ sampling
     def suggest(self, trial: optuna.trial.BaseTrial, *, seed: int = 0) -> Schedule:
-        """Sample a Schedule from ``trial``."""
-        c = self.config
-        layers: dict[str, LayerPlan] = {}
-        norm = _choice(trial, "norm", c.norms)
-        for unit in self.units:
-            method = _choice(trial, f"{unit.key}:method", list(unit.methods))
-            amount = trial.suggest_float(f"{unit.key}:amount", 0.0, unit.max_amount, step=c.amount_step)
-            amount = round(amount, 6)
-            for info in unit.layers:
-                if method == "none" or amount <= 0:
-                    continue
-                if method not in info.methods:
-                    continue  # e.g. structured in a block that also holds the output layer
-                limit = info.max_amount if method == "structured" else 0.99
-                layers[info.name] = LayerPlan(method=method, amount=min(amount, limit), norm=norm)  # type: ignore[arg-type]
-        if c.steps[0] < c.steps[1]:
-            steps = trial.suggest_int("steps", c.steps[0], c.steps[1])
+        """Sample a Schedule from ``trial`` (an enqueued trial gets exactly its params' Schedule)."""
+        return self._sample(_TrialAsk(trial), seed)
+
+    def schedule_from_params(self, params: Mapping[str, Any], *, seed: int = 0) -> Schedule:
+        """The Schedule that a trial with ``params`` samples.
+
+        Raises:
+            ScheduleError: a parameter that applies is missing, off its grid or not a choice,
+                or ``params`` holds one that does not apply (so it would not describe the run).
+        """
+        ask = _Prefer(params, strict=True)
+        schedule = self._sample(ask, seed)
+        extra = sorted(set(params) - set(ask.params))
+        if extra:
+            raise ScheduleError(f"parameter(s) {extra} do not apply to this schedule of the search space; drop them.")
+        return schedule
+
+    def params_for(
+        self,
+        schedule_or_amounts: Schedule | Mapping[str, float],
+        *,
+        method: str = "structured",
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Trial parameters for ``study.enqueue_trial`` that make :meth:`suggest` run exactly
+        :meth:`schedule_from_params` of them.
+
+        Args:
+            schedule_or_amounts: a Schedule of this space (raises ScheduleError if the space
+                cannot express it exactly), or ``{unit key: amount}``: amounts are put on the
+                space's grid and capped per unit; units left out (or at 0) are not pruned.
+            method: with amounts, the method of every unit that supports it (others: none).
+            **options: with amounts, the whole-schedule choices (``fine_tune_steps``,
+                ``steps``, ``shape``, ``importance``, ``norm``, ``round_to``,
+                ``attention_heads``, ``global_unstructured``). By default a reference:
+                one step, the largest fine-tuning budget, the first of every other choice.
+
+        Example:
+            >>> import autoprune as ap
+            >>> model, x = ap.zoo.get("cnn")
+            >>> space = SearchSpace(ap.prunable_layers(model, x), ap.SpaceConfig(methods=["structured", "none"]))
+            >>> params = space.params_for({"features.0.0": 0.5})
+            >>> params["features.0.0:amount"], params["features.1.0:method"]
+            (0.5, 'none')
+            >>> space.schedule_from_params(params).layers
+            {'features.0.0': LayerPlan(method='structured', amount=0.5, norm=1)}
+        """
+        if isinstance(schedule_or_amounts, Schedule):
+            return self._params_of_schedule(schedule_or_amounts)
+        amounts = dict(schedule_or_amounts)
+        unknown = sorted(set(amounts) - {u.key for u in self.units})
+        if unknown:
+            raise ScheduleError(
+                f"unit(s) {unknown} are not units of this search space; units: {[u.key for u in self.units][:8]}."
+            )
+        allowed = {"fine_tune_steps", "steps", "shape", "importance", "norm", "round_to", "attention_heads",
+                   "global_unstructured"}  # fmt: skip
+        bad = sorted(set(options) - allowed)
+        if bad:
+            raise ScheduleError(f"unknown option(s) {bad}; allowed: {sorted(allowed)}.")
+        prefs = self._whole_schedule_prefs(options)
+        if self.config.parametrization == "sensitivity":
+            prefs.update(self._sensitivity_prefs(amounts))
         else:
-            steps = c.steps[0]
+            for unit in self.units:
+                prefs.update(self._unit_prefs(unit, method, amounts.get(unit.key, 0.0)))
+        ask = _Prefer(prefs, strict=False)
+        self._sample(ask, 0)
+        return ask.params
+
+    def uniform_params(self, amount: float, *, method: str = "structured") -> dict[str, Any]:
+        """Parameter values of :meth:`uniform_schedule`, to enqueue as a warm start. Units
+        that ``method`` cannot reach (the output layer for structured) say ``none``;
+        ``amount=0`` is the unpruned model, with the smallest fine-tuning choice."""
+        if amount <= 0:
+            # nothing pruned: nothing fine-tuned either (the unpruned reference)
+            return self.params_for({}, fine_tune_steps=min(self.config.fine_tune_steps))
+        if method not in self.config.methods:
+            method = next(m for m in self.config.methods if m != "none")
+        return self.params_for({u.key: amount for u in self.units if u.supports(method)}, method=method)
+
+    def uniform_schedule(self, amount: float, *, seed: int = 0, method: str = "structured") -> Schedule:
+        """What a person does by hand: the same structured amount on every group, one shot,
+        with the largest fine-tuning budget; exactly what :meth:`uniform_params` samples."""
+        return self.schedule_from_params(self.uniform_params(amount, method=method), seed=seed)
+
+    # ------------------------------------------------------------------ the one sampler
+    def _sample(self, ask: _Ask, seed: int) -> Schedule:
+        c = self.config
+        if c.parametrization == "sensitivity":
+            chosen = self._sample_sensitivity(ask)
+        else:
+            chosen = {}
+            for unit in self.units:
+                method = ask.categorical(f"{unit.key}:method", list(unit.methods))
+                if method == "none":
+                    continue
+                low = c.amount_step if "none" in unit.methods else 0.0
+                chosen[unit.key] = (method, ask.floating(f"{unit.key}:amount", low, unit.max_amount, c.amount_step))
+        by_key = {u.key: u for u in self.units}
+        plans: dict[str, tuple[str, float]] = {}
+        for key, (method, amount) in chosen.items():
+            for info in by_key[key].layers:
+                if amount <= 0 or method not in info.methods:
+                    continue  # e.g. structured in a block that also holds the output layer
+                limit = info.max_amount if method == "structured" else _UNSTRUCTURED_MAX
+                plans[info.name] = (method, min(amount, limit))
+        structured = [name for name, (m, _) in plans.items() if m == "structured"]
+        unstructured_weights = sum(
+            len(info.weights)
+            for u in self.units
+            for info in u.layers
+            if plans.get(info.name, ("",))[0] == "unstructured"
+        )
+        fine_tune_steps = ask.categorical("fine_tune_steps", list(c.fine_tune_steps))
+        iterative = [s for s in c.shapes if s != "oneshot"]
+        steps = c.steps[0]
+        if c.steps[0] < c.steps[1] and fine_tune_steps > 0 and iterative:
+            # several steps only with fine-tuning between them (else they prune as one)
+            steps = ask.integer("steps", c.steps[0], c.steps[1])
+        shape: Shape = ask.categorical("shape", iterative or list(c.shapes)) if steps > 1 else "oneshot"
+        importance = ask.categorical("importance", list(c.importance)) if structured else c.importance[0]
+        norm = ask.categorical("norm", list(c.norms)) if structured and importance != "random" else c.norms[0]
+        round_to = ask.categorical("round_to", c.round_to_choices) if structured else c.round_to_choices[0]
+        heads = any(info.heads > 0 and info.name in structured for u in self.units for info in u.layers)
+        attention_heads = ask.categorical("attention_heads", self._head_choices) if heads else self._head_choices[0]
+        global_choices = list(c.global_unstructured)
+        global_unstructured = (
+            ask.categorical("global_unstructured", global_choices) if unstructured_weights >= 2 else global_choices[0]
+        )
         return Schedule(
-            layers=layers,
+            layers={name: LayerPlan(method=m, amount=a, norm=norm) for name, (m, a) in plans.items()},  # type: ignore[arg-type]
             steps=steps,
-            shape=_choice(trial, "shape", c.shapes),
-            fine_tune_steps=_choice(trial, "fine_tune_steps", c.fine_tune_steps),
-            importance=_choice(trial, "importance", c.importance),
-            global_unstructured=_choice(trial, "global_unstructured", c.global_unstructured),
-            round_to=_round_to(_choice(trial, "round_to", c.round_to_choices)),
-            attention_heads=_choice(trial, "attention_heads", self._head_choices),
+            shape=shape,
+            fine_tune_steps=fine_tune_steps,
+            importance=importance,
+            global_unstructured=global_unstructured,
+            round_to=None if round_to == 1 else round_to,
+            attention_heads=attention_heads,
             ignore=tuple(c.ignore),
             seed=seed,
         )
 
-    # ------------------------------------------------------------------ references
-    def uniform_schedule(self, amount: float, *, seed: int = 0) -> Schedule:
-        """What a person does by hand: the same structured amount on every group, one shot."""
+    def _sample_sensitivity(self, ask: _Ask) -> dict[str, tuple[str, float]]:
+        """A global MACs-reduction target spread over the units by the sensitivity-greedy
+        allocation, plus a per-unit offset."""
+        assert self.sensitivity is not None
         c = self.config
-        layers = {
-            info.name: LayerPlan("structured", min(amount, info.max_amount), norm=c.norms[0])
-            for unit in self.units
-            for info in unit.layers
-            if "structured" in info.methods
-        }
-        return Schedule(
-            layers=layers,
-            steps=1,
-            shape="oneshot",
-            fine_tune_steps=max(c.fine_tune_steps),
-            importance=c.importance[0],
-            round_to=_round_to(c.round_to_choices[0]),
-            attention_heads=self._head_choices[0],
-            ignore=tuple(c.ignore),
-            seed=seed,
-        )
-
-    def uniform_params(self, amount: float) -> dict[str, Any]:
-        """Parameter values of :meth:`uniform_schedule`, to enqueue as a warm start."""
-        c = self.config
-        params: dict[str, Any] = {}
+        target = ask.floating("target", 0.0, c.max_amount, c.amount_step)
+        base = self._allocation(target)
+        chosen: dict[str, tuple[str, float]] = {}
         for unit in self.units:
-            if len(unit.methods) > 1:
-                params[f"{unit.key}:method"] = "structured" if "structured" in unit.methods else unit.methods[0]
-            value = min(amount, unit.max_amount)
-            params[f"{unit.key}:amount"] = round(round(value / c.amount_step) * c.amount_step, 6)
-        if c.steps[0] < c.steps[1]:
-            params["steps"] = c.steps[0]
-        if len(c.shapes) > 1:
-            params["shape"] = "oneshot" if "oneshot" in c.shapes else c.shapes[0]
-        if len(c.fine_tune_steps) > 1:
-            params["fine_tune_steps"] = max(c.fine_tune_steps)
-        if len(c.importance) > 1:
-            params["importance"] = c.importance[0]
-        if len(c.norms) > 1:
-            params["norm"] = c.norms[0]
-        if len(c.global_unstructured) > 1:
-            params["global_unstructured"] = False
-        if len(c.round_to_choices) > 1:
-            params["round_to"] = c.round_to_choices[0]
-        if len(self._head_choices) > 1:
-            params["attention_heads"] = self._head_choices[0]
-        return params
+            if not unit.supports("structured"):
+                continue
+            amount = base.get(unit.key, 0.0)
+            if c.offset_range > 0:
+                r = math.floor(c.offset_range / c.amount_step + 1e-9) * c.amount_step
+                amount += ask.floating(f"{unit.key}:offset", -round(r, 6), round(r, 6), c.amount_step)
+            amount = _on_grid(min(max(amount, 0.0), unit.max_amount), c.amount_step)
+            if amount > 0:
+                chosen[unit.key] = ("structured", amount)
+        return chosen
+
+    def _allocation(self, target: float) -> dict[str, float]:
+        assert self.sensitivity is not None
+        caps = {u.key: u.max_amount for u in self.units if u.supports("structured")}
+        return self.sensitivity.allocate(target, caps=caps, step=self.config.amount_step)
+
+    # ------------------------------------------------------------------ params of given schedules
+    def _unit_prefs(self, unit: Unit, method: str, amount: float) -> dict[str, Any]:
+        step = self.config.amount_step
+        amount = _on_grid(min(max(float(amount), 0.0), unit.max_amount), step)
+        if not unit.supports(method) or amount <= 0:
+            if "none" in unit.methods:
+                return {f"{unit.key}:method": "none"}
+            return {f"{unit.key}:method": unit.methods[0], f"{unit.key}:amount": 0.0}
+        return {f"{unit.key}:method": method, f"{unit.key}:amount": amount}
+
+    def _sensitivity_prefs(self, amounts: Mapping[str, float]) -> dict[str, Any]:
+        assert self.sensitivity is not None
+        c = self.config
+        # the target whose allocation is nearest to the amounts (MACs-weighted), then offsets
+        target = _on_grid(min(self.sensitivity.saved_fraction(amounts), c.max_amount), c.amount_step)
+        base = self._allocation(target)
+        prefs: dict[str, Any] = {"target": target}
+        for unit in self.units:
+            prefs[f"{unit.key}:offset"] = float(amounts.get(unit.key, 0.0)) - base.get(unit.key, 0.0)
+        return prefs
+
+    def _whole_schedule_prefs(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        c = self.config
+        prefs: dict[str, Any] = {"fine_tune_steps": max(c.fine_tune_steps), "steps": c.steps[0]}
+        prefs.update(options)
+        if prefs.get("round_to") is None:
+            prefs["round_to"] = 1
+        return prefs
+
+    def _params_of_schedule(self, schedule: Schedule) -> dict[str, Any]:
+        amounts: dict[str, float] = {}
+        for unit in self.units:
+            plans = [schedule.layers[i.name] for i in unit.layers if i.name in schedule.active_layers()]
+            if plans:
+                amounts[unit.key] = max(p.amount for p in plans)
+        norms = {p.norm for p in schedule.active_layers().values()}
+        options = {
+            "fine_tune_steps": schedule.fine_tune_steps,
+            "steps": schedule.steps,
+            "shape": schedule.shape,
+            "importance": schedule.importance,
+            "norm": min(norms) if norms else self.config.norms[0],
+            "round_to": schedule.round_to,
+            "attention_heads": schedule.attention_heads,
+            "global_unstructured": schedule.global_unstructured,
+        }
+        prefs = self._whole_schedule_prefs(options)
+        if self.config.parametrization == "sensitivity":
+            prefs.update(self._sensitivity_prefs(amounts))
+        else:
+            for unit in self.units:
+                plans = [schedule.layers[i.name] for i in unit.layers if i.name in schedule.active_layers()]
+                method = plans[0].method if plans else "none"
+                prefs.update(self._unit_prefs(unit, method, amounts.get(unit.key, 0.0)))
+        ask = _Prefer(prefs, strict=False)
+        rebuilt = self._sample(ask, schedule.seed)
+        if rebuilt != schedule:
+            diff = _first_difference(schedule, rebuilt)
+            raise ScheduleError(f"the schedule is not in this search space: {diff}.")
+        return ask.params
 
 
-def _round_to(value: int) -> int | None:
-    return None if value == 1 else value
+# ---------------------------------------------------------------------------- answering the sampler
+class _Ask:
+    """What the sampling code asks: Optuna's three suggest calls, answered by a trial or a dict."""
+
+    def categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        raise NotImplementedError
+
+    def floating(self, name: str, low: float, high: float, step: float) -> float:
+        raise NotImplementedError
+
+    def integer(self, name: str, low: int, high: int) -> int:
+        raise NotImplementedError
 
 
-def _choice(trial: optuna.trial.BaseTrial, name: str, choices: list[Any]) -> Any:
-    if len(choices) == 1:
-        return choices[0]
-    return trial.suggest_categorical(name, choices)
+class _TrialAsk(_Ask):
+    def __init__(self, trial: optuna.trial.BaseTrial) -> None:
+        self.trial = trial
+
+    def categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        if len(choices) == 1:
+            return choices[0]  # a fixed choice is not a parameter
+        return self.trial.suggest_categorical(name, list(choices))
+
+    def floating(self, name: str, low: float, high: float, step: float) -> float:
+        if high <= low:
+            return low
+        return round(self.trial.suggest_float(name, low, high, step=step), 6)
+
+    def integer(self, name: str, low: int, high: int) -> int:
+        return self.trial.suggest_int(name, low, high)
+
+
+class _Prefer(_Ask):
+    """Answers from ``prefs`` and records the parameters a trial would hold. Lenient: a
+    missing value takes the first choice (the lowest number), a number goes on the grid.
+    Strict: missing, off-grid or unknown values are errors."""
+
+    def __init__(self, prefs: Mapping[str, Any], *, strict: bool) -> None:
+        self.prefs = prefs
+        self.strict = strict
+        self.params: dict[str, Any] = {}
+
+    def _value(self, name: str, default: Any) -> Any:
+        if name in self.prefs:
+            return self.prefs[name]
+        if self.strict:
+            raise ScheduleError(f"parameter {name!r} applies to this schedule but is missing from the params.")
+        return default
+
+    def categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        if len(choices) == 1:
+            return choices[0]
+        value = self._value(name, choices[0])
+        # True == 1 in Python: compare types too, or `round_to=True` would pass as 1
+        if not any(value == c and type(value) is type(c) for c in choices):
+            raise ScheduleError(f"`{name}` must be one of {list(choices)} in this search space, but got {value!r}.")
+        self.params[name] = value
+        return value
+
+    def floating(self, name: str, low: float, high: float, step: float) -> float:
+        if high <= low:
+            return low
+        value = self._value(name, low)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ScheduleError(f"`{name}` must be a number, but got {value!r}.")
+        snapped = round(low + round((value - low) / step) * step, 6)
+        snapped = round(min(max(snapped, low), high), 6)
+        if self.strict and abs(snapped - value) > 1e-6:
+            raise ScheduleError(
+                f"`{low} <= {name} <= {high}` in steps of {step} must hold in this search space, but got {value!r}."
+            )
+        self.params[name] = snapped
+        return snapped
+
+    def integer(self, name: str, low: int, high: int) -> int:
+        value = self._value(name, low)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ScheduleError(f"`{low} <= {name} <= {high}` must hold in this search space, but got {value!r}.")
+        self.params[name] = value
+        return value
+
+
+def _on_grid(value: float, step: float) -> float:
+    return round(round(value / step) * step, 6)
+
+
+def _first_difference(wanted: Schedule, got: Schedule) -> str:
+    a, b = wanted.to_dict(), got.to_dict()
+    for key in a:
+        if key == "layers":
+            for name in sorted(set(a["layers"]) | set(b["layers"])):
+                if a["layers"].get(name) != b["layers"].get(name):
+                    return f"layer {name!r} is {a['layers'].get(name)}, the space gives {b['layers'].get(name)}"
+        elif a[key] != b[key]:
+            return f"{key}={a[key]!r}, the space gives {key}={b[key]!r}"
+    return "they differ"

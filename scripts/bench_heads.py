@@ -1,6 +1,6 @@
 """Whole attention heads against shorter heads: MACs and measured CPU latency.
 
-Prunes the residual-stream group of the reference transformer (``autoprune.zoo``, two
+Prunes the residual-stream group of the reference transformer (``autoprune.testing.models``, two
 encoder blocks with 4-head ``nn.MultiheadAttention``, embedding 128) at 25/50/75%, once with
 ``Schedule(attention_heads=False)`` (every head keeps fewer dims) and once with
 ``attention_heads=True`` (whole heads go), and times all variants interleaved in one run.

@@ -1,6 +1,6 @@
 """Benchmark of the latency measurement: stability, cost, and isolation from a training worker.
 
-For each reference model (``autoprune.zoo``) it measures latency ``--repeats`` times in three
+For each reference model (``autoprune.testing.models``) it measures latency ``--repeats`` times in three
 conditions and reports the median of the medians, the coefficient of variation (CV) of the
 repeated measurements (target: <= 5%) and the wall time one measurement costs:
 
@@ -141,7 +141,7 @@ def _disturber(busy_s: float, idle_s: float, cpu: int | None, stop: Any, busy: A
 
 def _pruned_pair(name: str, batch: int) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
     model, x = zoo.get(name, batch_size=batch)
-    schedule = ap.Schedule.uniform(model, x, amount=0.5)
+    schedule = ap.uniform_schedule(model, x, amount=0.5)
     return model, ap.apply_schedule(model, schedule, example_inputs=x).eval(), x
 
 

@@ -1,7 +1,7 @@
 """Benchmark of the HTML report on a large study: generation time, page size, load time.
 
 It builds a synthetic finished study of ``--trials`` trials (default 1,000: references,
-search trials with real schedules on the layers of ``autoprune.zoo``'s ResNet, ~5% failed,
+search trials with real schedules on the layers of ``autoprune.testing.models``'s ResNet, ~5% failed,
 some infeasible) in a temporary SQLite file, then measures:
 
 - the time to compute each figure's data (the first computations pay one-off imports),

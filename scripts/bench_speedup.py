@@ -1,6 +1,6 @@
 """Measured CPU speedup of structured pruning against its MACs reduction.
 
-For each reference model (``autoprune.zoo``), batch size and structured amount, this prunes
+For each reference model (``autoprune.testing.models``), batch size and structured amount, this prunes
 the model with ``Schedule.uniform`` (channels physically removed by Torch-Pruning) and, for
 comparison, with the seed project's approach: ``torch.nn.utils.prune.ln_structured`` masks
 that zero whole output channels but keep the tensors' shapes. It times the dense model and
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             variants: dict[str, nn.Module] = {"dense": model}
             macs: dict[str, int] = {"dense": dense_macs}
             for amount in args.amounts:
-                schedule = ap.Schedule.uniform(model, x, amount=amount, round_to=args.round_to, seed=args.seed)
+                schedule = ap.uniform_schedule(model, x, amount=amount, round_to=args.round_to, seed=args.seed)
                 pruned = ap.apply_schedule(model, schedule, example_inputs=x).eval()
                 variants[f"pruned-{amount}"] = pruned
                 macs[f"pruned-{amount}"] = count_macs(pruned, x)

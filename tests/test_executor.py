@@ -73,7 +73,7 @@ def _sgd_fine_tune(x: torch.Tensor) -> ap.executor.FineTune:
 def test_structured_half_gives_expected_channels_and_3x_fewer_params(name: str) -> None:
     model, x = zoo.get(name, batch_size=2)
     infos = [i for i in ap.prunable_layers(model, x) if "structured" in i.methods]
-    schedule = ap.Schedule.uniform(model, x, amount=0.5)
+    schedule = ap.uniform_schedule(model, x, amount=0.5)
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
 
     for info in infos:
@@ -93,7 +93,7 @@ def test_structured_half_gives_expected_channels_and_3x_fewer_params(name: str) 
 
 def test_plain_cnn_exact_shapes() -> None:
     model, x = zoo.get("cnn", batch_size=2)
-    pruned = ap.apply_schedule(model, ap.Schedule.uniform(model, x, amount=0.5), example_inputs=x)
+    pruned = ap.apply_schedule(model, ap.uniform_schedule(model, x, amount=0.5), example_inputs=x)
     convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 32), (32, 32), (32, 64), (64, 64), (64, 128)]
     assert (pruned.classifier[1].in_features, pruned.classifier[1].out_features) == (128, 64)
@@ -103,7 +103,7 @@ def test_plain_cnn_exact_shapes() -> None:
 @pytest.mark.parametrize("name", ZOO)
 def test_pruned_model_runs_forward_and_backward(name: str) -> None:
     model, x = zoo.get(name, batch_size=2)
-    pruned = ap.apply_schedule(model, ap.Schedule.uniform(model, x, amount=0.7), example_inputs=x)
+    pruned = ap.apply_schedule(model, ap.uniform_schedule(model, x, amount=0.7), example_inputs=x)
     pruned.train()
     out = pruned(x)
     assert out.shape == (2, 10)
@@ -136,7 +136,7 @@ def test_input_model_is_untouched(name: str) -> None:
 @pytest.mark.parametrize("name", ZOO)
 def test_every_importance_works(name: str, importance: str) -> None:
     model, x = zoo.get(name, batch_size=1)
-    schedule = ap.Schedule.uniform(model, x, amount=0.3, importance=importance, seed=1)
+    schedule = ap.uniform_schedule(model, x, amount=0.3, importance=importance, seed=1)
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
     for info in ap.prunable_layers(model, x):
         if "structured" in info.methods:
@@ -169,7 +169,7 @@ def test_magnitude_keeps_the_largest_channels() -> None:
 @pytest.mark.parametrize("amount", [0.3, 0.5])
 def test_round_to_gives_channel_multiples(amount: float) -> None:
     model, x = zoo.get("cnn", batch_size=1)
-    pruned = ap.apply_schedule(model, ap.Schedule.uniform(model, x, amount=amount, round_to=8), example_inputs=x)
+    pruned = ap.apply_schedule(model, ap.uniform_schedule(model, x, amount=amount, round_to=8), example_inputs=x)
     counts = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)]
     assert all(c % 8 == 0 for c in counts)
     assert counts == [_keep(c, amount, 8) for c in (64, 64, 128, 128, 256)]
@@ -179,7 +179,7 @@ def test_round_to_gives_channel_multiples(amount: float) -> None:
 @pytest.mark.parametrize(("amount", "round_to"), [(0.3, None), (0.5, None), (0.7, None), (0.3, 8)])
 def test_attention_embed_dim_stays_divisible_by_heads(amount: float, round_to: int | None) -> None:
     model, x = zoo.get("transformer", batch_size=2)
-    schedule = ap.Schedule.uniform(model, x, amount=amount, round_to=round_to)
+    schedule = ap.uniform_schedule(model, x, amount=amount, round_to=round_to)
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
     attns = [m for m in pruned.modules() if isinstance(m, nn.MultiheadAttention)]
     multiple = 4 * (round_to or 1)  # round_to applies per head
@@ -246,7 +246,7 @@ def test_attention_heads_removes_whole_heads() -> None:
 
 def test_grouped_conv_keeps_groups_whole(grouped_net: tuple[nn.Module, torch.Tensor]) -> None:
     model, x = grouped_net
-    pruned = ap.apply_schedule(model, ap.Schedule.uniform(model, x, amount=0.5), example_inputs=x)
+    pruned = ap.apply_schedule(model, ap.uniform_schedule(model, x, amount=0.5), example_inputs=x)
     assert pruned.b.out_channels == 16
     assert pruned.b.out_channels % pruned.b.groups == 0
     assert pruned(x).shape == (1, 2)
@@ -259,7 +259,7 @@ def test_unstructured_zero_fraction_is_exact(name: str, amount: float) -> None:
     model, x = zoo.get(name, batch_size=1)
     infos = ap.prunable_layers(model, x)
     pruned = ap.apply_schedule(
-        model, ap.Schedule.uniform(model, x, method="unstructured", amount=amount), example_inputs=x
+        model, ap.uniform_schedule(model, x, method="unstructured", amount=amount), example_inputs=x
     )
     _assert_plain(pruned)
     for info in infos:
@@ -285,7 +285,7 @@ def test_unstructured_zeroes_the_smallest_weights_of_each_layer() -> None:
 def test_global_unstructured_zeroes_the_globally_smallest_weights() -> None:
     model, x = zoo.get("cnn", batch_size=1)
     infos = [i for i in ap.prunable_layers(model, x)]
-    schedule = ap.Schedule.uniform(model, x, method="unstructured", amount=0.6, global_unstructured=True)
+    schedule = ap.uniform_schedule(model, x, method="unstructured", amount=0.6, global_unstructured=True)
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
     weights = [(layer, p) for i in infos for layer, p in i.weights]
     before = torch.cat([model.get_submodule(m).get_parameter(p).detach().abs().flatten() for m, p in weights])
@@ -330,7 +330,7 @@ def test_mixed_structured_and_unstructured_neighbours() -> None:
 @pytest.mark.parametrize("shape", ["linear", "cubic", "oneshot"])
 def test_iterative_structured_channels_follow_step_amounts(shape: str) -> None:
     model, x = zoo.get("cnn", batch_size=1)
-    schedule = ap.Schedule.uniform(model, x, amount=0.6, steps=3, shape=shape)
+    schedule = ap.uniform_schedule(model, x, amount=0.6, steps=3, shape=shape)
     seen: list[tuple[int, int, int, int]] = []
 
     def on_step(m: nn.Module, step: int, steps: int) -> None:
@@ -344,7 +344,7 @@ def test_iterative_structured_channels_follow_step_amounts(shape: str) -> None:
 
 def test_iterative_unstructured_masks_survive_fine_tuning() -> None:
     model, x = zoo.get("cnn", batch_size=2)
-    schedule = ap.Schedule.uniform(
+    schedule = ap.uniform_schedule(
         model, x, method="unstructured", amount=0.8, steps=4, shape="cubic", fine_tune_steps=3
     )
     calls: list[int] = []
@@ -377,16 +377,16 @@ def test_iterative_unstructured_masks_survive_fine_tuning() -> None:
 def test_no_fine_tune_calls_when_steps_are_zero() -> None:
     model, x = zoo.get("cnn", batch_size=1)
     calls: list[int] = []
-    schedule = ap.Schedule.uniform(model, x, amount=0.5, steps=2)
+    schedule = ap.uniform_schedule(model, x, amount=0.5, steps=2)
     with pytest.warns(UserWarning, match=r"got a fine_tune, but the schedule's fine_tune_steps is 0, so it is never called"):
         ap.apply_schedule(model, schedule, example_inputs=x, fine_tune=lambda m, s: calls.append(s))
     assert calls == []
 
 
 def test_fine_tune_with_steps_gives_no_warning() -> None:
-    model, x = ap.zoo.get("cnn", batch_size=1)
+    model, x = zoo.get("cnn", batch_size=1)
     calls: list[int] = []
-    schedule = ap.Schedule.uniform(model, x, amount=0.5, steps=2, fine_tune_steps=3)
+    schedule = ap.uniform_schedule(model, x, amount=0.5, steps=2, fine_tune_steps=3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ap.apply_schedule(model, schedule, example_inputs=x, fine_tune=lambda m, s: calls.append(s))
@@ -403,7 +403,7 @@ def test_on_step_may_stop_the_schedule() -> None:
         raise Stop(step)
 
     with pytest.raises(Stop):
-        ap.apply_schedule(model, ap.Schedule.uniform(model, x, steps=3), example_inputs=x, on_step=on_step)
+        ap.apply_schedule(model, ap.uniform_schedule(model, x, steps=3), example_inputs=x, on_step=on_step)
 
 
 # ---------------------------------------------------------------------------- determinism
@@ -426,7 +426,7 @@ def test_callers_rng_is_left_alone() -> None:
     model, x = zoo.get("cnn", batch_size=1)
     torch.manual_seed(1234)
     state = torch.get_rng_state()
-    ap.apply_schedule(model, ap.Schedule.uniform(model, x, importance="random", seed=9), example_inputs=x)
+    ap.apply_schedule(model, ap.uniform_schedule(model, x, importance="random", seed=9), example_inputs=x)
     assert torch.equal(torch.get_rng_state(), state)
 
 
@@ -484,7 +484,7 @@ def test_custom_model_prunes_what_it_can() -> None:
     from tests.test_preflight import CustomNet
 
     model, x = CustomNet().eval(), torch.randn(1, 3, 8, 8)
-    schedule = ap.Schedule.uniform(model, x, amount=0.5)
+    schedule = ap.uniform_schedule(model, x, amount=0.5)
     assert list(schedule.layers) == ["conv1"]
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
     assert pruned.conv1.out_channels == 8
@@ -495,7 +495,7 @@ def test_custom_model_prunes_what_it_can() -> None:
 
 def test_ignore_protects_a_whole_group() -> None:
     model, x = zoo.get("resnet", batch_size=1)
-    schedule = ap.Schedule.uniform(model, x, amount=0.5, ignore=["layer1.0.bn2"])
+    schedule = ap.uniform_schedule(model, x, amount=0.5, ignore=["layer1.0.bn2"])
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
     assert pruned.stem[0].out_channels == 64  # group of layer1.0.bn2
     assert pruned.layer1[0].conv1.out_channels == 32

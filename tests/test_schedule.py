@@ -8,6 +8,7 @@ import pytest
 
 import autoprune as ap
 from autoprune.schedule import step_amounts
+from autoprune.space import uniform_schedule
 from autoprune.testing import models as zoo
 
 
@@ -92,13 +93,37 @@ def test_equality_does_not_depend_on_order() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "needles"),
     [
-        ({"layers": {"features.3": ap.LayerPlan("structured", 1.2)}}, ["0 <= amount < 1", "features.3", "1.2"]),
-        ({"layers": {"features.3": ap.LayerPlan("structured", 1.0)}}, ["0 <= amount < 1", "features.3", "1.0"]),
-        ({"layers": {"conv": ap.LayerPlan("structured", -0.1)}}, ["amount", "conv", "-0.1"]),
-        ({"layers": {"conv": ap.LayerPlan("structured", math.nan)}}, ["amount", "conv", "nan"]),
-        ({"layers": {"conv": ap.LayerPlan("structured", True)}}, ["amount", "conv", "True"]),  # type: ignore[arg-type]
-        ({"layers": {"conv": ap.LayerPlan("pruned", 0.5)}}, ["method", "conv", "'pruned'"]),  # type: ignore[arg-type]
-        ({"layers": {"conv": ap.LayerPlan("structured", 0.5, norm=3)}}, ["norm", "conv", "3"]),
+        ({"amount": 1.2}, ["0 <= amount < 1", "amount=1.2"]),
+        ({"amount": 1.0}, ["0 <= amount < 1", "amount=1.0"]),
+        ({"amount": -0.1}, ["0 <= amount < 1", "-0.1"]),
+        ({"amount": math.nan}, ["amount", "nan"]),
+        ({"amount": True}, ["amount", "True"]),
+        ({"amount": "0.5"}, ["amount", "'0.5'"]),
+        ({"method": "bogus"}, ["`method` must be one of", "method='bogus'"]),
+        ({"method": "pruned", "amount": 0.5}, ["method", "'pruned'"]),
+        ({"norm": 3}, ["norm", "3"]),
+        ({"norm": True}, ["norm", "True"]),
+    ],
+)
+def test_layer_plan_is_validated_on_construction(kwargs: dict, needles: list[str]) -> None:
+    with pytest.raises(ap.ScheduleError) as info:
+        ap.LayerPlan(**kwargs)
+    for needle in needles:
+        assert needle in str(info.value)
+    assert "layer" not in str(info.value)  # no layer to name yet
+
+
+def test_layer_plan_validate_names_the_layer() -> None:
+    plan = ap.LayerPlan("structured", 0.5)
+    object.__setattr__(plan, "amount", 1.5)  # bypassing the frozen dataclass
+    with pytest.raises(ap.ScheduleError, match=r"amount=1.5 on layer 'features.3'"):
+        ap.Schedule(layers={"features.3": plan})
+
+
+# ---------------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    ("kwargs", "needles"),
+    [
         ({"layers": {"conv": {"method": "structured"}}}, ["conv", "LayerPlan", "dict"]),
         ({"layers": [("conv", ap.LayerPlan())]}, ["layers", "list"]),
         ({"steps": 0}, ["1 <= steps <= 100", "steps=0"]),
@@ -136,6 +161,8 @@ def test_schedule_error_is_a_value_error() -> None:
         ({"layers": ["conv"]}, ["layers", "list"]),
         ({"version": 2}, ["version", "2"]),
         ({"layers": {"features.3": {"method": "structured", "amount": 1.2}}}, ["amount", "features.3", "1.2"]),
+        ({"layers": {"conv": {"method": "bogus", "amount": 0.5}}}, ["method", "'bogus'", "on layer 'conv'"]),
+        ({"layers": {"conv": {"amount": 0.5, "norm": 3}}}, ["norm", "3", "on layer 'conv'"]),
     ],
 )
 def test_from_json_rejects_bad_data(data: dict, needles: list[str]) -> None:
@@ -192,18 +219,43 @@ def test_summary() -> None:
 
 def test_uniform_covers_every_structured_entry_and_caps_at_max_amount() -> None:
     model, x = zoo.get("mobilenetv2", batch_size=1)
-    infos = {i.name: i for i in ap.prunable_layers(model, x)}
-    s = ap.Schedule.uniform(model, x, amount=0.97, steps=2, shape="linear")
+    layers = ap.prunable_layers(model, x)
+    infos = {i.name: i for i in layers}
+    s = ap.Schedule.uniform(layers, amount=0.97, steps=2, shape="linear")
     assert set(s.layers) == {n for n, i in infos.items() if "structured" in i.methods}
     for name, plan in s.layers.items():
         assert plan.method == "structured"
         assert plan.amount == min(0.97, infos[name].max_amount)
     assert s.layers["blocks.0.block.6"].amount == 0.96  # 32 channels: keeps at least one
     assert (s.steps, s.shape) == (2, "linear")
+    assert uniform_schedule(model, x, amount=0.97, steps=2, shape="linear") == s
 
 
-def test_uniform_unstructured_includes_output_layer() -> None:
-    model, x = zoo.get("cnn", batch_size=1)
-    s = ap.Schedule.uniform(model, x, method="unstructured", amount=0.5)
-    assert "classifier.3" in s.layers
-    assert all(p.method == "unstructured" for p in s.layers.values())
+def test_uniform_of_a_model_says_what_to_call_instead() -> None:
+    model, x = zoo.get("cnn")
+    with pytest.raises(ap.ScheduleError, match=r"prunable_layers\(model, example_inputs\)"):
+        ap.Schedule.uniform(model, x, amount=0.5)  # type: ignore[arg-type]
+    with pytest.raises(ap.ScheduleError, match="uniform_schedule"):
+        ap.Schedule.uniform(model, amount=0.5)  # type: ignore[arg-type]
+
+
+def test_schedule_module_does_not_import_the_preflight() -> None:
+    import ast
+    import inspect
+
+    import autoprune.schedule
+
+    tree = ast.parse(inspect.getsource(autoprune.schedule))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any("preflight" in (m or "") or "executor" in (m or "") for m in imported)
+
+
+def test_with_fine_tune_keeps_the_pruning() -> None:
+    s = _full_schedule()
+    cheap = s.with_fine_tune(5)
+    assert cheap.fine_tune_steps == 5 and cheap.layers == s.layers and cheap.steps == s.steps
+    assert cheap.with_fine_tune(s.fine_tune_steps) == s
+    assert s.fine_tune_budget == 4 * 25 and cheap.fine_tune_budget == 4 * 5
+    with pytest.raises(ap.ScheduleError, match="fine_tune_steps >= 0"):
+        s.with_fine_tune(-1)

@@ -85,7 +85,7 @@ def real_schedules(task: ap.Task) -> dict[str, ap.Schedule]:
     assert names[:4] == ["features.0", "features.3", "features.7", "classifier.1"]
     return {
         "unpruned": ap.Schedule(),
-        "uniform": ap.Schedule.uniform(task.model, task.example_inputs, amount=0.5, fine_tune_steps=10),
+        "uniform": ap.uniform_schedule(task.model, task.example_inputs, amount=0.5, fine_tune_steps=10),
         "mixed": ap.Schedule(
             layers={
                 "features.3": ap.LayerPlan("structured", 0.5),

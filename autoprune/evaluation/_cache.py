@@ -237,7 +237,8 @@ def cached_speedup(
 
     Example:
         >>> import autoprune as ap
-        >>> model, x = ap.zoo.get("cnn")
+        >>> from autoprune.testing import models as zoo
+        >>> model, x = zoo.get("cnn")
         >>> meter, cache = ap.SpeedupMeter(model, x, "cpu:threads=1"), LatencyCache()
         >>> first = cached_speedup(meter, model, cache, budget_s=0.3, rel_tol=0.5)
         >>> cached_speedup(meter, model, cache, budget_s=0.3, rel_tol=0.5).cached

@@ -75,7 +75,8 @@ def evaluate(
 
     Example:
         >>> import autoprune as ap
-        >>> model, x = ap.zoo.get("cnn")
+        >>> from autoprune.testing import models as zoo
+        >>> model, x = zoo.get("cnn")
         >>> m = ap.evaluate(model, x, target="cpu:threads=1", time_budget_s=0.2)
         >>> m.params == sum(p.numel() for p in model.parameters())
         True

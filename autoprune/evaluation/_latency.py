@@ -174,7 +174,8 @@ def measure_latency(
 
     Example:
         >>> import autoprune as ap
-        >>> m, x = ap.zoo.get("cnn")
+        >>> from autoprune.testing import models as zoo
+        >>> m, x = zoo.get("cnn")
         >>> r = measure_latency(m, x, "cpu:threads=1", time_budget_s=0.2)
         >>> r.median_ms > 0
         True

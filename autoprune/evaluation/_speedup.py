@@ -178,7 +178,8 @@ class SpeedupMeter:
 
     Example:
         >>> import autoprune as ap
-        >>> model, x = ap.zoo.get("cnn")
+        >>> from autoprune.testing import models as zoo
+        >>> model, x = zoo.get("cnn")
         >>> meter = SpeedupMeter(model, x, "cpu:threads=1")
         >>> s = meter.measure(model, budget_s=0.3)
         >>> s.low <= s.ratio <= s.high
@@ -411,7 +412,8 @@ def measure_speedup(
 
     Example:
         >>> import autoprune as ap
-        >>> model, x = ap.zoo.get("cnn")
+        >>> from autoprune.testing import models as zoo
+        >>> model, x = zoo.get("cnn")
         >>> s = ap.measure_speedup(model, model, x, target="cpu:threads=1", budget_s=0.3)
         >>> s.rounds >= 3
         True

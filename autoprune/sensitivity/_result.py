@@ -1,0 +1,206 @@
+"""The scan's result: per-unit curves, read by interpolation, stored as JSON."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from autoprune._errors import ScheduleError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Curve", "Sensitivity", "RESOURCES", "SENSITIVITY_VERSION"]
+
+SENSITIVITY_VERSION = 1
+RESOURCES = ("macs", "latency")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One unit pruned alone at a few amounts.
+
+    Attributes:
+        unit: the SearchSpace unit key.
+        method: ``structured`` (or ``unstructured`` for units that cannot lose channels:
+            their MACs do not change, so they get accuracy only).
+        amounts: the amounts asked of the unit (capped at its safe maximum).
+        scores: ``evaluate`` after pruning (and ``calibrate``), one per amount.
+        macs_removed: MACs of the unpruned model minus MACs of the pruned one (one sample).
+        speedups: ``speedup(model)`` of each pruned model (reference time / model time),
+            when a ``speedup`` callable was given.
+    """
+
+    unit: str
+    method: str
+    amounts: tuple[float, ...]
+    scores: tuple[float, ...]
+    macs_removed: tuple[int, ...]
+    speedups: tuple[float, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "method": self.method,
+            "amounts": list(self.amounts),
+            "scores": list(self.scores),
+            "macs_removed": list(self.macs_removed),
+            "speedups": None if self.speedups is None else list(self.speedups),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Curve:
+        speedups = data.get("speedups")
+        return cls(
+            unit=str(data["unit"]),
+            method=str(data["method"]),
+            amounts=tuple(float(a) for a in data["amounts"]),
+            scores=tuple(float(s) for s in data["scores"]),
+            macs_removed=tuple(int(m) for m in data["macs_removed"]),
+            speedups=None if speedups is None else tuple(float(s) for s in speedups),
+        )
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """The result of :func:`scan_sensitivity`.
+
+    Attributes:
+        curves: one :class:`Curve` per scanned unit, in the space's order.
+        baseline_score: ``evaluate`` of the unpruned model as it is.
+        reference_score: the unpruned model scored the way the curves are (calibrated when
+            ``calibrate`` was given); drops are measured from it.
+        baseline_macs: MACs of the unpruned model (one sample).
+        seconds: how long the scan took.
+        calibrated: whether BatchNorm statistics were re-estimated before scoring.
+    """
+
+    curves: tuple[Curve, ...]
+    baseline_score: float
+    reference_score: float
+    baseline_macs: int
+    seconds: float
+    calibrated: bool
+
+    # ------------------------------------------------------------------ reading the curves
+    def curve(self, unit: str, method: str = "structured") -> Curve | None:
+        """The curve of ``unit`` for ``method`` (None when it was not scanned)."""
+        return next((c for c in self.curves if c.unit == unit and c.method == method), None)
+
+    @property
+    def units(self) -> list[str]:
+        return list(dict.fromkeys(c.unit for c in self.curves))
+
+    def drop_at(self, unit: str, amount: float, method: str = "structured") -> float:
+        """Accuracy drop of ``unit`` pruned alone at ``amount``, interpolated linearly from
+        (0, 0) through the scanned points and made non-decreasing (a point scoring above a
+        smaller amount is measurement noise, not a gain from pruning more)."""
+        curve = self._curve(unit, method)
+        drops = [max(0.0, self.reference_score - s) for s in curve.scores]
+        return _interpolate(curve.amounts, _running_max(drops), amount)
+
+    def saved_at(self, unit: str, amount: float, resource: str = "macs") -> float:
+        """Fraction of the model's MACs (or latency) that pruning ``unit`` alone at ``amount``
+        saves, interpolated linearly from (0, 0) through the scanned points."""
+        curve = self._curve(unit, "structured")
+        if resource == "macs":
+            saved = [m / self.baseline_macs if self.baseline_macs else 0.0 for m in curve.macs_removed]
+        elif resource == "latency":
+            if curve.speedups is None:
+                raise ScheduleError("resource='latency' needs a scan with a `speedup` callable; this one has none.")
+            saved = [1.0 - 1.0 / s if s > 0 else 0.0 for s in curve.speedups]
+        else:
+            raise ScheduleError(f"`resource` must be one of {RESOURCES}, but got resource={resource!r}.")
+        return _interpolate(curve.amounts, _running_max(saved), amount)
+
+    def saved_fraction(self, amounts: Mapping[str, float], resource: str = "macs") -> float:
+        """The additive estimate of the fraction saved by ``{unit: amount}`` together (each
+        unit's saving alone, summed). It overestimates when neighbouring units are pruned
+        together (a layer loses input and output channels); :func:`allocate` takes a
+        ``measure`` callable that counts for real."""
+        return sum(self.saved_at(u, a, resource) for u, a in amounts.items() if self.curve(u) is not None and a > 0)
+
+    def allocate(self, target: float, **options: Any) -> dict[str, float]:
+        """:func:`autoprune.sensitivity.allocate` of this scan (``resource``, ``caps``, ``step``,
+        ``measure`` as there)."""
+        from autoprune.sensitivity._allocate import allocate
+
+        return allocate(self, target, **options)
+
+    def _curve(self, unit: str, method: str) -> Curve:
+        curve = self.curve(unit, method)
+        if curve is None:
+            scanned = sorted(f"{c.unit}:{c.method}" for c in self.curves)
+            raise ScheduleError(f"no {method} curve for unit {unit!r} in the scan; scanned: {scanned[:8]}.")
+        return curve
+
+    # ------------------------------------------------------------------ tables and storage
+    def table(self) -> pd.DataFrame:
+        """One row per scanned point: unit, method, amount, score, drop, macs_removed,
+        macs_fraction, speedup (NaN where not measured)."""
+        import pandas as pd
+
+        rows = []
+        for c in self.curves:
+            for i, amount in enumerate(c.amounts):
+                rows.append(
+                    {
+                        "unit": c.unit,
+                        "method": c.method,
+                        "amount": amount,
+                        "score": c.scores[i],
+                        "drop": self.reference_score - c.scores[i],
+                        "macs_removed": c.macs_removed[i],
+                        "macs_fraction": c.macs_removed[i] / self.baseline_macs if self.baseline_macs else 0.0,
+                        "speedup": c.speedups[i] if c.speedups is not None else math.nan,
+                    }
+                )
+        return pd.DataFrame(rows, columns=["unit", "method", "amount", "score", "drop", "macs_removed",
+                                           "macs_fraction", "speedup"])  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable data (e.g. for a study's user attributes)."""
+        return {
+            "version": SENSITIVITY_VERSION,
+            "baseline_score": self.baseline_score,
+            "reference_score": self.reference_score,
+            "baseline_macs": self.baseline_macs,
+            "seconds": self.seconds,
+            "calibrated": self.calibrated,
+            "curves": [c.to_dict() for c in self.curves],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Sensitivity:
+        version = data.get("version")
+        if version != SENSITIVITY_VERSION:
+            raise ScheduleError(f"sensitivity `version` must be {SENSITIVITY_VERSION}, but got version={version!r}.")
+        return cls(
+            curves=tuple(Curve.from_dict(c) for c in data["curves"]),
+            baseline_score=float(data["baseline_score"]),
+            reference_score=float(data["reference_score"]),
+            baseline_macs=int(data["baseline_macs"]),
+            seconds=float(data["seconds"]),
+            calibrated=bool(data["calibrated"]),
+        )
+
+
+def _running_max(values: Sequence[float]) -> list[float]:
+    out: list[float] = []
+    for v in values:
+        out.append(max(v, out[-1]) if out else v)
+    return out
+
+
+def _interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Piecewise linear through (0, 0) and the points; beyond the last point, its slope."""
+    px, py = [0.0, *xs], [0.0, *ys]
+    if x <= 0:
+        return 0.0
+    for i in range(1, len(px)):
+        if x <= px[i] or i == len(px) - 1:
+            x0, x1, y0, y1 = px[i - 1], px[i], py[i - 1], py[i]
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
+    return py[-1]  # pragma: no cover - the loop always returns
