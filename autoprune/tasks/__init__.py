@@ -13,10 +13,27 @@ from collections.abc import Callable
 from typing import Any
 
 from autoprune._errors import TaskError
-from autoprune.tasks._base import Task
+from autoprune.tasks._base import SCALES, Task, in_percent
+from autoprune.tasks._builtin import cache_dir
+from autoprune.tasks._calibrate import reestimate_batchnorm
 from autoprune.tasks._digits import make_digits
+from autoprune.tasks._loaders import distillation_loss, from_loaders
+from autoprune.tasks._shapes import make_shapes_resnet
 
-__all__ = ["Task", "get", "names", "register", "load", "from_spec"]
+__all__ = [
+    "SCALES",
+    "Task",
+    "cache_dir",
+    "distillation_loss",
+    "from_loaders",
+    "from_spec",
+    "get",
+    "in_percent",
+    "load",
+    "names",
+    "reestimate_batchnorm",
+    "register",
+]
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 
@@ -32,6 +49,7 @@ def register(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
 
 
 register("digits")(make_digits)
+register("shapes-resnet")(make_shapes_resnet)
 
 
 def names() -> list[str]:
