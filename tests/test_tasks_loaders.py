@@ -84,7 +84,9 @@ def test_custom_metric_gets_every_output_and_target() -> None:
 
     task = _task(metric=count)
     seen.clear()
-    assert task.evaluate(task.model) == float(count(task.model(_data(40, seed=1).tensors[0]), _data(40, seed=1).tensors[1]))
+    assert task.evaluate(task.model) == float(
+        count(task.model(_data(40, seed=1).tensors[0]), _data(40, seed=1).tensors[1])
+    )
     assert seen[0] == (torch.Size([40, 3]), torch.Size([40]))
     assert task.metric_name == "count"
 
@@ -280,7 +282,9 @@ def test_fraction_scores_become_percent_with_a_notice() -> None:
     assert in_percent(scaled, 90.0) == (scaled, None)
 
 
-@pytest.mark.parametrize(("scale", "score", "scaled"), [("fraction", 1.5, True), ("percent", 0.5, False), (None, 93.0, False)])
+@pytest.mark.parametrize(
+    ("scale", "score", "scaled"), [("fraction", 1.5, True), ("percent", 0.5, False), (None, 93.0, False)]
+)
 def test_declared_scale_wins_over_the_inferred_one(scale: str | None, score: float, scaled: bool) -> None:
     task, notice = in_percent(_fraction_task(scale), score)
     assert (notice is not None) is scaled

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -75,7 +77,7 @@ def load(path: str, **options: Any) -> Task:
     if not module_name or not attr:
         raise TaskError(f"task path {path!r} must look like 'package.module:factory'")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except ImportError as exc:
         raise TaskError(f"cannot import module {module_name!r} of task {path!r}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a broken user module, reported with its cause
@@ -99,6 +101,17 @@ def load(path: str, **options: Any) -> Task:
         raise TaskError(f"task factory {path!r} returned {type(task).__name__}, not autoprune.Task")
     task.spec = {**task.spec, "name": path, **options}
     return task
+
+
+def _import(module_name: str) -> Any:
+    """Import a task module; like ``python -m`` and uvicorn, the current folder is searched too.
+
+    The current folder goes at the end of ``sys.path``, so it never shadows installed packages.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    return importlib.import_module(module_name)
 
 
 def from_spec(spec: dict[str, Any]) -> Task:

@@ -49,13 +49,15 @@ def tensor_task(
     train_batch: int,
     train_lr: float,
     seed: int,
+    fine_tune_seed: int | None = None,
     example_batch: int,
     spec: dict[str, Any],
     **recipe: Any,
 ) -> Task:
     """A built-in task on tensors, its model trained once and cached at ``path``.
 
-    The model trains for ``train_steps`` steps of ``train_batch`` with the fine-tune
+    ``seed`` seeds the model's initialisation and training, and the fine-tuning unless
+    ``fine_tune_seed`` is given. The model trains for ``train_steps`` steps of ``train_batch`` with the fine-tune
     ``recipe`` (optimizer, weight_decay), learning rate ``train_lr`` and ``train_schedule``.
     ``evaluate`` scores the validation split, ``test`` the test split. Example inputs come
     from the validation split, so latency batches never hold test images.
@@ -92,7 +94,7 @@ def tensor_task(
         model.eval(),
         **loaders,
         example_inputs=splits["val"][0][:example_batch].clone(),
-        seed=seed,
+        seed=seed if fine_tune_seed is None else fine_tune_seed,
         name=name,
         scale="percent",
         **recipe,
