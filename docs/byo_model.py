@@ -1,8 +1,9 @@
 """Bring your own model: a torchvision ResNet-18 and its DataLoaders, searched, picked,
 applied, saved and reloaded. Run it from the repository root:
 
-    python docs/byo_model.py            # a real search (20 trials; ~10 minutes on 2 cores)
-    python docs/byo_model.py --small    # the test suite's scale (a few minutes)
+    python docs/byo_model.py            # a real search (20 trials)
+    python docs/byo_model.py --small    # the test suite's scale (3 trials; 216 s here with
+                                        # OMP_NUM_THREADS=1 on 2 busy cores)
 
 The task comes from ``docs/examples_module.py`` (``Task.from_loaders``); the search runs
 through the command line, which imports the task by its path, as a user would:
