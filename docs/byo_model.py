@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"unpruned: validation {task.evaluate(task.model):.2f}%, test {task.test(task.model):.2f}%")  # type: ignore[misc]
 
     # 2. Search from the command line (the same as `autoprune search ...` in a shell).
-    command = [shutil.which("autoprune") or "autoprune", "search", "--task", factory, "--trials", str(trials)]
+    beside = Path(sys.executable).with_name("autoprune")  # the console script of this environment
+    cli = str(beside) if beside.exists() else shutil.which("autoprune") or "autoprune"
+    command = [cli, "search", "--task", factory, "--trials", str(trials)]
     command += ["--storage", storage, "--study", "byo", "--max-accuracy-drop", str(max_drop), "--no-report", "--quiet"]
     subprocess.run(command, check=True)
 
