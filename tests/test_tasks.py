@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import autoprune as ap
-from autoprune.tasks._digits import cache_dir
+from autoprune.tasks import cache_dir
 
 
 # ---------------------------------------------------------------------------- digits
@@ -25,18 +25,35 @@ def test_digits_task_fields(digits_task: ap.Task) -> None:
     assert not task.model.training
 
 
-def test_digits_is_trained_and_evaluates_on_a_fixed_split(digits_task: ap.Task) -> None:
-    accuracy = digits_task.evaluate(digits_task.model)
-    assert 90.0 <= accuracy <= 100.0
-    assert digits_task.evaluate(digits_task.model) == accuracy
-    # 1797 images, 25% held out.
-    from autoprune.tasks._digits import _load_data
+def test_digits_is_trained_and_scores_validation_and_test_splits(digits_task: ap.Task) -> None:
+    from autoprune.tasks._digits import digits_splits
 
-    _, _, x_test, y_test = _load_data(seed=0)
-    _, _, x_test_other, _ = _load_data(seed=5)
-    assert len(y_test) == 450
-    assert torch.equal(x_test, x_test_other)
-    assert torch.equal(digits_task.example_inputs, x_test[:32])
+    splits, _ = digits_splits()
+    model = digits_task.model
+    val, test = digits_task.evaluate(model), digits_task.test(model)  # type: ignore[misc]
+    assert 90.0 <= val <= 100.0 and 90.0 <= test <= 100.0
+    assert digits_task.evaluate(model) == val and digits_task.test(model) == test  # type: ignore[misc]
+    with torch.no_grad():
+        for name, score in (("val", val), ("test", test)):
+            x, y = splits[name]
+            assert score == pytest.approx(float((model(x).argmax(1) == y).float().mean()) * 100.0)
+    # Latency batches come from the validation split, never from the held-out images.
+    assert torch.equal(digits_task.example_inputs, splits["val"][0][:32])
+    assert digits_task.scale == "percent"
+
+
+def test_digits_splits_are_disjoint_stratified_and_fixed_by_seed() -> None:
+    from autoprune.tasks._digits import digits_splits
+
+    _, index = digits_splits()
+    sizes = {k: len(v) for k, v in index.items()}
+    assert sizes == {"train": 1077, "val": 270, "test": 450}
+    parts = [set(v) for v in index.values()]
+    assert set().union(*parts) == set(range(1797)) and sum(map(len, parts)) == 1797
+    assert digits_splits()[1] == index
+    assert digits_splits(split_seed=1)[1]["test"] != index["test"]
+    splits, _ = digits_splits()
+    assert torch.bincount(splits["val"][1]).min() >= 25  # stratified: every digit in validation
 
 
 def test_digits_is_cached_by_seed(digits_task: ap.Task) -> None:

@@ -218,7 +218,7 @@ def _trains(model: nn.Module, x: Any) -> None:
 def test_structured_30_percent(name: str, tmp_path: Path) -> None:
     model, x = _build(name)
     expected = _out(model, x)
-    schedule = ap.Schedule.uniform(model, x, amount=0.3)
+    schedule = ap.uniform_schedule(model, x, amount=0.3)
     if not schedule.layers:
         pytest.skip(f"{name}: no structured unit ({ap.prunable_layers(model, x)[0].reason})")
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
@@ -238,7 +238,7 @@ def test_structured_30_percent(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", _params())
 def test_unstructured_50_percent(name: str) -> None:
     model, x = _build(name)
-    schedule = ap.Schedule.uniform(model, x, method="unstructured", amount=0.5)
+    schedule = ap.uniform_schedule(model, x, method="unstructured", amount=0.5)
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
     assert _out(pruned, x).shape == _out(model, x).shape
     infos = {i.name: i for i in ap.prunable_layers(model, x)}
@@ -254,7 +254,7 @@ def test_largest_safe_amounts_run(name: str) -> None:
     model, x = _build(name)
     expected = _out(model, x).shape
     for method in ("structured", "unstructured"):
-        schedule = ap.Schedule.uniform(model, x, method=method, amount=0.99)
+        schedule = ap.uniform_schedule(model, x, method=method, amount=0.99)
         pruned = ap.apply_schedule(model, schedule, example_inputs=x)
         out = _out(pruned, x)
         assert out.shape == expected

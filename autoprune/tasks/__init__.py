@@ -9,14 +9,33 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from autoprune._errors import TaskError
-from autoprune.tasks._base import Task
+from autoprune.tasks._base import SCALES, Task, in_percent
+from autoprune.tasks._builtin import cache_dir
+from autoprune.tasks._calibrate import reestimate_batchnorm
 from autoprune.tasks._digits import make_digits
+from autoprune.tasks._loaders import distillation_loss, from_loaders
+from autoprune.tasks._shapes import make_shapes_resnet
 
-__all__ = ["Task", "get", "names", "register", "load", "from_spec"]
+__all__ = [
+    "SCALES",
+    "Task",
+    "cache_dir",
+    "distillation_loss",
+    "from_loaders",
+    "from_spec",
+    "get",
+    "in_percent",
+    "load",
+    "names",
+    "reestimate_batchnorm",
+    "register",
+]
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 
@@ -32,6 +51,7 @@ def register(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
 
 
 register("digits")(make_digits)
+register("shapes-resnet")(make_shapes_resnet)
 
 
 def names() -> list[str]:
@@ -57,7 +77,7 @@ def load(path: str, **options: Any) -> Task:
     if not module_name or not attr:
         raise TaskError(f"task path {path!r} must look like 'package.module:factory'")
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
     except ImportError as exc:
         raise TaskError(f"cannot import module {module_name!r} of task {path!r}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a broken user module, reported with its cause
@@ -81,6 +101,17 @@ def load(path: str, **options: Any) -> Task:
         raise TaskError(f"task factory {path!r} returned {type(task).__name__}, not autoprune.Task")
     task.spec = {**task.spec, "name": path, **options}
     return task
+
+
+def _import(module_name: str) -> Any:
+    """Import a task module; like ``python -m`` and uvicorn, the current folder is searched too.
+
+    The current folder goes at the end of ``sys.path``, so it never shadows installed packages.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    return importlib.import_module(module_name)
 
 
 def from_spec(spec: dict[str, Any]) -> Task:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-__all__ = ["Task"]
+from autoprune._errors import TaskError
+
+__all__ = ["Task", "SCALES", "in_percent"]
+
+SCALES = ("percent", "fraction")
 
 
 @dataclass
@@ -19,9 +25,9 @@ class Task:
         name: a short name (used in study names and reports).
         model: the trained, unpruned model. autoprune never modifies it.
         example_inputs: a batch of inputs for tracing and latency measurement.
-        evaluate: ``evaluate(model) -> float``, higher is better. Accuracy drops are
-            reported in the units of this number (the built-in tasks return percent, so a
-            drop is in percentage points).
+        evaluate: ``evaluate(model) -> float``, the validation score that a search
+            optimises; higher is better. Accuracy drops are reported in the units of this
+            number (percent by convention, so a drop is in percentage points; see ``scale``).
         fine_tune: ``fine_tune(model, steps) -> None``, trains ``model`` in place for
             ``steps`` optimiser steps; ``None`` if the task cannot fine-tune.
         model_factory: builds a fresh, trained, unpruned model (for reloading pruned
@@ -29,6 +35,18 @@ class Task:
         metric_name: what ``evaluate`` measures, for tables and plots.
         spec: how the task was made (``digits`` or ``module:factory`` and its options);
             saved with a study so that workers and ``autoprune apply`` rebuild it.
+        test: ``test(model) -> float``, the held-out score in the units of ``evaluate``:
+            reported, never shown to the sampler. ``None`` if the task has no test split.
+        calibrate: ``calibrate(model) -> None``, re-estimates BatchNorm running statistics
+            in place on a few training batches (no gradient step) and leaves the model in
+            eval mode (see :func:`reestimate_batchnorm`).
+        distill_fine_tune: like ``fine_tune``, with a distillation term from the unpruned
+            model's outputs added to the loss.
+        output: which output of the model is scored: a key of a dict or ``ModelOutput``
+            (``"logits"``) or a position in a tuple (see ``autoprune._inputs.select_output``).
+        scale: ``"percent"`` or ``"fraction"``: the unit of ``evaluate`` and ``test``;
+            ``None`` infers it from the unpruned score (``<= 1.0`` means a fraction). See
+            :func:`in_percent`.
     """
 
     name: str
@@ -39,11 +57,87 @@ class Task:
     model_factory: Callable[[], nn.Module] | None = None
     metric_name: str = "accuracy"
     spec: dict[str, Any] = field(default_factory=dict)
+    test: Callable[[nn.Module], float] | None = None
+    calibrate: Callable[[nn.Module], None] | None = None
+    distill_fine_tune: Callable[[nn.Module, int], None] | None = None
+    output: str | int | None = None
+    scale: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_scale(self.scale)
 
     def fresh_model(self) -> nn.Module:
         """A new copy of the unpruned model."""
         if self.model_factory is not None:
             return self.model_factory()
-        import copy
-
         return copy.deepcopy(self.model)
+
+    @classmethod
+    def from_loaders(cls, model: nn.Module, **options: Any) -> Task:
+        """A task from a trained model and its DataLoaders.
+
+        The keyword arguments (``train``, ``val``, ``test``, ``loss``, ``optimizer``, ``lr``,
+        ``weight_decay``, ``metric``, ``distill``, ``device``, ``seed``, ``output``, ``scale``,
+        ``name``, ...) are those of :func:`autoprune.tasks.from_loaders`.
+        """
+        from autoprune.tasks._loaders import from_loaders
+
+        return from_loaders(model, **options)
+
+
+def _check_scale(scale: Any) -> None:
+    if scale is not None and scale not in SCALES:
+        raise TaskError(f"task scale must be one of {SCALES} or None (inferred), but got scale={scale!r}")
+
+
+def _times_100(fn: Callable[[nn.Module], float]) -> Callable[[nn.Module], float]:
+    def scaled(model: nn.Module) -> float:
+        return float(fn(model)) * 100.0
+
+    return scaled
+
+
+def in_percent(task: Task, unpruned_score: float) -> tuple[Task, str | None]:
+    """The task with ``evaluate`` and ``test`` in percent, and a one-line notice if it was scaled.
+
+    A task whose ``scale`` is ``"fraction"``, or whose ``scale`` is ``None`` and whose
+    unpruned score is ``<= 1.0``, is scored as a fraction: the returned copy multiplies
+    ``evaluate`` and ``test`` by 100 (and says ``scale="percent"``), so that an accuracy
+    constraint of "1 point" means one percentage point. A task in percent comes back as is.
+
+    Args:
+        task: the task.
+        unpruned_score: ``task.evaluate(task.model)`` in the task's own unit.
+
+    Returns:
+        ``(task, notice)``: ``notice`` is ``None`` when nothing changed.
+
+    Raises:
+        TaskError: ``task.scale`` is not ``"percent"``, ``"fraction"`` or ``None``.
+
+    Example:
+        >>> import autoprune as ap
+        >>> from torch import nn
+        >>> task = ap.Task(name="t", model=nn.Linear(1, 1), example_inputs=None, evaluate=lambda m: 0.93)
+        >>> scaled, notice = ap.tasks.in_percent(task, 0.93)
+        >>> scaled.evaluate(task.model)
+        93.0
+        >>> print(notice)  # doctest: +ELLIPSIS
+        task 't' scores as a fraction (unpruned 0.9300, inferred: <= 1.0); autoprune reports it x100 ...
+    """
+    _check_scale(task.scale)
+    if task.scale == "percent" or (task.scale is None and unpruned_score > 1.0):
+        return task, None
+    why = "declared scale='fraction'" if task.scale == "fraction" else "inferred: <= 1.0"
+    notice = (
+        f"task {task.name!r} scores as a fraction (unpruned {unpruned_score:.4f}, {why}); autoprune reports it "
+        "x100 in percent, so accuracy drops and constraints are in percentage points (set the task's "
+        "scale='percent' if it already is)"
+    )
+    scaled = dataclasses.replace(
+        task,
+        evaluate=_times_100(task.evaluate),
+        test=None if task.test is None else _times_100(task.test),
+        scale="percent",
+    )
+    return scaled, notice

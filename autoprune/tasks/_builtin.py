@@ -1,0 +1,97 @@
+"""What the built-in tasks share: the model cache, tensor splits and the task built from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from autoprune._paths import cache_dir
+from autoprune.tasks._base import Task
+from autoprune.tasks._loaders import from_loaders, make_runner
+
+__all__ = ["Splits", "cache_dir", "cached_path", "tensor_task"]
+
+Splits = dict[str, tuple[torch.Tensor, torch.Tensor]]  # "train" / "val" / "test" -> (inputs, labels)
+
+
+def cached_path(prefix: str, key: dict[str, Any]) -> Path:
+    """The cache file of a trained model: every setting that changes the weights is in ``key``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return cache_dir() / f"{prefix}-{digest}.pt"
+
+
+def _loader(split: tuple[torch.Tensor, torch.Tensor], batch: int, shuffle: bool) -> DataLoader:
+    return DataLoader(TensorDataset(*split), batch_size=batch, shuffle=shuffle)
+
+
+def tensor_task(
+    name: str,
+    *,
+    make_model: Callable[[], nn.Module],
+    splits: Splits,
+    path: Path,
+    train_steps: int,
+    train_schedule: Callable[[torch.optim.Optimizer, int], Any] | None,
+    train_batch: int,
+    train_lr: float,
+    seed: int,
+    fine_tune_seed: int | None = None,
+    example_batch: int,
+    spec: dict[str, Any],
+    **recipe: Any,
+) -> Task:
+    """A built-in task on tensors, its model trained once and cached at ``path``.
+
+    ``seed`` seeds the model's initialisation and training, and the fine-tuning unless
+    ``fine_tune_seed`` is given. The model trains for ``train_steps`` steps of ``train_batch`` with the fine-tune
+    ``recipe`` (optimizer, weight_decay), learning rate ``train_lr`` and ``train_schedule``.
+    ``evaluate`` scores the validation split, ``test`` the test split. Example inputs come
+    from the validation split, so latency batches never hold test images.
+    """
+    loaders: dict[str, Any] = {
+        "train": _loader(splits["train"], train_batch, shuffle=True),
+        "val": _loader(splits["val"], 512, shuffle=False),
+        "test": _loader(splits["test"], 512, shuffle=False),
+    }
+
+    def untrained() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+            torch.manual_seed(seed)
+            return make_model()
+
+    def build() -> nn.Module:
+        model = untrained()
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+
+    model = untrained()
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        # Trained with the task's own loop and recipe, with the schedule of a from-scratch run.
+        settings = {k: v for k, v in recipe.items() if k not in ("distill", "lr")}
+        trainer = make_runner(model, **loaders, seed=seed, lr=train_lr, **settings)
+        trainer.run_steps(model, train_steps, distill=False, schedule=train_schedule)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)  # atomic: parallel workers never read half a file
+    task = from_loaders(
+        model.eval(),
+        **loaders,
+        example_inputs=splits["val"][0][:example_batch].clone(),
+        seed=seed if fine_tune_seed is None else fine_tune_seed,
+        name=name,
+        scale="percent",
+        **recipe,
+    )
+    return dataclasses.replace(task, model_factory=build, spec=spec)
