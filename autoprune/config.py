@@ -175,8 +175,14 @@ class SearchConfig:
     target: str = "cpu"
     storage: str = DEFAULT_STORAGE
     reference_amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
-    early_reject_margin: float = 1.0
-    latency_budget_s: float = 0.5
+    sensitivity: bool = True
+    sensitivity_amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    warm_start_targets: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7, 0.85])
+    screening: bool = True
+    screen_fraction: float = 0.2
+    screen_margin: float = 0.5
+    latency_budget_s: float = 2.0
+    latency_rel_tol: float = 0.02
     latency_cache: str = "shared"
     heartbeat_interval: int | None = None
     grace_period: int | None = None
@@ -188,6 +194,7 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> SearchConfig:
         data = dict(data)
+        data.pop("early_reject_margin", None)  # studies made before screening replaced early rejection
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -275,8 +282,19 @@ class SearchConfig:
             not _num(a) or not 0 < a < 1 for a in self.reference_amounts
         ):
             raise _fail("reference_amounts", self.reference_amounts, "a list of numbers in (0, 1)")
-        if not _num(self.early_reject_margin) or self.early_reject_margin < 0:
-            raise _fail("early_reject_margin", self.early_reject_margin, "a number >= 0")
+        for key in ("sensitivity_amounts", "warm_start_targets"):
+            values = getattr(self, key)
+            if not isinstance(values, list) or any(not _num(a) or not 0 < a < 1 for a in values):
+                raise _fail(key, values, "a list of numbers in (0, 1)")
+        for key in ("sensitivity", "screening"):
+            if not isinstance(getattr(self, key), bool):
+                raise _fail(key, getattr(self, key), "true or false")
+        if not _num(self.screen_fraction) or not 0 < self.screen_fraction < 1:
+            raise _fail("screen_fraction", self.screen_fraction, "a number in (0, 1)")
+        if not _num(self.screen_margin) or self.screen_margin < 0:
+            raise _fail("screen_margin", self.screen_margin, "a number of points >= 0")
+        if not _num(self.latency_rel_tol) or not 0 < self.latency_rel_tol < 1:
+            raise _fail("latency_rel_tol", self.latency_rel_tol, "a number in (0, 1)")
         if not _num(self.latency_budget_s) or not 0 < self.latency_budget_s <= 60:
             raise _fail("latency_budget_s", self.latency_budget_s, "a number of seconds in (0, 60]")
         if not isinstance(self.latency_cache, str) or not self.latency_cache.strip():

@@ -9,6 +9,7 @@ Each step is a method of :class:`Objective` (``schedule``, ``prune``, ``measure`
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -18,22 +19,27 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
+import torch
 from torch import nn
 
 from autoprune._errors import AutopruneError
 from autoprune._lock import MachineLock
 from autoprune.config import SearchConfig
-from autoprune.evaluation import LatencyCache, Target, derived_metrics, evaluate
+from autoprune.evaluation import LatencyCache, SpeedupMeter, Target, cached_speedup, derived_metrics, evaluate
 from autoprune.executor import apply_schedule
 from autoprune.preflight import LayerInfo, prunable_layers
 from autoprune.schedule import Schedule
+from autoprune.sensitivity import screen
 from autoprune.space import SearchSpace
 from autoprune.study._references import DUPLICATE, publish_references, wait_for_baseline
+from autoprune.study._screening import Screening
 from autoprune.study._storage import first_line, latency_cache_path
-from autoprune.study.keys import OBJECTIVES, ROLE_SEARCH, ROLE_UNIFORM, ROLE_UNPRUNED
-from autoprune.tasks import Task
+from autoprune.study.keys import FIDELITY_FULL, FIDELITY_SCREEN, OBJECTIVES, ROLE_SEARCH, ROLE_UNPRUNED
+from autoprune.tasks import Task, in_percent
 
 __all__ = ["Objective", "SearchSetup"]
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,17 +54,18 @@ class SearchSetup:
 
     @classmethod
     def build(cls, task: Task, cfg: SearchConfig, lock: MachineLock) -> SearchSetup:
-        """Run the preflight (a trace of the model: busy work, like training) once."""
+        """Run the preflight (a trace of the model: busy work, like training) once, and put
+        a task that scores fractions into percent (a constraint in points then means what
+        its help says)."""
         with lock.busy():
             layers = prunable_layers(task.model, task.example_inputs)
+            if task.scale != "percent":
+                with torch.inference_mode():
+                    unpruned = float(task.evaluate(task.model))
+                task, notice = in_percent(task, unpruned)
+                if notice is not None:
+                    _logger.warning(notice)
         return cls(task, cfg, layers, SearchSpace(layers, cfg.space))
-
-
-class _EarlyReject(Exception):
-    def __init__(self, accuracy: float, step: int) -> None:
-        super().__init__(f"accuracy {accuracy:.3f} after step {step} is past the constraint")
-        self.accuracy = accuracy
-        self.step = step
 
 
 class Objective:
@@ -66,6 +73,15 @@ class Objective:
 
     While a trial computes (pruning, fine-tuning, accuracy, MACs) this process holds the
     machine lock busy; only its own latency measurement lets go (see :mod:`autoprune._lock`).
+
+    Speed is a ratio measured in one sitting: every trial's model is timed in alternation
+    with the unpruned reference, which this process keeps prepared (a
+    :class:`~autoprune.evaluation.SpeedupMeter`), and ``latency_ms`` is the study's unpruned
+    latency divided by that speedup, so machine drift between trials cancels.
+
+    Search trials are screened first (:mod:`autoprune.study._screening`): pruned with a
+    short fine-tune and BatchNorm re-estimated; only those that could reach the front get
+    the full fine-tune. The rest end PRUNED with ``fidelity = "screen"``.
     """
 
     def __init__(self, setup: SearchSetup, baseline: dict[str, Any] | None, lock: MachineLock) -> None:
@@ -81,6 +97,14 @@ class Objective:
         cache_path = latency_cache_path(self.cfg)
         self.cache = LatencyCache(cache_path) if cache_path is not None else None
         self.host = socket.gethostname()
+        self._meter: SpeedupMeter | None = None
+
+    @property
+    def meter(self) -> SpeedupMeter:
+        """The unpruned reference, prepared once per process by the target's backend."""
+        if self._meter is None:
+            self._meter = SpeedupMeter(self.task.model, self.task.example_inputs, self.target)
+        return self._meter
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         role = trial.user_attrs.get("role", ROLE_SEARCH)
@@ -91,6 +115,8 @@ class Objective:
                 self.baseline = wait_for_baseline(trial.study)
             with self.lock.busy():
                 return self._run(trial, role)
+        except optuna.TrialPruned:
+            raise
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             trial.set_user_attr("error", "interrupted by the user")
@@ -103,11 +129,12 @@ class Objective:
         if role == ROLE_UNPRUNED:
             self._refuse_duplicate(trial)
         schedule = self.schedule(trial, role)
-        pruned, early = self.prune(trial, role, schedule)
-        if early is not None:
-            return self._record_early_reject(trial, early)
-        assert pruned is not None
+        timings = {"finetune": 0.0, "screen": 0.0}
+        if role != ROLE_UNPRUNED and self._screens(schedule):
+            self.screen(trial, role, schedule, timings)  # raises TrialPruned when not promoted
+        pruned = self.prune(trial, schedule, timings)
         metrics = self.measure(trial, pruned)
+        trial.set_user_attr("fidelity", FIDELITY_FULL)
         values = self.record(trial, metrics)
         if role == ROLE_UNPRUNED:
             self.baseline = dict(metrics)
@@ -129,15 +156,13 @@ class Objective:
         )
 
     def schedule(self, trial: optuna.Trial, role: str) -> Schedule:
-        """The trial's Schedule (the sampler's, or a reference's), recorded on the trial."""
+        """The trial's Schedule: the sampler's, or a reference's enqueued parameters (the
+        SearchSpace turns enqueued parameters into exactly the Schedule they describe)."""
         seed = self.cfg.seed
         space = self.setup.space
         if role == ROLE_UNPRUNED:
-            schedule = Schedule(seed=seed)
             space.suggest(trial, seed=seed)  # records the (all-zero) params for the sampler
-        elif role == ROLE_UNIFORM:
-            space.suggest(trial, seed=seed)
-            schedule = space.uniform_schedule(float(trial.user_attrs["uniform_amount"]), seed=seed)
+            schedule = Schedule(seed=seed)
         else:
             schedule = space.suggest(trial, seed=seed)
         trial.set_user_attr("role", role)
@@ -146,34 +171,80 @@ class Objective:
         trial.set_user_attr("host", self.host)
         return schedule
 
-    def prune(self, trial: optuna.Trial, role: str, schedule: Schedule) -> tuple[nn.Module | None, _EarlyReject | None]:
-        """A pruned, fine-tuned copy of the task's model, or why it was rejected early."""
-        timings = {"finetune": 0.0, "early_eval": 0.0}
-        fine_tune = self._timed_fine_tune(timings)
-        on_step = self._early_check(timings) if role == ROLE_SEARCH else None
+    def _screens(self, schedule: Schedule) -> bool:
+        return (
+            self.cfg.screening
+            and self.task.fine_tune is not None
+            and schedule.fine_tune_steps > 0
+            and bool(schedule.active_layers())
+        )
+
+    def screen(self, trial: optuna.Trial, role: str, schedule: Schedule, timings: dict[str, float]) -> None:
+        """The cheap estimate: the schedule with a short fine-tune per step, BatchNorm
+        re-estimated, validation accuracy and the (final architecture's) speedup. References
+        are screened too, so the promotion rule learns how much a full fine-tune recovers;
+        a search trial that could not reach the front ends here (TrialPruned)."""
+        steps = max(1, round(schedule.fine_tune_steps * self.cfg.screen_fraction))
         t0 = time.perf_counter()
-        early: _EarlyReject | None = None
-        pruned: nn.Module | None = None
-        try:
-            pruned = apply_schedule(
-                self.task.model, schedule, example_inputs=self.task.example_inputs, fine_tune=fine_tune, on_step=on_step
-            )
-        except _EarlyReject as exc:
-            early = exc
+        accuracy, cheap = screen(
+            self.task.model,
+            schedule,
+            example_inputs=self.task.example_inputs,
+            evaluate=self.task.evaluate,
+            fine_tune=self._timed_fine_tune(timings, "screen_finetune"),
+            calibrate=self.task.calibrate,
+            fine_tune_steps=steps,
+        )
+        speedup = cached_speedup(
+            self.meter, cheap, self.cache, budget_s=self.cfg.latency_budget_s, rel_tol=self.cfg.latency_rel_tol
+        )
+        timings["screen"] = time.perf_counter() - t0
+        trial.set_user_attr("screen_accuracy", accuracy)
+        trial.set_user_attr("screen_speedup", speedup.ratio)
+        trial.set_user_attr("screen_fine_tune_steps", steps * schedule.steps)
+        trial.set_user_attr("time_screen_s", round(timings["screen"], 4))
+        if role != ROLE_SEARCH:
+            return
+        assert self.baseline is not None
+        decision = Screening.from_study(trial.study, self.cfg, self.baseline).decide(accuracy, speedup.ratio)
+        trial.set_user_attr("screen_reason", decision.reason)
+        if not decision.promote:
+            trial.set_user_attr("fidelity", FIDELITY_SCREEN)
+            trial.set_user_attr("fine_tune_steps_spent", steps * schedule.steps)
+            raise optuna.TrialPruned(decision.reason)
+
+    def prune(self, trial: optuna.Trial, schedule: Schedule, timings: dict[str, float]) -> nn.Module:
+        """A pruned copy of the task's model, fine-tuned as the schedule says."""
+        fine_tune = self._timed_fine_tune(timings, "finetune")
+        t0 = time.perf_counter()
+        pruned = apply_schedule(self.task.model, schedule, example_inputs=self.task.example_inputs, fine_tune=fine_tune)
         total = time.perf_counter() - t0
-        trial.set_user_attr("time_prune_s", round(total - timings["finetune"] - timings["early_eval"], 4))
+        trial.set_user_attr("time_prune_s", round(total - timings["finetune"], 4))
         trial.set_user_attr("time_finetune_s", round(timings["finetune"], 4))
-        trial.set_user_attr("early_rejected", early is not None)
-        return pruned, early
+        spent = int(trial.user_attrs.get("screen_fine_tune_steps", 0))
+        if self.task.fine_tune is not None:
+            spent += schedule.fine_tune_steps * schedule.steps
+        trial.set_user_attr("fine_tune_steps_spent", spent)
+        return pruned
 
     def measure(self, trial: optuna.Trial, pruned: nn.Module) -> dict[str, Any]:
-        """Every metric of the pruned model (accuracy and MACs are busy work; the latency
-        measurement takes the machine lock exclusively)."""
+        """Every metric of the pruned model. Accuracy and MACs are busy work; the speedup is
+        timed in alternation with the unpruned reference under the machine lock."""
         metrics = evaluate(
-            pruned, self.task, target=self.target, cache=self.cache, time_budget_s=self.cfg.latency_budget_s
+            pruned,
+            self.task,
+            speedup_meter=self.meter,
+            cache=self.cache,
+            time_budget_s=self.cfg.latency_budget_s,
+            rel_tol=self.cfg.latency_rel_tol,
         ).as_dict()
         if not math.isfinite(metrics["accuracy"]):
             raise FloatingPointError(f"accuracy is {metrics['accuracy']} (NaN/inf weights after fine-tuning?)")
+        # Drift-free latency: the study's one unpruned latency over this trial's paired speedup.
+        metrics["measured_latency_ms"] = metrics["latency_ms"]
+        base_ms = float((self.baseline or metrics)["reference_latency_ms"])
+        speedup = float(metrics["speedup"])
+        metrics["latency_ms"] = base_ms / speedup if speedup > 0 else math.inf
         trial.set_user_attr("time_eval_s", round(float(metrics.get("time_eval_s", 0.0)), 4))
         trial.set_user_attr("time_latency_s", round(float(metrics.get("time_latency_s", 0.0)), 4))
         return metrics
@@ -197,8 +268,8 @@ class Objective:
         trial.set_user_attr("feasible", feasible)
         return tuple(float(metrics[OBJECTIVES[o][0]]) for o in self.cfg.objectives)
 
-    # ------------------------------------------------------------------ helpers of prune
-    def _timed_fine_tune(self, timings: dict[str, float]) -> Callable[[nn.Module, int], None] | None:
+    # ------------------------------------------------------------------ helpers
+    def _timed_fine_tune(self, timings: dict[str, float], key: str) -> Callable[[nn.Module, int], None] | None:
         if self.task.fine_tune is None:
             return None
         fine_tune = self.task.fine_tune
@@ -206,34 +277,6 @@ class Objective:
         def run(model: nn.Module, steps: int) -> None:
             t = time.perf_counter()
             fine_tune(model, steps)
-            timings["finetune"] += time.perf_counter() - t
+            timings[key] = timings.get(key, 0.0) + time.perf_counter() - t
 
         return run
-
-    def _early_check(self, timings: dict[str, float]) -> Callable[[nn.Module, int, int], None] | None:
-        max_drop = self.cfg.constraints.get("max_accuracy_drop")
-        if max_drop is None or self.baseline is None:
-            return None
-        limit = float(max_drop) + self.cfg.early_reject_margin
-        base = float(self.baseline["accuracy"])
-
-        def check(model: nn.Module, step: int, steps: int) -> None:
-            if step >= steps:
-                return  # the final step is measured in full anyway
-            t = time.perf_counter()
-            acc = float(self.task.evaluate(model))
-            timings["early_eval"] += time.perf_counter() - t
-            if base - acc > limit:
-                raise _EarlyReject(acc, step)
-
-        return check
-
-    def _record_early_reject(self, trial: optuna.Trial, early: _EarlyReject) -> tuple[float, ...]:
-        assert self.baseline is not None
-        # Not worth measuring: it is infeasible. Size and speed get no credit (baseline values).
-        metrics = dict(self.baseline)
-        metrics.update(accuracy=early.accuracy, latency_cached=True, time_eval_s=0.0, time_latency_s=0.0)
-        trial.set_user_attr("early_rejected_step", early.step)
-        trial.set_user_attr("time_eval_s", 0.0)
-        trial.set_user_attr("time_latency_s", 0.0)
-        return self.record(trial, metrics)

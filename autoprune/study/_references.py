@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from autoprune._errors import AutopruneError
-from autoprune.study.keys import BASELINE_METRICS, ROLE_UNIFORM, ROLE_UNPRUNED
+from autoprune.study.keys import BASELINE_METRICS, ROLE_UNIFORM, ROLE_UNPRUNED, ROLE_WARM
 
 if TYPE_CHECKING:
     from autoprune.study._objective import SearchSetup
@@ -50,10 +50,12 @@ def wait_for_baseline(study: optuna.Study) -> dict[str, Any]:
 
 
 def publish_references(study: optuna.Study, setup: SearchSetup, metrics: Mapping[str, Any], number: int) -> None:
-    """Publish the baseline measured by trial ``number`` and enqueue the uniform references.
+    """Publish the baseline measured by trial ``number``; enqueue the uniform references and
+    the sensitivity warm starts.
 
     Only the worker that ran the unpruned trial gets here (popping a waiting trial is
-    atomic on a server database), so the references are enqueued exactly once.
+    atomic on a server database), so the references are enqueued exactly once. The
+    sensitivity scan runs here too, once per study, and is stored with it.
     """
     if "baseline" in study.user_attrs:
         return  # a second run of the unpruned trial (a heartbeat retry): references exist
@@ -63,6 +65,34 @@ def publish_references(study: optuna.Study, setup: SearchSetup, metrics: Mapping
         study.enqueue_trial(
             setup.space.uniform_params(amount), user_attrs={"role": ROLE_UNIFORM, "uniform_amount": amount}
         )
+    for params in _warm_starts(study, setup):
+        study.enqueue_trial(params, user_attrs={"role": ROLE_WARM})
     study.set_user_attr("baseline_trial", number)
     # Last: a worker waiting for the baseline may start as soon as it appears.
     study.set_user_attr("baseline", {k: metrics[k] for k in BASELINE_METRICS if k in metrics})
+
+
+def _warm_starts(study: optuna.Study, setup: SearchSetup) -> list[dict[str, Any]]:
+    """Scan every unit's sensitivity (pruned alone, BatchNorm re-estimated, no fine-tune),
+    store it in the study, and return the sensitivity-greedy allocations of the configured
+    MACs targets as trial parameters (those the uniform references already run are left out)."""
+    from autoprune.sensitivity import macs_meter, scan_sensitivity, warm_starts
+
+    cfg, task, space = setup.cfg, setup.task, setup.space
+    if not cfg.sensitivity or not any(u.supports("structured") for u in space.units):
+        return []
+    sens = scan_sensitivity(
+        task.model,
+        task.example_inputs,
+        space,
+        evaluate=task.evaluate,
+        calibrate=task.calibrate,
+        amounts=cfg.sensitivity_amounts,
+        seed=cfg.seed,
+    )
+    study.set_user_attr("sensitivity", sens.to_dict())
+    uniform = [setup.space.uniform_params(a) for a in cfg.reference_amounts]
+    params = warm_starts(
+        space, sens, cfg.warm_start_targets, measure=macs_meter(task.model, task.example_inputs, space)
+    )
+    return [p for p in params if p not in uniform]

@@ -22,7 +22,15 @@ Trial ``user_attrs``:
         ``speedup`` (baseline latency / latency) and ``compression`` (baseline dense bytes /
         sparse bytes); NaN where one cannot be computed.
     ``time_prune_s``, ``time_finetune_s``, ``time_eval_s``, ``time_latency_s``.
-    ``feasible`` (bool), ``early_rejected`` (bool), ``error`` (str, on failed trials).
+    ``feasible`` (bool), ``error`` (str, on failed trials).
+    ``fidelity``: ``FIDELITY_FULL``, or ``FIDELITY_SCREEN`` for a search trial that got only the
+        cheap screening (state PRUNED; ``screen_accuracy``, ``screen_speedup``,
+        ``screen_reason``); ``fine_tune_steps_spent``: optimiser steps the trial used.
+    ``speedup``, ``speedup_low``, ``speedup_high``, ``speedup_converged``: the paired ratio
+        against the unpruned model and its 95% interval; ``reference_latency_ms`` and
+        ``measured_latency_ms``: both sides' milliseconds from those rounds; ``latency_ms``
+        is the study's unpruned latency over the speedup (drift-free).
+    ``early_rejected`` (bool): only in studies made before screening replaced early rejection.
 Constraint values are set with Optuna's ``trial.set_constraint(name, value)`` (names
 ``accuracy_drop``, ``latency_ms``, ``size_bytes``) and read with ``FrozenTrial.constraints``
 (a dict; the older list format in ``system_attrs["constraints"]`` reads the same way);
@@ -45,6 +53,9 @@ __all__ = [
     "ROLE_UNPRUNED",
     "ROLE_UNIFORM",
     "ROLE_SEARCH",
+    "ROLE_WARM",
+    "FIDELITY_SCREEN",
+    "FIDELITY_FULL",
     "OBJECTIVES",
     "DIRECTIONS",
     "constraint_values",
@@ -58,13 +69,17 @@ __all__ = [
 ROLE_UNPRUNED = "reference-unpruned"
 ROLE_UNIFORM = "reference-uniform"
 ROLE_SEARCH = "search"
+ROLE_WARM = "reference-sensitivity"  # a sensitivity allocation enqueued as a warm start
+# How far a trial went: screened only (short fine-tune, ended PRUNED) or the full schedule.
+FIDELITY_SCREEN = "screen"
+FIDELITY_FULL = "full"
 
 # Objective name -> (trial user_attr it reads, direction), defined with the config that validates it.
 DIRECTIONS = {name: direction for name, (_, direction) in OBJECTIVES.items()}
 
 # The one list of metric names: what the baseline keeps, what is derived from it, and the
 # metrics (in this order) of every trials table, Pareto table and picked trial.
-BASELINE_METRICS: tuple[str, ...] = METRIC_NAMES
+BASELINE_METRICS: tuple[str, ...] = (*METRIC_NAMES, "reference_latency_ms")
 DERIVED_METRICS = ("accuracy_drop", "speedup", "compression")
 TABLE_METRICS = (
     "accuracy",
