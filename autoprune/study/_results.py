@@ -1,4 +1,4 @@
-"""Reading a finished (or running) study: the Pareto table, picking a trial, applying it.
+"""Reading a finished (or running) study: the Pareto table and picking a trial (applying it: ``_picked``).
 
 A study written by :func:`autoprune.search` follows the contract in
 :mod:`autoprune.study.keys`; everything here reads it through that module.
