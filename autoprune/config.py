@@ -91,11 +91,11 @@ class SpaceConfig:
     amount_step: float = 0.05
     steps: list[int] = field(default_factory=lambda: [1, 3])
     shapes: list[str] = field(default_factory=lambda: list(SHAPES))
-    fine_tune_steps: list[int] = field(default_factory=lambda: [0, 25, 50, 100])
+    fine_tune_steps: list[int] = field(default_factory=lambda: [100])
     importance: list[str] = field(default_factory=lambda: ["magnitude", "lamp"])
     norms: list[int] = field(default_factory=lambda: [1, 2])
     global_unstructured: list[bool] = field(default_factory=lambda: [False, True])
-    round_to: int | list[int] | None = None
+    round_to: int | list[int] | None = field(default_factory=lambda: [1, 8])
     attention_heads: list[bool] = field(default_factory=lambda: [False, True])
     ignore: list[str] = field(default_factory=list)
     parametrization: str = "unit"

@@ -13,7 +13,7 @@ from typing import Any
 from autoprune._errors import ConfigError
 from autoprune.config import DEFAULT_STORAGE, SAMPLERS, SearchConfig, load_toml, mask_url
 
-_PARETO_COLUMNS = ("role", "accuracy", "accuracy_drop", "latency_ms", "speedup", "sparse_bytes", "compression",
+_PARETO_COLUMNS = ("role", "accuracy", "accuracy_drop", "test_accuracy", "test_accuracy_drop", "latency_ms", "speedup", "sparse_bytes", "compression",
                    "macs", "schedule")
 
 
@@ -130,9 +130,14 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
     table = load_study(cfg.study_name, cfg.storage).pareto()
-    table = table[[c for c in _PARETO_COLUMNS if c in table.columns]]
+    table = table[[c for c in _PARETO_COLUMNS if c in table.columns and not table[c].isna().all()]]
     print()
-    print(f"Pareto front ({len(table)} feasible trials):")
+    held_out = "test_accuracy" in table.columns
+    print(
+        f"Pareto front ({len(table)} feasible trials"
+        + ("; accuracy = validation, which the search selected on; test_accuracy = held out, never seen by it):"
+           if held_out else "):")
+    )
     print(table.to_string(float_format=lambda v: f"{v:.3f}") if len(table) else "  (none yet)")
     print()
     if cfg.report:

@@ -175,7 +175,7 @@ def derived_metrics(metrics: Mapping[str, Any] | Metrics, baseline: Mapping[str,
     Example:
         >>> derived_metrics({"accuracy": 90.0, "latency_ms": 2.0, "sparse_bytes": 25},
         ...                 {"accuracy": 91.5, "latency_ms": 2.5, "dense_bytes": 100})
-        {'accuracy_drop': 1.5, 'speedup': 1.25, 'compression': 4.0}
+        {'accuracy_drop': 1.5, 'test_accuracy_drop': nan, 'speedup': 1.25, 'compression': 4.0}
     """
     m = metrics.as_dict() if isinstance(metrics, Metrics) else metrics
     b = baseline.as_dict() if isinstance(baseline, Metrics) else baseline
@@ -189,6 +189,7 @@ def derived_metrics(metrics: Mapping[str, Any] | Metrics, baseline: Mapping[str,
 
     return {
         "accuracy_drop": number(b.get("accuracy")) - number(m.get("accuracy")),
+        "test_accuracy_drop": number(b.get("test_accuracy")) - number(m.get("test_accuracy")),
         # the paired ratio (timed in alternation with the reference) when there is one
         "speedup": paired if math.isfinite(paired := number(m.get("speedup"))) else ratio(b.get("latency_ms"), m.get("latency_ms")),
         "compression": ratio(b.get("dense_bytes"), m.get("sparse_bytes")),

@@ -215,14 +215,14 @@ class Objective:
 
     def prune(self, trial: optuna.Trial, schedule: Schedule, timings: dict[str, float]) -> nn.Module:
         """A pruned copy of the task's model, fine-tuned as the schedule says."""
-        fine_tune = self._timed_fine_tune(timings, "finetune")
+        fine_tune = self._timed_fine_tune(timings, "finetune") if schedule.fine_tune_steps > 0 else None
         t0 = time.perf_counter()
         pruned = apply_schedule(self.task.model, schedule, example_inputs=self.task.example_inputs, fine_tune=fine_tune)
         total = time.perf_counter() - t0
         trial.set_user_attr("time_prune_s", round(total - timings["finetune"], 4))
         trial.set_user_attr("time_finetune_s", round(timings["finetune"], 4))
         spent = int(trial.user_attrs.get("screen_fine_tune_steps", 0))
-        if self.task.fine_tune is not None:
+        if fine_tune is not None:
             spent += schedule.fine_tune_steps * schedule.steps
         trial.set_user_attr("fine_tune_steps_spent", spent)
         return pruned
@@ -247,6 +247,11 @@ class Objective:
         metrics["latency_ms"] = base_ms / speedup if speedup > 0 else math.inf
         trial.set_user_attr("time_eval_s", round(float(metrics.get("time_eval_s", 0.0)), 4))
         trial.set_user_attr("time_latency_s", round(float(metrics.get("time_latency_s", 0.0)), 4))
+        if self.task.test is not None:
+            # Held out: recorded for the user, never a value, constraint or parameter the
+            # sampler sees (the search selects on validation alone).
+            with torch.inference_mode():
+                metrics["test_accuracy"] = float(self.task.test(pruned))
         return metrics
 
     def record(self, trial: optuna.Trial, metrics: dict[str, Any]) -> tuple[float, ...]:

@@ -5,10 +5,12 @@ Every trial except the unpruned one is first pruned with a short fine-tune per s
 then is a cheap estimate, and its speedup is already the final one (the architecture does
 not depend on how long it is fine-tuned). References are always promoted, so every study
 holds pairs (cheap accuracy, full accuracy): how much the full fine-tune recovers on this
-task. A search trial is promoted when, with the most any pair recovered plus a margin (the
-configured floor plus the spread of the recoveries: the task's fine-tune noise), it could
-still meet the accuracy constraint and is not dominated by a full-fidelity trial already
-measured. The rule errs toward promoting: a wrongly promoted trial costs one fine-tune, a
+task. What a full fine-tune recovers grows with how much the cheap stage lost, so the rule
+uses the largest share of the cheap drop that any pair recovered (pairs that lost at least
+one point; all of it when none did), plus a margin: the configured floor plus the spread of
+the pairs around the typical share (the task's fine-tune noise). A search trial is promoted
+when, so credited, it could still meet the accuracy constraint and is not dominated by a
+full-fidelity trial already measured. The rule errs toward promoting: a wrongly promoted trial costs one fine-tune, a
 wrongly screened one can cost a point of the front.
 """
 
@@ -27,6 +29,7 @@ from autoprune.study.keys import FIDELITY_FULL
 __all__ = ["Decision", "Screening"]
 
 _MIN_PAIRS = 2
+_SIGNIFICANT_DROP = 1.0  # points the cheap stage must lose for a pair to tell a recovered share
 _SPEED_TOLERANCE = 0.02  # a front trial must be this much faster to dominate (speedups carry noise)
 
 
@@ -84,16 +87,22 @@ class Screening:
 
     @property
     def recovery(self) -> tuple[float, float]:
-        """The most a full fine-tune recovered over the cheap stage, and the margin to add."""
-        gains = [full - cheap for cheap, full in self.pairs]
-        noise = statistics.pstdev(gains) if len(gains) >= 3 else 0.0
-        return max(gains), self.margin + noise
+        """The largest share of the cheap stage's drop that a full fine-tune recovered (in
+        [0, 1]), and the margin in points to add to the credit."""
+        drops = [(self.baseline_accuracy - cheap, full - cheap) for cheap, full in self.pairs]
+        shares = [gain / drop for drop, gain in drops if drop >= _SIGNIFICANT_DROP]
+        best = min(1.0, max(0.0, max(shares))) if shares else 1.0
+        typical = statistics.median(shares) if shares else 1.0
+        residuals = [gain - typical * max(drop, 0.0) for drop, gain in drops]
+        noise = statistics.pstdev(residuals) if len(residuals) >= 3 else 0.0
+        return best, self.margin + noise
 
     def decide(self, accuracy: float, speedup: float) -> Decision:
         """Promote a trial whose cheap accuracy is ``accuracy`` and speedup ``speedup``?"""
         if len(self.pairs) < _MIN_PAIRS:
             return Decision(True, f"promoted: fewer than {_MIN_PAIRS} calibration pairs")
-        best_gain, margin = self.recovery
+        share, margin = self.recovery
+        best_gain = share * max(self.baseline_accuracy - accuracy, 0.0)
         reachable = accuracy + best_gain + margin
         if self.max_drop is not None and self.baseline_accuracy - reachable > self.max_drop:
             return Decision(

@@ -30,6 +30,8 @@ Trial ``user_attrs``:
         against the unpruned model and its 95% interval; ``reference_latency_ms`` and
         ``measured_latency_ms``: both sides' milliseconds from those rounds; ``latency_ms``
         is the study's unpruned latency over the speedup (drift-free).
+    ``test_accuracy`` and ``test_accuracy_drop``: the task's held-out ``test`` score of a
+        full-fidelity trial (tasks with a test split only); ``accuracy`` is validation.
     ``early_rejected`` (bool): only in studies made before screening replaced early rejection.
 Constraint values are set with Optuna's ``trial.set_constraint(name, value)`` (names
 ``accuracy_drop``, ``latency_ms``, ``size_bytes``) and read with ``FrozenTrial.constraints``
@@ -79,10 +81,11 @@ DIRECTIONS = {name: direction for name, (_, direction) in OBJECTIVES.items()}
 
 # The one list of metric names: what the baseline keeps, what is derived from it, and the
 # metrics (in this order) of every trials table, Pareto table and picked trial.
-BASELINE_METRICS: tuple[str, ...] = (*METRIC_NAMES, "reference_latency_ms")
-DERIVED_METRICS = ("accuracy_drop", "speedup", "compression")
+BASELINE_METRICS: tuple[str, ...] = (*METRIC_NAMES, "reference_latency_ms", "test_accuracy")
+DERIVED_METRICS = ("accuracy_drop", "test_accuracy_drop", "speedup", "compression")
 TABLE_METRICS = (
     "accuracy",
+    "test_accuracy",
     *DERIVED_METRICS,
     "latency_ms",
     "latency_spread",
