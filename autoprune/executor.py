@@ -141,8 +141,10 @@ class _PerLayerImportance:
         if self.kind != "random":
             # Torch-Pruning's criteria skip layers it does not know (GPT-2's Conv1D).
             extra = _attention.conv1d_magnitude(group, p)
-            if extra is not None:
-                score = extra if score is None else score + extra.to(score)
+            if extra is not None and score is None:
+                score = extra
+            elif extra is not None and len(extra) == len(score):
+                score = score + extra.to(score)
         return score
 
 
