@@ -129,10 +129,10 @@ def _weights_of(module: nn.Module) -> list[str]:
 def tracer_options(model: nn.Module, output: str | int | None = None) -> dict[str, Any]:
     """Keyword arguments for Torch-Pruning's tracer and pruners, the same in preflight and executor.
 
-    The graph is traced from the scored output only (``select_output(out, output)``), so a
-    model may return a dict, a ``ModelOutput`` or a tuple (caches, hidden states and
-    losses are not followed); class and position tokens get their width dimension named;
-    GPT-2's ``Conv1D`` gets a pruner.
+    The graph is traced from every tensor the model returns, so a model may return a dict, a
+    ``ModelOutput`` or a tuple (non-tensor entries such as caches are left out); ``output``
+    names the scored one, which must exist (checked by :func:`check_runs`). Class and
+    position tokens get their width dimension named; GPT-2's ``Conv1D`` gets a pruner.
     """
     from torch_pruning._helpers import UnwrappedParameters
 
@@ -141,10 +141,23 @@ def tracer_options(model: nn.Module, output: str | int | None = None) -> dict[st
         UnwrappedParameters(parameters=params[n], pruning_dim=dim) for n, dim in _attention.token_parameters(model).items()
     ]
     return {
-        "output_transform": lambda out: select_output(out, output),
+        "output_transform": _output_tensors,
         "unwrapped_parameters": unwrapped,
         "customized_pruners": _attention.customized_pruners(model),
     }
+
+
+def _output_tensors(output: Any) -> list[torch.Tensor]:
+    """Every tensor a model returned (dicts, ``ModelOutput``, tuples; caches and strings are
+    not tensors and are left out): each one's width is the model's, and every branch that
+    leads to one couples channels."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if hasattr(output, "keys") and hasattr(output, "get"):
+        return [t for k in output.keys() for t in _output_tensors(output[k])]
+    if isinstance(output, (tuple, list)):
+        return [t for o in output for t in _output_tensors(o)]
+    return []
 
 
 def root_types(model: nn.Module) -> tuple[type[nn.Module], ...]:
@@ -536,7 +549,8 @@ def prunable_layers(model: nn.Module, example_inputs: Any, *, output: str | int 
             (``model(**x)``, e.g. a tokenizer's ``input_ids`` and ``attention_mask``).
         output: which output is scored when the model returns a dict, ``ModelOutput`` or
             tuple (see :func:`autoprune._inputs.select_output`; default ``logits`` or the
-            first tensor). The graph is traced from it alone.
+            first tensor); it must be there. The graph is traced from every returned tensor,
+            whose widths therefore stay.
 
     Example:
         >>> import autoprune as ap
