@@ -512,6 +512,7 @@ def _keep_promises(model: nn.Module, example_inputs: Any, analysis: ModelAnalysi
     """
     units = [i for i in analysis.layers if "structured" in i.methods]
     was_training = model.training
+    model.eval()  # running the model in training mode would move its BatchNorm statistics
     try:
         together = _surgery_error(model, example_inputs, units, output) if units else None
         if together is None:

@@ -10,6 +10,7 @@ save -> load_pruned round trip gives identical outputs.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,9 @@ MODELS: dict[str, tuple[Factory, Any]] = {
     # torchvision classification, every family
     "tv_resnet18": (_tv("resnet18"), _image()),
     "tv_resnext": (
-        lambda: tv.models.ResNet(tv.models.resnet.Bottleneck, [1, 1, 1, 1], groups=32, width_per_group=4, num_classes=10),
+        lambda: tv.models.ResNet(
+            tv.models.resnet.Bottleneck, [1, 1, 1, 1], groups=32, width_per_group=4, num_classes=10
+        ),
         _image(),
     ),
     "tv_wide_resnet": (
@@ -126,7 +129,9 @@ MODELS: dict[str, tuple[Factory, Any]] = {
     "timm_vit_tiny": (_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2), _image()),
     "timm_deit_tiny": (_timm("deit_tiny_patch16_224", img_size=32, patch_size=8, depth=2), _image()),
     "timm_swin_tiny": (
-        _timm("swin_tiny_patch4_window7_224", img_size=32, window_size=4, embed_dim=32, depths=(2, 2), num_heads=(2, 4)),
+        _timm(
+            "swin_tiny_patch4_window7_224", img_size=32, window_size=4, embed_dim=32, depths=(2, 2), num_heads=(2, 4)
+        ),
         _image(),
     ),
     # Hugging Face transformers (tiny configs, 2 layers, hidden 64)
@@ -200,6 +205,19 @@ def _build(name: str) -> tuple[nn.Module, Any]:
     return model, x
 
 
+@functools.cache
+def _infos(name: str) -> tuple[ap.LayerInfo, ...]:
+    """The preflight of a zoo model (once per session: its check of the largest safe amounts
+    prunes a copy, which is the slow part)."""
+    return tuple(ap.prunable_layers(*_build(name)))
+
+
+def _uniform(name: str, method: str, amount: float) -> ap.Schedule:
+    """As ``Schedule.uniform``, from the cached preflight."""
+    plans = {i.name: ap.LayerPlan(method, min(amount, i.max_amount)) for i in _infos(name) if method in i.methods}  # type: ignore[arg-type]
+    return ap.Schedule(layers=plans)
+
+
 def _out(model: nn.Module, x: Any) -> torch.Tensor:
     with torch.no_grad():
         return select_output(call_model(model.eval(), x))
@@ -223,9 +241,9 @@ def _trains(model: nn.Module, x: Any) -> None:
 def test_structured_30_percent(name: str, tmp_path: Path) -> None:
     model, x = _build(name)
     expected = _out(model, x)
-    schedule = ap.Schedule.uniform(model, x, amount=0.3)
+    schedule = _uniform(name, "structured", 0.3)
     if not schedule.layers:
-        pytest.skip(f"{name}: no structured unit ({ap.prunable_layers(model, x)[0].reason})")
+        pytest.skip(f"{name}: no structured unit ({_infos(name)[0].reason})")
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
     assert _out(pruned, x).shape == expected.shape
     assert _n_params(pruned) < _n_params(model)
@@ -246,10 +264,10 @@ def test_structured_30_percent(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", _params())
 def test_unstructured_50_percent(name: str) -> None:
     model, x = _build(name)
-    schedule = ap.Schedule.uniform(model, x, method="unstructured", amount=0.5)
+    schedule = _uniform(name, "unstructured", 0.5)
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
     assert _out(pruned, x).shape == _out(model, x).shape
-    infos = {i.name: i for i in ap.prunable_layers(model, x)}
+    infos = {i.name: i for i in _infos(name)}
     for layer in schedule.layers:
         for module, pname in infos[layer].weights:
             weight = pruned.get_submodule(module).get_parameter(pname)
@@ -262,7 +280,7 @@ def test_largest_safe_amounts_run(name: str) -> None:
     model, x = _build(name)
     expected = _out(model, x).shape
     for method in ("structured", "unstructured"):
-        schedule = ap.Schedule.uniform(model, x, method=method, amount=0.99)
+        schedule = _uniform(name, method, 0.99)
         pruned = ap.apply_schedule(model, schedule, example_inputs=x)
         out = _out(pruned, x)
         assert out.shape == expected
