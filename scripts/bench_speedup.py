@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     )
                     row.update(masked_ms=m["model_ms"], masked_speedup=m["speedup"])
                 rows.append(row)
-                print(f"{name} batch {batch} amount {amount}: done", file=sys.stderr)
+                print(markdown([row]).splitlines()[-1], file=sys.stderr, flush=True)  # survives an interrupted run
     return rows
 
 
