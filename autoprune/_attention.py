@@ -256,21 +256,26 @@ def conv1d_magnitude(group: Any, p: int) -> torch.Tensor | None:
     conv1d = conv1d_type()
     if conv1d is None:
         return None
-    scores: list[torch.Tensor] = []
+    found: list[tuple[torch.Tensor, list[int]]] = []
     for i, (dep, idxs) in enumerate(group):
         layer: Any = dep.layer
         if not isinstance(layer, conv1d) or not idxs:
             continue
         weight = cast(torch.Tensor, layer.weight).detach()
-        if getattr(dep.pruning_fn, "__name__", "") == "prune_out_channels":
-            w = weight[:, idxs].t()
-        else:
-            w = weight[idxs]
-        local = w.abs().pow(p).sum(1)
+        out = getattr(dep.pruning_fn, "__name__", "") == "prune_out_channels"
+        if max(idxs) >= weight.shape[1 if out else 0]:
+            continue
+        w = weight[:, idxs].t() if out else weight[idxs]
         root = group[i].root_idxs
-        full = torch.zeros(len(group[0][1]), dtype=local.dtype)
+        if root is None or any(r is None for r in root):
+            continue
+        found.append((w.abs().pow(p).sum(1), list(root)))
+    if not found:
+        return None
+    n = max(len(group[0][1]), *(max(root) + 1 for _, root in found))
+    scores = []
+    for local, root in found:
+        full = torch.zeros(n, dtype=local.dtype)
         full.index_add_(0, torch.as_tensor(root), local)
         scores.append(full / (full.mean() + 1e-12))
-    if not scores:
-        return None
     return torch.stack(scores).mean(0)

@@ -141,8 +141,10 @@ class _PerLayerImportance:
         if self.kind != "random":
             # Torch-Pruning's criteria skip layers it does not know (GPT-2's Conv1D).
             extra = _attention.conv1d_magnitude(group, p)
-            if extra is not None:
-                score = extra if score is None else score + extra.to(score)
+            if extra is not None and score is None:
+                score = extra
+            elif extra is not None and len(extra) == len(score):
+                score = score + extra.to(score)
         return score
 
 
@@ -374,7 +376,8 @@ def apply_schedule(
 
     Example:
         >>> import autoprune as ap
-        >>> model, x = ap.zoo.get("cnn")
+        >>> from autoprune.testing import models as zoo
+        >>> model, x = zoo.get("cnn")
         >>> plan = ap.Schedule(layers={"features.0.0": ap.LayerPlan("structured", 0.5)})
         >>> ap.apply_schedule(model, plan, example_inputs=x).features[0][0].out_channels
         32

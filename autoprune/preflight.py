@@ -8,6 +8,7 @@ Schedule keyed by entry names covers the model without overlaps.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import warnings
@@ -128,10 +129,10 @@ def _weights_of(module: nn.Module) -> list[str]:
 def tracer_options(model: nn.Module, output: str | int | None = None) -> dict[str, Any]:
     """Keyword arguments for Torch-Pruning's tracer and pruners, the same in preflight and executor.
 
-    The graph is traced from the scored output only (``select_output(out, output)``), so a
-    model may return a dict, a ``ModelOutput`` or a tuple (caches, hidden states and
-    losses are not followed); class and position tokens get their width dimension named;
-    GPT-2's ``Conv1D`` gets a pruner.
+    The graph is traced from every tensor the model returns, so a model may return a dict, a
+    ``ModelOutput`` or a tuple (non-tensor entries such as caches are left out); ``output``
+    names the scored one, which must exist (checked by :func:`check_runs`). Class and
+    position tokens get their width dimension named; GPT-2's ``Conv1D`` gets a pruner.
     """
     from torch_pruning._helpers import UnwrappedParameters
 
@@ -140,10 +141,23 @@ def tracer_options(model: nn.Module, output: str | int | None = None) -> dict[st
         UnwrappedParameters(parameters=params[n], pruning_dim=dim) for n, dim in _attention.token_parameters(model).items()
     ]
     return {
-        "output_transform": lambda out: select_output(out, output),
+        "output_transform": _output_tensors,
         "unwrapped_parameters": unwrapped,
         "customized_pruners": _attention.customized_pruners(model),
     }
+
+
+def _output_tensors(output: Any) -> list[torch.Tensor]:
+    """Every tensor a model returned (dicts, ``ModelOutput``, tuples; caches and strings are
+    not tensors and are left out): each one's width is the model's, and every branch that
+    leads to one couples channels."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if hasattr(output, "keys") and hasattr(output, "get"):
+        return [t for k in output.keys() for t in _output_tensors(output[k])]
+    if isinstance(output, (tuple, list)):
+        return [t for o in output for t in _output_tensors(o)]
+    return []
 
 
 def root_types(model: nn.Module) -> tuple[type[nn.Module], ...]:
@@ -277,10 +291,12 @@ def _functional_layers(
     torchvision's Swin calls ``F.linear(x, self.qkv.weight)``: Torch-Pruning sees an
     element-wise op there and would cut the channels around it without cutting the weight.
     """
+    # nn.MultiheadAttention calls its out_proj functionally; Torch-Pruning handles that itself.
+    inside_mha = {id(c) for m in model.modules() if isinstance(m, nn.MultiheadAttention) for c in m.modules()}
     unseen = {
         n: m
         for n, m in model.named_modules()
-        if isinstance(m, root_types(model)) and _weights_of(m) and m not in graph.module2node
+        if isinstance(m, root_types(model)) and _weights_of(m) and m not in graph.module2node and id(m) not in inside_mha
     }
     if not unseen:
         return {}
@@ -349,7 +365,9 @@ def _group_entry(trace: _Trace, group: Any) -> LayerInfo | None:
             layout = projections[target]
             # A fused qkv holds three times the heads: each of q, k and v keeps whole heads.
             ch_groups = max(ch_groups, layout.heads * max(1, channels // layout.width()))
-            if not layout.per_head:  # a per-head parameter (Swin's bias table) would need cutting too
+            # Not offered: a per-head parameter (Swin's bias table) would need cutting too, and
+            # Torch-Pruning's head removal reads `out_features`, which Conv1D lacks.
+            if not layout.per_head and isinstance(target, nn.Linear):
                 heads = max(heads, layout.heads)
         elif isinstance(target, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and 1 < target.groups < target.out_channels:
             ch_groups = max(ch_groups, target.groups)
@@ -363,6 +381,8 @@ def _group_entry(trace: _Trace, group: Any) -> LayerInfo | None:
     covered.update(w for w, _ in weights)
     covered.update(members)
     touching = [n for n, widths in trace.functional.items() if channels in widths]
+    conv1d = _attention.conv1d_type()
+    conv1d_members = [m for m in members if conv1d is not None and isinstance(model.get_submodule(m), conv1d)]
     reason: str | None = None
     if output_coupled:
         reason = "its output channels are the model's output"
@@ -373,6 +393,11 @@ def _group_entry(trace: _Trace, group: Any) -> LayerInfo | None:
             f"it is coupled with unwrapped parameter(s) {', '.join(ambiguous)} whose channel dimension "
             "Torch-Pruning would have to guess"
         )
+    elif conv1d_members:
+        # Torch-Pruning has no Conv1D pruner and takes per-layer ratios only for the layer
+        # types it registers; the pruner registered here keeps the graph right (so other
+        # groups are cut correctly) but cutting Conv1D itself is not supported yet.
+        reason = f"structured pruning of transformers' Conv1D ({conv1d_members[0]}) is not supported"
     elif touching:
         reason = (
             f"its channels may reach {', '.join(touching)}, whose weight the forward uses without calling the "
@@ -460,12 +485,64 @@ def _lone_layers(trace: _Trace, untraced: str | None, analysis: ModelAnalysis) -
         analysis.skipped.append((name, f"{type(module).__name__} with {kind} {', '.join(own)}: {fate}"))
 
 
+def _surgery_error(model: nn.Module, example_inputs: Any, units: list[LayerInfo], output: str | int | None) -> str | None:
+    """Why pruning ``units`` at their largest safe amounts fails on a copy (None: it runs)."""
+    from autoprune.executor import apply_schedule  # the executor is the surgery being checked
+    from autoprune.schedule import LayerPlan, Schedule
+
+    schedule = Schedule(layers={i.name: LayerPlan("structured", i.max_amount) for i in units})
+    try:
+        with torch.no_grad():
+            expected = select_output(call_model(model, example_inputs), output).shape
+        pruned = apply_schedule(model, schedule, example_inputs=example_inputs, output=output)
+        with torch.no_grad():
+            shape = select_output(call_model(pruned, example_inputs), output).shape
+    except Exception as exc:  # noqa: BLE001 - any failure of the surgery means the same here
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None if shape == expected else f"the output's shape changes from {tuple(expected)} to {tuple(shape)}"
+
+
+def _keep_promises(model: nn.Module, example_inputs: Any, analysis: ModelAnalysis, output: str | int | None) -> None:
+    """Check that every structured unit at its ``max_amount`` gives a model that runs.
+
+    Torch-Pruning's index mapping goes wrong on some layouts (timm's Swin patch merging,
+    torchvision's MaxViT); the largest safe amount is a promise, so all units are cut at once
+    on a copy, and when that fails each unit alone: the units whose surgery fails are
+    offered for unstructured pruning only, with the error as the reason.
+    """
+    units = [i for i in analysis.layers if "structured" in i.methods]
+    was_training = model.training
+    model.eval()  # running the model in training mode would move its BatchNorm statistics
+    try:
+        together = _surgery_error(model, example_inputs, units, output) if units else None
+        if together is None:
+            return
+        alone = {u.name: _surgery_error(model, example_inputs, [u], output) for u in units[:2]}
+        if len(units) > 2 and set(alone.values()) == {together}:
+            # The first two fail alone just as all do together: the model, not a group, fails.
+            failing = {u.name: f"Torch-Pruning's surgery fails on this model ({together})" for u in units}
+        else:
+            for u in units[2:]:
+                alone[u.name] = _surgery_error(model, example_inputs, [u], output)
+            failing = {n: f"Torch-Pruning's surgery of this group fails ({e})" for n, e in alone.items() if e}
+        for k, info in enumerate(analysis.layers):
+            if info.name in failing:
+                _logger.warning("%s: %s; offered for unstructured pruning only", info.name, failing[info.name])
+                analysis.layers[k] = dataclasses.replace(
+                    info, methods=("unstructured",), max_amount=0.99, reason=failing[info.name]
+                )
+    finally:
+        model.train(was_training)
+
+
 def prunable_layers(model: nn.Module, example_inputs: Any, *, output: str | int | None = None) -> list[LayerInfo]:
     """List each prunable layer or coupled group with its methods and largest safe amount.
 
     Layers that cannot be pruned structurally appear with ``methods == ("unstructured",)``
     and the reason; parameters that cannot be pruned at all appear with empty ``methods``.
-    A model Torch-Pruning cannot trace is offered for unstructured pruning only.
+    A model Torch-Pruning cannot trace is offered for unstructured pruning only. The largest
+    safe amounts are checked: all structured units are cut to them at once on a copy, which
+    must run (a unit whose surgery fails is offered for unstructured pruning only).
 
     Args:
         model: the model (left as it was).
@@ -473,15 +550,18 @@ def prunable_layers(model: nn.Module, example_inputs: Any, *, output: str | int 
             (``model(**x)``, e.g. a tokenizer's ``input_ids`` and ``attention_mask``).
         output: which output is scored when the model returns a dict, ``ModelOutput`` or
             tuple (see :func:`autoprune._inputs.select_output`; default ``logits`` or the
-            first tensor). The graph is traced from it alone.
+            first tensor); it must be there. The graph is traced from every returned tensor,
+            whose widths therefore stay.
 
     Example:
         >>> import autoprune as ap
-        >>> model, x = ap.zoo.get("cnn")
+        >>> from autoprune.testing import models as zoo
+        >>> model, x = zoo.get("cnn")
         >>> [i.name for i in ap.prunable_layers(model, x)][:2]
         ['features.0.0', 'features.1.0']
     """
     analysis = analyse(model, example_inputs, output=output)
+    _keep_promises(model, example_inputs, analysis, output)
     skipped = [
         LayerInfo(
             name=n,

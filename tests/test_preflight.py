@@ -259,3 +259,40 @@ def test_untraceable_model_is_offered_unstructured_with_the_reason() -> None:
         _Fails(), ap.Schedule(layers={"l": ap.LayerPlan("unstructured", 0.5)}), example_inputs=torch.randn(2, 4)
     )
     assert int((pruned.l.weight == 0).sum()) == 8
+
+
+# ---------------------------------------------------------------------------- outputs and inputs
+class _DictNet(nn.Module):
+    """Takes keyword inputs and returns a dict, as Hugging Face models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 16)
+        self.head = nn.Linear(16, 3)
+        self.aux = nn.Linear(16, 5)
+
+    def forward(self, features: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = torch.relu(self.body(features * scale))
+        return {"logits": self.head(h), "aux": self.aux(h), "note": "not a tensor"}  # type: ignore[dict-item]
+
+
+def test_dict_inputs_and_outputs_are_traced_through_every_returned_tensor() -> None:
+    x = {"features": torch.randn(2, 4), "scale": torch.ones(2, 1)}
+    infos = {i.name: i for i in ap.prunable_layers(_DictNet(), x)}
+    for out in ("head", "aux"):  # both are returned: their widths stay
+        assert infos[out].methods == ("unstructured",)
+        assert infos[out].reason == "its output channels are the model's output"
+    assert infos["body"].methods == ("structured", "unstructured")
+    assert infos["body"].channels == 16
+    pruned = ap.apply_schedule(
+        _DictNet(), ap.Schedule(layers={"body": ap.LayerPlan("structured", 0.5)}), example_inputs=x
+    )
+    assert (pruned.body.out_features, pruned.head.in_features, pruned.aux.in_features) == (8, 8, 8)
+    assert pruned(**x)["logits"].shape == (2, 3)
+    assert pruned(**x)["aux"].shape == (2, 5)
+
+
+def test_output_that_names_nothing_is_a_preflight_error() -> None:
+    x = {"features": torch.randn(2, 4), "scale": torch.ones(2, 1)}
+    with pytest.raises(ap.PreflightError, match=r"cannot trace _DictNet: .*'missing' is not a tensor"):
+        ap.prunable_layers(_DictNet(), x, output="missing")
