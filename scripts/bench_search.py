@@ -1,169 +1,200 @@
-"""Benchmark: autoprune's samplers against random search and a uniform structured sweep.
+"""Benchmark (the acceptance measure): autoprune's search against the two hand sweeps.
 
-On the built-in ``digits`` task, at an equal budget of trials and fine-tuning, compare the
-Pareto fronts (accuracy vs measured latency) of:
-  - each Optuna sampler asked for (default: tpe and nsga2) over autoprune's per-layer space,
-  - random search over the same space,
-  - a sweep of uniform structured ratios (what a person does with Torch-Pruning by hand).
-For each: hypervolume (Optuna's own), and the smallest accuracy drop among trials with at
-least 2x and 3x measured latency speedup.
+For each task and seed, in ONE run:
+  - autoprune: ``ap.search`` with its defaults (accuracy and latency, ``--trials`` trials);
+    every trial on its Pareto front (validation accuracy vs recorded speedup, full-fidelity
+    trials only: what a user picks from) is re-applied from its stored JSON and fine-tuned as
+    its schedule says;
+  - uniform sweep: what a person writes by hand with Torch-Pruning: MetaPruner with L2
+    magnitude importance, the same ratio for every layer (20..90%), the output layer ignored;
+  - global sweep: the same with ``global_pruning=True`` (20..80%).
+Every hand point is fine-tuned with the same number of steps as one full-fidelity search
+trial. Every point, from all three methods, is scored on the task's TEST split (the search
+never saw it) and timed in alternation with the unpruned model (``ap.measure_speedup``: ABBA
+rounds, median of per-round ratios), so machine drift cancels.
 
-Reproduce:  python scripts/bench_search.py            (about 10 minutes on 2 cores; 3 seeds)
-            python scripts/bench_search.py --trials 12 --samplers tpe --seeds 0   (quick check)
+Reported per method (median over seeds): the best speedup at <= 0.5 point of test-accuracy
+drop, hypervolume of (test drop in points, latency / unpruned latency) against the reference
+point (--hv-drop points, 1.0), and the fine-tune steps each method spent.
+
+Reproduce:  python scripts/bench_search.py                      (both tasks, 3 seeds, 40 trials)
+            python scripts/bench_search.py --tasks digits --seeds 0 --trials 12   (quick check)
 Numbers are written to results/bench_search.json and results/bench_search.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import optuna
+import torch
+from torch import nn
 
 import autoprune as ap
-from autoprune.config import SearchConfig
 from autoprune.report import hypervolume
-from autoprune.study import run_search
 
 
-def _front_numbers(study: optuna.Study, max_drop: float) -> dict[str, float]:
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    # Minimisation form: (accuracy drop in points, latency relative to the unpruned model).
-    points = [
-        (t.user_attrs["accuracy_drop"], 1.0 / t.user_attrs["speedup"])
-        for t in done
-        if t.user_attrs.get("speedup", 0) > 0 and not t.user_attrs.get("early_rejected")
-    ]
-    feasible = np.array([p for p in points if p[0] <= max_drop and p[1] <= 1.0]) if points else np.zeros((0, 2))
-    ref = np.array([max_drop, 1.0])
-    hv = hypervolume(feasible, ref) if len(feasible) else 0.0
+def _output_layer(model: nn.Module) -> nn.Module:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise SystemExit("the hand sweeps need a model whose last layer is an nn.Linear")
+    return linears[-1]
 
-    def best_drop(min_speedup: float) -> float:
-        drops = [t.user_attrs["accuracy_drop"] for t in done
-                 if t.user_attrs.get("speedup", 0) >= min_speedup and not t.user_attrs.get("early_rejected")]
-        return min(drops) if drops else math.nan
 
+def hand_pruned(task: ap.Task, amount: float, *, global_pruning: bool, fine_tune_steps: int) -> nn.Module:
+    """What a person writes with Torch-Pruning in a few lines, then the task's fine-tune."""
+    import torch_pruning as tp
+
+    model = copy.deepcopy(task.model)
+    pruner = tp.pruner.MetaPruner(
+        model,
+        task.example_inputs,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=amount,
+        global_pruning=global_pruning,
+        ignored_layers=[_output_layer(model)],
+    )
+    pruner.step()
+    if task.fine_tune is not None and fine_tune_steps > 0:
+        task.fine_tune(model, fine_tune_steps)
+    return model.eval()
+
+
+def _score(task: ap.Task, model: nn.Module, reference: nn.Module, budget_s: float, target: str) -> dict[str, float]:
+    assert task.test is not None, "the benchmark reports test accuracy: the task needs a test split"
+    with torch.inference_mode():
+        test = float(task.test(model))
+    sp = ap.measure_speedup(model, reference, task.example_inputs, target=target, budget_s=budget_s)
+    return {"test": test, "speedup": sp.ratio, "speedup_low": sp.low, "speedup_high": sp.high,
+            "converged": float(sp.converged)}
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Non-dominated points of (maximise accuracy, maximise speedup)."""
+    return [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
+
+
+def _hypervolume(points: list[dict[str, float]], base_test: float, hv_drop: float) -> float:
+    """Area dominated in (test drop in points, latency fraction = 1/speedup), both minimised,
+    up to (hv_drop, 1) (Optuna's hypervolume through ``autoprune.report.hypervolume``)."""
+    pts = [(base_test - p["test"], 1.0 / p["speedup"]) for p in points]
+    pts = [(d, lat) for d, lat in pts if d < hv_drop and lat < 1.0]
+    return float(hypervolume(pts, [hv_drop, 1.0])) if pts else 0.0
+
+
+def _summary(points: list[dict[str, float]], base_test: float, args: argparse.Namespace) -> dict[str, float]:
+    ok = [p["speedup"] for p in points if base_test - p["test"] <= args.max_drop]
     return {
-        "hypervolume": hv,
-        "best_drop_2x": best_drop(2.0),
-        "best_drop_3x": best_drop(3.0),
-        "max_speedup_feasible": max(
-            (t.user_attrs["speedup"] for t in done if t.user_attrs.get("feasible") and "speedup" in t.user_attrs),
-            default=math.nan,
-        ),
-        "trials": len(done),
-        "fine_tune_steps": sum(
-            ap.Schedule.from_json(t.user_attrs["schedule"]).fine_tune_steps
-            * ap.Schedule.from_json(t.user_attrs["schedule"]).steps
-            for t in done
-        ),
+        "best_speedup": max(ok) if ok else math.nan,
+        "hypervolume": _hypervolume(points, base_test, args.hv_drop),
+        "points": len(points),
     }
 
 
-def _front(study: optuna.Study, max_drop: float) -> list[tuple[float, float]]:
-    """Feasible non-dominated (drop, relative latency) points of a study."""
-    pts = [
-        (t.user_attrs["accuracy_drop"], 1.0 / t.user_attrs["speedup"])
-        for t in study.trials
-        if t.state == optuna.trial.TrialState.COMPLETE
-        and t.user_attrs.get("speedup", 0) > 0
-        and not t.user_attrs.get("early_rejected")
-        and t.user_attrs["accuracy_drop"] <= max_drop
-    ]
-    return [p for p in pts if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in pts)]
-
-
-def _dominated_share(front: list[tuple[float, float]], other: list[tuple[float, float]]) -> float:
-    """Share of `other`'s front points weakly dominated by a point of `front`."""
-    if not other:
-        return float("nan")
-    hit = sum(any(p[0] <= q[0] and p[1] <= q[1] for p in front) for q in other)
-    return hit / len(other)
+def run_search_method(task_name: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    task = ap.tasks.get(task_name)
+    storage = f"sqlite:///{workdir}/bench.db"
+    name = f"{task_name}-{seed}"
+    t0 = time.perf_counter()
+    study = ap.search(task, objectives=["accuracy", "latency"], n_trials=args.trials, storage=storage,
+                      study_name=name, seed=seed, target=args.target, report=False, latency_cache="study")
+    minutes = (time.perf_counter() - t0) / 60
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    spent = sum(int(t.user_attrs.get("fine_tune_steps_spent", 0)) for t in study.trials)
+    full = [t for t in trials if t.user_attrs.get("fidelity", "full") == "full" and "speedup" in t.user_attrs]
+    front_keys = _pareto([(float(t.user_attrs["accuracy"]), float(t.user_attrs["speedup"])) for t in full])
+    front = [t for t in full if (float(t.user_attrs["accuracy"]), float(t.user_attrs["speedup"])) in front_keys]
+    return {"study": study, "front": front, "minutes": minutes, "fine_tune_steps": spent, "task": task}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--samplers", nargs="+", default=["tpe", "nsga2"])
-    parser.add_argument("--fine-tune", type=int, default=100, help="fine-tuning steps of every trial")
-    parser.add_argument("--max-drop", type=float, default=1.0)
+    parser.add_argument("--tasks", nargs="+", default=["shapes-resnet", "digits"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--max-drop", type=float, default=0.5, help="points of test-accuracy drop allowed")
+    parser.add_argument("--hv-drop", type=float, default=5.0, help="hypervolume reference: drop in points")
+    parser.add_argument("--target", default="cpu:batch=32", help="latency target of the search and of every re-timing")
+    parser.add_argument("--budget", type=float, default=6.0, help="seconds per paired speedup measurement")
+    parser.add_argument("--fine-tune", type=int, default=100,
+                        help="fine-tune steps of every hand point (one full-fidelity one-step trial's budget)")
+    parser.add_argument("--uniform", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    parser.add_argument("--global-amounts", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="bench-search-"))
-    task = ap.tasks.get("digits")
-    per_seed: dict[str, list[dict[str, float]]] = {}
-    for seed in args.seeds:
-        common = {
-            "task": "digits",
-            "objectives": ["accuracy", "latency"],
-            "constraints": {"max_accuracy_drop": args.max_drop},
-            "trials": args.trials,
-            "seed": seed,
-            "storage": f"sqlite:///{workdir}/bench.db",
-            "report": False,
-            "latency_cache": "study",  # each method measures its own trials (fair minutes, no shared hits)
-        }
-        # Equal budgets: one-shot pruning, the same fine-tuning steps in every trial.
-        space = {"steps": [1, 1], "shapes": ["oneshot"], "fine_tune_steps": [args.fine_tune]}
-        runs: dict[str, SearchConfig] = {}
-        for sampler in [*args.samplers, "random"]:
-            runs[sampler] = SearchConfig.from_dict(
-                {**common, "study": f"{sampler}-{seed}", "sampler": sampler, "space": space}
-            )
-        grid = [round(a, 4) for a in np.linspace(0.05, 0.9, args.trials)]
-        runs["uniform sweep"] = SearchConfig.from_dict(
-            {**common, "study": f"uniform-{seed}", "sampler": "random", "reference_amounts": grid,
-             "space": {**space, "methods": ["structured"], "granularity": "global"}}
-        )
-        studies = {}
-        for name, cfg in runs.items():
-            t0 = time.perf_counter()
-            studies[name] = run_search(cfg, task)
-            numbers = _front_numbers(studies[name], args.max_drop)
-            numbers["minutes"] = (time.perf_counter() - t0) / 60
-            per_seed.setdefault(name, []).append(numbers)
-        uniform_front = _front(studies["uniform sweep"], args.max_drop)
-        for name, study in studies.items():
-            per_seed[name][-1]["dominates_uniform"] = _dominated_share(_front(study, args.max_drop), uniform_front)
-            print(f"seed {seed} {name}: {per_seed[name][-1]}", flush=True)
+    rows: list[dict[str, Any]] = []
+    for task_name in args.tasks:
+        for seed in args.seeds:
+            torch.manual_seed(seed)
+            found = run_search_method(task_name, seed, args, workdir)
+            task: ap.Task = found["task"]
+            reference = task.fresh_model().eval()
+            assert task.test is not None
+            base_test = float(task.test(reference))
+            budget = args.fine_tune
+            points: dict[str, list[dict[str, float]]] = {"autoprune": [], "uniform sweep": [], "global sweep": []}
+            t_reapply = time.perf_counter()
+            for t in found["front"]:
+                schedule = ap.Schedule.from_json(t.user_attrs["schedule"])
+                pruned = ap.apply_schedule(task.model, schedule, example_inputs=task.example_inputs,
+                                           fine_tune=task.fine_tune)
+                points["autoprune"].append({**_score(task, pruned, reference, args.budget, args.target), "trial": t.number,
+                                            "recorded_speedup": float(t.user_attrs["speedup"])})
+            reapply_min = (time.perf_counter() - t_reapply) / 60
+            t_sweeps = time.perf_counter()
+            for amount in args.uniform:
+                m = hand_pruned(task, amount, global_pruning=False, fine_tune_steps=budget)
+                points["uniform sweep"].append({**_score(task, m, reference, args.budget, args.target), "amount": amount})
+            for amount in args.global_amounts:
+                m = hand_pruned(task, amount, global_pruning=True, fine_tune_steps=budget)
+                points["global sweep"].append({**_score(task, m, reference, args.budget, args.target), "amount": amount})
+            sweep_min = (time.perf_counter() - t_sweeps) / 60
+            steps = {
+                "autoprune": found["fine_tune_steps"],
+                "uniform sweep": budget * len(args.uniform),
+                "global sweep": budget * len(args.global_amounts),
+            }
+            for method, pts in points.items():
+                row = {"task": task_name, "seed": seed, "method": method, "base_test": base_test,
+                       **_summary(pts, base_test, args), "fine_tune_steps": steps[method],
+                       "minutes": found["minutes"] if method == "autoprune" else sweep_min / 2, "raw": pts}
+                rows.append(row)
+                print(f"{task_name} seed {seed} {method}: best {row['best_speedup']:.2f}x at <= {args.max_drop} pt, "
+                      f"HV {row['hypervolume']:.3f}, {row['fine_tune_steps']} fine-tune steps", flush=True)
+            print(f"  (re-applying autoprune's front took {reapply_min:.1f} min, the sweeps {sweep_min:.1f} min)")
 
-    def med(name: str, key: str) -> float:
-        values = [r[key] for r in per_seed[name] if not math.isnan(r[key])]
-        return float(np.median(values)) if values else math.nan
+    lines = [f"| task | method | best speedup at <= {args.max_drop:.1f} pt test drop | hypervolume | fine-tune steps "
+             "| points | minutes |", "|---|---|---|---|---|---|---|"]
+    for task_name in args.tasks:
+        for method in ("autoprune", "uniform sweep", "global sweep"):
+            sel = [r for r in rows if r["task"] == task_name and r["method"] == method]
 
-    rows = [
-        {"method": name, **{k: med(name, k) for k in per_seed[name][0]}, "seeds": len(per_seed[name])}
-        for name in per_seed
-    ]
-    header = (
-        "| method | trials | hypervolume | uniform front dominated | best drop at >=2x | best drop at >=3x "
-        "| max feasible speedup | fine-tune steps | minutes |"
-    )
-    lines = [header, "|" + "---|" * 9]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['trials']:.0f} | {r['hypervolume']:.3f} | {r['dominates_uniform']:.0%} | "
-            f"{r['best_drop_2x']:.2f} | {r['best_drop_3x']:.2f} | {r['max_speedup_feasible']:.2f}x | "
-            f"{r['fine_tune_steps']:.0f} | {r['minutes']:.1f} |"
-        )
+            def med(key: str, sel: list[dict[str, Any]] = sel) -> float:
+                vals = [float(r[key]) for r in sel if not math.isnan(float(r[key]))]
+                return statistics.median(vals) if vals else math.nan
+
+            lines.append(f"| {task_name} | {method} | {med('best_speedup'):.2f}x | {med('hypervolume'):.3f} | "
+                         f"{med('fine_tune_steps'):.0f} | {med('points'):.0f} | {med('minutes'):.1f} |")
     table = "\n".join(lines)
     print()
     print(table)
-    print(f"\nhypervolume: area dominated in (accuracy drop <= {args.max_drop} points, latency / unpruned latency <= 1);"
-          " drops in percentage points (digits held-out set, 450 images: 1 image = 0.22 points)")
-    print(f"medians over seeds {args.seeds}")
-    print(f"reproduce: python scripts/bench_search.py --trials {args.trials} --samplers {' '.join(args.samplers)} "
-          f"--seeds {' '.join(map(str, args.seeds))}")
+    print(f"\nmedians over seeds {args.seeds}; speedups timed in alternation with the unpruned model at {args.target}; "
+          f"test split; hypervolume reference ({args.hv_drop} points, 1.0)")
+    print(f"reproduce: python scripts/bench_search.py --tasks {' '.join(args.tasks)} --seeds "
+          f"{' '.join(map(str, args.seeds))} --trials {args.trials} --target {args.target}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_search.json").write_text(json.dumps(rows, indent=2))
+    (args.out / "bench_search.json").write_text(json.dumps(rows, indent=2, default=float))
     (args.out / "bench_search.md").write_text(table + "\n")
 
 

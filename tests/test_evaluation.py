@@ -628,7 +628,13 @@ def test_evaluate_plain_inputs_and_no_latency() -> None:
 def test_derived_metrics() -> None:
     base = ap.Metrics(90.0, 100, 100, 400, 400, 1000, 10.0, 0.01)
     pruned = ap.Metrics(88.5, 100, 10, 400, 100, 1000, 8.0, 0.01)
-    assert derived_metrics(pruned, base) == {"accuracy_drop": 1.5, "speedup": 1.25, "compression": 4.0}
+    derived = derived_metrics(pruned, base)
+    assert {k: derived[k] for k in ("accuracy_drop", "speedup", "compression")} == {
+        "accuracy_drop": 1.5, "speedup": 1.25, "compression": 4.0
+    }
+    assert math.isnan(derived["test_accuracy_drop"])  # no test split measured
+    with_test = derived_metrics({"accuracy": 88.5, "test_accuracy": 87.0}, {"accuracy": 90.0, "test_accuracy": 89.5})
+    assert with_test["test_accuracy_drop"] == 2.5
     # from stored dicts; what cannot be computed is NaN (never 0 or inf)
     undefined = derived_metrics({"accuracy": None, "latency_ms": 0.0, "sparse_bytes": 0}, base.as_dict())
     assert all(math.isnan(v) for v in undefined.values())

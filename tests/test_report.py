@@ -104,7 +104,7 @@ def make_study(
             "speedup": 1.0 / latency,
             "compression": 80_000 / size,
             "feasible": feasible,
-            "early_rejected": False,
+            "fidelity": "full",
         }
         kwargs = {"params": params, "distributions": dists} if role == study_keys.ROLE_SEARCH else {}
         if role == study_keys.ROLE_SEARCH and i % 9 == 4:
@@ -455,3 +455,23 @@ def test_installed_cli_in_a_subprocess(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert (out / "report.html").is_file() and (out / "trials.csv").is_file()
     assert ok.stderr == ""
+
+
+def test_sensitivity_info_reads_the_scan_stored_with_the_study() -> None:
+    from autoprune.report._data import _get_sensitivity_info
+    from autoprune.sensitivity import scan_sensitivity
+    from autoprune.testing import models as zoo
+
+    model, x = zoo.get("cnn", batch_size=2)
+    layers = ap.prunable_layers(model, x)
+    sens = scan_sensitivity(model, x, layers, evaluate=lambda m: float(sum(p.numel() for p in m.parameters())),
+                            amounts=(0.5,))
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    assert _get_sensitivity_info(study).note == "the study ran no sensitivity scan"
+    study.set_user_attr("sensitivity", sens.to_dict())
+    info = _get_sensitivity_info(study)
+    structured = [i.name for i in layers if "structured" in i.methods]
+    assert info.note is None and info.units == structured
+    assert all(a == [0.0, 0.5] for a in info.amounts)
+    # the score is the parameter count here: pruning a unit alone leaves fewer
+    assert all(s[0] == info.reference_score and s[1] < s[0] for s in info.scores)

@@ -30,8 +30,13 @@ def cnn_layers() -> list[ap.LayerInfo]:
     return ap.prunable_layers(model, x)
 
 
+# The wide space these tests exercise: fine-tuning and rounding searched too (the defaults fix
+# fine-tuning at 100 steps and search rounding).
+WIDE = {"fine_tune_steps": [0, 25, 50, 100], "round_to": None}
+
+
 def _space(layers: list[ap.LayerInfo], **kw: Any) -> SearchSpace:
-    return SearchSpace(layers, SpaceConfig(**kw))
+    return SearchSpace(layers, SpaceConfig(**{**WIDE, **kw}))
 
 
 def _sampled(space: SearchSpace, n: int, seed: int = 0) -> list[tuple[dict[str, Any], Schedule]]:
@@ -126,7 +131,7 @@ def test_same_seed_same_params_other_seed_other_params(cnn_layers: list[ap.Layer
 
 def test_whole_heads_is_a_choice_only_where_attention_is_pruned() -> None:
     model, x = zoo.get("transformer")
-    space = SearchSpace(ap.prunable_layers(model, x), SpaceConfig(methods=["structured", "none"]))
+    space = SearchSpace(ap.prunable_layers(model, x), SpaceConfig(**WIDE, methods=["structured", "none"]))
     choices = set()
     for params, schedule in _sampled(space, 30, seed=1):
         reaches = any(i.heads > 0 and i.name in schedule.active_layers() for u in space.units for i in u.layers)
@@ -137,10 +142,10 @@ def test_whole_heads_is_a_choice_only_where_attention_is_pruned() -> None:
         else:
             assert schedule.attention_heads is False
     assert choices == {False, True}
-    fixed = SearchSpace(ap.prunable_layers(model, x), SpaceConfig(methods=["structured"], attention_heads=[True]))
+    fixed = SearchSpace(ap.prunable_layers(model, x), SpaceConfig(**WIDE, methods=["structured"], attention_heads=[True]))
     params, schedule = _sampled(fixed, 1)[0]
     assert "attention_heads" not in params
-    unstructured = SearchSpace(ap.prunable_layers(model, x), SpaceConfig(methods=["unstructured"]))
+    unstructured = SearchSpace(ap.prunable_layers(model, x), SpaceConfig(**WIDE, methods=["unstructured"]))
     assert all("attention_heads" not in p for p, _ in _sampled(unstructured, 5))
 
 

@@ -211,7 +211,7 @@ def test_trials_table_has_every_trial(synthetic: StudyResults) -> None:
     assert list(table.index) == list(SYNTHETIC)
     assert table.loc[6, "state"] == "FAIL"
     assert not bool(table.loc[4, "feasible"])
-    assert bool(table.loc[5, "early_rejected"])
+    assert table.loc[5, "fidelity"] == "early-rejected"  # a study made before screening
 
 
 # ---------------------------------------------------------------------------- pick rules

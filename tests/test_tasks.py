@@ -89,7 +89,7 @@ def test_fine_tune_trains_in_place_and_is_deterministic(digits_task: ap.Task) ->
 
 def test_digits_prune_and_fine_tune(digits_task: ap.Task) -> None:
     task = digits_task
-    schedule = ap.Schedule.uniform(task.model, task.example_inputs, amount=0.5, steps=2, fine_tune_steps=20)
+    schedule = ap.uniform_schedule(task.model, task.example_inputs, amount=0.5, steps=2, fine_tune_steps=20)
     pruned = ap.apply_schedule(task.model, schedule, example_inputs=task.example_inputs, fine_tune=task.fine_tune)
     assert pruned.features[0].out_channels == 8
     assert task.evaluate(pruned) > 50.0

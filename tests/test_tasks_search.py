@@ -30,7 +30,6 @@ def _spy_task(calls: list[str]) -> ap.Task:
     )
 
 
-@pytest.mark.xfail(strict=False, reason="needs study wiring: trials record test_accuracy (issue 12)")
 def test_a_search_records_test_accuracy_but_never_optimises_it(tmp_path: Path) -> None:
     calls: list[str] = []
     study = ap.search(

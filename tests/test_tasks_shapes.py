@@ -68,7 +68,7 @@ def test_trained_task_is_accurate_and_pruning_it_costs_points() -> None:
     base = task.test(task.model)  # type: ignore[misc]
     assert 85.0 <= base <= 97.0
     assert 85.0 <= task.evaluate(task.model) <= 97.0
-    schedule = ap.Schedule.uniform(
+    schedule = ap.uniform_schedule(
         task.model, task.example_inputs, amount=0.5, fine_tune_steps=STANDARD_FINE_TUNE_STEPS
     )
     pruned = ap.apply_schedule(task.model, schedule, example_inputs=task.example_inputs, fine_tune=task.fine_tune)

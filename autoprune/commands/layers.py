@@ -1,7 +1,9 @@
 """Show what a search would prune, before running one: every prunable layer or coupled group
 of the task's model (channels, channel groups, attention heads, the methods that apply, the
 largest safe amount, why structured pruning does not apply where it does not), what was
-skipped and why, and how many parameters the study config's search space samples."""
+skipped and why, and how many parameters the study config's search space samples. With
+``--sensitivity``, also the sensitivity scan the search starts with: every unit pruned alone
+at the config's amounts, BatchNorm re-estimated, validation accuracy and MACs removed."""
 
 from __future__ import annotations
 
@@ -13,6 +15,11 @@ from autoprune.config import SearchConfig, load_toml
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", metavar="STUDY.toml", help="study config: its task, task options and space")
     p.add_argument("--task", help="built-in task name (digits) or 'package.module:factory' (default: the config's)")
+    p.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="also scan each unit pruned alone (BatchNorm re-estimated, no fine-tune): accuracy and MACs per amount",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if args.task:
         cfg = cfg.merged(task=args.task, task_options={} if args.task != cfg.task else cfg.task_options)
     task = build_task(cfg)
-    analysis = analyse(task.model, task.example_inputs)
+    analysis = analyse(task.model, task.example_inputs, output=task.output)
     print(f"task {cfg.task}: {type(task.model).__name__}, {sum(p.numel() for p in task.model.parameters()):,} parameters")
     print()
     header = ("layer", "type", "channels", "groups", "heads", "members", "params", "methods", "max amount")
@@ -60,6 +67,25 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(
         f"search space ({cfg.space.granularity} granularity): {len(space.units)} units, "
-        f"{space.dimension} parameters per trial"
+        f"at most {space.dimension} parameters per trial"
     )
+    if args.sensitivity:
+        from autoprune.sensitivity import scan_sensitivity
+
+        sens = scan_sensitivity(
+            task.model,
+            task.example_inputs,
+            space,
+            evaluate=task.evaluate,
+            calibrate=task.calibrate,
+            amounts=cfg.sensitivity_amounts,
+            seed=cfg.seed,
+        )
+        print()
+        print(
+            f"sensitivity ({'BatchNorm re-estimated' if sens.calibrated else 'as pruned'}, no fine-tune; "
+            f"unpruned {sens.reference_score:.2f}; {sens.seconds:.1f} s):"
+        )
+        table = sens.table()[["unit", "method", "amount", "score", "drop", "macs_fraction"]]
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0

@@ -146,6 +146,14 @@ def write_report(
     hv_fig = _plots._get_hypervolume_plot(hv) if hv.note is None else None
     sections.append(Section("hypervolume", "Hypervolume history", hv_intro, hv_fig, hv.note))
 
+    sens = _data._get_sensitivity_info(study)
+    sens_fig = _plots._get_sensitivity_plot(sens) if sens.note is None else None
+    sens_intro = (
+        "Where pruning costs accuracy: the scan the search starts with. Its warm starts prune flat units more "
+        "and steep units less for the same MACs."
+    )
+    sections.append(Section("sensitivity", "Sensitivity per unit", sens_intro, sens_fig, sens.note))
+
     heat = _data._get_heatmap_info(study)
     heat_fig = _plots._get_heatmap_plot(heat) if heat.note is None else None
     heat_intro = "Per-layer amount of each Pareto trial: blue structured (channels removed), orange unstructured."

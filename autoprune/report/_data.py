@@ -481,3 +481,32 @@ def _get_pattern_info(
         amount=float(plan.amount) if plan is not None else 0.0,
         trial_number=chosen.number,
     )
+
+
+class _SensitivityInfo(NamedTuple):
+    """Validation accuracy of every unit pruned alone (BatchNorm re-estimated, no fine-tune)."""
+
+    units: list[str]
+    amounts: list[list[float]]
+    scores: list[list[float]]
+    reference_score: float
+    note: str | None
+
+
+def _get_sensitivity_info(study: optuna.Study) -> _SensitivityInfo:
+    from autoprune.sensitivity import Sensitivity
+
+    data = study.user_attrs.get("sensitivity")
+    if not isinstance(data, dict):
+        return _SensitivityInfo([], [], [], math.nan, "the study ran no sensitivity scan")
+    sens = Sensitivity.from_dict(data)
+    curves = [c for c in sens.curves if c.method == "structured"]
+    if not curves:
+        return _SensitivityInfo([], [], [], sens.reference_score, "no unit can be pruned structurally")
+    return _SensitivityInfo(
+        units=[c.unit for c in curves],
+        amounts=[[0.0, *c.amounts] for c in curves],
+        scores=[[sens.reference_score, *c.scores] for c in curves],
+        reference_score=sens.reference_score,
+        note=None,
+    )

@@ -12,6 +12,7 @@ from autoprune.report._data import (
     _ImportanceInfo,
     _ParetoInfo,
     _PatternInfo,
+    _SensitivityInfo,
 )
 
 if TYPE_CHECKING:
@@ -290,5 +291,30 @@ def _get_importance_plot(info: _ImportanceInfo) -> go.Figure:
         template=_TEMPLATE,
         height=max(360, 14 * len(top) * len(info.importances) + 160),
         legend={"orientation": "h", "y": -0.15},
+    )
+    return fig
+
+
+def _get_sensitivity_plot(info: _SensitivityInfo) -> go.Figure:
+    """One line per unit: validation accuracy against the amount it alone is pruned by."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for unit, amounts, scores in zip(info.units, info.amounts, info.scores, strict=True):
+        fig.add_trace(
+            go.Scatter(
+                x=[100 * a for a in amounts],
+                y=scores,
+                mode="lines+markers",
+                name=unit,
+                hovertemplate=f"{unit}<br>%{{x:.0f}}% pruned: %{{y:.2f}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title="Sensitivity<br><sup>each unit pruned alone, BatchNorm re-estimated, no fine-tune</sup>",
+        xaxis_title="structured amount (%)",
+        yaxis_title="validation accuracy",
+        template=_TEMPLATE,
+        height=420,
     )
     return fig

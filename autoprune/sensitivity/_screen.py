@@ -23,6 +23,7 @@ def screen(
     fine_tune: Callable[[nn.Module, int], None] | None = None,
     calibrate: Calibrate | None = None,
     fine_tune_steps: int = 0,
+    output: str | int | None = None,
 ) -> tuple[float, nn.Module]:
     """Score ``schedule`` cheaply: prune with ``fine_tune_steps`` per step instead of the
     schedule's own (``schedule.with_fine_tune``), re-estimate BatchNorm, evaluate.
@@ -32,7 +33,7 @@ def screen(
         MACs, size and speed are the full schedule's; only the score is a cheap estimate.
     """
     cheap = schedule.with_fine_tune(fine_tune_steps)
-    pruned = apply_schedule(model, cheap, example_inputs=example_inputs, fine_tune=fine_tune)
+    pruned = apply_schedule(model, cheap, example_inputs=example_inputs, fine_tune=fine_tune, output=output)
     if calibrate is not None:
         calibrate(pruned)
     return float(evaluate(pruned.eval())), pruned

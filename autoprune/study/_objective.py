@@ -51,21 +51,23 @@ class SearchSetup:
     cfg: SearchConfig
     layers: list[LayerInfo]
     space: SearchSpace
+    scale_notice: str | None = None  # set when the task scores fractions and is reported x100
 
     @classmethod
     def build(cls, task: Task, cfg: SearchConfig, lock: MachineLock) -> SearchSetup:
         """Run the preflight (a trace of the model: busy work, like training) once, and put
         a task that scores fractions into percent (a constraint in points then means what
         its help says)."""
+        notice = None
         with lock.busy():
-            layers = prunable_layers(task.model, task.example_inputs)
+            layers = prunable_layers(task.model, task.example_inputs, output=task.output)
             if task.scale != "percent":
                 with torch.inference_mode():
                     unpruned = float(task.evaluate(task.model))
                 task, notice = in_percent(task, unpruned)
                 if notice is not None:
                     _logger.warning(notice)
-        return cls(task, cfg, layers, SearchSpace(layers, cfg.space))
+        return cls(task, cfg, layers, SearchSpace(layers, cfg.space), notice)
 
 
 class Objective:
@@ -194,6 +196,7 @@ class Objective:
             fine_tune=self._timed_fine_tune(timings, "screen_finetune"),
             calibrate=self.task.calibrate,
             fine_tune_steps=steps,
+            output=self.task.output,
         )
         speedup = cached_speedup(
             self.meter, cheap, self.cache, budget_s=self.cfg.latency_budget_s, rel_tol=self.cfg.latency_rel_tol
@@ -217,7 +220,9 @@ class Objective:
         """A pruned copy of the task's model, fine-tuned as the schedule says."""
         fine_tune = self._timed_fine_tune(timings, "finetune") if schedule.fine_tune_steps > 0 else None
         t0 = time.perf_counter()
-        pruned = apply_schedule(self.task.model, schedule, example_inputs=self.task.example_inputs, fine_tune=fine_tune)
+        pruned = apply_schedule(
+            self.task.model, schedule, example_inputs=self.task.example_inputs, fine_tune=fine_tune, output=self.task.output
+        )
         total = time.perf_counter() - t0
         trial.set_user_attr("time_prune_s", round(total - timings["finetune"], 4))
         trial.set_user_attr("time_finetune_s", round(timings["finetune"], 4))

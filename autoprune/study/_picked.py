@@ -120,5 +120,7 @@ class PickedTrial:
                 _logger.info("final fine-tune of trial %d: %d steps", self.number, final_fine_tune_steps)
                 fine_tune(pruned, final_fine_tune_steps)
 
-        pruned = apply_schedule(model, schedule, example_inputs=task.example_inputs, fine_tune=fine_tune, on_step=final)
+        pruned = apply_schedule(
+            model, schedule, example_inputs=task.example_inputs, fine_tune=fine_tune, on_step=final, output=task.output
+        )
         return pruned.eval()

@@ -61,6 +61,8 @@ def publish_references(study: optuna.Study, setup: SearchSetup, metrics: Mapping
         return  # a second run of the unpruned trial (a heartbeat retry): references exist
     study.set_user_attr("layers", [i.as_dict() for i in setup.layers])
     study.set_user_attr("task", dict(setup.task.spec))
+    if setup.scale_notice is not None:
+        study.set_user_attr("scale_notice", setup.scale_notice)  # readers rebuild the task x100 too
     for amount in setup.cfg.reference_amounts:
         study.enqueue_trial(
             setup.space.uniform_params(amount), user_attrs={"role": ROLE_UNIFORM, "uniform_amount": amount}

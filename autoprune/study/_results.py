@@ -156,7 +156,15 @@ class StudyResults:
             spec = self.study.user_attrs.get("task")
             if not isinstance(spec, dict):
                 raise TaskError(f"study {self.study.study_name!r} records no task spec; pass `task=` or a model")
-            self._task = from_spec(spec)
+            task = from_spec(spec)
+            if self.study.user_attrs.get("scale_notice"):
+                # the search reported this fraction-valued task in percent; so do its readers
+                from dataclasses import replace
+
+                from autoprune.tasks import in_percent
+
+                task, _ = in_percent(replace(task, scale="fraction"), 0.0)
+            self._task = task
         return self._task
 
     # ------------------------------------------------------------------ tables

@@ -11,6 +11,9 @@ Study ``user_attrs``:
     ``baseline_trial``: number of the trial that measured it.
     ``layers``: preflight of the task model, a list of ``LayerInfo.as_dict()``.
     ``task``: the task spec (``Task.spec``), enough to rebuild the task.
+    ``scale_notice``: present when the task scores fractions: every accuracy in the study is
+        that score x100 (percent), and readers rebuild the task the same way.
+    ``sensitivity``: the sensitivity scan (``Sensitivity.to_dict()``), when it ran.
     ``autoprune_version``.
 
 Trial ``user_attrs``:

@@ -1,0 +1,120 @@
+"""The search's cheap stages: sensitivity scan and warm starts, screening, and the test split
+kept away from the sampler."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import optuna
+import pytest
+
+import autoprune as ap
+from autoprune.config import SearchConfig
+from autoprune.study import counted_trials, run_search
+from autoprune.study._screening import Screening
+from autoprune.study.keys import FIDELITY_FULL, FIDELITY_SCREEN, ROLE_UNIFORM, ROLE_UNPRUNED, ROLE_WARM
+
+TINY = {"width": 8, "batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def tiny_task() -> ap.Task:
+    return ap.tasks.get("digits", **TINY)
+
+
+def _cfg(tmp_path: Path, **kw: object) -> SearchConfig:
+    data: dict[str, object] = {
+        "task": "digits",
+        "task_options": dict(TINY),
+        "trials": 8,
+        "storage": f"sqlite:///{tmp_path}/s.db",
+        "study": "t",
+        "latency_budget_s": 0.05,
+        "reference_amounts": [0.5],
+        "warm_start_targets": [0.4, 0.8],
+        "report": False,
+        "space": {"fine_tune_steps": [10], "steps": [1, 2]},
+    }
+    data.update(kw)
+    return SearchConfig.from_dict(data)
+
+
+# ---------------------------------------------------------------------------- the promotion rule
+def _rule(pairs: list[tuple[float, float]], front: list[tuple[int, float, float]] | None = None) -> Screening:
+    return Screening(pairs=pairs, front=front or [], baseline_accuracy=99.0, max_drop=1.0, margin=0.5)
+
+
+def test_without_calibration_pairs_everything_is_promoted() -> None:
+    decision = _rule([(90.0, 98.0)]).decide(10.0, 5.0)
+    assert decision.promote and "fewer than 2" in decision.reason
+
+
+def test_recovered_share_and_margin_are_computed_from_the_pairs() -> None:
+    # cheap drops 4 and 8 points, recovered 3 and 4: shares 0.75 and 0.5; residuals around
+    # the median share 0.625: 0.5 and -1.0 (pstdev 0.75 needs 3 pairs: here only 2)
+    rule = _rule([(95.0, 98.0), (91.0, 95.0)])
+    assert rule.recovery == (0.75, 0.5)
+    # a trial that lost 4 points cheaply is credited 3 + 0.5: 98.5 >= 98 -> promoted
+    assert rule.decide(95.0, 2.0).promote
+    # one that lost 6 is credited 4.5 + 0.5: 98.0 reachable, exactly the constraint -> promoted
+    assert rule.decide(93.0, 2.0).promote
+    # one that lost 8 reaches at most 97.5: it cannot meet the 1-point constraint
+    decision = rule.decide(91.0, 2.0)
+    assert not decision.promote and "constraint needs 98.00" in decision.reason
+
+
+def test_a_trial_dominated_by_the_front_is_screened_out() -> None:
+    rule = _rule([(95.0, 98.0), (91.0, 95.0)], front=[(3, 99.5, 2.5)])
+    decision = rule.decide(98.5, 2.0)  # at most 98.5 + 0.375 + 0.5 = 99.375 < 99.5, and slower
+    assert not decision.promote and "trial 3" in decision.reason
+    assert rule.decide(98.5, 2.5).promote  # as fast as the front trial: not dominated
+    assert rule.decide(99.2, 2.0).promote  # 99.7 reachable: could beat the front trial's accuracy
+
+
+# ---------------------------------------------------------------------------- in a search
+@pytest.mark.slow
+def test_scan_warm_starts_and_screening_in_a_search(tmp_path: Path, tiny_task: ap.Task) -> None:
+    study = run_search(_cfg(tmp_path, trials=10), tiny_task)
+    assert len(counted_trials(study)) == 10
+    sens = study.user_attrs["sensitivity"]
+    assert sens["calibrated"] is True and sens["curves"]
+    roles = [t.user_attrs.get("role") for t in sorted(study.trials, key=lambda t: t.number)]
+    assert roles[0] == ROLE_UNPRUNED and roles[1] == ROLE_UNIFORM
+    assert ROLE_WARM in roles[2:4]
+    S = optuna.trial.TrialState
+    for t in study.trials:
+        if t.state == S.COMPLETE:
+            assert t.user_attrs["fidelity"] == FIDELITY_FULL
+            assert 0 <= t.user_attrs["test_accuracy"] <= 100  # digits has a test split
+            assert t.user_attrs["speedup"] > 0 and "speedup_low" in t.user_attrs
+            if t.user_attrs["role"] != ROLE_UNPRUNED:
+                assert "screen_accuracy" in t.user_attrs  # every reference is screened too
+                assert t.user_attrs["fine_tune_steps_spent"] == (
+                    t.user_attrs["screen_fine_tune_steps"] + 10 * ap.Schedule.from_json(t.user_attrs["schedule"]).steps
+                )
+        elif t.state == S.PRUNED:
+            assert t.user_attrs["fidelity"] == FIDELITY_SCREEN and t.user_attrs["screen_reason"].startswith("screened")
+    front = ap.load_study("t", f"sqlite:///{tmp_path}/s.db").pareto_trials()
+    assert front and all(t.user_attrs["fidelity"] == FIDELITY_FULL for t in front)
+
+
+@pytest.mark.slow
+def test_the_test_split_never_reaches_the_sampler(tmp_path: Path, tiny_task: ap.Task) -> None:
+    """Same seed with and without a test split: the same parameters and values, trial by
+    trial, so nothing the sampler saw depended on the test score."""
+    cfg = _cfg(tmp_path, objectives=["accuracy", "macs"], trials=6)
+    calls: list[float] = []
+    assert tiny_task.test is not None
+    test = tiny_task.test
+
+    def spy(model: object) -> float:
+        calls.append(1.0)
+        return test(model)  # type: ignore[arg-type]
+
+    with_test = run_search(cfg, dataclasses.replace(tiny_task, test=spy))
+    without = run_search(cfg.merged(study="u"), dataclasses.replace(tiny_task, test=None))
+    assert [(t.params, t.values) for t in with_test.trials] == [(t.params, t.values) for t in without.trials]
+    complete = [t for t in with_test.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(calls) == len(complete)  # once per full-fidelity trial, after its validation
+    assert all("test_accuracy" not in t.user_attrs for t in without.trials)
