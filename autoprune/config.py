@@ -97,6 +97,7 @@ class SpaceConfig:
     global_unstructured: list[bool] = field(default_factory=lambda: [False, True])
     round_to: int | list[int] | None = field(default_factory=lambda: [1, 8])
     attention_heads: list[bool] = field(default_factory=lambda: [False, True])
+    distill: list[bool] = field(default_factory=lambda: [False])
     ignore: list[str] = field(default_factory=list)
     parametrization: str = "unit"
     offset_range: float = 0.1
@@ -147,6 +148,8 @@ class SpaceConfig:
             )
         if not isinstance(self.ignore, list) or not all(isinstance(i, str) for i in self.ignore):
             raise _fail("space.ignore", self.ignore, "a list of layer paths")
+        if not self.distill or any(not isinstance(d, bool) for d in self.distill):
+            raise _fail("space.distill", self.distill, "a non-empty subset of [false, true]")
         if self.parametrization not in PARAMETRIZATIONS:
             raise _fail("space.parametrization", self.parametrization, ", ".join(PARAMETRIZATIONS))
         if not _num(self.offset_range) or not 0 <= self.offset_range < 1:
@@ -209,7 +212,7 @@ class SearchConfig:
         if bad:
             raise ConfigError(f"unknown key(s) {bad} in [space] of {source}; allowed: {sorted(space_known)}")
         space = dict(space)
-        for key in ("methods", "shapes", "importance", "norms", "global_unstructured", "fine_tune_steps", "attention_heads"):
+        for key in ("methods", "shapes", "importance", "norms", "global_unstructured", "fine_tune_steps", "attention_heads", "distill"):
             if key in space and not isinstance(space[key], list):
                 space[key] = [space[key]]  # a single value fixes the choice
         if "steps" in space and isinstance(space["steps"], int):

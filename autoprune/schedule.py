@@ -149,6 +149,9 @@ class Schedule:
             layer coupled to it through the residual stream.
         ignore: layer paths that are never touched, whatever ``layers`` says.
         seed: seed for the random parts (random importance, tie breaks).
+        distill: fine-tune with the task's ``distill_fine_tune`` (a distillation term from
+            the unpruned model) instead of its plain ``fine_tune``. The executor does not read
+            it; whoever passes ``fine_tune`` does (the search, ``PickedTrial.apply``).
 
     Example:
         >>> s = Schedule(layers={"features.0": LayerPlan("structured", 0.5)}, steps=3, shape="cubic")
@@ -166,6 +169,7 @@ class Schedule:
     ignore: tuple[str, ...] = ()
     seed: int = 0
     attention_heads: bool = False
+    distill: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.layers, Mapping):
@@ -200,6 +204,8 @@ class Schedule:
             raise ScheduleError(f"`importance` must be one of {IMPORTANCES}, but got importance={self.importance!r}.")
         if not isinstance(self.attention_heads, bool):
             raise ScheduleError(f"`attention_heads` must be a bool, but got {self.attention_heads!r}.")
+        if not isinstance(self.distill, bool):
+            raise ScheduleError(f"`distill` must be a bool, but got {self.distill!r}.")
         if not isinstance(self.global_unstructured, bool):
             raise ScheduleError(f"`global_unstructured` must be a bool, but got {self.global_unstructured!r}.")
         if self.round_to is not None and (
@@ -245,6 +251,8 @@ class Schedule:
             sched += f", round {self.round_to}"
         if self.attention_heads and any(p.method == "structured" for p in active.values()):
             sched += ", whole heads"
+        if self.distill and self.fine_tune_steps:
+            sched += ", distill"
         return ", ".join(parts) + "; " + sched
 
     # ------------------------------------------------------------------ builders
@@ -326,6 +334,8 @@ class Schedule:
             "ignore": list(self.ignore),
             "seed": self.seed,
             "attention_heads": self.attention_heads,
+            # only when set: schedules without distillation keep the JSON they always had
+            **({"distill": True} if self.distill else {}),
         }
 
     def __hash__(self) -> int:

@@ -284,6 +284,7 @@ class SearchSpace:
         round_to = ask.categorical("round_to", c.round_to_choices) if structured else c.round_to_choices[0]
         heads = any(info.heads > 0 and info.name in structured for u in self.units for info in u.layers)
         attention_heads = ask.categorical("attention_heads", self._head_choices) if heads else self._head_choices[0]
+        distill = ask.categorical("distill", list(c.distill)) if fine_tune_steps > 0 else False
         global_choices = list(c.global_unstructured)
         global_unstructured = (
             ask.categorical("global_unstructured", global_choices) if unstructured_weights >= 2 else global_choices[0]
@@ -297,6 +298,7 @@ class SearchSpace:
             global_unstructured=global_unstructured,
             round_to=None if round_to == 1 else round_to,
             attention_heads=attention_heads,
+            distill=distill,
             ignore=tuple(c.ignore),
             seed=seed,
         )
@@ -371,6 +373,7 @@ class SearchSpace:
             "round_to": schedule.round_to,
             "attention_heads": schedule.attention_heads,
             "global_unstructured": schedule.global_unstructured,
+            "distill": schedule.distill,
         }
         prefs = self._whole_schedule_prefs(options)
         if self.config.parametrization == "sensitivity":

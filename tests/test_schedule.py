@@ -259,3 +259,13 @@ def test_with_fine_tune_keeps_the_pruning() -> None:
     assert s.fine_tune_budget == 4 * 25 and cheap.fine_tune_budget == 4 * 5
     with pytest.raises(ap.ScheduleError, match="fine_tune_steps >= 0"):
         s.with_fine_tune(-1)
+
+
+def test_distill_round_trips_and_stays_out_of_the_json_when_off() -> None:
+    plain = ap.Schedule(layers={"conv": ap.LayerPlan("structured", 0.5)}, fine_tune_steps=10)
+    assert "distill" not in plain.to_json()  # older readers see the same JSON as before
+    distilled = dataclasses.replace(plain, distill=True)
+    assert ap.Schedule.from_json(distilled.to_json()) == distilled != plain
+    assert distilled.summary().endswith(", distill")
+    with pytest.raises(ap.ScheduleError, match="`distill` must be a bool, but got 'yes'"):
+        ap.Schedule(distill="yes")  # type: ignore[arg-type]

@@ -323,3 +323,18 @@ def test_space_config_fields_and_toml_example_agree() -> None:
         SearchConfig.from_dict({"space": {"parametrization": "greedy"}})
     with pytest.raises(ap.ConfigError, match="space.offset_range = 1.5"):
         SearchConfig.from_dict({"space": {"offset_range": 1.5}})
+
+
+def test_distill_is_a_choice_only_when_asked_and_fine_tuned(cnn_layers: list[ap.LayerInfo]) -> None:
+    assert all("distill" not in p and not s.distill for p, s in _sampled(_space(cnn_layers), 20))
+    space = _space(cnn_layers, distill=[False, True])
+    seen = set()
+    for params, schedule in _sampled(space, 40, seed=3):
+        assert ("distill" in params) == (schedule.fine_tune_steps > 0)
+        assert schedule.distill is params.get("distill", False)
+        seen.add(schedule.distill)
+        assert space.schedule_from_params(params, seed=schedule.seed) == schedule
+        assert space.schedule_from_params(space.params_for(schedule), seed=schedule.seed) == schedule
+    assert seen == {False, True}
+    with pytest.raises(ap.ConfigError, match=r"space.distill = \[\]"):
+        SearchConfig.from_dict({"space": {"distill": []}})

@@ -118,3 +118,31 @@ def test_the_test_split_never_reaches_the_sampler(tmp_path: Path, tiny_task: ap.
     complete = [t for t in with_test.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(calls) == len(complete)  # once per full-fidelity trial, after its validation
     assert all("test_accuracy" not in t.user_attrs for t in without.trials)
+
+
+def _loader_task(distill: tuple[float, float] | None) -> ap.Task:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+    return ap.Task.from_loaders(model.eval(), train=loader, val=loader, distill=distill, name="toy")
+
+
+def test_distillation_is_searched_where_the_task_can_distill(tmp_path: Path) -> None:
+    space = {"fine_tune_steps": [2], "steps": [1, 1], "distill": [False, True], "round_to": None}
+    cfg = SearchConfig.from_dict(
+        {"task": "toy", "trials": 6, "storage": f"sqlite:///{tmp_path}/d.db", "study": "d", "report": False,
+         "latency_budget_s": 0.05, "reference_amounts": [], "sensitivity": False, "screening": False,
+         "space": space, "sampler": "random"}
+    )
+    study = run_search(cfg, _loader_task((1.0, 2.0)))
+    searched = [t for t in study.trials if t.user_attrs.get("role") == "search"]
+    assert {t.params["distill"] for t in searched} == {False, True}
+    assert all(ap.Schedule.from_json(t.user_attrs["schedule"]).distill is t.params["distill"] for t in searched)
+    with pytest.raises(ap.ConfigError, match=r"space.distill = \[False, True\]; allowed for task 'toy': \[false\]"):
+        run_search(cfg.merged(study="e"), _loader_task(None))

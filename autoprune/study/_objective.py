@@ -22,7 +22,7 @@ import optuna
 import torch
 from torch import nn
 
-from autoprune._errors import AutopruneError
+from autoprune._errors import AutopruneError, ConfigError
 from autoprune._lock import MachineLock
 from autoprune.config import SearchConfig
 from autoprune.evaluation import LatencyCache, SpeedupMeter, Target, cached_speedup, derived_metrics, evaluate
@@ -58,6 +58,11 @@ class SearchSetup:
         """Run the preflight (a trace of the model: busy work, like training) once, and put
         a task that scores fractions into percent (a constraint in points then means what
         its help says)."""
+        if cfg.space.distill != [False] and task.distill_fine_tune is None:
+            raise ConfigError(
+                f"invalid space.distill = {cfg.space.distill}; allowed for task {task.name!r}: [false] "
+                "(it has no distill_fine_tune; Task.from_loaders(..., distill=(weight, temperature)) gives one)"
+            )
         notice = None
         with lock.busy():
             layers = prunable_layers(task.model, task.example_inputs, output=task.output)
@@ -193,7 +198,7 @@ class Objective:
             schedule,
             example_inputs=self.task.example_inputs,
             evaluate=self.task.evaluate,
-            fine_tune=self._timed_fine_tune(timings, "screen_finetune"),
+            fine_tune=self._timed_fine_tune(timings, "screen_finetune", distill=schedule.distill),
             calibrate=self.task.calibrate,
             fine_tune_steps=steps,
             output=self.task.output,
@@ -218,7 +223,9 @@ class Objective:
 
     def prune(self, trial: optuna.Trial, schedule: Schedule, timings: dict[str, float]) -> nn.Module:
         """A pruned copy of the task's model, fine-tuned as the schedule says."""
-        fine_tune = self._timed_fine_tune(timings, "finetune") if schedule.fine_tune_steps > 0 else None
+        fine_tune = (
+            self._timed_fine_tune(timings, "finetune", distill=schedule.distill) if schedule.fine_tune_steps > 0 else None
+        )
         t0 = time.perf_counter()
         pruned = apply_schedule(
             self.task.model, schedule, example_inputs=self.task.example_inputs, fine_tune=fine_tune, output=self.task.output
@@ -279,10 +286,12 @@ class Objective:
         return tuple(float(metrics[OBJECTIVES[o][0]]) for o in self.cfg.objectives)
 
     # ------------------------------------------------------------------ helpers
-    def _timed_fine_tune(self, timings: dict[str, float], key: str) -> Callable[[nn.Module, int], None] | None:
-        if self.task.fine_tune is None:
+    def _timed_fine_tune(
+        self, timings: dict[str, float], key: str, *, distill: bool = False
+    ) -> Callable[[nn.Module, int], None] | None:
+        fine_tune = self.task.distill_fine_tune if distill else self.task.fine_tune
+        if fine_tune is None:
             return None
-        fine_tune = self.task.fine_tune
 
         def run(model: nn.Module, steps: int) -> None:
             t = time.perf_counter()

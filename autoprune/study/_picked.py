@@ -110,9 +110,11 @@ class PickedTrial:
         if final_fine_tune_steps < 0:
             raise ConfigError(f"`final_fine_tune_steps >= 0` must hold, but got {final_fine_tune_steps=}.")
         needs_tuning = schedule.fine_tune_steps > 0 or final_fine_tune_steps > 0
-        if needs_tuning and task.fine_tune is None:
-            raise TaskError(f"task {task.name!r} cannot fine-tune; pass fine_tune_steps=0 and no final fine-tune")
-        fine_tune = task.fine_tune
+        # a trial that fine-tuned with distillation is re-applied with it
+        fine_tune = task.distill_fine_tune if schedule.distill else task.fine_tune
+        if needs_tuning and fine_tune is None:
+            what = "fine-tune with distillation" if schedule.distill else "fine-tune"
+            raise TaskError(f"task {task.name!r} cannot {what}; pass fine_tune_steps=0 and no final fine-tune")
 
         def final(pruned: nn.Module, step: int, steps: int) -> None:
             # After the last step, while unstructured masks are still on: zeros stay zero.
