@@ -98,6 +98,7 @@ class SpaceConfig:
     round_to: int | list[int] | None = field(default_factory=lambda: [1, 8])
     attention_heads: list[bool] = field(default_factory=lambda: [False, True])
     distill: list[bool] = field(default_factory=lambda: [False])
+    fine_tune_per_trial: bool = True
     ignore: list[str] = field(default_factory=list)
     parametrization: str = "unit"
     offset_range: float = 0.1
@@ -148,6 +149,8 @@ class SpaceConfig:
             )
         if not isinstance(self.ignore, list) or not all(isinstance(i, str) for i in self.ignore):
             raise _fail("space.ignore", self.ignore, "a list of layer paths")
+        if not isinstance(self.fine_tune_per_trial, bool):
+            raise _fail("space.fine_tune_per_trial", self.fine_tune_per_trial, "true or false")
         if not self.distill or any(not isinstance(d, bool) for d in self.distill):
             raise _fail("space.distill", self.distill, "a non-empty subset of [false, true]")
         if self.parametrization not in PARAMETRIZATIONS:
@@ -177,10 +180,10 @@ class SearchConfig:
     seed: int = 0
     target: str = "cpu"
     storage: str = DEFAULT_STORAGE
-    reference_amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    reference_amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9])
     sensitivity: bool = True
     sensitivity_amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
-    warm_start_targets: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7, 0.85])
+    warm_start_targets: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.9, 0.95])
     screening: bool = True
     screen_fraction: float = 0.2
     screen_margin: float = 0.5

@@ -293,7 +293,9 @@ class SearchSpace:
             layers={name: LayerPlan(method=m, amount=a, norm=norm) for name, (m, a) in plans.items()},  # type: ignore[arg-type]
             steps=steps,
             shape=shape,
-            fine_tune_steps=fine_tune_steps,
+            # per trial: the budget is split evenly over the pruning steps (one fine-tune
+            # budget per trial, whatever its steps); per step: each step gets all of it
+            fine_tune_steps=fine_tune_steps // steps if c.fine_tune_per_trial else fine_tune_steps,
             importance=importance,
             global_unstructured=global_unstructured,
             round_to=None if round_to == 1 else round_to,
@@ -357,6 +359,15 @@ class SearchSpace:
             prefs["round_to"] = 1
         return prefs
 
+    def _budget_choice(self, schedule: Schedule) -> int:
+        """The ``fine_tune_steps`` choice that gives the schedule its per-step fine-tuning."""
+        if not self.config.fine_tune_per_trial:
+            return schedule.fine_tune_steps
+        for choice in self.config.fine_tune_steps:
+            if choice // schedule.steps == schedule.fine_tune_steps:
+                return choice
+        return schedule.fine_tune_steps * schedule.steps  # not in the space: params_for says so
+
     def _params_of_schedule(self, schedule: Schedule) -> dict[str, Any]:
         amounts: dict[str, float] = {}
         for unit in self.units:
@@ -365,7 +376,7 @@ class SearchSpace:
                 amounts[unit.key] = max(p.amount for p in plans)
         norms = {p.norm for p in schedule.active_layers().values()}
         options = {
-            "fine_tune_steps": schedule.fine_tune_steps,
+            "fine_tune_steps": self._budget_choice(schedule),
             "steps": schedule.steps,
             "shape": schedule.shape,
             "importance": schedule.importance,

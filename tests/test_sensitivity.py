@@ -49,7 +49,7 @@ def _calibrate(x: torch.Tensor) -> Any:
 @pytest.fixture(scope="module")
 def scanned(digits_task: ap.Task) -> tuple[SearchSpace, Sensitivity, dict[str, int]]:
     model, x = digits_task.model, digits_task.example_inputs
-    space = SearchSpace(ap.prunable_layers(model, x), SpaceConfig(fine_tune_steps=[0, 25, 50, 100], round_to=None))
+    space = SearchSpace(ap.prunable_layers(model, x), SpaceConfig(fine_tune_steps=[0, 25, 50, 100], round_to=None, fine_tune_per_trial=False))
     calls = {"calibrate": 0, "evaluate": 0, "speedup": 0}
     calibrate = _calibrate(x)
 
@@ -267,7 +267,7 @@ def test_warm_starts_are_enqueue_ready(scanned: tuple[SearchSpace, Sensitivity, 
 # ---------------------------------------------------------------------------- screening
 def test_screen_is_cheap_and_keeps_the_architecture(digits_task: ap.Task) -> None:
     model, x = digits_task.model, digits_task.example_inputs
-    space = SearchSpace(ap.prunable_layers(model, x), SpaceConfig(fine_tune_steps=[0, 25, 50, 100], round_to=None))
+    space = SearchSpace(ap.prunable_layers(model, x), SpaceConfig(fine_tune_steps=[0, 25, 50, 100], round_to=None, fine_tune_per_trial=False))
     schedule = space.schedule_from_params(space.params_for({"features.3": 0.5}, fine_tune_steps=100, steps=2))
     steps_seen: list[int] = []
 

@@ -32,7 +32,7 @@ def cnn_layers() -> list[ap.LayerInfo]:
 
 # The wide space these tests exercise: fine-tuning and rounding searched too (the defaults fix
 # fine-tuning at 100 steps and search rounding).
-WIDE = {"fine_tune_steps": [0, 25, 50, 100], "round_to": None}
+WIDE = {"fine_tune_steps": [0, 25, 50, 100], "round_to": None, "fine_tune_per_trial": False}
 
 
 def _space(layers: list[ap.LayerInfo], **kw: Any) -> SearchSpace:
@@ -338,3 +338,13 @@ def test_distill_is_a_choice_only_when_asked_and_fine_tuned(cnn_layers: list[ap.
     assert seen == {False, True}
     with pytest.raises(ap.ConfigError, match=r"space.distill = \[\]"):
         SearchConfig.from_dict({"space": {"distill": []}})
+
+
+def test_a_per_trial_budget_is_split_over_the_steps(cnn_layers: list[ap.LayerInfo]) -> None:
+    space = SearchSpace(cnn_layers, SpaceConfig(fine_tune_steps=[90], steps=[1, 3], round_to=None))
+    seen = set()
+    for _params, schedule in _sampled(space, 30, seed=2):
+        assert schedule.fine_tune_steps == 90 // schedule.steps  # 90, 45 or 30: every trial costs 90
+        assert space.schedule_from_params(space.params_for(schedule), seed=schedule.seed) == schedule
+        seen.add(schedule.steps)
+    assert seen == {1, 2, 3}

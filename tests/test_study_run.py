@@ -484,6 +484,8 @@ def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
             latency_budget_s = 0.05
             reference_amounts = []
             report = false
+            sensitivity = false
+            screening = false
             [task_options]
             width = 8
             batch_size = 16
