@@ -103,10 +103,21 @@ def test_speedup_record_round_trips_and_reports_its_half_width() -> None:
 
 
 # ---------------------------------------------------------------------------- measurement
+def _covers_one(measure: Callable[[], Speedup], tries: int = 3) -> Speedup:
+    """A 95% interval misses the truth 1 time in 20 by construction (more on a loaded
+    machine): up to ``tries`` independent measurements, the first that covers 1.0, which
+    every one must be near."""
+    for _ in range(tries):
+        s = measure()
+        assert s.ratio == pytest.approx(1.0, rel=0.1)
+        if s.low <= 1.0 <= s.high:
+            return s
+    raise AssertionError(f"no interval of {tries} covered 1.0; the last: {s}")
+
+
 def test_a_model_against_itself_is_one_within_its_interval() -> None:
     model, x = zoo.get("cnn", batch_size=4)
-    s = measure_speedup(model, model, x, target=TARGET, budget_s=1.0)
-    assert s.low <= 1.0 <= s.high
+    s = _covers_one(lambda: measure_speedup(model, model, x, target=TARGET, budget_s=1.0))
     assert s.low <= s.ratio <= s.high
     assert s.rounds >= 3 and s.model_ms > 0 and s.reference_ms > 0
     assert s.target == TARGET and not s.cached
@@ -290,8 +301,9 @@ def test_compile_outputs_match_eager() -> None:
 def test_speedup_on_onnxruntime_of_a_model_against_itself() -> None:
     pytest.importorskip("onnxruntime")
     model, x = zoo.get("cnn", batch_size=2)
-    s = measure_speedup(model, model, x, target="cpu:threads=1,backend=onnxruntime", budget_s=0.5)
-    assert s.low <= 1.0 <= s.high and s.target == "cpu:threads=1,backend=onnxruntime"
+    target = "cpu:threads=1,backend=onnxruntime"
+    s = _covers_one(lambda: measure_speedup(model, model, x, target=target, budget_s=0.5))
+    assert s.target == target
 
 
 def test_missing_onnxruntime_is_one_line_saying_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
