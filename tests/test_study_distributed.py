@@ -17,11 +17,15 @@ from autoprune.study.keys import ROLE_UNPRUNED
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
+# The distribution machinery, not the search's cheap stages (tested on their own): no
+# sensitivity warm starts or screening, so every trial is a plain search trial.
 CONFIG = """
 task = "digits"
 latency_budget_s = 0.05
 reference_amounts = []
 report = false
+sensitivity = false
+screening = false
 [task_options]
 width = 8
 batch_size = 16
