@@ -183,14 +183,17 @@ def test_same_seed_same_schedules(tmp_path: Path, tiny_task: ap.Task) -> None:
     assert sum(int((p != 0).sum()) for p in pruned.parameters()) == t.user_attrs["nonzero_params"]
 
 
+# A cached speedup is reused only when its interval met latency_rel_tol: on one thread (the
+# thread clock) with half a second, a loose tolerance is always met, so reruns get the same values
+REUSABLE: dict[str, object] = {"latency_budget_s": 0.5, "latency_rel_tol": 0.99, "target": "cpu:threads=1"}
+
+
 def test_same_seed_same_schedules_with_the_default_sampler(tmp_path: Path, tiny_task: ap.Task) -> None:
     # TPE learns from measured latencies, which are noisy; the latency cache shared by the
     # studies of a folder hands the rerun the same latencies, so it suggests the same schedules
-    # also after TPE's start-up trials (10 trials: 5 start-up, the rest from the model). A
-    # cached speedup is reused only when its interval met latency_rel_tol; these tiny budgets
-    # converge only with a loose tolerance
-    a = run_search(_cfg(tmp_path, study="a", seed=5, trials=10, sampler="tpe", latency_budget_s=0.5, latency_rel_tol=0.5), tiny_task)
-    b = run_search(_cfg(tmp_path, study="b", seed=5, trials=10, sampler="tpe", latency_budget_s=0.5, latency_rel_tol=0.5), tiny_task)
+    # also after TPE's start-up trials (10 trials: 5 start-up, the rest from the model)
+    a = run_search(_cfg(tmp_path, study="a", seed=5, trials=10, sampler="tpe", **REUSABLE), tiny_task)
+    b = run_search(_cfg(tmp_path, study="b", seed=5, trials=10, sampler="tpe", **REUSABLE), tiny_task)
     assert len(a.trials) == len(b.trials) == 11
     assert _schedules(a) == _schedules(b)
     assert [t.values for t in a.trials] == [t.values for t in b.trials]
@@ -212,14 +215,14 @@ def test_constant_liar_changes_nothing_for_one_worker(
     # other running trial, so it must suggest exactly what TPE without the liar suggests
     from autoprune.study import _storage
 
-    liar = run_search(_cfg(tmp_path, study="liar", seed=2, trials=9, sampler="tpe", latency_budget_s=0.5, latency_rel_tol=0.5), tiny_task)
+    liar = run_search(_cfg(tmp_path, study="liar", seed=2, trials=9, sampler="tpe", **REUSABLE), tiny_task)
     assert _storage._make_sampler(_cfg(tmp_path, sampler="tpe"), 0)._constant_liar  # type: ignore[attr-defined]
     plain = optuna.samplers.TPESampler
     monkeypatch.setattr(
         optuna.samplers, "TPESampler", lambda **kw: plain(**{**kw, "constant_liar": False})
     )
     assert not _storage._make_sampler(_cfg(tmp_path, sampler="tpe"), 0)._constant_liar  # type: ignore[attr-defined]
-    honest = run_search(_cfg(tmp_path, study="honest", seed=2, trials=9, sampler="tpe", latency_budget_s=0.5, latency_rel_tol=0.5), tiny_task)
+    honest = run_search(_cfg(tmp_path, study="honest", seed=2, trials=9, sampler="tpe", **REUSABLE), tiny_task)
     assert _schedules(liar) == _schedules(honest)
 
 
