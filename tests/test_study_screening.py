@@ -90,8 +90,10 @@ def test_scan_warm_starts_and_screening_in_a_search(tmp_path: Path, tiny_task: a
             assert t.user_attrs["speedup"] > 0 and "speedup_low" in t.user_attrs
             if t.user_attrs["role"] != ROLE_UNPRUNED:
                 assert "screen_accuracy" in t.user_attrs  # every reference is screened too
+                schedule = ap.Schedule.from_json(t.user_attrs["schedule"])
+                assert schedule.fine_tune_steps == 10 // schedule.steps  # one budget per trial
                 assert t.user_attrs["fine_tune_steps_spent"] == (
-                    t.user_attrs["screen_fine_tune_steps"] + 10 * ap.Schedule.from_json(t.user_attrs["schedule"]).steps
+                    t.user_attrs["screen_fine_tune_steps"] + schedule.fine_tune_steps * schedule.steps
                 )
         elif t.state == S.PRUNED:
             assert t.user_attrs["fidelity"] == FIDELITY_SCREEN and t.user_attrs["screen_reason"].startswith("screened")
