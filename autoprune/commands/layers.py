@@ -70,17 +70,9 @@ def run(args: argparse.Namespace) -> int:
         f"at most {space.dimension} parameters per trial"
     )
     if args.sensitivity:
-        from autoprune.sensitivity import scan_sensitivity
+        from autoprune.study import scan_task
 
-        sens = scan_sensitivity(
-            task.model,
-            task.example_inputs,
-            space,
-            evaluate=task.evaluate,
-            calibrate=task.calibrate,
-            amounts=cfg.sensitivity_amounts,
-            seed=cfg.seed,
-        )
+        sens = scan_task(task, space, cfg)
         print()
         print(
             f"sensitivity ({'BatchNorm re-estimated' if sens.calibrated else 'as pruned'}, no fine-tune; "

@@ -7,7 +7,7 @@ In the order of the data flow, one job per module:
 - ``_storage``: the Optuna storage, creating or joining a study, counting its trials.
 - ``_objective``: one trial (schedule, prune, measure, record), with the SearchSpace and
   the preflight built once per process (:class:`SearchSetup`).
-- ``_references``: the unpruned baseline and the uniform reference schedules.
+- ``_references``: the unpruned baseline, the uniform references, the sensitivity scan and its warm starts.
 - ``_run``: :func:`search` and :func:`run_search`: references first, then the trial loop.
 - ``_workers``: local worker processes.
 - ``_progress``: the progress bar.
@@ -21,12 +21,14 @@ from __future__ import annotations
 from autoprune.study import keys
 from autoprune.study._objective import Objective, SearchSetup
 from autoprune.study._picked import PickedTrial
+from autoprune.study._references import scan_task
 from autoprune.study._results import DEFAULT_STORAGE, MINIMIZE_KEYS, StudyResults, load_study
 from autoprune.study._run import build_task, run_search, search
 from autoprune.study._storage import check_joinable, counted_trials, make_storage, open_study, stored_config
 from autoprune.study._table import trials_table
 
 __all__ = [
+    "scan_task",
     "DEFAULT_STORAGE",
     "MINIMIZE_KEYS",
     "Objective",

@@ -18,9 +18,14 @@ from autoprune._errors import AutopruneError
 from autoprune.study.keys import BASELINE_METRICS, ROLE_UNIFORM, ROLE_UNPRUNED, ROLE_WARM
 
 if TYPE_CHECKING:
+    from autoprune.config import SearchConfig
+    from autoprune.sensitivity import Sensitivity
+    from autoprune.space import SearchSpace
     from autoprune.study._objective import SearchSetup
+    from autoprune.tasks import Task
 
-__all__ = ["DUPLICATE", "enqueue_unpruned", "publish_references", "unpruned_trials", "wait_for_baseline"]
+__all__ = [
+    "scan_task","DUPLICATE", "enqueue_unpruned", "publish_references", "unpruned_trials", "wait_for_baseline"]
 
 DUPLICATE = "duplicate unpruned reference"
 BASELINE_WAIT_S = 900.0
@@ -74,16 +79,13 @@ def publish_references(study: optuna.Study, setup: SearchSetup, metrics: Mapping
     study.set_user_attr("baseline", {k: metrics[k] for k in BASELINE_METRICS if k in metrics})
 
 
-def _warm_starts(study: optuna.Study, setup: SearchSetup) -> list[dict[str, Any]]:
-    """Scan every unit's sensitivity (pruned alone, BatchNorm re-estimated, no fine-tune),
-    store it in the study, and return the sensitivity-greedy allocations of the configured
-    MACs targets as trial parameters (those the uniform references already run are left out)."""
-    from autoprune.sensitivity import macs_meter, scan_sensitivity, warm_starts
+def scan_task(task: Task, space: SearchSpace, cfg: SearchConfig) -> Sensitivity:
+    """The sensitivity scan a study with ``cfg`` runs on ``task`` (validation scores,
+    BatchNorm re-estimated with the task's ``calibrate``), as ``autoprune layers
+    --sensitivity`` shows it."""
+    from autoprune.sensitivity import scan_sensitivity
 
-    cfg, task, space = setup.cfg, setup.task, setup.space
-    if not cfg.sensitivity or not any(u.supports("structured") for u in space.units):
-        return []
-    sens = scan_sensitivity(
+    return scan_sensitivity(
         task.model,
         task.example_inputs,
         space,
@@ -92,6 +94,18 @@ def _warm_starts(study: optuna.Study, setup: SearchSetup) -> list[dict[str, Any]
         amounts=cfg.sensitivity_amounts,
         seed=cfg.seed,
     )
+
+
+def _warm_starts(study: optuna.Study, setup: SearchSetup) -> list[dict[str, Any]]:
+    """Scan every unit's sensitivity (pruned alone, BatchNorm re-estimated, no fine-tune),
+    store it in the study, and return the sensitivity-greedy allocations of the configured
+    MACs targets as trial parameters (those the uniform references already run are left out)."""
+    from autoprune.sensitivity import macs_meter, warm_starts
+
+    cfg, task, space = setup.cfg, setup.task, setup.space
+    if not cfg.sensitivity or not any(u.supports("structured") for u in space.units):
+        return []
+    sens = scan_task(task, space, cfg)
     study.set_user_attr("sensitivity", sens.to_dict())
     uniform = [setup.space.uniform_params(a) for a in cfg.reference_amounts]
     params = warm_starts(
