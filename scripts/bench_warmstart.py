@@ -84,7 +84,8 @@ def main() -> None:
                         "target": target,
                         "method": name,
                         "macs_removed": round(1 - count_macs(pruned, x) / base_macs, 4),
-                        "accuracy": task.evaluate(pruned),
+                        # the scan chose on validation: score on the held-out test split
+                        "accuracy": (task.test or task.evaluate)(pruned),
                         "fine_tune_steps": schedule.fine_tune_budget,
                         "amounts": {k.split(":")[0]: v for k, v in params.items() if k.endswith(":amount")},
                     }
