@@ -35,8 +35,9 @@ __all__ = [
 DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "qmc", "gp")
 GRANULARITIES = ("layer", "block", "global")
-# unit: an amount (and method) per unit; sensitivity: one global MACs target spread over the
-# units by the sensitivity scan, plus a small offset per unit (needs a scan)
+# unit: an amount (and method) per unit; sensitivity: a uniform level, blended (spread) toward
+# the sensitivity-greedy allocation that saves the same MACs, plus a small offset per unit
+# (structured only; needs the study's sensitivity scan)
 PARAMETRIZATIONS = ("unit", "sensitivity")
 # Keys that define what a study *is*; a worker joining a study must agree on them.
 IDENTITY_KEYS = ("task", "task_options", "objectives", "constraints", "space", "reference_amounts")
@@ -295,6 +296,8 @@ class SearchConfig:
         for key in ("sensitivity", "screening"):
             if not isinstance(getattr(self, key), bool):
                 raise _fail(key, getattr(self, key), "true or false")
+        if self.space.parametrization == "sensitivity" and not self.sensitivity:
+            raise _fail("sensitivity", self.sensitivity, "true with space.parametrization = 'sensitivity' (it needs the scan)")
         if not _num(self.screen_fraction) or not 0 < self.screen_fraction < 1:
             raise _fail("screen_fraction", self.screen_fraction, "a number in (0, 1)")
         if not _num(self.screen_margin) or self.screen_margin < 0:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["SearchSpace", "Unit", "uniform_schedule"]
 
 _UNSTRUCTURED_MAX = 0.99
+_SPREAD_STEP = 0.25
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class SearchSpace:
             for info in unit.layers
         )
         self._head_choices: list[bool] = list(config.attention_heads) if reachable else [False]
+        self._path: list[dict[str, float]] | None = None
         if config.parametrization == "sensitivity":
             self._check_sensitivity()
 
@@ -143,7 +145,7 @@ class SearchSpace:
         """The most Optuna parameters a trial samples (conditional ones included)."""
         c = self.config
         if c.parametrization == "sensitivity":
-            n = 1 + (c.offset_range > 0) * sum(u.supports("structured") for u in self.units)
+            n = 2 + (c.offset_range > 0) * len(self._structured_units())
         else:
             n = sum((len(u.methods) > 1) + 1 for u in self.units)
         iterative = [s for s in c.shapes if s != "oneshot"]
@@ -306,29 +308,51 @@ class SearchSpace:
         )
 
     def _sample_sensitivity(self, ask: _Ask) -> dict[str, tuple[str, float]]:
-        """A global MACs-reduction target spread over the units by the sensitivity-greedy
-        allocation, plus a per-unit offset."""
-        assert self.sensitivity is not None
+        """``level`` (the uniform amount), ``spread`` (0: uniform, 1: the sensitivity-greedy
+        allocation that saves the same MACs, in between: a blend) and a per-unit offset."""
         c = self.config
-        target = ask.floating("target", 0.0, c.max_amount, c.amount_step)
-        base = self._allocation(target)
+        level = ask.floating("level", 0.0, c.max_amount, c.amount_step)
+        if level <= 0:
+            return {}
+        spread = ask.floating("spread", 0.0, 1.0, _SPREAD_STEP)
+        base = self._blend(level, spread)
+        r = round(math.floor(c.offset_range / c.amount_step + 1e-9) * c.amount_step, 6)
         chosen: dict[str, tuple[str, float]] = {}
-        for unit in self.units:
-            if not unit.supports("structured"):
-                continue
-            amount = base.get(unit.key, 0.0)
-            if c.offset_range > 0:
-                r = math.floor(c.offset_range / c.amount_step + 1e-9) * c.amount_step
-                amount += ask.floating(f"{unit.key}:offset", -round(r, 6), round(r, 6), c.amount_step)
+        for unit in self._structured_units():
+            amount = base[unit.key]
+            if r > 0:
+                amount += ask.floating(f"{unit.key}:offset", -r, r, c.amount_step)
             amount = _on_grid(min(max(amount, 0.0), unit.max_amount), c.amount_step)
             if amount > 0:
                 chosen[unit.key] = ("structured", amount)
         return chosen
 
-    def _allocation(self, target: float) -> dict[str, float]:
+    def _structured_units(self) -> list[Unit]:
+        return [u for u in self.units if u.supports("structured")]
+
+    def _blend(self, level: float, spread: float) -> dict[str, float]:
+        """Per-unit amounts (before offsets): ``(1 - spread)`` x uniform ``level`` plus
+        ``spread`` x the allocation that saves the same MACs (by the scan's estimate)."""
+        uniform = {u.key: min(level, u.max_amount) for u in self._structured_units()}
+        if spread <= 0:
+            return uniform
         assert self.sensitivity is not None
-        caps = {u.key: u.max_amount for u in self.units if u.supports("structured")}
-        return self.sensitivity.allocate(target, caps=caps, step=self.config.amount_step)
+        allocated = self._allocation(self.sensitivity.saved_fraction(uniform))
+        return {k: (1.0 - spread) * a + spread * allocated.get(k, 0.0) for k, a in uniform.items()}
+
+    def _allocation(self, target: float) -> dict[str, float]:
+        """The first allocation on the sensitivity-greedy path whose estimated saving
+        reaches ``target`` (the path is computed once per space)."""
+        assert self.sensitivity is not None
+        if self._path is None:
+            from autoprune.sensitivity import greedy_path
+
+            caps = {u.key: u.max_amount for u in self._structured_units()}
+            self._path = greedy_path(self.sensitivity, caps=caps, step=self.config.amount_step)
+        for amounts in self._path:
+            if self.sensitivity.saved_fraction(amounts) >= target - 1e-9:
+                return amounts
+        return self._path[-1]
 
     # ------------------------------------------------------------------ params of given schedules
     def _unit_prefs(self, unit: Unit, method: str, amount: float) -> dict[str, Any]:
@@ -341,15 +365,28 @@ class SearchSpace:
         return {f"{unit.key}:method": method, f"{unit.key}:amount": amount}
 
     def _sensitivity_prefs(self, amounts: Mapping[str, float]) -> dict[str, Any]:
-        assert self.sensitivity is not None
+        """The (level, spread, offsets) whose amounts come nearest to ``amounts``: uniform
+        amounts are ``spread = 0`` with no offsets, an allocation of the scan ``spread = 1``."""
         c = self.config
-        # the target whose allocation is nearest to the amounts (MACs-weighted), then offsets
-        target = _on_grid(min(self.sensitivity.saved_fraction(amounts), c.max_amount), c.amount_step)
-        base = self._allocation(target)
-        prefs: dict[str, Any] = {"target": target}
-        for unit in self.units:
-            prefs[f"{unit.key}:offset"] = float(amounts.get(unit.key, 0.0)) - base.get(unit.key, 0.0)
-        return prefs
+        units = self._structured_units()
+        wanted = {u.key: _on_grid(min(max(float(amounts.get(u.key, 0.0)), 0.0), u.max_amount), c.amount_step)
+                  for u in units}  # fmt: skip
+        if not any(wanted.values()):
+            return {"level": 0.0}
+        best: tuple[float, float, dict[str, Any]] | None = None
+        n_levels = int(round(c.max_amount / c.amount_step + 1e-9))
+        for spread in [i * _SPREAD_STEP for i in range(int(round(1 / _SPREAD_STEP)) + 1)]:
+            for i in range(1, n_levels + 1):
+                level = _on_grid(min(i * c.amount_step, c.max_amount), c.amount_step)
+                base = self._blend(level, spread)
+                offsets = {k: wanted[k] - base[k] for k in wanted}
+                error = max(abs(v) for v in offsets.values())
+                # ties: the smaller spread (uniform first), then the smaller level
+                if best is None or error < best[0] - 1e-9:
+                    prefs = {"level": level, "spread": spread, **{f"{k}:offset": v for k, v in offsets.items()}}
+                    best = (error, spread, prefs)
+        assert best is not None
+        return best[2]
 
     def _whole_schedule_prefs(self, options: Mapping[str, Any]) -> dict[str, Any]:
         c = self.config

@@ -286,34 +286,50 @@ def test_sensitivity_parametrization(cnn_layers: list[ap.LayerInfo]) -> None:
         _space(cnn_layers, parametrization="sensitivity")
     space = SearchSpace(cnn_layers, SpaceConfig(parametrization="sensitivity"), sensitivity=sens)
     structured_units = [u.key for u in space.units if u.supports("structured")]
-    assert space.dimension == 1 + len(structured_units) + 1 + 1 + 1 + 1 + 1  # + ft, steps, shape, importance, norm
+    assert space.dimension == 2 + len(structured_units) + 1 + 1 + 1 + 1 + 1  # + ft, steps, shape, importance, norm
     for params, schedule in _sampled(space, 20):
+        if params["level"] == 0:
+            assert not schedule.layers and "spread" not in params
+            continue
         assert {k for k in params if ":" in k} == {f"{u}:offset" for u in structured_units}
-        assert "target" in params and all(-0.1 <= params[f"{u}:offset"] <= 0.1 for u in structured_units)
+        assert params["spread"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+        assert all(-0.1 <= params[f"{u}:offset"] <= 0.1 for u in structured_units)
         assert schedule == space.schedule_from_params(params)
         assert {p.method for p in schedule.layers.values()} <= {"structured"}
-    # without offsets: a 1-D sweep along the sensitivity-greedy path, the sensitive unit last
+    # without offsets, spread 1: a 1-D sweep along the sensitivity-greedy path, the sensitive unit last
     sweep = SearchSpace(cnn_layers, SpaceConfig(parametrization="sensitivity", offset_range=0.0), sensitivity=sens)
     first = structured_units[0]
     previous: dict[str, float] = {}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for target in (0.1, 0.3, 0.5, 0.7):
-        study.enqueue_trial({"target": target})  # the other parameters are sampled
+    for level in (0.1, 0.3, 0.5, 0.7):
+        study.enqueue_trial({"level": level, "spread": 1.0})  # the other parameters are sampled
         schedule = sweep.suggest(study.ask())
         amounts = {n: p.amount for n, p in schedule.layers.items()}
         assert all(amounts.get(u, 0.0) >= previous.get(u, 0.0) for u in structured_units)
         assert amounts.get(first, 0.0) <= min(amounts.get(u, 0.0) for u in structured_units[1:])
         previous = amounts
+        # spread 0 at the same level: uniform
+        study.enqueue_trial({"level": level, "spread": 0.0})
+        uniform = sweep.suggest(study.ask())
+        assert {n: p.amount for n, p in uniform.layers.items()} == dict.fromkeys(structured_units, level)
+    # uniform amounts are spread 0 with no offsets: the references are points of this space
+    params = space.uniform_params(0.4)
+    assert params["level"] == 0.4 and params["spread"] == 0.0
+    assert all(v == 0.0 for k, v in params.items() if k.endswith(":offset"))
+    assert {n: p.amount for n, p in space.schedule_from_params(params).layers.items()} == dict.fromkeys(
+        structured_units, 0.4
+    )
     # warm-start amounts go through the same params: an allocation of the scan is reproduced
     caps = {u.key: u.max_amount for u in space.units if u.supports("structured")}
     wanted = {u: a for u, a in sens.allocate(0.4, caps=caps).items() if a > 0}
     params = space.params_for(wanted)
     assert space.schedule_from_params(params) == space.suggest(optuna.trial.FixedTrial(params))
     assert {n: p.amount for n, p in space.schedule_from_params(params).layers.items()} == wanted
-    assert all(v == 0.0 for k, v in params.items() if k.endswith(":offset"))
-    # other amounts: the nearest the space holds (each unit within offset_range of the path)
+    assert params["spread"] > 0
+    # other amounts: the nearest the space holds (each unit within offset_range of the blend)
     params = space.params_for({u: 0.5 for u in structured_units})
     assert space.schedule_from_params(params) == space.suggest(optuna.trial.FixedTrial(params))
+    assert space.params_for({}) == {**space.params_for({}), "level": 0.0}
 
 
 def test_space_config_fields_and_toml_example_agree() -> None:

@@ -88,7 +88,7 @@ def test_scan_warm_starts_and_screening_in_a_search(tmp_path: Path, tiny_task: a
             assert t.user_attrs["fidelity"] == FIDELITY_FULL
             assert 0 <= t.user_attrs["test_accuracy"] <= 100  # digits has a test split
             assert t.user_attrs["speedup"] > 0 and "speedup_low" in t.user_attrs
-            if t.user_attrs["role"] != ROLE_UNPRUNED:
+            if t.user_attrs["role"] != ROLE_UNPRUNED and "duplicate_of" not in t.user_attrs:
                 assert "screen_accuracy" in t.user_attrs  # every reference is screened too
                 schedule = ap.Schedule.from_json(t.user_attrs["schedule"])
                 assert schedule.fine_tune_steps == 10 // schedule.steps  # one budget per trial
@@ -118,7 +118,9 @@ def test_the_test_split_never_reaches_the_sampler(tmp_path: Path, tiny_task: ap.
     without = run_search(cfg.merged(study="u"), dataclasses.replace(tiny_task, test=None))
     assert [(t.params, t.values) for t in with_test.trials] == [(t.params, t.values) for t in without.trials]
     complete = [t for t in with_test.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(calls) == len(complete)  # once per full-fidelity trial, after its validation
+    ran = [t for t in complete if "duplicate_of" not in t.user_attrs]  # a repeat copies, it runs nothing
+    assert len(calls) == len(ran)  # once per full-fidelity trial, after its validation
+    assert all("test_accuracy" in t.user_attrs for t in complete)
     assert all("test_accuracy" not in t.user_attrs for t in without.trials)
 
 
@@ -148,3 +150,69 @@ def test_distillation_is_searched_where_the_task_can_distill(tmp_path: Path) -> 
     assert all(ap.Schedule.from_json(t.user_attrs["schedule"]).distill is t.params["distill"] for t in searched)
     with pytest.raises(ap.ConfigError, match=r"space.distill = \[False, True\]; allowed for task 'toy': \[false\]"):
         run_search(cfg.merged(study="e"), _loader_task(None))
+
+
+# ---------------------------------------------------------------------------- repeats and paying methods
+def test_unstructured_is_searched_only_where_it_can_pay() -> None:
+    from autoprune.study._objective import paying_space
+
+    cfg = ap.SearchConfig(objectives=["accuracy", "latency"])
+    space, notice = paying_space(cfg)
+    assert space.methods == ["structured", "none"]
+    assert notice is not None and "unstructured pruning is left out" in notice and "'dense'" in notice
+    for kept in (ap.SearchConfig(objectives=["accuracy", "size"]), ap.SearchConfig(objectives=["accuracy", "params"]),
+                 ap.SearchConfig(objectives=["accuracy", "latency"], constraints={"max_size_bytes": 1000.0}),
+                 ap.SearchConfig(space=ap.SpaceConfig(methods=["unstructured", "none"]))):  # fmt: skip
+        assert paying_space(kept) == (kept.space, None)
+
+    @ap.evaluation.register_backend("test-sparse-kernels")
+    class _Sparse(ap.evaluation.DenseBackend):
+        sparse_kernels = True
+
+    sparse = ap.SearchConfig(target="cpu:backend=test-sparse-kernels")
+    assert paying_space(sparse) == (sparse.space, None)
+
+
+@pytest.mark.slow
+def test_repeated_schedules_are_recorded_not_run(tmp_path: Path, tiny_task: ap.Task) -> None:
+    # one unit, amount 0 or 50%: every search trial repeats the unpruned or the uniform reference
+    cfg = _cfg(tmp_path, trials=9).merged(
+        space={"granularity": "global", "methods": ["structured"], "max_amount": 0.5, "amount_step": 0.5, "steps": [1, 1],
+               "importance": ["magnitude"], "norms": [1], "round_to": 1, "fine_tune_steps": [10]},
+        reference_amounts=[0.5], sensitivity=False,
+    )  # fmt: skip
+    study = run_search(cfg, tiny_task)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(counted_trials(study)) == 9 and len(done) >= 9
+    repeats = [t for t in done if "duplicate_of" in t.user_attrs]
+    assert len(repeats) == len(done) - 2  # only the unpruned and the uniform 50% schedule ran
+    for t in repeats:
+        first = study.trials[t.user_attrs["duplicate_of"]]
+        assert t.values == first.values and t.user_attrs["schedule"] != "" and t.user_attrs["fine_tune_steps_spent"] == 0
+        assert t.user_attrs["accuracy"] == first.user_attrs["accuracy"]
+    pareto = ap.load_study("t", f"sqlite:///{tmp_path}/s.db").pareto_trials()
+    assert all("duplicate_of" not in t.user_attrs for t in pareto)
+
+
+@pytest.mark.slow
+def test_a_search_in_the_sensitivity_parametrization(tmp_path: Path, tiny_task: ap.Task) -> None:
+    cfg = _cfg(tmp_path, trials=8).merged(space={"parametrization": "sensitivity", "fine_tune_steps": [10]})
+    study = run_search(cfg, tiny_task)
+    assert len(counted_trials(study)) == 8
+    by_role: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for t in study.trials:
+        by_role.setdefault(t.user_attrs.get("role", ""), []).append(t)
+    assert by_role[ROLE_UNPRUNED][0].params == {}  # run before the scan: no parameters
+    (uniform,) = by_role[ROLE_UNIFORM]
+    assert uniform.params["level"] == 0.5 and uniform.params["spread"] == 0.0
+    schedule = ap.Schedule.from_json(uniform.user_attrs["schedule"])
+    assert {p.amount for p in schedule.layers.values()} == {0.5}  # exactly the uniform schedule
+    assert all(t.params["spread"] > 0 for t in by_role[ROLE_WARM])
+    for t in study.trials:
+        if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("role") != ROLE_UNPRUNED:
+            assert set(t.params) >= {"level", "spread"} or "duplicate_of" in t.user_attrs
+
+
+def test_the_sensitivity_parametrization_needs_the_scan() -> None:
+    with pytest.raises(ap.ConfigError, match="invalid sensitivity = False; allowed: true with space.parametrization"):
+        SearchConfig.from_dict({"sensitivity": False, "space": {"parametrization": "sensitivity"}})

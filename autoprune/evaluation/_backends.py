@@ -48,7 +48,14 @@ class LatencyBackend(abc.ABC):
             def signature(self, model):
                 # zeros change latency here, so they must change the cache key too
                 return str([int(p.count_nonzero()) for p in model.parameters()])
+
+            sparse_kernels = True  # zeros make it faster: the search offers unstructured pruning
     """
+
+    #: Whether zeroed weights make this backend faster. When no backend of the target does and
+    #: no objective or constraint counts zeros, the search leaves unstructured pruning out:
+    #: it could only cost accuracy.
+    sparse_kernels: bool = False
 
     @abc.abstractmethod
     def prepare(self, model: nn.Module, inputs: Any, target: Target) -> Callable[[], object]:

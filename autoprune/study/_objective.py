@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -24,8 +24,16 @@ from torch import nn
 
 from autoprune._errors import AutopruneError, ConfigError
 from autoprune._lock import MachineLock
-from autoprune.config import SearchConfig
-from autoprune.evaluation import LatencyCache, SpeedupMeter, Target, cached_speedup, derived_metrics, evaluate
+from autoprune.config import SearchConfig, SpaceConfig
+from autoprune.evaluation import (
+    LatencyCache,
+    SpeedupMeter,
+    Target,
+    cached_speedup,
+    derived_metrics,
+    evaluate,
+    get_backend,
+)
 from autoprune.executor import apply_schedule
 from autoprune.preflight import LayerInfo, prunable_layers
 from autoprune.schedule import Schedule
@@ -37,7 +45,12 @@ from autoprune.study._storage import first_line, latency_cache_path
 from autoprune.study.keys import FIDELITY_FULL, FIDELITY_SCREEN, OBJECTIVES, ROLE_SEARCH, ROLE_UNPRUNED
 from autoprune.tasks import Task, in_percent
 
-__all__ = ["Objective", "SearchSetup"]
+__all__ = ["Objective", "SearchSetup", "paying_space"]
+
+# What describes a trial rather than its model: not copied when a trial repeats another.
+_OWN_ATTRS = frozenset({"role", "schedule", "schedule_summary", "host", "fidelity", "fine_tune_steps_spent",
+                        "duplicate_of", "error", "interrupted", "uniform_amount", "feasible"})  # fmt: skip
+_OWN_PREFIXES = ("time_", "screen_")
 
 _logger = logging.getLogger(__name__)
 
@@ -45,13 +58,36 @@ _logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SearchSetup:
     """What every trial of one process shares, built once per process: the task, the
-    config, the preflight's layers and the SearchSpace over them."""
+    config, the preflight's layers and the SearchSpace over them.
+
+    ``space`` is per unit: the sensitivity scan and ``autoprune layers`` read its units.
+    With ``space.parametrization = "sensitivity"`` the trials sample another space built on
+    the study's scan, which exists only once the unpruned trial has run:
+    :meth:`search_space` builds it from the study (once per process).
+    """
 
     task: Task
     cfg: SearchConfig
     layers: list[LayerInfo]
     space: SearchSpace
     scale_notice: str | None = None  # set when the task scores fractions and is reported x100
+    space_notice: str | None = None  # set when a configured method is left out (it cannot pay)
+    _searched: dict[str, SearchSpace] = field(default_factory=dict, compare=False, repr=False)
+
+    def search_space(self, study: optuna.Study) -> SearchSpace:
+        """The space the study's trials sample: ``space``, or with the sensitivity
+        parametrization the same units over the study's stored scan."""
+        if self.space.config.parametrization == "unit" and self.cfg.space.parametrization == "unit":
+            return self.space
+        if "space" not in self._searched:
+            from autoprune.sensitivity import Sensitivity
+
+            data = study.user_attrs.get("sensitivity")
+            if data is None:
+                raise AutopruneError("space.parametrization = 'sensitivity' but the study holds no sensitivity scan yet")
+            config = replace(self.space.config, parametrization=self.cfg.space.parametrization)
+            self._searched["space"] = SearchSpace(self.layers, config, sensitivity=Sensitivity.from_dict(data))
+        return self._searched["space"]
 
     @classmethod
     def build(cls, task: Task, cfg: SearchConfig, lock: MachineLock) -> SearchSetup:
@@ -72,7 +108,38 @@ class SearchSetup:
                 task, notice = in_percent(task, unpruned)
                 if notice is not None:
                     _logger.warning(notice)
-        return cls(task, cfg, layers, SearchSpace(layers, cfg.space), notice)
+        space_cfg, space_notice = paying_space(cfg)
+        if space_notice is not None:
+            _logger.warning(space_notice)
+        # the per-unit space (the scan's units); the sensitivity one is built on the scan
+        space_cfg = replace(space_cfg, parametrization="unit")
+        return cls(task, cfg, layers, SearchSpace(layers, space_cfg), notice, space_notice)
+
+
+def paying_space(cfg: SearchConfig) -> tuple[SpaceConfig, str | None]:
+    """``cfg.space`` without the choices that cannot improve any objective, and a notice
+    saying what was left out (None when nothing was).
+
+    Unstructured pruning only zeroes weights: it cannot make a dense kernel faster or a
+    model's MACs smaller, so it is a choice only when an objective or constraint counts
+    zeros (``size``, ``params``, ``max_size_bytes``) or the target's backend has sparse
+    kernels. Otherwise every trial that picks it would spend its fine-tune on accuracy lost
+    for nothing. A config that offers no structured alternative keeps it (it asked for it).
+    """
+    space = cfg.space
+    if "unstructured" not in space.methods or "structured" not in space.methods:
+        return space, None
+    counts_zeros = bool({"size", "params"} & set(cfg.objectives)) or "max_size_bytes" in cfg.constraints
+    backend = Target.parse(cfg.target).backend
+    if counts_zeros or get_backend(backend).sparse_kernels:
+        return space, None
+    methods = [m for m in space.methods if m != "unstructured"]
+    notice = (
+        f"unstructured pruning is left out of the search: the objectives {cfg.objectives} and constraints count no "
+        f"zeros, and the target's backend {backend!r} runs zeroed weights at full cost (add 'size' or 'params' to "
+        "the objectives to search it)"
+    )
+    return replace(space, methods=methods), notice
 
 
 class Objective:
@@ -136,6 +203,10 @@ class Objective:
         if role == ROLE_UNPRUNED:
             self._refuse_duplicate(trial)
         schedule = self.schedule(trial, role)
+        if role == ROLE_SEARCH:
+            earlier = self._same_as_earlier(trial, schedule)
+            if earlier is not None:
+                return self._repeat(trial, earlier)
         timings = {"finetune": 0.0, "screen": 0.0}
         if role != ROLE_UNPRUNED and self._screens(schedule):
             self.screen(trial, role, schedule, timings)  # raises TrialPruned when not promoted
@@ -162,16 +233,41 @@ class Objective:
             + "; this copy is not evaluated"
         )
 
+    def _same_as_earlier(self, trial: optuna.Trial, schedule: Schedule) -> optuna.trial.FrozenTrial | None:
+        """An earlier finished trial this one would only repeat: one with the same Schedule
+        (same seed, same schedule: the same model and metrics), or, for a Schedule that
+        prunes nothing, the unpruned reference (fine-tuning the unpruned model is not a
+        pruning result)."""
+        S = optuna.trial.TrialState
+        done = trial.study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED))
+        if not schedule.active_layers():
+            return next((t for t in done if t.user_attrs.get("role") == ROLE_UNPRUNED), None)
+        text = trial.user_attrs["schedule"]
+        return next((t for t in done if t.user_attrs.get("schedule") == text and "duplicate_of" not in t.user_attrs
+                     and t.number != trial.number), None)  # fmt: skip
+
+    def _repeat(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> tuple[float, ...]:
+        """Record ``earlier``'s outcome on ``trial`` without running anything again."""
+        trial.set_user_attr("duplicate_of", earlier.number)
+        trial.set_user_attr("fine_tune_steps_spent", 0)
+        trial.set_user_attr("fidelity", earlier.user_attrs.get("fidelity", FIDELITY_FULL))
+        if earlier.state == optuna.trial.TrialState.PRUNED:
+            reason = str(earlier.user_attrs.get("screen_reason", "screened out"))
+            trial.set_user_attr("screen_reason", f"{reason} (as trial {earlier.number}, the same schedule)")
+            raise optuna.TrialPruned(reason)
+        metrics = {k: v for k, v in earlier.user_attrs.items() if k not in _OWN_ATTRS and not k.startswith(_OWN_PREFIXES)}
+        return self.record(trial, metrics)
+
     def schedule(self, trial: optuna.Trial, role: str) -> Schedule:
         """The trial's Schedule: the sampler's, or a reference's enqueued parameters (the
         SearchSpace turns enqueued parameters into exactly the Schedule they describe)."""
         seed = self.cfg.seed
-        space = self.setup.space
         if role == ROLE_UNPRUNED:
-            space.suggest(trial, seed=seed)  # records the (all-zero) params for the sampler
+            if self.cfg.space.parametrization == "unit":
+                self.setup.space.suggest(trial, seed=seed)  # records the (all-zero) params for the sampler
             schedule = Schedule(seed=seed)
         else:
-            schedule = space.suggest(trial, seed=seed)
+            schedule = self.setup.search_space(trial.study).suggest(trial, seed=seed)
         trial.set_user_attr("role", role)
         trial.set_user_attr("schedule", schedule.to_json())
         trial.set_user_attr("schedule_summary", schedule.summary())

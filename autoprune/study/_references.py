@@ -68,11 +68,13 @@ def publish_references(study: optuna.Study, setup: SearchSetup, metrics: Mapping
     study.set_user_attr("task", dict(setup.task.spec))
     if setup.scale_notice is not None:
         study.set_user_attr("scale_notice", setup.scale_notice)  # readers rebuild the task x100 too
+    if setup.space_notice is not None:
+        study.set_user_attr("space_notice", setup.space_notice)
+    warm = _warm_starts(study, setup)  # the scan first: the sensitivity space is built on it
+    space = setup.search_space(study)
     for amount in setup.cfg.reference_amounts:
-        study.enqueue_trial(
-            setup.space.uniform_params(amount), user_attrs={"role": ROLE_UNIFORM, "uniform_amount": amount}
-        )
-    for params in _warm_starts(study, setup):
+        study.enqueue_trial(space.uniform_params(amount), user_attrs={"role": ROLE_UNIFORM, "uniform_amount": amount})
+    for params in warm:
         study.enqueue_trial(params, user_attrs={"role": ROLE_WARM})
     study.set_user_attr("baseline_trial", number)
     # Last: a worker waiting for the baseline may start as soon as it appears.
@@ -107,8 +109,9 @@ def _warm_starts(study: optuna.Study, setup: SearchSetup) -> list[dict[str, Any]
         return []
     sens = scan_task(task, space, cfg)
     study.set_user_attr("sensitivity", sens.to_dict())
-    uniform = [setup.space.uniform_params(a) for a in cfg.reference_amounts]
+    searched = setup.search_space(study)
+    uniform = [searched.uniform_params(a) for a in cfg.reference_amounts]
     params = warm_starts(
-        space, sens, cfg.warm_start_targets, measure=macs_meter(task.model, task.example_inputs, space)
+        searched, sens, cfg.warm_start_targets, measure=macs_meter(task.model, task.example_inputs, space)
     )
     return [p for p in params if p not in uniform]

@@ -13,6 +13,8 @@ Study ``user_attrs``:
     ``task``: the task spec (``Task.spec``), enough to rebuild the task.
     ``scale_notice``: present when the task scores fractions: every accuracy in the study is
         that score x100 (percent), and readers rebuild the task the same way.
+    ``space_notice``: present when a configured method was left out of the search because it
+        cannot improve any objective (unstructured pruning on a dense latency target).
     ``sensitivity``: the sensitivity scan (``Sensitivity.to_dict()``), when it ran.
     ``autoprune_version``.
 
@@ -35,6 +37,10 @@ Trial ``user_attrs``:
         is the study's unpruned latency over the speedup (drift-free).
     ``test_accuracy`` and ``test_accuracy_drop``: the task's held-out ``test`` score of a
         full-fidelity trial (tasks with a test split only); ``accuracy`` is validation.
+    ``duplicate_of``: the number of an earlier trial whose outcome this search trial records
+        without running again (the same Schedule, or a Schedule that prunes nothing: then
+        the unpruned reference); ``fine_tune_steps_spent`` is 0. Pareto listings show the
+        earlier trial only.
     ``early_rejected`` (bool): only in studies made before screening replaced early rejection.
 Constraint values are set with Optuna's ``trial.set_constraint(name, value)`` (names
 ``accuracy_drop``, ``latency_ms``, ``size_bytes``) and read with ``FrozenTrial.constraints``
