@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import statistics
@@ -104,12 +105,15 @@ def run_search_method(task_name: str, seed: int, args: argparse.Namespace, workd
     storage = f"sqlite:///{workdir}/bench.db"
     name = f"{task_name}-{seed}"
     t0 = time.perf_counter()
+    space = ap.SpaceConfig(parametrization=args.parametrization, fine_tune_steps=[args.fine_tune])
     study = ap.search(task, objectives=["accuracy", "latency"], n_trials=args.trials, storage=storage,
-                      study_name=name, seed=seed, target=args.target, report=False, latency_cache="study")
+                      study_name=name, seed=seed, target=args.target, report=False, latency_cache="study",
+                      latency_budget_s=args.search_budget, space=dataclasses.asdict(space))
     minutes = (time.perf_counter() - t0) / 60
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     spent = sum(int(t.user_attrs.get("fine_tune_steps_spent", 0)) for t in study.trials)
-    full = [t for t in trials if t.user_attrs.get("fidelity", "full") == "full" and "speedup" in t.user_attrs]
+    full = [t for t in trials if t.user_attrs.get("fidelity", "full") == "full" and "speedup" in t.user_attrs
+            and "duplicate_of" not in t.user_attrs]  # a repeat is the same point as the trial it copies
     front_keys = _pareto([(float(t.user_attrs["accuracy"]), float(t.user_attrs["speedup"])) for t in full])
     front = [t for t in full if (float(t.user_attrs["accuracy"]), float(t.user_attrs["speedup"])) in front_keys]
     return {"study": study, "front": front, "minutes": minutes, "fine_tune_steps": spent, "task": task}
@@ -125,7 +129,11 @@ def main() -> None:
     parser.add_argument("--target", default="cpu:batch=32", help="latency target of the search and of every re-timing")
     parser.add_argument("--budget", type=float, default=6.0, help="seconds per paired speedup measurement")
     parser.add_argument("--fine-tune", type=int, default=100,
-                        help="fine-tune steps of every hand point (one full-fidelity one-step trial's budget)")
+                        help="fine-tune steps of every hand point and of every full-fidelity search trial")
+    parser.add_argument("--parametrization", choices=["unit", "sensitivity"], default="unit",
+                        help="the search space's parametrization (space.parametrization)")
+    parser.add_argument("--search-budget", type=float, default=2.0,
+                        help="seconds per paired speedup measurement inside the search (latency_budget_s)")
     parser.add_argument("--uniform", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     parser.add_argument("--global-amounts", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
     parser.add_argument("--out", type=Path, default=Path("results"))
@@ -173,6 +181,8 @@ def main() -> None:
                 print(f"{task_name} seed {seed} {method}: best {row['best_speedup']:.2f}x at <= {args.max_drop} pt, "
                       f"HV {row['hypervolume']:.3f}, {row['fine_tune_steps']} fine-tune steps", flush=True)
             print(f"  (re-applying autoprune's front took {reapply_min:.1f} min, the sweeps {sweep_min:.1f} min)")
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "bench_search.json").write_text(json.dumps(rows, indent=2, default=float))  # so far
 
     lines = [f"| task | method | best speedup at <= {args.max_drop:.1f} pt test drop | hypervolume | fine-tune steps "
              "| points | minutes |", "|---|---|---|---|---|---|---|"]
@@ -192,7 +202,8 @@ def main() -> None:
     print(f"\nmedians over seeds {args.seeds}; speedups timed in alternation with the unpruned model at {args.target}; "
           f"test split; hypervolume reference ({args.hv_drop} points, 1.0)")
     print(f"reproduce: python scripts/bench_search.py --tasks {' '.join(args.tasks)} --seeds "
-          f"{' '.join(map(str, args.seeds))} --trials {args.trials} --target {args.target}")
+          f"{' '.join(map(str, args.seeds))} --trials {args.trials} --target '{args.target}' --budget {args.budget} "
+          f"--fine-tune {args.fine_tune} --parametrization {args.parametrization}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_search.json").write_text(json.dumps(rows, indent=2, default=float))
     (args.out / "bench_search.md").write_text(table + "\n")

@@ -13,7 +13,14 @@ import autoprune as ap
 from autoprune.config import SearchConfig
 from autoprune.study import counted_trials, run_search
 from autoprune.study._screening import Screening
-from autoprune.study.keys import FIDELITY_FULL, FIDELITY_SCREEN, ROLE_UNIFORM, ROLE_UNPRUNED, ROLE_WARM
+from autoprune.study.keys import (
+    FIDELITY_FULL,
+    FIDELITY_REPEAT,
+    FIDELITY_SCREEN,
+    ROLE_UNIFORM,
+    ROLE_UNPRUNED,
+    ROLE_WARM,
+)
 
 TINY = {"width": 8, "batch_size": 16}
 
@@ -88,14 +95,14 @@ def test_scan_warm_starts_and_screening_in_a_search(tmp_path: Path, tiny_task: a
             assert t.user_attrs["fidelity"] == FIDELITY_FULL
             assert 0 <= t.user_attrs["test_accuracy"] <= 100  # digits has a test split
             assert t.user_attrs["speedup"] > 0 and "speedup_low" in t.user_attrs
-            if t.user_attrs["role"] != ROLE_UNPRUNED and "duplicate_of" not in t.user_attrs:
+            if t.user_attrs["role"] != ROLE_UNPRUNED:
                 assert "screen_accuracy" in t.user_attrs  # every reference is screened too
                 schedule = ap.Schedule.from_json(t.user_attrs["schedule"])
                 assert schedule.fine_tune_steps == 10 // schedule.steps  # one budget per trial
                 assert t.user_attrs["fine_tune_steps_spent"] == (
                     t.user_attrs["screen_fine_tune_steps"] + schedule.fine_tune_steps * schedule.steps
                 )
-        elif t.state == S.PRUNED:
+        elif t.state == S.PRUNED and "duplicate_of" not in t.user_attrs:
             assert t.user_attrs["fidelity"] == FIDELITY_SCREEN and t.user_attrs["screen_reason"].startswith("screened")
     front = ap.load_study("t", f"sqlite:///{tmp_path}/s.db").pareto_trials()
     assert front and all(t.user_attrs["fidelity"] == FIDELITY_FULL for t in front)
@@ -118,9 +125,7 @@ def test_the_test_split_never_reaches_the_sampler(tmp_path: Path, tiny_task: ap.
     without = run_search(cfg.merged(study="u"), dataclasses.replace(tiny_task, test=None))
     assert [(t.params, t.values) for t in with_test.trials] == [(t.params, t.values) for t in without.trials]
     complete = [t for t in with_test.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    ran = [t for t in complete if "duplicate_of" not in t.user_attrs]  # a repeat copies, it runs nothing
-    assert len(calls) == len(ran)  # once per full-fidelity trial, after its validation
-    assert all("test_accuracy" in t.user_attrs for t in complete)
+    assert len(calls) == len(complete)  # once per full-fidelity trial, after its validation
     assert all("test_accuracy" not in t.user_attrs for t in without.trials)
 
 
@@ -174,24 +179,28 @@ def test_unstructured_is_searched_only_where_it_can_pay() -> None:
 
 
 @pytest.mark.slow
-def test_repeated_schedules_are_recorded_not_run(tmp_path: Path, tiny_task: ap.Task) -> None:
+def test_repeated_schedules_are_not_run(tmp_path: Path, tiny_task: ap.Task) -> None:
     # one unit, amount 0 or 50%: every search trial repeats the unpruned or the uniform reference
     cfg = _cfg(tmp_path, trials=9).merged(
-        space={"granularity": "global", "methods": ["structured"], "max_amount": 0.5, "amount_step": 0.5, "steps": [1, 1],
-               "importance": ["magnitude"], "norms": [1], "round_to": 1, "fine_tune_steps": [10]},
+        space={"granularity": "global", "methods": ["structured"], "max_amount": 0.5, "amount_step": 0.5,
+               "steps": [1, 1], "importance": ["magnitude"], "norms": [1], "round_to": 1, "fine_tune_steps": [10]},
         reference_amounts=[0.5], sensitivity=False,
     )  # fmt: skip
     study = run_search(cfg, tiny_task)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(counted_trials(study)) == 9 and len(done) >= 9
-    repeats = [t for t in done if "duplicate_of" in t.user_attrs]
-    assert len(repeats) == len(done) - 2  # only the unpruned and the uniform 50% schedule ran
+    assert len(counted_trials(study)) == 9
+    S = optuna.trial.TrialState
+    done = [t for t in study.trials if t.state == S.COMPLETE]
+    assert [t.user_attrs["role"] for t in done] == [ROLE_UNPRUNED, ROLE_UNIFORM]  # only these two ran
+    repeats = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert len(repeats) == len(study.trials) - 2
     for t in repeats:
         first = study.trials[t.user_attrs["duplicate_of"]]
-        assert t.values == first.values and t.user_attrs["schedule"] != "" and t.user_attrs["fine_tune_steps_spent"] == 0
-        assert t.user_attrs["accuracy"] == first.user_attrs["accuracy"]
-    pareto = ap.load_study("t", f"sqlite:///{tmp_path}/s.db").pareto_trials()
-    assert all("duplicate_of" not in t.user_attrs for t in pareto)
+        assert t.state == S.PRUNED and t.user_attrs["fidelity"] == FIDELITY_REPEAT
+        assert t.user_attrs["fine_tune_steps_spent"] == 0 and "accuracy" not in t.user_attrs
+        if ap.Schedule.from_json(t.user_attrs["schedule"]).active_layers():
+            assert first.user_attrs["role"] == ROLE_UNIFORM and "schedule is the one of" in t.user_attrs["repeat_reason"]
+        else:
+            assert first.user_attrs["role"] == ROLE_UNPRUNED and "prunes nothing" in t.user_attrs["repeat_reason"]
 
 
 @pytest.mark.slow
@@ -210,7 +219,7 @@ def test_a_search_in_the_sensitivity_parametrization(tmp_path: Path, tiny_task: 
     assert all(t.params["spread"] > 0 for t in by_role[ROLE_WARM])
     for t in study.trials:
         if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("role") != ROLE_UNPRUNED:
-            assert set(t.params) >= {"level", "spread"} or "duplicate_of" in t.user_attrs
+            assert set(t.params) >= {"level", "spread"}
 
 
 def test_the_sensitivity_parametrization_needs_the_scan() -> None:

@@ -42,15 +42,18 @@ from autoprune.space import SearchSpace
 from autoprune.study._references import DUPLICATE, publish_references, wait_for_baseline
 from autoprune.study._screening import Screening
 from autoprune.study._storage import first_line, latency_cache_path
-from autoprune.study.keys import FIDELITY_FULL, FIDELITY_SCREEN, OBJECTIVES, ROLE_SEARCH, ROLE_UNPRUNED
+from autoprune.study.keys import (
+    FIDELITY_FULL,
+    FIDELITY_REPEAT,
+    FIDELITY_SCREEN,
+    OBJECTIVES,
+    ROLE_SEARCH,
+    ROLE_UNPRUNED,
+)
 from autoprune.tasks import Task, in_percent
 
 __all__ = ["Objective", "SearchSetup", "paying_space"]
 
-# What describes a trial rather than its model: not copied when a trial repeats another.
-_OWN_ATTRS = frozenset({"role", "schedule", "schedule_summary", "host", "fidelity", "fine_tune_steps_spent",
-                        "duplicate_of", "error", "interrupted", "uniform_amount", "feasible"})  # fmt: skip
-_OWN_PREFIXES = ("time_", "screen_")
 
 _logger = logging.getLogger(__name__)
 
@@ -206,7 +209,7 @@ class Objective:
         if role == ROLE_SEARCH:
             earlier = self._same_as_earlier(trial, schedule)
             if earlier is not None:
-                return self._repeat(trial, earlier)
+                self._repeat(trial, earlier)  # raises TrialPruned
         timings = {"finetune": 0.0, "screen": 0.0}
         if role != ROLE_UNPRUNED and self._screens(schedule):
             self.screen(trial, role, schedule, timings)  # raises TrialPruned when not promoted
@@ -246,17 +249,21 @@ class Objective:
         return next((t for t in done if t.user_attrs.get("schedule") == text and "duplicate_of" not in t.user_attrs
                      and t.number != trial.number), None)  # fmt: skip
 
-    def _repeat(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> tuple[float, ...]:
-        """Record ``earlier``'s outcome on ``trial`` without running anything again."""
+    def _repeat(self, trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> None:
+        """End ``trial`` PRUNED without running anything: ``earlier`` already holds its outcome.
+
+        Not COMPLETE with ``earlier``'s values: the sampler would count the same point twice
+        and sample it again (with the accuracy objective the prune-nothing schedules are all
+        as good as the unpruned model, and TPE then proposes little else); a pruned trial
+        tells it the region is explored."""
+        unpruned = earlier.user_attrs.get("role") == ROLE_UNPRUNED
+        what = "it prunes nothing: the unpruned model is" if unpruned else "its schedule is the one of"
+        reason = f"not run: {what} trial {earlier.number}"
         trial.set_user_attr("duplicate_of", earlier.number)
         trial.set_user_attr("fine_tune_steps_spent", 0)
-        trial.set_user_attr("fidelity", earlier.user_attrs.get("fidelity", FIDELITY_FULL))
-        if earlier.state == optuna.trial.TrialState.PRUNED:
-            reason = str(earlier.user_attrs.get("screen_reason", "screened out"))
-            trial.set_user_attr("screen_reason", f"{reason} (as trial {earlier.number}, the same schedule)")
-            raise optuna.TrialPruned(reason)
-        metrics = {k: v for k, v in earlier.user_attrs.items() if k not in _OWN_ATTRS and not k.startswith(_OWN_PREFIXES)}
-        return self.record(trial, metrics)
+        trial.set_user_attr("fidelity", FIDELITY_REPEAT)
+        trial.set_user_attr("repeat_reason", reason)
+        raise optuna.TrialPruned(reason)
 
     def schedule(self, trial: optuna.Trial, role: str) -> Schedule:
         """The trial's Schedule: the sampler's, or a reference's enqueued parameters (the

@@ -180,13 +180,8 @@ class StudyResults:
 
     def pareto_trials(self) -> list[optuna.trial.FrozenTrial]:
         """Feasible, complete, not early-rejected trials on the study's Pareto front."""
-        # Optuna's best_trials leaves out infeasible trials when the study has constraints;
-        # a trial that repeated an earlier one (duplicate_of) is shown once, as the earlier one.
-        return [
-            t
-            for t in self.study.best_trials
-            if _is_usable(t) and study_keys.is_feasible(t) and "duplicate_of" not in t.user_attrs
-        ]
+        # Optuna's best_trials leaves out infeasible trials when the study has constraints.
+        return [t for t in self.study.best_trials if _is_usable(t) and study_keys.is_feasible(t)]
 
     def pareto(self) -> pd.DataFrame:
         """The Pareto trials as a DataFrame indexed by trial number, with the columns of

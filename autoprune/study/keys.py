@@ -37,10 +37,10 @@ Trial ``user_attrs``:
         is the study's unpruned latency over the speedup (drift-free).
     ``test_accuracy`` and ``test_accuracy_drop``: the task's held-out ``test`` score of a
         full-fidelity trial (tasks with a test split only); ``accuracy`` is validation.
-    ``duplicate_of``: the number of an earlier trial whose outcome this search trial records
-        without running again (the same Schedule, or a Schedule that prunes nothing: then
-        the unpruned reference); ``fine_tune_steps_spent`` is 0. Pareto listings show the
-        earlier trial only.
+    ``duplicate_of``: a search trial that would only repeat an earlier trial (the same
+        Schedule, or a Schedule that prunes nothing: the unpruned reference) is not run: it
+        ends PRUNED with ``fidelity = FIDELITY_REPEAT``, the earlier trial's number here,
+        ``repeat_reason`` and ``fine_tune_steps_spent = 0``.
     ``early_rejected`` (bool): only in studies made before screening replaced early rejection.
 Constraint values are set with Optuna's ``trial.set_constraint(name, value)`` (names
 ``accuracy_drop``, ``latency_ms``, ``size_bytes``) and read with ``FrozenTrial.constraints``
@@ -67,6 +67,7 @@ __all__ = [
     "ROLE_WARM",
     "FIDELITY_SCREEN",
     "FIDELITY_FULL",
+    "FIDELITY_REPEAT",
     "OBJECTIVES",
     "DIRECTIONS",
     "constraint_values",
@@ -84,6 +85,7 @@ ROLE_WARM = "reference-sensitivity"  # a sensitivity allocation enqueued as a wa
 # How far a trial went: screened only (short fine-tune, ended PRUNED) or the full schedule.
 FIDELITY_SCREEN = "screen"
 FIDELITY_FULL = "full"
+FIDELITY_REPEAT = "repeat"  # a search trial not run: it would repeat an earlier one (duplicate_of)
 
 # Objective name -> (trial user_attr it reads, direction), defined with the config that validates it.
 DIRECTIONS = {name: direction for name, (_, direction) in OBJECTIVES.items()}
