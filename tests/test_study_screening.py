@@ -57,26 +57,38 @@ def test_without_calibration_pairs_everything_is_promoted() -> None:
     assert decision.promote and "fewer than 2" in decision.reason
 
 
-def test_recovered_share_and_margin_are_computed_from_the_pairs() -> None:
-    # cheap drops 4 and 8 points, recovered 3 and 4: shares 0.75 and 0.5; residuals around
-    # the median share 0.625: 0.5 and -1.0 (pstdev 0.75 needs 3 pairs: here only 2)
-    rule = _rule([(95.0, 98.0), (91.0, 95.0)])
-    assert rule.recovery == (0.75, 0.5)
-    # a trial that lost 4 points cheaply is credited 3 + 0.5: 98.5 >= 98 -> promoted
-    assert rule.decide(95.0, 2.0).promote
-    # one that lost 6 is credited 4.5 + 0.5: 98.0 reachable, exactly the constraint -> promoted
-    assert rule.decide(93.0, 2.0).promote
-    # one that lost 8 reaches at most 97.5: it cannot meet the 1-point constraint
-    decision = rule.decide(91.0, 2.0)
-    assert not decision.promote and "constraint needs 98.00" in decision.reason
+def test_the_credit_is_the_upper_envelope_of_the_pairs() -> None:
+    # (cheap, full): a 97 became 98.2, a 91 became 95, a 60 became 80
+    rule = _rule([(97.0, 98.2), (91.0, 95.0), (60.0, 80.0)])
+    # 93: only the pairs from 91 and 60 are at or below 93 + 0.5; the best reached 95 -> 95.5
+    reachable, why = rule.reachable(93.0)
+    assert reachable == pytest.approx(95.5) and "91.00 -> 95.00" in why
+    decision = rule.decide(93.0, 2.0)
+    assert not decision.promote and "constraint needs 98.00" in decision.reason and "95.50" in decision.reason
+    # within the margin of the 97 pair: as good as every pair, unknown territory, credited 99 + 0.5
+    assert rule.reachable(96.6)[0] == pytest.approx(99.5) and rule.decide(96.6, 2.0).promote
+    # worse than every pair: the worst pair's full accuracy (a bound no better than it)
+    reachable, why = rule.reachable(30.0)
+    assert reachable == pytest.approx(80.5) and "below every pair" in why
+    # monotone: a better cheap score is never credited less
+    credits = [rule.reachable(c)[0] for c in range(20, 100)]
+    assert credits == sorted(credits)
+
+
+def test_without_a_constraint_only_the_front_screens() -> None:
+    rule = dataclasses.replace(_rule([(95.0, 98.2), (91.0, 95.0)], front=[(3, 97.0, 3.0)]), max_drop=None)
+    assert rule.decide(91.0, 2.0).promote is False  # 95.5 reachable, trial 3 is better and faster
+    assert rule.decide(91.0, 3.5).promote  # faster than the front: not dominated
 
 
 def test_a_trial_dominated_by_the_front_is_screened_out() -> None:
-    rule = _rule([(95.0, 98.0), (91.0, 95.0)], front=[(3, 99.5, 2.5)])
-    decision = rule.decide(98.5, 2.0)  # at most 98.5 + 0.375 + 0.5 = 99.375 < 99.5, and slower
+    rule = _rule([(95.0, 98.0), (91.0, 95.0)], front=[(3, 99.4, 2.5)])
+    decision = rule.decide(94.0, 2.0)  # at most 95.5 < 99.4, and slower
+    assert not decision.promote
+    decision = dataclasses.replace(rule, max_drop=None).decide(94.0, 2.0)
     assert not decision.promote and "trial 3" in decision.reason
-    assert rule.decide(98.5, 2.5).promote  # as fast as the front trial: not dominated
-    assert rule.decide(99.2, 2.0).promote  # 99.7 reachable: could beat the front trial's accuracy
+    assert dataclasses.replace(rule, max_drop=None).decide(94.0, 2.5).promote  # as fast: not dominated
+    assert rule.decide(95.0, 2.0).promote  # as good as every pair: 99.5 reachable, could beat the front
 
 
 # ---------------------------------------------------------------------------- in a search

@@ -4,19 +4,22 @@ Every trial except the unpruned one is first pruned with a short fine-tune per s
 (``screen_fraction`` of the schedule's) and BatchNorm re-estimated; its validation accuracy
 then is a cheap estimate, and its speedup is already the final one (the architecture does
 not depend on how long it is fine-tuned). References are always promoted, so every study
-holds pairs (cheap accuracy, full accuracy): how much the full fine-tune recovers on this
-task. What a full fine-tune recovers grows with how much the cheap stage lost, so the rule
-uses the largest share of the cheap drop that any pair recovered (pairs that lost at least
-one point; all of it when none did), plus a margin: the configured floor plus the spread of
-the pairs around the typical share (the task's fine-tune noise). A search trial is promoted
-when, so credited, it could still meet the accuracy constraint and is not dominated by a
-full-fidelity trial already measured. The rule errs toward promoting: a wrongly promoted trial costs one fine-tune, a
-wrongly screened one can cost a point of the front.
+holds pairs (cheap accuracy, full accuracy) measured on this task, and every promoted trial
+adds one.
+
+The rule is an empirical upper envelope, not a model: a trial whose cheap accuracy is ``c``
+is credited with the best full accuracy that any pair reached from a cheap accuracy of at
+most ``c + margin``, plus the margin (points; the cheap and the full scores both carry
+noise). A trial at least as good cheaply as every pair is unknown territory: it is credited
+with the unpruned accuracy plus the margin (it could be the best). One worse than every
+pair gets the full accuracy of the worst pair. A search trial is promoted when, so
+credited, it could still meet the accuracy constraint and is not dominated by a
+full-fidelity trial already measured. The rule errs toward promoting: a wrongly promoted
+trial costs one fine-tune, a wrongly screened one can cost a point of the front.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +32,6 @@ from autoprune.study.keys import FIDELITY_FULL
 __all__ = ["Decision", "Screening"]
 
 _MIN_PAIRS = 2
-_SIGNIFICANT_DROP = 1.0  # points the cheap stage must lose for a pair to tell a recovered share
 _SPEED_TOLERANCE = 0.02  # a front trial must be this much faster to dominate (speedups carry noise)
 
 
@@ -50,7 +52,7 @@ class Screening:
         front: ``(number, accuracy, speedup)`` of feasible full-fidelity trials.
         baseline_accuracy: the unpruned model's validation accuracy.
         max_drop: the accuracy constraint in points, if the study has one.
-        margin: the configured floor of the margin, in points.
+        margin: points of noise allowed on the cheap and on the full score (``screen_margin``).
         speed_only: whether the front check applies (objectives accuracy and latency only).
     """
 
@@ -85,30 +87,29 @@ class Screening:
             speed_only=set(cfg.objectives) == {"accuracy", "latency"},
         )
 
-    @property
-    def recovery(self) -> tuple[float, float]:
-        """The largest share of the cheap stage's drop that a full fine-tune recovered (in
-        [0, 1]), and the margin in points to add to the credit."""
-        drops = [(self.baseline_accuracy - cheap, full - cheap) for cheap, full in self.pairs]
-        shares = [gain / drop for drop, gain in drops if drop >= _SIGNIFICANT_DROP]
-        best = min(1.0, max(0.0, max(shares))) if shares else 1.0
-        typical = statistics.median(shares) if shares else 1.0
-        residuals = [gain - typical * max(drop, 0.0) for drop, gain in drops]
-        noise = statistics.pstdev(residuals) if len(residuals) >= 3 else 0.0
-        return best, self.margin + noise
+    def reachable(self, accuracy: float) -> tuple[float, str]:
+        """The most a trial with cheap accuracy ``accuracy`` is credited to reach after the
+        full fine-tune, and how that was worked out (for the trial's ``screen_reason``)."""
+        m = self.margin
+        below = [(cheap, full) for cheap, full in self.pairs if cheap <= accuracy + m]
+        if len(below) == len(self.pairs):
+            return max(self.baseline_accuracy, accuracy) + m, f"cheap {accuracy:.2f}, as good as every pair"
+        if not below:
+            cheap, full = min(self.pairs)
+            return full + m, f"cheap {accuracy:.2f} below every pair; the worst pair {cheap:.2f} -> {full:.2f}"
+        cheap, full = max(below, key=lambda pair: pair[1])
+        return full + m, f"cheap {accuracy:.2f}; best pair at or below it {cheap:.2f} -> {full:.2f}"
 
     def decide(self, accuracy: float, speedup: float) -> Decision:
         """Promote a trial whose cheap accuracy is ``accuracy`` and speedup ``speedup``?"""
         if len(self.pairs) < _MIN_PAIRS:
             return Decision(True, f"promoted: fewer than {_MIN_PAIRS} calibration pairs")
-        share, margin = self.recovery
-        best_gain = share * max(self.baseline_accuracy - accuracy, 0.0)
-        reachable = accuracy + best_gain + margin
+        reachable, why = self.reachable(accuracy)
         if self.max_drop is not None and self.baseline_accuracy - reachable > self.max_drop:
             return Decision(
                 False,
-                f"screened out: at most {reachable:.2f} reachable (cheap {accuracy:.2f} + recovery {best_gain:.2f} "
-                f"+ margin {margin:.2f}), the constraint needs {self.baseline_accuracy - self.max_drop:.2f}",
+                f"screened out: at most {reachable:.2f} reachable ({why}; margin {self.margin:.2f}), "
+                f"the constraint needs {self.baseline_accuracy - self.max_drop:.2f}",
             )
         if self.speed_only:
             for number, full_accuracy, full_speedup in self.front:
