@@ -90,7 +90,8 @@ def test_three_workers_give_exactly_3m_trials(tmp_path: Path, postgres_url: str)
     detail = [(t.number, t.state.name, t.user_attrs.get("role"), t.system_attrs, t.user_attrs.get("error")) for t in study.trials]
     assert roles.count(ROLE_UNPRUNED) == 1 and roles.count("reference-uniform") == 1, detail
     searched = [t for t in study.trials if t.user_attrs.get("role") != ROLE_UNPRUNED]
-    assert len([t for t in searched if t.state == optuna.trial.TrialState.COMPLETE]) == 3 * m
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # PRUNED: repeats, screened out
+    assert len([t for t in searched if t.state in finished]) == 3 * m
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers)) == 3 * m + 1
     assert all(t.user_attrs.get("host") for t in searched)
@@ -115,7 +116,8 @@ def test_joiner_started_first_waits_for_the_study(tmp_path: Path, postgres_url: 
         assert p.returncode == 0, err
     study = _study(postgres_url, "wait")
     assert study is not None
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # PRUNED: repeats, screened out
+    done = [t for t in study.trials if t.state in finished]
     assert len(done) == 2 * 2 + 1  # both workers' shares and the unpruned reference
     assert study.user_attrs["config"]["task_options"] == {"width": 8, "batch_size": 16}
 
@@ -149,8 +151,9 @@ def test_sigkilled_worker_trial_is_retried(tmp_path: Path, postgres_url: str) ->
     ]
     assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
     assert retried[0].params == failed[0].params
-    # nothing completed was lost
-    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL) for t in study.trials)
+    # nothing completed was lost (PRUNED: a search trial that would repeat an earlier one, or screened out)
+    S = optuna.trial.TrialState
+    assert all(t.state in (S.COMPLETE, S.FAIL, S.PRUNED) for t in study.trials)
 
 
 def test_password_is_masked_and_conflicts_are_refused(tmp_path: Path, postgres_url: str) -> None:

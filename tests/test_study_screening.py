@@ -57,37 +57,41 @@ def test_without_calibration_pairs_everything_is_promoted() -> None:
     assert decision.promote and "fewer than 2" in decision.reason
 
 
-def test_the_credit_is_the_upper_envelope_of_the_pairs() -> None:
+def test_the_credit_is_bounded_by_the_pairs_at_or_above() -> None:
     # (cheap, full): a 97 became 98.2, a 91 became 95, a 60 became 80
     rule = _rule([(97.0, 98.2), (91.0, 95.0), (60.0, 80.0)])
-    # 93: only the pairs from 91 and 60 are at or below 93 + 0.5; the best reached 95 -> 95.5
-    reachable, why = rule.reachable(93.0)
-    assert reachable == pytest.approx(95.5) and "91.00 -> 95.00" in why
-    decision = rule.decide(93.0, 2.0)
+    # 85: the nearest pair at or above 85.5 is the 91 one; pairs up to 91 reached at most 95
+    reachable, why = rule.reachable(85.0)
+    assert reachable == pytest.approx(95.5) and "pairs up to 91.00 reached at most 95.00" in why
+    decision = rule.decide(85.0, 2.0)
     assert not decision.promote and "constraint needs 98.00" in decision.reason and "95.50" in decision.reason
-    # within the margin of the 97 pair: as good as every pair, unknown territory, credited 99 + 0.5
+    # 93 sits in the gap below the 97 pair: credited what it reached, 98.2 + 0.5 -> promoted
+    assert rule.reachable(93.0)[0] == pytest.approx(98.7) and rule.decide(93.0, 2.0).promote
+    # within the margin of the best pair or above it: unknown territory, the unpruned 99 + 0.5
     assert rule.reachable(96.6)[0] == pytest.approx(99.5) and rule.decide(96.6, 2.0).promote
-    # worse than every pair: the worst pair's full accuracy (a bound no better than it)
+    # worse than every pair: bounded by the worst pair
     reachable, why = rule.reachable(30.0)
-    assert reachable == pytest.approx(80.5) and "below every pair" in why
+    assert reachable == pytest.approx(80.5) and "pairs up to 60.00" in why
     # monotone: a better cheap score is never credited less
     credits = [rule.reachable(c)[0] for c in range(20, 100)]
     assert credits == sorted(credits)
+    # a pair that did better from a worse cheap score raises the bound above it too
+    assert _rule([(97.0, 98.2), (91.0, 98.9)]).reachable(93.0)[0] == pytest.approx(99.4)
 
 
 def test_without_a_constraint_only_the_front_screens() -> None:
     rule = dataclasses.replace(_rule([(95.0, 98.2), (91.0, 95.0)], front=[(3, 97.0, 3.0)]), max_drop=None)
-    assert rule.decide(91.0, 2.0).promote is False  # 95.5 reachable, trial 3 is better and faster
-    assert rule.decide(91.0, 3.5).promote  # faster than the front: not dominated
+    assert rule.decide(85.0, 2.0).promote is False  # 95.5 reachable, trial 3 is better and faster
+    assert rule.decide(85.0, 3.5).promote  # faster than the front: not dominated
 
 
 def test_a_trial_dominated_by_the_front_is_screened_out() -> None:
     rule = _rule([(95.0, 98.0), (91.0, 95.0)], front=[(3, 99.4, 2.5)])
-    decision = rule.decide(94.0, 2.0)  # at most 95.5 < 99.4, and slower
+    decision = rule.decide(90.0, 2.0)  # at most 95.5 < 99.4, and slower
     assert not decision.promote
-    decision = dataclasses.replace(rule, max_drop=None).decide(94.0, 2.0)
+    decision = dataclasses.replace(rule, max_drop=None).decide(90.0, 2.0)
     assert not decision.promote and "trial 3" in decision.reason
-    assert dataclasses.replace(rule, max_drop=None).decide(94.0, 2.5).promote  # as fast: not dominated
+    assert dataclasses.replace(rule, max_drop=None).decide(90.0, 2.5).promote  # as fast: not dominated
     assert rule.decide(95.0, 2.0).promote  # as good as every pair: 99.5 reachable, could beat the front
 
 

@@ -7,15 +7,18 @@ not depend on how long it is fine-tuned). References are always promoted, so eve
 holds pairs (cheap accuracy, full accuracy) measured on this task, and every promoted trial
 adds one.
 
-The rule is an empirical upper envelope, not a model: a trial whose cheap accuracy is ``c``
-is credited with the best full accuracy that any pair reached from a cheap accuracy of at
-most ``c + margin``, plus the margin (points; the cheap and the full scores both carry
-noise). A trial at least as good cheaply as every pair is unknown territory: it is credited
-with the unpruned accuracy plus the margin (it could be the best). One worse than every
-pair gets the full accuracy of the worst pair. A search trial is promoted when, so
-credited, it could still meet the accuracy constraint and is not dominated by a
-full-fidelity trial already measured. The rule errs toward promoting: a wrongly promoted
-trial costs one fine-tune, a wrongly screened one can cost a point of the front.
+The rule is an empirical bound, not a model. It assumes only that a better cheap score does
+not lead to a worse full one, so what a pair reached from a cheap score at least as good as
+the trial's bounds what the trial can reach: the trial is credited with the best full accuracy
+reached by any pair whose cheap score is at most that of the nearest pair at or above the
+trial's cheap score plus the margin (``screen_margin`` points: both scores carry noise), plus
+the margin again. A trial with no pair at or above it is unknown territory and is credited
+with the unpruned accuracy plus the margin (it could be the best). Every promoted trial adds
+a pair, so a gap between pairs is filled by the trials that fall into it. A search trial is
+promoted when, so credited, it could still meet the accuracy constraint and is not
+dominated by a full-fidelity trial already measured. The rule errs toward promoting: a
+wrongly promoted trial costs one fine-tune, a wrongly screened one can cost a point of the
+front.
 """
 
 from __future__ import annotations
@@ -91,14 +94,12 @@ class Screening:
         """The most a trial with cheap accuracy ``accuracy`` is credited to reach after the
         full fine-tune, and how that was worked out (for the trial's ``screen_reason``)."""
         m = self.margin
-        below = [(cheap, full) for cheap, full in self.pairs if cheap <= accuracy + m]
-        if len(below) == len(self.pairs):
-            return max(self.baseline_accuracy, accuracy) + m, f"cheap {accuracy:.2f}, as good as every pair"
-        if not below:
-            cheap, full = min(self.pairs)
-            return full + m, f"cheap {accuracy:.2f} below every pair; the worst pair {cheap:.2f} -> {full:.2f}"
-        cheap, full = max(below, key=lambda pair: pair[1])
-        return full + m, f"cheap {accuracy:.2f}; best pair at or below it {cheap:.2f} -> {full:.2f}"
+        above = [cheap for cheap, _ in self.pairs if cheap >= accuracy + m]
+        if not above:
+            return max(self.baseline_accuracy, accuracy) + m, f"cheap {accuracy:.2f}, no pair at or above it"
+        nearest = min(above)
+        cheap, full = max(((c, f) for c, f in self.pairs if c <= nearest), key=lambda pair: pair[1])
+        return full + m, f"cheap {accuracy:.2f}; pairs up to {nearest:.2f} reached at most {full:.2f}"
 
     def decide(self, accuracy: float, speedup: float) -> Decision:
         """Promote a trial whose cheap accuracy is ``accuracy`` and speedup ``speedup``?"""
