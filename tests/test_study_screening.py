@@ -241,3 +241,17 @@ def test_a_search_in_the_sensitivity_parametrization(tmp_path: Path, tiny_task: 
 def test_the_sensitivity_parametrization_needs_the_scan() -> None:
     with pytest.raises(ap.ConfigError, match="invalid sensitivity = False; allowed: true with space.parametrization"):
         SearchConfig.from_dict({"sensitivity": False, "space": {"parametrization": "sensitivity"}})
+
+
+def test_layers_command_shows_the_space_the_search_samples(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from autoprune.cli import main
+
+    (tmp_path / "s.toml").write_text('task_options = {width = 8, batch_size = 16}\n[space]\nparametrization = "sensitivity"\n')
+    assert main(["layers", str(tmp_path / "s.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "unstructured pruning is left out of the search" in out
+    assert "in the per-unit parametrization" in out and "--sensitivity" in out
+    assert main(["layers", str(tmp_path / "s.toml"), "--sensitivity"]) == 0
+    out = capsys.readouterr().out
+    assert "search space (sensitivity parametrization): at most" in out
+    assert "features.0 structured" in out

@@ -8,6 +8,7 @@ at the config's amounts, BatchNorm re-estimated, validation accuracy and MACs re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from autoprune.config import SearchConfig, load_toml
 
@@ -63,16 +64,27 @@ def run(args: argparse.Namespace) -> int:
         print("skipped:")
         for name, reason in analysis.skipped:
             print(f"  {name}: {reason}")
-    space = SearchSpace(analysis.layers, cfg.space)
+    from autoprune.study._objective import paying_space
+
+    space_cfg, notice = paying_space(cfg)
+    space = SearchSpace(analysis.layers, dataclasses.replace(space_cfg, parametrization="unit"))
     print()
+    if notice is not None:
+        print(notice)
     print(
         f"search space ({cfg.space.granularity} granularity): {len(space.units)} units, "
         f"at most {space.dimension} parameters per trial"
+        + (" in the per-unit parametrization" if space_cfg.parametrization != "unit" else "")
     )
+    if space_cfg.parametrization != "unit" and not args.sensitivity:
+        print(f"  (space.parametrization = {space_cfg.parametrization!r} is built on the sensitivity scan: --sensitivity)")
     if args.sensitivity:
         from autoprune.study import scan_task
 
         sens = scan_task(task, space, cfg)
+        if space_cfg.parametrization != "unit":
+            searched = SearchSpace(analysis.layers, space_cfg, sensitivity=sens)
+            print(f"search space ({space_cfg.parametrization} parametrization): at most {searched.dimension} parameters per trial")
         print()
         print(
             f"sensitivity ({'BatchNorm re-estimated' if sens.calibrated else 'as pruned'}, no fine-tune; "
