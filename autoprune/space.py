@@ -20,6 +20,7 @@ enqueued with ``params_for(x)`` samples exactly ``schedule_from_params(params_fo
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -110,7 +111,8 @@ class SearchSpace:
             for info in unit.layers
         )
         self._head_choices: list[bool] = list(config.attention_heads) if reachable else [False]
-        self._path: list[dict[str, float]] | None = None
+        # the sensitivity-greedy path and each step's estimated saving, computed once
+        self._path: list[tuple[float, dict[str, float]]] | None = None
         if config.parametrization == "sensitivity":
             self._check_sensitivity()
 
@@ -342,17 +344,19 @@ class SearchSpace:
 
     def _allocation(self, target: float) -> dict[str, float]:
         """The first allocation on the sensitivity-greedy path whose estimated saving
-        reaches ``target`` (the path is computed once per space)."""
-        assert self.sensitivity is not None
+        reaches ``target`` (the path and its savings are computed once per space; the
+        savings grow along the path, so a bisection finds it)."""
+        sens = self.sensitivity
+        assert sens is not None
         if self._path is None:
             from autoprune.sensitivity import greedy_path
 
             caps = {u.key: u.max_amount for u in self._structured_units()}
-            self._path = greedy_path(self.sensitivity, caps=caps, step=self.config.amount_step)
-        for amounts in self._path:
-            if self.sensitivity.saved_fraction(amounts) >= target - 1e-9:
-                return amounts
-        return self._path[-1]
+            path = greedy_path(sens, caps=caps, step=self.config.amount_step)
+            self._path = [(sens.saved_fraction(amounts), amounts) for amounts in path]
+        savings = [saved for saved, _ in self._path]
+        i = bisect.bisect_left(savings, target - 1e-9)
+        return self._path[min(i, len(self._path) - 1)][1]
 
     # ------------------------------------------------------------------ params of given schedules
     def _unit_prefs(self, unit: Unit, method: str, amount: float) -> dict[str, Any]:

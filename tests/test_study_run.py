@@ -357,7 +357,7 @@ def test_cli_layers_shows_the_preflight_and_the_space(tmp_path: Path, tiny_task:
         row = next(line for line in lines if line.startswith(info.name + " "))
         assert f" {info.channels} " in row and ",".join(info.methods) in row
     assert "  classifier.3: its output channels are the model's output" in lines
-    from autoprune.study._objective import paying_space
+    from autoprune.study import paying_space
 
     # the space the search samples: accuracy and latency on a dense backend leave unstructured out
     space_cfg, notice = paying_space(SearchConfig.from_dict({"space": {"steps": 1}}))

@@ -175,7 +175,7 @@ def test_distillation_is_searched_where_the_task_can_distill(tmp_path: Path) -> 
 
 # ---------------------------------------------------------------------------- repeats and paying methods
 def test_unstructured_is_searched_only_where_it_can_pay() -> None:
-    from autoprune.study._objective import paying_space
+    from autoprune.study import paying_space
 
     cfg = ap.SearchConfig(objectives=["accuracy", "latency"])
     space, notice = paying_space(cfg)

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         print("skipped:")
         for name, reason in analysis.skipped:
             print(f"  {name}: {reason}")
-    from autoprune.study._objective import paying_space
+    from autoprune.study import paying_space
 
     space_cfg, notice = paying_space(cfg)
     space = SearchSpace(analysis.layers, dataclasses.replace(space_cfg, parametrization="unit"))

@@ -19,7 +19,7 @@ In the order of the data flow, one job per module:
 from __future__ import annotations
 
 from autoprune.study import keys
-from autoprune.study._objective import Objective, SearchSetup
+from autoprune.study._objective import Objective, SearchSetup, paying_space
 from autoprune.study._picked import PickedTrial
 from autoprune.study._references import scan_task
 from autoprune.study._results import DEFAULT_STORAGE, MINIMIZE_KEYS, StudyResults, load_study
@@ -42,6 +42,7 @@ __all__ = [
     "load_study",
     "make_storage",
     "open_study",
+    "paying_space",
     "run_search",
     "search",
     "stored_config",

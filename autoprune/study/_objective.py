@@ -80,7 +80,7 @@ class SearchSetup:
     def search_space(self, study: optuna.Study) -> SearchSpace:
         """The space the study's trials sample: ``space``, or with the sensitivity
         parametrization the same units over the study's stored scan."""
-        if self.space.config.parametrization == "unit" and self.cfg.space.parametrization == "unit":
+        if self.cfg.space.parametrization == "unit":
             return self.space
         if "space" not in self._searched:
             from autoprune.sensitivity import Sensitivity
