@@ -2,9 +2,9 @@
 
 For each task and seed, in ONE run:
   - autoprune: ``ap.search`` with its defaults (accuracy and latency, ``--trials`` trials);
-    every trial on its Pareto front (validation accuracy vs recorded speedup, full-fidelity
-    trials only: what a user picks from) is re-applied from its stored JSON and fine-tuned as
-    its schedule says;
+    every trial on the study's front (``pareto_trials()``: feasible, full-fidelity trials that
+    no other beats by ``front_tolerance`` points of validation accuracy or more; what a user
+    picks from) is re-applied from its stored JSON and fine-tuned as its schedule says;
   - uniform sweep: what a person writes by hand with Torch-Pruning: MetaPruner with L2
     magnitude importance, the same ratio for every layer (20..90%), the output layer ignored;
   - global sweep: the same with ``global_pruning=True`` (20..80%).
@@ -78,11 +78,6 @@ def _score(task: ap.Task, model: nn.Module, reference: nn.Module, budget_s: floa
             "converged": float(sp.converged)}
 
 
-def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Non-dominated points of (maximise accuracy, maximise speedup)."""
-    return [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
-
-
 def _hypervolume(points: list[dict[str, float]], base_test: float, hv_drop: float) -> float:
     """Area dominated in (test drop in points, latency fraction = 1/speedup), both minimised,
     up to (hv_drop, 1) (Optuna's hypervolume through ``autoprune.report.hypervolume``)."""
@@ -92,36 +87,60 @@ def _hypervolume(points: list[dict[str, float]], base_test: float, hv_drop: floa
 
 
 def _summary(points: list[dict[str, float]], base_test: float, args: argparse.Namespace) -> dict[str, float]:
-    ok = [p["speedup"] for p in points if base_test - p["test"] <= args.max_drop]
+    def best(drop: float) -> float:
+        ok = [p["speedup"] for p in points if base_test - p["test"] <= drop]
+        return max(ok) if ok else math.nan
+
     return {
-        "best_speedup": max(ok) if ok else math.nan,
+        "best_speedup": best(args.max_drop),
+        "best_speedup_1pt": best(1.0),
+        "best_speedup_2pt": best(2.0),
         "hypervolume": _hypervolume(points, base_test, args.hv_drop),
         "points": len(points),
     }
 
 
+def parse_task(text: str) -> tuple[str, dict[str, Any]]:
+    """``"shapes-resnet"`` or ``"shapes-resnet[width=32,blocks=2]"``: a built-in task and its options."""
+    name, _, rest = text.partition("[")
+    options: dict[str, Any] = {}
+    if rest:
+        if not rest.endswith("]"):
+            raise SystemExit(f"bad --tasks entry {text!r}: expected NAME or NAME[key=value,...]")
+        for item in filter(None, rest[:-1].split(",")):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise SystemExit(f"bad task option {item!r} in {text!r}: expected key=value")
+            try:
+                options[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                options[key.strip()] = value
+    return name, options
+
+
 def run_search_method(task_name: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    task = ap.tasks.get(task_name)
+    name_only, options = parse_task(task_name)
+    task = ap.tasks.get(name_only, **options)
     storage = f"sqlite:///{workdir}/bench.db"
-    name = f"{task_name}-{seed}"
+    name = "-".join([name_only, *(f"{k}{v}" for k, v in options.items()), str(seed)])
     t0 = time.perf_counter()
     space = ap.SpaceConfig(parametrization=args.parametrization, fine_tune_steps=[args.fine_tune])
     study = ap.search(task, objectives=["accuracy", "latency"], n_trials=args.trials, storage=storage,
                       study_name=name, seed=seed, target=args.target, report=False, latency_cache="study",
-                      latency_budget_s=args.search_budget, space=dataclasses.asdict(space))
+                      latency_budget_s=args.search_budget, space=dataclasses.asdict(space),
+                      front_tolerance=args.front_tolerance)
     minutes = (time.perf_counter() - t0) / 60
-    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     spent = sum(int(t.user_attrs.get("fine_tune_steps_spent", 0)) for t in study.trials)
-    full = [t for t in trials if t.user_attrs.get("fidelity", "full") == "full" and "speedup" in t.user_attrs
-            and "duplicate_of" not in t.user_attrs]  # a repeat is the same point as the trial it copies
-    front_keys = _pareto([(float(t.user_attrs["accuracy"]), float(t.user_attrs["speedup"])) for t in full])
-    front = [t for t in full if (float(t.user_attrs["accuracy"]), float(t.user_attrs["speedup"])) in front_keys]
+    # What the user is shown and picks from: the study's front (feasible, full-fidelity trials
+    # that no other beats by front_tolerance points of validation accuracy or more).
+    front = [t for t in ap.load_study(name, storage).pareto_trials() if "speedup" in t.user_attrs]
     return {"study": study, "front": front, "minutes": minutes, "fine_tune_steps": spent, "task": task}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["shapes-resnet", "digits"])
+    parser.add_argument("--tasks", nargs="+", default=["shapes-resnet", "digits"],
+                        help="built-in tasks, each NAME or NAME[key=value,...] (e.g. 'shapes-resnet[width=32]')")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--max-drop", type=float, default=0.5, help="points of test-accuracy drop allowed")
@@ -134,6 +153,8 @@ def main() -> None:
                         help="the search space's parametrization (space.parametrization)")
     parser.add_argument("--search-budget", type=float, default=2.0,
                         help="seconds per paired speedup measurement inside the search (latency_budget_s)")
+    parser.add_argument("--front-tolerance", type=float, default=ap.SearchConfig().front_tolerance,
+                        help="the search's front_tolerance: points of validation accuracy the front does not tell apart")
     parser.add_argument("--uniform", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     parser.add_argument("--global-amounts", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
     parser.add_argument("--out", type=Path, default=Path("results"))
@@ -179,13 +200,13 @@ def main() -> None:
                        "minutes": found["minutes"] if method == "autoprune" else sweep_min / 2, "raw": pts}
                 rows.append(row)
                 print(f"{task_name} seed {seed} {method}: best {row['best_speedup']:.2f}x at <= {args.max_drop} pt, "
-                      f"HV {row['hypervolume']:.3f}, {row['fine_tune_steps']} fine-tune steps", flush=True)
+                      f"{row['best_speedup_1pt']:.2f}x at <= 1, {row['best_speedup_2pt']:.2f}x at <= 2, HV {row['hypervolume']:.3f}, {row['fine_tune_steps']} fine-tune steps", flush=True)
             print(f"  (re-applying autoprune's front took {reapply_min:.1f} min, the sweeps {sweep_min:.1f} min)")
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "bench_search.json").write_text(json.dumps(rows, indent=2, default=float))  # so far
 
-    lines = [f"| task | method | best speedup at <= {args.max_drop:.1f} pt test drop | hypervolume | fine-tune steps "
-             "| points | minutes |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| task | method | best speedup at <= {args.max_drop:.1f} pt test drop | at <= 1 pt | at <= 2 pt "
+             "| hypervolume | fine-tune steps | points | minutes |", "|---|---|---|---|---|---|---|---|---|"]
     for task_name in args.tasks:
         for method in ("autoprune", "uniform sweep", "global sweep"):
             sel = [r for r in rows if r["task"] == task_name and r["method"] == method]
@@ -194,7 +215,8 @@ def main() -> None:
                 vals = [float(r[key]) for r in sel if not math.isnan(float(r[key]))]
                 return statistics.median(vals) if vals else math.nan
 
-            lines.append(f"| {task_name} | {method} | {med('best_speedup'):.2f}x | {med('hypervolume'):.3f} | "
+            lines.append(f"| {task_name} | {method} | {med('best_speedup'):.2f}x | {med('best_speedup_1pt'):.2f}x | "
+                         f"{med('best_speedup_2pt'):.2f}x | {med('hypervolume'):.3f} | "
                          f"{med('fine_tune_steps'):.0f} | {med('points'):.0f} | {med('minutes'):.1f} |")
     table = "\n".join(lines)
     print()
@@ -203,7 +225,7 @@ def main() -> None:
           f"test split; hypervolume reference ({args.hv_drop} points, 1.0)")
     print(f"reproduce: python scripts/bench_search.py --tasks {' '.join(args.tasks)} --seeds "
           f"{' '.join(map(str, args.seeds))} --trials {args.trials} --target '{args.target}' --budget {args.budget} "
-          f"--fine-tune {args.fine_tune} --parametrization {args.parametrization}")
+          f"--fine-tune {args.fine_tune} --parametrization {args.parametrization} --front-tolerance {args.front_tolerance}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_search.json").write_text(json.dumps(rows, indent=2, default=float))
     (args.out / "bench_search.md").write_text(table + "\n")

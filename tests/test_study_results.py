@@ -192,6 +192,47 @@ def test_missing_database_is_not_created(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+# ---------------------------------------------------------------------------- the front
+def _tolerance_study(storage: str, tolerance: float | None) -> optuna.Study:
+    """Validation accuracy ties and near-ties, as on a small split (270 images: 0.37 points each)."""
+    base = {"accuracy": 99.0, "latency_ms": 10.0, "dense_bytes": 1000, "sparse_bytes": 1000}
+    study = _new_study(storage, f"tol-{tolerance}", base)
+    if tolerance is not None:
+        study.set_user_attr("config", {"front_tolerance": tolerance})
+    schedule = ap.Schedule(layers={"features.0": ap.LayerPlan("structured", 0.25)})
+    rows = [(99.0, 10.0), (99.0, 5.0), (98.8, 6.0), (98.0, 7.0), (98.63, 4.0), (99.0, 5.0), (99.9, 1.0)]
+    for number, (acc, latency) in enumerate(rows):
+        metrics = {"accuracy": acc, "latency_ms": latency, "sparse_bytes": 1000, "dense_bytes": 1000}
+        _add(study, schedule, metrics, constraints={"accuracy_drop": -1.0 if number < 6 else 1.0})
+    return study
+
+
+def test_front_tolerance_keeps_trials_the_validation_split_cannot_tell_apart(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/t.db"
+    strict = _tolerance_study(storage, None)  # an older study: no front_tolerance stored
+    # 0 (99.0 at 10 ms) ties 1 on accuracy and is slower: off the strict front; so are 2 and 3.
+    # 4 (98.63 at 4 ms) is faster than all; 1 and 5 tie exactly (both kept); 6 is infeasible.
+    assert [t.number for t in study_keys.pareto_front(strict)] == [1, 4, 5]
+    assert [t.number for t in study_keys.pareto_front(strict)] == [t.number for t in strict.best_trials]
+    # Within 0.5 points only 3 (1.0 point below 1, and slower) is beaten.
+    assert [t.number for t in study_keys.pareto_front(strict, 0.5)] == [0, 1, 2, 4, 5]
+    # 0.2: 2 (0.2 below 1, slower) is beaten too, 0 is not (a tie).
+    assert [t.number for t in study_keys.pareto_front(strict, 0.2)] == [0, 1, 4, 5]
+    noisy = _tolerance_study(storage, 0.5)  # the study's config sets the default
+    assert study_keys.front_tolerance(noisy) == 0.5
+    results = StudyResults(noisy)
+    assert sorted(results.pareto().index) == [0, 1, 2, 4, 5]
+    assert sorted(results.pareto(tolerance=0).index) == [1, 4, 5]
+    from autoprune.report._data import _get_pareto_info
+
+    assert sorted(_get_pareto_info(noisy).groups["pareto"].numbers) == [0, 1, 2, 4, 5]
+
+
+def test_front_tolerance_is_validated() -> None:
+    with pytest.raises(ap.ConfigError, match=r"front_tolerance.*-1.*>= 0"):
+        ap.SearchConfig(front_tolerance=-1).validate()
+
+
 # ---------------------------------------------------------------------------- tables
 def test_pareto_table_keeps_feasible_complete_front(synthetic: StudyResults) -> None:
     table = synthetic.pareto()

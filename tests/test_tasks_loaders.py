@@ -65,6 +65,35 @@ def test_fine_tune_runs_exactly_the_given_optimiser_steps() -> None:
     assert len(calls) == 13
 
 
+@pytest.mark.parametrize(("lr_schedule", "last_lr"), [("cosine", 0.0), ("constant", 0.05)])
+def test_lr_schedule_cosine_decays_each_fine_tune_call_to_zero(lr_schedule: str, last_lr: float) -> None:
+    made: list[torch.optim.Optimizer] = []
+    seen: list[float] = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):  # type: ignore[no-untyped-def, override]
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    def optimizer(params: object) -> torch.optim.Optimizer:
+        made.append(Recording(params, lr=0.05))  # type: ignore[arg-type]
+        return made[-1]
+
+    options: dict[str, object] = {"optimizer": optimizer}
+    if lr_schedule != "constant":  # the default
+        options["lr_schedule"] = lr_schedule
+    task = _task(**options)
+    for call in range(2):  # every call gets its own decay, from lr
+        seen.clear()
+        task.fine_tune(task.fresh_model(), 10)  # type: ignore[misc]
+        assert seen[0] == pytest.approx(0.05)
+        assert made[call].param_groups[0]["lr"] == pytest.approx(last_lr, abs=1e-12)
+        if lr_schedule == "cosine":
+            assert seen == sorted(seen, reverse=True) and seen[-1] < 0.01
+        else:
+            assert set(seen) == {0.05}
+
+
 def test_evaluate_and_test_equal_a_hand_count() -> None:
     task = _task()
     model = task.model
@@ -244,6 +273,7 @@ class _Bad:
         ({"scale": "percentage"}, r"^task scale must be one of \('percent', 'fraction'\) or None"),
         ({"device": "gpu7"}, r"^device must be a torch device such as 'cpu' or 'cuda:0', but got 'gpu7'"),
         ({"calibration_batches": 0}, r"^calibration_batches must be an int >= 1"),
+        ({"lr_schedule": "linear"}, r"^lr_schedule must be one of 'cosine', 'constant', but got lr_schedule='linear'$"),
     ],
 )
 def test_every_bad_argument_gets_one_clear_line(options: dict[str, object], needle: str) -> None:

@@ -133,8 +133,11 @@ def run(args: argparse.Namespace) -> int:
     table = table[[c for c in _PARETO_COLUMNS if c in table.columns and not table[c].isna().all()]]
     print()
     held_out = "test_accuracy" in table.columns
+    tol = cfg.front_tolerance
+    within = (f"each kept unless another is no worse anywhere and {tol:g}+ points more accurate on validation"
+              if tol > 0 else "strict")
     print(
-        f"Pareto front ({len(table)} feasible trials"
+        f"Pareto front ({len(table)} feasible trials; {within}"
         + ("; accuracy = validation, which the search selected on; test_accuracy = held out, never seen by it):"
            if held_out else "):")
     )

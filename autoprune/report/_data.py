@@ -95,7 +95,7 @@ class _PointGroup(NamedTuple):
 class _ParetoInfo(NamedTuple):
     objective_names: list[str]
     directions: list[str]
-    # "pareto": study.best_trials; "feasible"/"infeasible": the other complete trials;
+    # "pareto": the study's front (study_keys.pareto_front); "feasible"/"infeasible": the other complete trials;
     # "reference": unpruned and uniform trials (drawn on top, also when on the front).
     groups: dict[str, _PointGroup]
     # The pairs of objective indices drawn in 2D (one pair for two objectives, three for three).
@@ -113,7 +113,7 @@ def _group(trials: Sequence[FrozenTrial], names: Sequence[str]) -> _PointGroup:
 def _get_pareto_info(study: optuna.Study) -> _ParetoInfo:
     names = objective_names(study)
     complete = _complete_trials(study)
-    best = sorted(study.best_trials, key=lambda t: t.number)
+    best = study_keys.pareto_front(study)
     best_numbers = {t.number for t in best}
     references = [t for t in complete if study_keys.trial_role(t) in REFERENCE_ROLES]
     ref_numbers = {t.number for t in references}
@@ -207,7 +207,7 @@ def _layer_order(study: optuna.Study, schedules: Sequence[Schedule]) -> list[str
 
 def _get_heatmap_info(study: optuna.Study) -> _HeatmapInfo:
     """Per-layer amounts of the Pareto trials (ordered by the first objective)."""
-    best = study.best_trials
+    best = study_keys.pareto_front(study)
     first_sign = -1.0 if directions(study)[0] == "maximize" else 1.0
     best = sorted(best, key=lambda t: (first_sign * t.values[0], t.number))
     pairs = [(t, s) for t in best if (s := _schedule_or_none(t)) is not None]
@@ -299,7 +299,7 @@ def _default_pattern_trial(study: optuna.Study) -> FrozenTrial | None:
     """
     params = {str(i["name"]): int(i.get("params", 1)) for i in study.user_attrs.get("layers", []) if "name" in i}
     best = []
-    for t in study.best_trials:
+    for t in study_keys.pareto_front(study):
         s = _schedule_or_none(t)
         if s is not None and s.active_layers():
             best.append((study_keys.trial_role(t) == study_keys.ROLE_SEARCH, _pruned_fraction(s, params), -t.number, t))

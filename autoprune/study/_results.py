@@ -178,17 +178,19 @@ class StudyResults:
         """Every trial (any state), one row each, indexed by trial number."""
         return self._table(self.study.get_trials(deepcopy=False))
 
-    def pareto_trials(self) -> list[optuna.trial.FrozenTrial]:
-        """Feasible, complete, not early-rejected trials on the study's Pareto front."""
-        # Optuna's best_trials leaves out infeasible trials when the study has constraints.
-        return [t for t in self.study.best_trials if _is_usable(t) and study_keys.is_feasible(t)]
+    def pareto_trials(self, tolerance: float | None = None) -> list[optuna.trial.FrozenTrial]:
+        """Feasible, complete, fully run trials on the study's front: those no other such trial
+        beats by more than ``tolerance`` points of accuracy (default: the study's
+        ``front_tolerance``; 0 gives the strict Pareto front). See
+        :func:`autoprune.study.keys.pareto_front`."""
+        return study_keys.pareto_front(self.study, tolerance)
 
-    def pareto(self) -> pd.DataFrame:
-        """The Pareto trials as a DataFrame indexed by trial number, with the columns of
+    def pareto(self, tolerance: float | None = None) -> pd.DataFrame:
+        """The front's trials (:meth:`pareto_trials`) as a DataFrame indexed by trial number, with the columns of
         :func:`trials_table` (objective values, accuracy, accuracy drop, speedup and
         compression against the unpruned model, the size and compute records, a schedule
         summary)."""
-        return self._table(self.pareto_trials())
+        return self._table(self.pareto_trials(tolerance))
 
     def candidates(self) -> list[optuna.trial.FrozenTrial]:
         """Trials :meth:`pick` chooses among: complete, feasible, not early-rejected."""

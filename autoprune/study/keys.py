@@ -15,6 +15,8 @@ Study ``user_attrs``:
         that score x100 (percent), and readers rebuild the task the same way.
     ``space_notice``: present when a configured method was left out of the search because it
         cannot improve any objective (unstructured pruning on a dense latency target).
+    ``config["front_tolerance"]``: points of accuracy within which the front does not tell
+        trials apart (:func:`pareto_front`); absent in older studies (strict front).
     ``sensitivity``: the sensitivity scan (``Sensitivity.to_dict()``), when it ran.
     ``autoprune_version``.
 
@@ -72,7 +74,9 @@ __all__ = [
     "DIRECTIONS",
     "constraint_values",
     "is_feasible",
+    "front_tolerance",
     "objective_names",
+    "pareto_front",
     "schedule_summary",
     "trial_role",
     "trial_schedule",
@@ -149,3 +153,53 @@ def objective_names(study: Any) -> list[str]:
     if names and len(names) == len(study.directions):
         return [str(n) for n in names]
     return [f"objective {i}" for i in range(len(study.directions))]
+
+
+def front_tolerance(study: Any) -> float:
+    """Points of accuracy within which the study's front does not tell two trials apart
+    (``front_tolerance`` of its config; 0, the strict front, for studies made before it)."""
+    config = study.user_attrs.get("config")
+    value = config.get("front_tolerance") if isinstance(config, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        return 0.0
+    return float(value)
+
+
+def pareto_front(study: Any, tolerance: float | None = None) -> list[Any]:
+    """The study's front: feasible, complete trials that ran their whole schedule and that no
+    other such trial beats by more than the noise, in trial order.
+
+    Trial ``b`` beats trial ``a`` when it is no worse on every objective and its accuracy is
+    higher by at least ``tolerance`` points (the study's :func:`front_tolerance` by default).
+    With 0 this is the Pareto front. With the validation noise it keeps the trials that the
+    validation split cannot tell apart from a faster (smaller) one: a trial 1 image better on
+    270 images does not hide every slower trial.
+    """
+    from optuna.trial import TrialState
+
+    tol = front_tolerance(study) if tolerance is None else float(tolerance)
+    names = objective_names(study)
+    signs = [1.0 if d == _optuna_maximize() else -1.0 for d in study.directions]
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values is not None
+        and not t.user_attrs.get("early_rejected", False)
+        and "schedule" in t.user_attrs
+        and is_feasible(t)
+    ]
+    # Every objective as "larger is better"; accuracy shifted by the tolerance when b is compared.
+    gains = {t.number: [s * float(v) for s, v in zip(signs, t.values, strict=True)] for t in trials}
+    margins = [tol if name == "accuracy" else 0.0 for name in names]
+
+    def beats(b: list[float], a: list[float]) -> bool:
+        no_worse = all(bv - m >= av - 1e-9 for bv, av, m in zip(b, a, margins, strict=True))
+        return no_worse and (any(m > 0 for m in margins) or b != a)
+
+    return [a for a in trials if not any(b is not a and beats(gains[b.number], gains[a.number]) for b in trials)]
+
+
+def _optuna_maximize() -> Any:
+    from optuna.study import StudyDirection
+
+    return StudyDirection.MAXIMIZE

@@ -78,7 +78,7 @@ def tensor_task(
         model.load_state_dict(torch.load(path, weights_only=True))
     else:
         # Trained with the task's own loop and recipe, with the schedule of a from-scratch run.
-        settings = {k: v for k, v in recipe.items() if k not in ("distill", "lr")}
+        settings = {k: v for k, v in recipe.items() if k not in ("distill", "lr", "lr_schedule")}
         trainer = make_runner(model, **loaders, seed=seed, lr=train_lr, **settings)
         trainer.run_steps(model, train_steps, distill=False, schedule=train_schedule)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -167,7 +167,9 @@ def make_shapes_resnet(
     ``evaluate`` scores the validation split (2000 images), ``test`` the test split (3000);
     both are drawn by the fixed split seed, whatever ``seed``. The model trains on 20000
     images for 900 steps of 64 (AdamW, one-cycle learning rate) on first use and is cached.
-    Fine-tuning: AdamW, learning rate 1e-3, batches of 64; the standard budget is
+    Fine-tuning: AdamW, learning rate 1e-3 decayed to 0 by a cosine over each call (at a
+    constant 1e-3, 100 steps took the unpruned width-32 model from 95.97% to 87.5% test
+    accuracy), batches of 64; the standard budget is
     ``STANDARD_FINE_TUNE_STEPS`` (100) steps.
 
     Args:
@@ -214,4 +216,5 @@ def make_shapes_resnet(
         lr=1e-3,
         weight_decay=5e-4,
         distill=(1.0, 4.0),
+        lr_schedule="cosine",
     )
