@@ -228,6 +228,30 @@ def test_front_tolerance_keeps_trials_the_validation_split_cannot_tell_apart(tmp
     assert sorted(_get_pareto_info(noisy).groups["pareto"].numbers) == [0, 1, 2, 4, 5]
 
 
+def test_cli_trials_pareto_tolerance(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    storage = f"sqlite:///{tmp_path}/t.db"
+    _tolerance_study(storage, 0.5)
+
+    def trials(*flags: str) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-m", "autoprune.cli", "trials", "--study", "tol-0.5", "--storage", storage, *flags]
+        return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+    def numbers(proc: subprocess.CompletedProcess[str]) -> list[int]:
+        assert proc.returncode == 0, proc.stderr
+        return [int(line.split()[0]) for line in proc.stdout.splitlines()[1:]]
+
+    assert numbers(trials("--pareto")) == [0, 1, 2, 4, 5]  # the study's front_tolerance
+    assert numbers(trials("--pareto", "--tolerance", "0")) == [1, 4, 5]
+    bad = trials("--pareto", "--tolerance", "-1")
+    assert bad.returncode == 2 and "invalid tolerance '-1'; allowed: a number of points >= 0" in bad.stderr
+    alone = trials("--tolerance", "0.2")
+    assert alone.returncode == 2
+    assert alone.stderr.strip() == "autoprune trials: error: --tolerance 0.2 applies to --pareto only; add --pareto"
+
+
 def test_front_tolerance_is_validated() -> None:
     with pytest.raises(ap.ConfigError, match=r"front_tolerance.*-1.*>= 0"):
         ap.SearchConfig(front_tolerance=-1).validate()

@@ -126,8 +126,17 @@ def write_report(
 
     pareto = _data._get_pareto_info(study)
     has_points = any(g.numbers for g in pareto.groups.values())
+    from autoprune.study.keys import front_tolerance
+
+    tolerance = front_tolerance(study)
+    kept = (
+        f" (a trial is kept unless another, no worse on every objective, is at least {tolerance:g} points more "
+        "accurate on validation: the split cannot tell smaller differences apart)"
+        if tolerance > 0
+        else ""
+    )
     front_intro = (
-        "Red: feasible Pareto trials; blue: other feasible trials; grey x: infeasible trials; "
+        f"Red: feasible Pareto trials{kept}; blue: other feasible trials; grey x: infeasible trials; "
         "black: reference trials (unpruned model, uniform schedules). Hover a point for its metrics and schedule."
     )
     if len(names) < 2:
