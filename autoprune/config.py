@@ -185,6 +185,7 @@ class SearchConfig:
     sensitivity: bool = True
     sensitivity_amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     warm_start_targets: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.9, 0.95])
+    reference_refinements: int = 2
     screening: bool = True
     screen_fraction: float = 0.2
     screen_margin: float = 0.5
@@ -294,6 +295,9 @@ class SearchConfig:
             values = getattr(self, key)
             if not isinstance(values, list) or any(not _num(a) or not 0 < a < 1 for a in values):
                 raise _fail(key, values, "a list of numbers in (0, 1)")
+        r = self.reference_refinements
+        if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r <= 10:
+            raise _fail("reference_refinements", r, "an integer from 0 to 10 (0: none)")
         for key in ("sensitivity", "screening"):
             if not isinstance(getattr(self, key), bool):
                 raise _fail(key, getattr(self, key), "true or false")

@@ -1,7 +1,7 @@
 """Does distillation from the unpruned model recover accuracy after structured pruning?
 
 On the built-in ``shapes-resnet`` task, every structured unit is pruned by the same amount
-(``Schedule.uniform``, one shot), then fine-tuned for the same number of steps either with
+(``ap.uniform_schedule``, one shot), then fine-tuned for the same number of steps either with
 the task's plain ``fine_tune`` or with its ``distill_fine_tune`` (cross-entropy plus
 ``1.0 * T**2 * KL`` to the unpruned model's outputs at temperature ``T = 4``). Accuracy is on
 the held-out test split; each row is repeated with three fine-tune seeds (the order of the
@@ -35,7 +35,7 @@ import autoprune as ap
 
 def prune_and_tune(task: ap.Task, amount: float, steps: int, distill: bool) -> float:
     """Test accuracy of the task's model pruned uniformly by ``amount`` and fine-tuned ``steps`` steps."""
-    schedule = ap.Schedule.uniform(task.model, task.example_inputs, amount=amount, fine_tune_steps=steps)
+    schedule = ap.uniform_schedule(task.model, task.example_inputs, amount=amount, fine_tune_steps=steps)
     tune = task.distill_fine_tune if distill else task.fine_tune
     pruned = ap.apply_schedule(task.model, schedule, example_inputs=task.example_inputs, fine_tune=tune)
     return task.test(pruned)  # type: ignore[misc]

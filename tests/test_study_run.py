@@ -32,9 +32,10 @@ def _cfg(tmp_path: Path, **kw: object) -> SearchConfig:
         "latency_budget_s": 0.05,
         "reference_amounts": [0.5],
         "report": False,
-        # the loop itself; the sensitivity scan, warm starts and screening have tests of their own
+        # the loop itself; the sensitivity scan, warm starts, refinements and screening have tests of their own
         "sensitivity": False,
         "screening": False,
+        "reference_refinements": 0,
         "space": dict(FAST_SPACE),
     }
     data.update(kw)

@@ -12,6 +12,7 @@ import pytest
 import autoprune as ap
 from autoprune.config import SearchConfig
 from autoprune.study import counted_trials, run_search
+from autoprune.study._references import bracket
 from autoprune.study._screening import Screening
 from autoprune.study.keys import (
     FIDELITY_FULL,
@@ -228,7 +229,7 @@ def test_a_search_in_the_sensitivity_parametrization(tmp_path: Path, tiny_task: 
     for t in study.trials:
         by_role.setdefault(t.user_attrs.get("role", ""), []).append(t)
     assert by_role[ROLE_UNPRUNED][0].params == {}  # run before the scan: no parameters
-    (uniform,) = by_role[ROLE_UNIFORM]
+    (uniform,) = [t for t in by_role[ROLE_UNIFORM] if not t.user_attrs.get("refined")]
     assert uniform.params["level"] == 0.5 and uniform.params["spread"] == 0.0
     schedule = ap.Schedule.from_json(uniform.user_attrs["schedule"])
     assert {p.amount for p in schedule.layers.values()} == {0.5}  # exactly the uniform schedule
@@ -255,3 +256,50 @@ def test_layers_command_shows_the_space_the_search_samples(capsys: pytest.Captur
     out = capsys.readouterr().out
     assert "search space (sensitivity parametrization): at most" in out
     assert "features.0 structured" in out
+
+
+# ---------------------------------------------------------------------------- refined references
+def test_bracket_lands_between_the_last_feasible_and_the_first_infeasible_value() -> None:
+    family = [(0.25, True), (0.5, True), (0.75, True), (0.9, False)]
+    assert bracket(family, 2, 0.05) == [0.8, 0.85]
+    assert bracket(family, 1, 0.05) == [0.8]  # the midpoint 0.825, on the 0.05 grid
+    # nothing feasible: between 0 and the smallest value
+    assert bracket([(0.25, False), (0.5, False)], 2, 0.05) == [0.1, 0.15]
+    # the largest feasible value counts, even past an infeasible one (noise)
+    assert bracket([(0.25, True), (0.5, False), (0.75, True), (0.9, False)], 2, 0.05) == [0.8, 0.85]
+    assert bracket([(0.25, True), (0.9, True)], 2, 0.05) == []  # feasible at its largest: nothing to bracket
+    assert bracket([(0.5, True), (0.55, False)], 2, 0.05) == []  # no grid value strictly inside
+    assert bracket(family, 0, 0.05) == [] and bracket([], 2, 0.05) == []
+    assert bracket([(0.5, True), (0.95, False)], 2, 0.01) == [0.65, 0.8]
+
+
+@pytest.mark.slow
+def test_references_are_refined_where_each_family_turns_infeasible(tmp_path: Path, tiny_task: ap.Task) -> None:
+    cfg = _cfg(tmp_path, trials=12, reference_amounts=[0.3, 0.9], warm_start_targets=[0.5, 0.95])
+    study = run_search(cfg, tiny_task)
+    assert len(counted_trials(study)) == 12
+    S = optuna.trial.TrialState
+    refs = [t for t in study.trials if t.user_attrs.get("role") in (ROLE_UNIFORM, ROLE_WARM)]
+    first = [t for t in refs if not t.user_attrs.get("refined")]
+    refined = [t for t in refs if t.user_attrs.get("refined")]
+    assert all(t.state == S.COMPLETE for t in first)
+    # The refinements come right after the first references, before any searched trial.
+    assert min(t.number for t in refined) > max(t.number for t in first)
+    searched = [t.number for t in study.trials if t.user_attrs.get("role") == "search"]
+    assert not searched or min(searched) > max(t.number for t in refined)
+    step = cfg.space.amount_step
+    uniform = [(t.user_attrs["uniform_amount"], t.user_attrs["feasible"]) for t in first if t.user_attrs["role"] == ROLE_UNIFORM]
+    expected = bracket(uniform, 2, step)
+    assert expected  # 90% of a width-8 model after 10 steps is beyond 1 point of drop
+    assert sorted(t.user_attrs["uniform_amount"] for t in refined if t.user_attrs["role"] == ROLE_UNIFORM) == expected
+    for t in refined:
+        if t.user_attrs["role"] == ROLE_UNIFORM and t.state == S.COMPLETE:
+            schedule = ap.Schedule.from_json(t.user_attrs["schedule"])
+            assert {p.amount for p in schedule.layers.values()} == {t.user_attrs["uniform_amount"]}
+    warm = [(t.user_attrs["warm_target"], t.user_attrs["feasible"]) for t in first if t.user_attrs["role"] == ROLE_WARM]
+    targets = sorted(t.user_attrs["warm_target"] for t in refined if t.user_attrs["role"] == ROLE_WARM)
+    assert set(targets) <= set(bracket(warm, 2, 0.01))  # an allocation that repeats a reference is left out
+    assert study.user_attrs["references_refined"] == [
+        {k: t.user_attrs[k] for k in ("role", "uniform_amount", "warm_target") if k in t.user_attrs}
+        for t in sorted(refined, key=lambda t: t.number)
+    ]

@@ -206,7 +206,7 @@ class Objective:
         if role == ROLE_UNPRUNED:
             self._refuse_duplicate(trial)
         schedule = self.schedule(trial, role)
-        if role == ROLE_SEARCH:
+        if role == ROLE_SEARCH or trial.user_attrs.get("refined"):  # a refinement may land on an earlier schedule
             earlier = self._same_as_earlier(trial, schedule)
             if earlier is not None:
                 self._repeat(trial, earlier)  # raises TrialPruned

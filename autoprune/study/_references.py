@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from autoprune._errors import AutopruneError
-from autoprune.study.keys import BASELINE_METRICS, ROLE_UNIFORM, ROLE_UNPRUNED, ROLE_WARM
+from autoprune.study.keys import BASELINE_METRICS, ROLE_UNIFORM, ROLE_UNPRUNED, ROLE_WARM, is_feasible
 
 if TYPE_CHECKING:
     from autoprune.config import SearchConfig
@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from autoprune.tasks import Task
 
 __all__ = [
-    "scan_task","DUPLICATE", "enqueue_unpruned", "publish_references", "unpruned_trials", "wait_for_baseline"]
+    "DUPLICATE",
+    "bracket",
+    "enqueue_unpruned",
+    "publish_references",
+    "refine_references",
+    "scan_task",
+    "unpruned_trials",
+    "wait_for_baseline",
+]
 
 DUPLICATE = "duplicate unpruned reference"
 BASELINE_WAIT_S = 900.0
@@ -74,8 +82,8 @@ def publish_references(study: optuna.Study, setup: SearchSetup, metrics: Mapping
     space = setup.search_space(study)
     for amount in setup.cfg.reference_amounts:
         study.enqueue_trial(space.uniform_params(amount), user_attrs={"role": ROLE_UNIFORM, "uniform_amount": amount})
-    for params in warm:
-        study.enqueue_trial(params, user_attrs={"role": ROLE_WARM})
+    for target, params in warm:
+        study.enqueue_trial(params, user_attrs={"role": ROLE_WARM, "warm_target": target})
     study.set_user_attr("baseline_trial", number)
     # Last: a worker waiting for the baseline may start as soon as it appears.
     study.set_user_attr("baseline", {k: metrics[k] for k in BASELINE_METRICS if k in metrics})
@@ -98,20 +106,104 @@ def scan_task(task: Task, space: SearchSpace, cfg: SearchConfig) -> Sensitivity:
     )
 
 
-def _warm_starts(study: optuna.Study, setup: SearchSetup) -> list[dict[str, Any]]:
+def _warm_starts(study: optuna.Study, setup: SearchSetup) -> list[tuple[float, dict[str, Any]]]:
     """Scan every unit's sensitivity (pruned alone, BatchNorm re-estimated, no fine-tune),
     store it in the study, and return the sensitivity-greedy allocations of the configured
-    MACs targets as trial parameters (those the uniform references already run are left out)."""
-    from autoprune.sensitivity import macs_meter, warm_starts
-
-    cfg, task, space = setup.cfg, setup.task, setup.space
+    MACs targets as (target, trial parameters) (those the uniform references already run are
+    left out, and a target whose allocation repeats an earlier one)."""
+    cfg, space = setup.cfg, setup.space
     if not cfg.sensitivity or not any(u.supports("structured") for u in space.units):
         return []
-    sens = scan_task(task, space, cfg)
+    sens = scan_task(setup.task, space, cfg)
     study.set_user_attr("sensitivity", sens.to_dict())
     searched = setup.search_space(study)
-    uniform = [searched.uniform_params(a) for a in cfg.reference_amounts]
-    params = warm_starts(
-        searched, sens, cfg.warm_start_targets, measure=macs_meter(task.model, task.example_inputs, space)
-    )
-    return [p for p in params if p not in uniform]
+    taken = [searched.uniform_params(a) for a in cfg.reference_amounts]
+    return _allocations(setup, study, cfg.warm_start_targets, taken)
+
+
+def _allocations(
+    setup: SearchSetup, study: optuna.Study, targets: list[float], taken: list[dict[str, Any]]
+) -> list[tuple[float, dict[str, Any]]]:
+    """The sensitivity-greedy allocation of each MACs target, as trial parameters, leaving
+    out those already in ``taken`` (which grows)."""
+    from autoprune.sensitivity import Sensitivity, macs_meter, warm_starts
+
+    task, space = setup.task, setup.space
+    sens = Sensitivity.from_dict(study.user_attrs["sensitivity"])
+    searched = setup.search_space(study)
+    measure = macs_meter(task.model, task.example_inputs, space)
+    out: list[tuple[float, dict[str, Any]]] = []
+    for target in targets:
+        for params in warm_starts(searched, sens, [target], measure=measure):
+            if params not in taken:
+                taken.append(params)
+                out.append((target, params))
+    return out
+
+
+def bracket(points: list[tuple[float, bool]], n: int, step: float) -> list[float]:
+    """``n`` new values of a family of references where it crosses the accuracy constraint.
+
+    ``points`` are (value, feasible) of the family's finished trials (an amount, or a share
+    of MACs saved). The bracket is (the largest feasible value, the smallest infeasible value
+    above it); with no feasible value, (0, the smallest value). Returns ``n`` evenly spaced
+    values inside it, on the grid of ``step``, without values already in ``points`` (fewer
+    when the bracket is narrow); none when the family is feasible at its largest value or
+    nothing finished."""
+    if n <= 0 or not points:
+        return []
+    feasible = [v for v, ok in points if ok]
+    low = max(feasible, default=0.0)
+    above = [v for v, ok in points if not ok and v > low]
+    if not above:
+        return []
+    high = min(above)
+    seen = {round(v / step) for v, _ in points}
+    out: list[float] = []
+    for k in range(1, n + 1):
+        cell = round((low + (high - low) * k / (n + 1)) / step)
+        value = round(cell * step, 10)
+        if 0 < value < high and value > low and cell not in seen:
+            seen.add(cell)
+            out.append(value)
+    return out
+
+
+def refine_references(study: optuna.Study, setup: SearchSetup) -> list[dict[str, Any]]:
+    """Once every reference has finished, add references where each family crosses the
+    study's constraints, and return what was added (once per study; ``[]`` otherwise).
+
+    The uniform references (``reference_amounts``) and the sensitivity warm starts
+    (``warm_start_targets``) are two coarse sweeps. Where each turns infeasible lies the
+    fastest schedule it can offer, and a grid of 4 rarely lands on it: this adds
+    ``reference_refinements`` evenly spaced values inside that bracket, for each family.
+    """
+    cfg = setup.cfg
+    if cfg.reference_refinements <= 0 or "references_refined" in study.user_attrs or not cfg.constraints:
+        return []
+    S = optuna.trial.TrialState
+    refs = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("role") in (ROLE_UNIFORM, ROLE_WARM)]
+    if not refs or any(t.state in (S.WAITING, S.RUNNING) for t in refs):
+        return []
+    study.set_user_attr("references_refined", [])  # claimed: a second caller returns above
+    finished = [t for t in refs if t.state == S.COMPLETE]
+    space = setup.search_space(study)
+    uniform = [(float(t.user_attrs["uniform_amount"]), is_feasible(t))
+               for t in finished if t.user_attrs.get("role") == ROLE_UNIFORM and "uniform_amount" in t.user_attrs]
+    warm = [(float(t.user_attrs["warm_target"]), is_feasible(t))
+            for t in finished if t.user_attrs.get("role") == ROLE_WARM and "warm_target" in t.user_attrs]  # fmt: skip
+    taken = [dict(t.params) for t in refs]
+    added: list[dict[str, Any]] = []
+    for amount in bracket(uniform, cfg.reference_refinements, cfg.space.amount_step):
+        params = space.uniform_params(amount)
+        if params not in taken:
+            taken.append(params)
+            study.enqueue_trial(params, user_attrs={"role": ROLE_UNIFORM, "uniform_amount": amount, "refined": True})
+            added.append({"role": ROLE_UNIFORM, "uniform_amount": amount})
+    if "sensitivity" in study.user_attrs:
+        targets = bracket(warm, cfg.reference_refinements, 0.01)
+        for target, params in _allocations(setup, study, targets, taken):
+            study.enqueue_trial(params, user_attrs={"role": ROLE_WARM, "warm_target": target, "refined": True})
+            added.append({"role": ROLE_WARM, "warm_target": target})
+    study.set_user_attr("references_refined", added)
+    return added

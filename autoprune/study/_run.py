@@ -9,6 +9,7 @@ process runs. Every process builds its :class:`SearchSetup` (preflight and Searc
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,15 +21,22 @@ from autoprune._lock import MachineLock, machine_lock
 from autoprune.config import SearchConfig
 from autoprune.study._objective import Objective, SearchSetup
 from autoprune.study._progress import progress_bar
-from autoprune.study._references import DUPLICATE, enqueue_unpruned, unpruned_trials, wait_for_baseline
+from autoprune.study._references import (
+    DUPLICATE,
+    enqueue_unpruned,
+    refine_references,
+    unpruned_trials,
+    wait_for_baseline,
+)
 from autoprune.study._storage import counted_trials, fail_interrupted_leftovers, open_study
 from autoprune.study._workers import run_in_workers
-from autoprune.study.keys import ROLE_UNPRUNED
+from autoprune.study.keys import ROLE_UNIFORM, ROLE_UNPRUNED, ROLE_WARM
 from autoprune.tasks import Task
 from autoprune.tasks import get as get_task
 
 __all__ = ["build_task", "run_search", "run_worker", "search"]
 
+_logger = logging.getLogger(__name__)
 _Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
@@ -175,6 +183,15 @@ def optimize(
         if DUPLICATE in str(trial.user_attrs.get("error", "")):
             duplicates.append(trial.number)
 
+    def refine(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # After a reference (now stored as finished): when it was the last one, bracket
+        # where each reference family crosses the constraints.
+        if trial.user_attrs.get("role") in (ROLE_UNIFORM, ROLE_WARM):
+            with lock.busy():
+                added = refine_references(study, setup)
+            for ref in added:
+                _logger.info("reference added where its family crosses the constraints: %s", ref)
+
     with _optimizer_steps_are_boundaries(lock):
         remaining = n_trials
         while remaining > 0:
@@ -185,7 +202,7 @@ def optimize(
                 n_trials=remaining,
                 catch=(Exception,),
                 gc_after_trial=False,
-                callbacks=[*(callbacks or []), note_duplicate],
+                callbacks=[*(callbacks or []), note_duplicate, refine],
             )
             remaining = len(duplicates)
     return n_trials

@@ -17,12 +17,17 @@ Study ``user_attrs``:
         cannot improve any objective (unstructured pruning on a dense latency target).
     ``config["front_tolerance"]``: points of accuracy within which the front does not tell
         trials apart (:func:`pareto_front`); absent in older studies (strict front).
+    ``references_refined``: the references added where each family turns infeasible
+        (``[{"role", "uniform_amount" or "warm_target"}]``; ``[]`` while none were added),
+        set once every first reference finished.
     ``sensitivity``: the sensitivity scan (``Sensitivity.to_dict()``), when it ran.
     ``autoprune_version``.
 
 Trial ``user_attrs``:
     ``schedule``: the Schedule as JSON; ``schedule_summary``: one line for humans.
-    ``role``: ``ROLE_UNPRUNED``, ``ROLE_UNIFORM`` or ``ROLE_SEARCH``.
+    ``role``: ``ROLE_UNPRUNED``, ``ROLE_UNIFORM``, ``ROLE_WARM`` or ``ROLE_SEARCH``;
+        ``uniform_amount`` (uniform references) and ``warm_target`` (the MACs share a warm
+        start saves); ``refined``: a reference added by the refinement.
     every key of ``Metrics.as_dict()``, plus the ``DERIVED_METRICS`` of
         :func:`autoprune.evaluation.derived_metrics`: ``accuracy_drop`` (baseline minus
         accuracy, in the task's units: percentage points for the built-in tasks),
