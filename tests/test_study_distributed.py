@@ -26,6 +26,7 @@ reference_amounts = []
 report = false
 sensitivity = false
 screening = false
+reference_refinements = 0
 [task_options]
 width = 8
 batch_size = 16

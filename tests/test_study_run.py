@@ -161,8 +161,10 @@ def test_two_workers_give_exactly_n_unique_trials(tmp_path: Path) -> None:
         space=dict(FAST_SPACE),
     )
     numbers = [t.number for t in study.trials]
-    assert len(numbers) == len(set(numbers)) == 7
+    assert len(numbers) == len(set(numbers)) == 7  # refined references left waiting would show here
     assert len(counted_trials(study)) == 6
+    refined = [t for t in study.trials if t.user_attrs.get("refined")]
+    assert len(refined) == len(study.user_attrs.get("references_refined", []))  # refined once, by one worker
     # each trial finished: run in full, or ended PRUNED as a repeat of an earlier one
     S = optuna.trial.TrialState
     assert all(t.state == S.COMPLETE or t.user_attrs.get("fidelity") in ("repeat", "screen") for t in study.trials)

@@ -303,3 +303,15 @@ def test_references_are_refined_where_each_family_turns_infeasible(tmp_path: Pat
         {k: t.user_attrs[k] for k in ("role", "uniform_amount", "warm_target") if k in t.user_attrs}
         for t in sorted(refined, key=lambda t: t.number)
     ]
+
+
+def test_refinements_fit_in_the_trial_budget(tmp_path: Path, tiny_task: ap.Task) -> None:
+    # 2 uniform references and 2 warm starts count 4 of the 5 trials: room for one refinement
+    cfg = _cfg(tmp_path, trials=5, reference_amounts=[0.3, 0.9], warm_start_targets=[0.5, 0.95])
+    study = run_search(cfg, tiny_task)
+    S = optuna.trial.TrialState
+    assert not [t for t in study.trials if t.state == S.WAITING]  # nothing enqueued is left unrun
+    assert len(counted_trials(study)) == 5 and len(study.trials) == 6
+    refined = [t for t in study.trials if t.user_attrs.get("refined")]
+    assert len(refined) == 1 and refined[0].user_attrs["role"] == ROLE_UNIFORM  # the families in turn: uniform first
+    assert len(study.user_attrs["references_refined"]) == 1

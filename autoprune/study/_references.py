@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from itertools import zip_longest
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -169,17 +170,20 @@ def bracket(points: list[tuple[float, bool]], n: int, step: float) -> list[float
     return out
 
 
-def refine_references(study: optuna.Study, setup: SearchSetup) -> list[dict[str, Any]]:
+def refine_references(study: optuna.Study, setup: SearchSetup, room: int) -> list[dict[str, Any]]:
     """Once every reference has finished, add references where each family crosses the
     study's constraints, and return what was added (once per study; ``[]`` otherwise).
 
     The uniform references (``reference_amounts``) and the sensitivity warm starts
     (``warm_start_targets``) are two coarse sweeps. Where each turns infeasible lies the
     fastest schedule it can offer, and a grid of 4 rarely lands on it: this adds
-    ``reference_refinements`` evenly spaced values inside that bracket, for each family.
+    ``reference_refinements`` evenly spaced values inside that bracket, for each family, at
+    most ``room`` in all (the trials left in the budget), taken from the families in turn.
     """
     cfg = setup.cfg
     if cfg.reference_refinements <= 0 or "references_refined" in study.user_attrs or not cfg.constraints:
+        return []
+    if room <= 0:
         return []
     S = optuna.trial.TrialState
     refs = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("role") in (ROLE_UNIFORM, ROLE_WARM)]
@@ -193,17 +197,20 @@ def refine_references(study: optuna.Study, setup: SearchSetup) -> list[dict[str,
     warm = [(float(t.user_attrs["warm_target"]), is_feasible(t))
             for t in finished if t.user_attrs.get("role") == ROLE_WARM and "warm_target" in t.user_attrs]  # fmt: skip
     taken = [dict(t.params) for t in refs]
-    added: list[dict[str, Any]] = []
+    families: list[list[tuple[dict[str, Any], dict[str, Any]]]] = [[], []]
     for amount in bracket(uniform, cfg.reference_refinements, cfg.space.amount_step):
         params = space.uniform_params(amount)
         if params not in taken:
             taken.append(params)
-            study.enqueue_trial(params, user_attrs={"role": ROLE_UNIFORM, "uniform_amount": amount, "refined": True})
-            added.append({"role": ROLE_UNIFORM, "uniform_amount": amount})
+            families[0].append((params, {"role": ROLE_UNIFORM, "uniform_amount": amount}))
     if "sensitivity" in study.user_attrs:
         targets = bracket(warm, cfg.reference_refinements, 0.01)
         for target, params in _allocations(setup, study, targets, taken):
-            study.enqueue_trial(params, user_attrs={"role": ROLE_WARM, "warm_target": target, "refined": True})
-            added.append({"role": ROLE_WARM, "warm_target": target})
+            families[1].append((params, {"role": ROLE_WARM, "warm_target": target}))
+    # in turn from each family, as many as the budget has room for
+    chosen = [pair for row in zip_longest(*families) for pair in row if pair is not None][:room]
+    for params, attrs in chosen:
+        study.enqueue_trial(params, user_attrs={**attrs, "refined": True})
+    added = [attrs for _, attrs in chosen]
     study.set_user_attr("references_refined", added)
     return added

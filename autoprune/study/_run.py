@@ -187,8 +187,10 @@ def optimize(
         # After a reference (now stored as finished): when it was the last one, bracket
         # where each reference family crosses the constraints.
         if trial.user_attrs.get("role") in (ROLE_UNIFORM, ROLE_WARM):
+            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            room = setup.cfg.trials - len(counted_trials(study)) - len(running)
             with lock.busy():
-                added = refine_references(study, setup)
+                added = refine_references(study, setup, room)
             for ref in added:
                 _logger.info("reference added where its family crosses the constraints: %s", ref)
 
