@@ -91,17 +91,21 @@ def test_three_workers_give_exactly_3m_trials(tmp_path: Path, postgres_url: str)
     detail = [(t.number, t.state.name, t.user_attrs.get("role"), t.system_attrs, t.user_attrs.get("error")) for t in study.trials]
     assert roles.count(ROLE_UNPRUNED) == 1 and roles.count("reference-uniform") == 1, detail
     searched = [t for t in study.trials if t.user_attrs.get("role") != ROLE_UNPRUNED]
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # PRUNED: repeats, screened out
-    assert len([t for t in searched if t.state in finished]) == 3 * m
+    # repeats (not run) do not use up a worker's trials; PRUNED: screened out
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ran = [t for t in searched if t.state in finished and t.user_attrs.get("fidelity") != "repeat"]
+    assert len(ran) == 3 * m
     numbers = [t.number for t in study.trials]
-    assert len(numbers) == len(set(numbers)) == 3 * m + 1
+    repeats = sum(t.user_attrs.get("fidelity") == "repeat" for t in study.trials)
+    assert len(numbers) == len(set(numbers)) == 3 * m + 1 + repeats
     assert all(t.user_attrs.get("host") for t in searched)
     # a worker started later joins with just --study and --storage: the config comes from the study
     late = _worker(tmp_path, "--study", "three", "--storage", postgres_url, "--worker-trials", "1")
     out, err = late.communicate(timeout=600)
     assert late.returncode == 0, err
     study = _study(postgres_url, "three")
-    assert study is not None and len(study.trials) == 3 * m + 2
+    assert study is not None
+    assert len([t for t in study.trials if t.user_attrs.get("fidelity") != "repeat"]) == 3 * m + 2
 
 
 def test_joiner_started_first_waits_for_the_study(tmp_path: Path, postgres_url: str) -> None:

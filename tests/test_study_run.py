@@ -47,6 +47,11 @@ def tiny_task():  # type: ignore[no-untyped-def]
     return ap.tasks.get("digits", **TINY)
 
 
+def _run(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that ran (repeats end at once, without running, and do not count)."""
+    return [t for t in study.trials if t.user_attrs.get("fidelity") != "repeat"]
+
+
 def _schedules(study: optuna.Study) -> list[str]:
     return [t.user_attrs["schedule"] for t in sorted(study.trials, key=lambda t: t.number)]
 
@@ -56,7 +61,7 @@ def test_trial_count_objectives_and_records(tmp_path: Path, tiny_task: ap.Task) 
     study = run_search(cfg, tiny_task)
     # the unpruned reference does not count toward the budget
     assert len(counted_trials(study)) == 6
-    assert len(study.trials) == 7
+    assert len(_run(study)) == 7
     assert study.directions == [
         optuna.study.StudyDirection.MAXIMIZE,
         optuna.study.StudyDirection.MINIMIZE,
@@ -131,9 +136,9 @@ def test_resume_runs_only_missing_trials(tmp_path: Path, tiny_task: ap.Task) -> 
     study = run_search(_cfg(tmp_path, trials=5), tiny_task)
     assert len(counted_trials(study)) == 5
     assert [t.number for t in study.trials][: len(numbers)] == numbers
-    assert len(study.trials) == 6  # 5 + the unpruned reference, evaluated once
+    assert len(_run(study)) == 6  # 5 + the unpruned reference, evaluated once
     study = run_search(_cfg(tmp_path, trials=5), tiny_task)
-    assert len(study.trials) == 6  # nothing missing: nothing runs
+    assert len(_run(study)) == 6  # nothing missing: nothing runs
 
 
 def test_interrupted_trials_do_not_count(tmp_path: Path, tiny_task: ap.Task) -> None:
@@ -161,7 +166,7 @@ def test_two_workers_give_exactly_n_unique_trials(tmp_path: Path) -> None:
         space=dict(FAST_SPACE),
     )
     numbers = [t.number for t in study.trials]
-    assert len(numbers) == len(set(numbers)) == 7  # refined references left waiting would show here
+    assert len(numbers) == len(set(numbers)) == 7 + len(study.trials) - len(_run(study))  # nothing left waiting
     assert len(counted_trials(study)) == 6
     refined = [t for t in study.trials if t.user_attrs.get("refined")]
     assert len(refined) == len(study.user_attrs.get("references_refined", []))  # refined once, by one worker

@@ -204,12 +204,14 @@ def test_repeated_schedules_are_not_run(tmp_path: Path, tiny_task: ap.Task) -> N
         reference_amounts=[0.5], sensitivity=False,
     )  # fmt: skip
     study = run_search(cfg, tiny_task)
-    assert len(counted_trials(study)) == 9
     S = optuna.trial.TrialState
     done = [t for t in study.trials if t.state == S.COMPLETE]
     assert [t.user_attrs["role"] for t in done] == [ROLE_UNPRUNED, ROLE_UNIFORM]  # only these two ran
     repeats = [t for t in study.trials if "duplicate_of" in t.user_attrs]
     assert len(repeats) == len(study.trials) - 2
+    # Repeats do not use up the budget, up to as many again as the 8 trials asked after the
+    # reference: 16 repeats, and the search stops with only the reference counted.
+    assert len(repeats) == 16 and counted_trials(study) == [done[1]]
     for t in repeats:
         first = study.trials[t.user_attrs["duplicate_of"]]
         assert t.state == S.PRUNED and t.user_attrs["fidelity"] == FIDELITY_REPEAT
@@ -311,7 +313,8 @@ def test_refinements_fit_in_the_trial_budget(tmp_path: Path, tiny_task: ap.Task)
     study = run_search(cfg, tiny_task)
     S = optuna.trial.TrialState
     assert not [t for t in study.trials if t.state == S.WAITING]  # nothing enqueued is left unrun
-    assert len(counted_trials(study)) == 5 and len(study.trials) == 6
+    ran = [t for t in study.trials if t.user_attrs.get("fidelity") != "repeat"]
+    assert len(counted_trials(study)) == 5 and len(ran) == 6
     refined = [t for t in study.trials if t.user_attrs.get("refined")]
     assert len(refined) == 1 and refined[0].user_attrs["role"] == ROLE_UNIFORM  # the families in turn: uniform first
     assert len(study.user_attrs["references_refined"]) == 1

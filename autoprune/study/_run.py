@@ -30,7 +30,7 @@ from autoprune.study._references import (
 )
 from autoprune.study._storage import counted_trials, fail_interrupted_leftovers, open_study
 from autoprune.study._workers import run_in_workers
-from autoprune.study.keys import ROLE_UNIFORM, ROLE_UNPRUNED, ROLE_WARM
+from autoprune.study.keys import FIDELITY_REPEAT, ROLE_UNIFORM, ROLE_UNPRUNED, ROLE_WARM
 from autoprune.tasks import Task
 from autoprune.tasks import get as get_task
 
@@ -178,10 +178,13 @@ def optimize(
         return 0
     objective = Objective(setup, study.user_attrs.get("baseline"), lock)
     duplicates: list[int] = []
+    repeats: list[int] = []
 
     def note_duplicate(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if DUPLICATE in str(trial.user_attrs.get("error", "")):
             duplicates.append(trial.number)
+        elif trial.user_attrs.get("fidelity") == FIDELITY_REPEAT:
+            repeats.append(trial.number)
 
     def refine(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         # After a reference (now stored as finished): when it was the last one, bracket
@@ -195,10 +198,13 @@ def optimize(
                 _logger.info("reference added where its family crosses the constraints: %s", ref)
 
     with _optimizer_steps_are_boundaries(lock):
-        remaining = n_trials
+        remaining, replaced = n_trials, 0
         while remaining > 0:
-            # a duplicate unpruned trial popped from the queue is not one of the n trials asked
+            # A duplicate unpruned trial popped from the queue is not one of the n trials
+            # asked; nor is a repeat (not run: it would only repeat an earlier trial), up to
+            # as many again as asked, so a sampler stuck on explored points still stops.
             duplicates.clear()
+            repeats.clear()
             study.optimize(
                 objective,
                 n_trials=remaining,
@@ -206,5 +212,15 @@ def optimize(
                 gc_after_trial=False,
                 callbacks=[*(callbacks or []), note_duplicate, refine],
             )
-            remaining = len(duplicates)
+            extra = min(len(repeats), n_trials - replaced)
+            replaced += extra
+            remaining = len(duplicates) + extra
+            if extra < len(repeats):
+                _logger.warning(
+                    "the sampler kept proposing schedules already run (%d repeats not counted): the search stops "
+                    "%d trial(s) short of the %d asked here",
+                    replaced,
+                    len(repeats) - extra,
+                    n_trials,
+                )
     return n_trials

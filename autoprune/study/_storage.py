@@ -22,7 +22,7 @@ from autoprune import __version__
 from autoprune._errors import AutopruneError, ConfigError
 from autoprune._paths import cache_dir
 from autoprune.config import SearchConfig, driver_url, mask_url
-from autoprune.study.keys import OBJECTIVES, ROLE_UNPRUNED
+from autoprune.study.keys import FIDELITY_REPEAT, OBJECTIVES, ROLE_UNPRUNED
 
 __all__ = [
     "check_joinable",
@@ -227,11 +227,14 @@ def stored_config(study_name: str, storage_url: str) -> SearchConfig | None:
 
 
 def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Trials that count toward the budget: finished ones, except those cut short by Ctrl-C."""
+    """Trials that count toward the budget: finished ones, except those cut short by Ctrl-C
+    and repeats (``fidelity = repeat``: not run, the outcome of an earlier trial)."""
     return [
         t
         for t in study.get_trials(deepcopy=False, states=_DONE_STATES)
-        if not t.user_attrs.get("interrupted") and t.user_attrs.get("role") != ROLE_UNPRUNED
+        if not t.user_attrs.get("interrupted")
+        and t.user_attrs.get("role") != ROLE_UNPRUNED
+        and t.user_attrs.get("fidelity") != FIDELITY_REPEAT
     ]
 
 
