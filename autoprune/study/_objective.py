@@ -270,8 +270,9 @@ class Objective:
         SearchSpace turns enqueued parameters into exactly the Schedule they describe)."""
         seed = self.cfg.seed
         if role == ROLE_UNPRUNED:
-            if self.cfg.space.parametrization == "unit":
-                self.setup.space.suggest(trial, seed=seed)  # records the (all-zero) params for the sampler
+            # No parameters: the baseline is not a candidate. With its (all "none") parameters
+            # recorded, it is the most accurate trial, always in TPE's good group, and TPE kept
+            # proposing schedules that prune nothing (repeats).
             schedule = Schedule(seed=seed)
         else:
             schedule = self.setup.search_space(trial.study).suggest(trial, seed=seed)

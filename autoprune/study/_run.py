@@ -37,6 +37,9 @@ from autoprune.tasks import get as get_task
 __all__ = ["build_task", "run_search", "run_worker", "search"]
 
 _logger = logging.getLogger(__name__)
+# Repeats replaced per run: as many as the trials asked, and at least this many (a short
+# run, such as a resume of 2 trials, gets room to leave an explored corner).
+_MIN_REPEAT_ROOM = 20
 _Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
@@ -202,7 +205,8 @@ def optimize(
         while remaining > 0:
             # A duplicate unpruned trial popped from the queue is not one of the n trials
             # asked; nor is a repeat (not run: it would only repeat an earlier trial), up to
-            # as many again as asked, so a sampler stuck on explored points still stops.
+            # as many again as asked (at least _MIN_REPEAT_ROOM), so a sampler stuck on
+            # explored points still stops.
             duplicates.clear()
             repeats.clear()
             study.optimize(
@@ -212,7 +216,7 @@ def optimize(
                 gc_after_trial=False,
                 callbacks=[*(callbacks or []), note_duplicate, refine],
             )
-            extra = min(len(repeats), n_trials - replaced)
+            extra = min(len(repeats), max(n_trials, _MIN_REPEAT_ROOM) - replaced)
             replaced += extra
             remaining = len(duplicates) + extra
             if extra < len(repeats):

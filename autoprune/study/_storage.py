@@ -155,7 +155,14 @@ def open_study(
                 on_create(study)
             study.set_user_attr("config", cfg.to_dict())  # last: joiners wait for it
             return study
-    return _join(cfg, storage, sampler=sampler, check=check)
+    study = _join(cfg, storage, sampler=sampler, check=check)
+    done = len(study.get_trials(deepcopy=False))
+    if done:
+        # Resuming (or joining late): a sampler seeded as at the start would propose the
+        # first run's schedules again, which are repeats now. Seeded by the trials so far,
+        # it stays reproducible and proposes new ones.
+        study.sampler = _make_sampler(cfg, cfg.seed + seed_offset + done)
+    return study
 
 
 def check_joinable(cfg: SearchConfig) -> None:
