@@ -126,7 +126,7 @@ def run_search_method(task_name: str, seed: int, args: argparse.Namespace, workd
     name_only, options = parse_task(task_name)
     task = ap.tasks.get(name_only, **options)
     storage = f"sqlite:///{workdir}/bench.db"
-    name = "-".join([name_only, *(f"{k}{v}" for k, v in options.items()), str(seed)])
+    name = "-".join([name_only.replace(":", "."), *(f"{k}{v}" for k, v in options.items()), str(seed)])
     t0 = time.perf_counter()
     space = ap.SpaceConfig(parametrization=args.parametrization, fine_tune_steps=[args.fine_tune])
     study = ap.search(task, objectives=["accuracy", "latency"], n_trials=args.trials, storage=storage,
@@ -144,7 +144,8 @@ def run_search_method(task_name: str, seed: int, args: argparse.Namespace, workd
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["shapes-resnet", "digits"],
-                        help="built-in tasks, each NAME or NAME[key=value,...] (e.g. 'shapes-resnet[width=32]')")
+                        help="tasks, each NAME or NAME[key=value,...] (e.g. 'shapes-resnet[width=32]'); NAME: built-in, or "
+                             "'package.module:factory' (e.g. 'scripts.bench_tasks:signals', a task autoprune was not tuned on)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--max-drop", type=float, default=0.5, help="points of test-accuracy drop allowed")

@@ -245,6 +245,45 @@ def test_cache_reuses_a_narrow_entry_and_measures_a_wide_one_again(on_disk: bool
     assert cached_speedup(meter, model, cache, budget_s=0.2, rel_tol=0.5).cached
 
 
+class _ScriptedMeter:
+    """A meter whose measurements come from a script: (ratio, half-width) per call, budgets recorded."""
+
+    def __init__(self, meter: SpeedupMeter, script: list[tuple[float, float]]) -> None:
+        self.target, self._meter, self.script, self.budgets = meter.target, meter, list(script), []
+
+    def measure(self, model: nn.Module, *, budget_s: float, rel_tol: float, **_: Any) -> Speedup:
+        self.budgets.append(budget_s)
+        ratio, halfwidth = self.script.pop(0)
+        return _fake(ratio, halfwidth, self._meter)
+
+    def __getattr__(self, name: str) -> Any:  # what speedup_key reads of the reference
+        return getattr(self._meter, name)
+
+
+def test_a_wide_measurement_is_measured_again_with_more_time(tmp_path: Path) -> None:
+    model, x = zoo.get("cnn", batch_size=2)
+    meter = SpeedupMeter(model, x, TARGET)
+    # A loaded machine: 1.6x within +-90%, then +-30%, then +-4%; 2 s allowed up to 8 s in all.
+    scripted = _ScriptedMeter(meter, [(1.6, 0.9), (1.2, 0.3), (1.3, 0.04)])
+    cache = LatencyCache(tmp_path / "cache.sqlite")
+    got = cached_speedup(scripted, model, cache, budget_s=2.0, rel_tol=0.02, max_budget_s=8.0)  # type: ignore[arg-type]
+    assert scripted.budgets == [2.0, 4.0, 2.0]  # doubled, then what is left of the 8 s
+    assert got.ratio == 1.3 and got.rel_halfwidth == pytest.approx(0.04)
+    stored = cache.get_speedup(speedup_key(model, meter, 2.0))
+    assert stored is not None and stored.ratio == 1.3
+    # narrow enough at once (within +-10%): measured once; no max_budget_s: measured once however wide
+    once = _ScriptedMeter(meter, [(1.3, 0.08)])
+    assert cached_speedup(once, model, None, budget_s=2.0, max_budget_s=8.0).ratio == 1.3  # type: ignore[arg-type]
+    assert once.budgets == [2.0]
+    alone = _ScriptedMeter(meter, [(1.6, 0.9)])
+    assert cached_speedup(alone, model, None, budget_s=2.0).ratio == 1.6  # type: ignore[arg-type]
+    assert alone.budgets == [2.0]
+    # the extra measurements keep the narrowest, even when a later one is wider
+    worse = _ScriptedMeter(meter, [(1.5, 0.5), (0.7, 0.8), (1.1, 0.6)])
+    assert cached_speedup(worse, model, None, budget_s=1.0, max_budget_s=7.0).ratio == 1.5  # type: ignore[arg-type]
+    assert worse.budgets == [1.0, 2.0, 4.0]
+
+
 def test_speedup_key_names_budget_backend_threads_batch_and_reference() -> None:
     model, x = zoo.get("cnn", batch_size=2)
     small, _ = zoo.get("cnn", batch_size=2)

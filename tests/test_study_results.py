@@ -228,6 +228,30 @@ def test_front_tolerance_keeps_trials_the_validation_split_cannot_tell_apart(tmp
     assert sorted(_get_pareto_info(noisy).groups["pareto"].numbers) == [0, 1, 2, 4, 5]
 
 
+def test_a_timing_the_machine_scattered_does_not_hide_a_tight_one(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/t.db"
+    base = {"accuracy": 90.0, "latency_ms": 10.0, "dense_bytes": 1000, "sparse_bytes": 1000}
+    study = _new_study(storage, "wide", base)
+    study.set_user_attr("config", {"front_tolerance": 0.5})
+    schedule = ap.Schedule(layers={"features.0": ap.LayerPlan("structured", 0.25)})
+    feasible = {"accuracy_drop": -1.0}
+    # 0: 1.3x +- 3%. 1: 1.6x measured on a loaded machine, interval 0.2x..20x, 0.7 points better.
+    # 2: 1.5x +- 2%, 0.7 points better than 0: it is sure to be no slower, so 0 leaves the front.
+    rows = [(89.0, 1.3, 0.03), (89.7, 1.6, 0.875), (89.7, 1.5, 0.02)]
+    for acc, speedup, halfwidth in rows:
+        metrics = {"accuracy": acc, "latency_ms": 10.0 / speedup, "sparse_bytes": 1000, "dense_bytes": 1000}
+        _add(study, schedule, metrics, constraints=feasible, speedup_low=speedup * (1 - halfwidth))
+    assert [t.number for t in study_keys.pareto_front(study)] == [1, 2]
+    assert [t.number for t in study_keys.pareto_front(study, 0)] == [1]  # strict: the values alone
+    only = _new_study(storage, "wide-2", base)  # without 2, the scattered 1 does not hide 0
+    only.set_user_attr("config", {"front_tolerance": 0.5})
+    for acc, speedup, halfwidth in rows[:2]:
+        metrics = {"accuracy": acc, "latency_ms": 10.0 / speedup, "sparse_bytes": 1000, "dense_bytes": 1000}
+        _add(only, schedule, metrics, constraints=feasible, speedup_low=speedup * (1 - halfwidth))
+    assert [t.number for t in study_keys.pareto_front(only)] == [0, 1]
+    assert [t.number for t in study_keys.pareto_front(only, 0)] == [1]
+
+
 def test_cli_trials_pareto_tolerance(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -510,7 +510,7 @@ def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
             batch_size = 16
             [space]
             steps = [1, 1]
-            fine_tune_steps = [3000]
+            fine_tune_steps = [400]
             """
         )
     )

@@ -96,6 +96,17 @@ def test_a_trial_dominated_by_the_front_is_screened_out() -> None:
     assert rule.decide(95.0, 2.0).promote  # as good as every pair: 99.5 reachable, could beat the front
 
 
+def test_the_front_dominates_with_the_slow_end_of_its_speedup_interval() -> None:
+    from autoprune.study._screening import _sure_speedup
+
+    assert _sure_speedup({"speedup": 1.6, "speedup_low": 0.2}) == 0.2  # a loaded machine's scatter
+    assert _sure_speedup({"speedup": 1.3}) == 1.3  # no interval stored: the speedup
+    assert _sure_speedup({"speedup": 1.3, "speedup_low": 1.4}) == 1.3
+    # a front trial at 1.6x that is only sure of 0.2x screens nothing out that runs at 1.2x
+    rule = _rule([(95.0, 98.0), (91.0, 95.0)], front=[(3, 99.4, _sure_speedup({"speedup": 1.6, "speedup_low": 0.2}))])
+    assert dataclasses.replace(rule, max_drop=None).decide(90.0, 1.2).promote
+
+
 # ---------------------------------------------------------------------------- in a search
 @pytest.mark.slow
 def test_scan_warm_starts_and_screening_in_a_search(tmp_path: Path, tiny_task: ap.Task) -> None:
