@@ -125,6 +125,9 @@ def test_scan_warm_starts_and_screening_in_a_search(tmp_path: Path, tiny_task: a
             assert t.user_attrs["speedup"] > 0 and "speedup_low" in t.user_attrs
             if t.user_attrs["role"] != ROLE_UNPRUNED:
                 assert "screen_accuracy" in t.user_attrs  # every reference is screened too
+                # one measurement per trial: the screen timed the same architecture
+                assert t.user_attrs["latency_from_screen"] is True
+                assert t.user_attrs["speedup"] == t.user_attrs["screen_speedup"]
                 schedule = ap.Schedule.from_json(t.user_attrs["schedule"])
                 assert schedule.fine_tune_steps == 10 // schedule.steps  # one budget per trial
                 assert t.user_attrs["fine_tune_steps_spent"] == (

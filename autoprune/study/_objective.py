@@ -27,12 +27,14 @@ from autoprune._lock import MachineLock
 from autoprune.config import SearchConfig, SpaceConfig
 from autoprune.evaluation import (
     LatencyCache,
+    Speedup,
     SpeedupMeter,
     Target,
     cached_speedup,
     derived_metrics,
     evaluate,
     get_backend,
+    speedup_key,
 )
 from autoprune.executor import apply_schedule
 from autoprune.preflight import LayerInfo, prunable_layers
@@ -214,10 +216,11 @@ class Objective:
             if earlier is not None:
                 self._repeat(trial, earlier)  # raises TrialPruned
         timings = {"finetune": 0.0, "screen": 0.0}
+        screened: tuple[str, Speedup] | None = None
         if role != ROLE_UNPRUNED and self._screens(schedule):
-            self.screen(trial, role, schedule, timings)  # raises TrialPruned when not promoted
+            screened = self.screen(trial, role, schedule, timings)  # raises TrialPruned when not promoted
         pruned = self.prune(trial, schedule, timings)
-        metrics = self.measure(trial, pruned)
+        metrics = self.measure(trial, pruned, screened)
         trial.set_user_attr("fidelity", FIDELITY_FULL)
         values = self.record(trial, metrics)
         if role == ROLE_UNPRUNED:
@@ -293,11 +296,14 @@ class Objective:
             and bool(schedule.active_layers())
         )
 
-    def screen(self, trial: optuna.Trial, role: str, schedule: Schedule, timings: dict[str, float]) -> None:
+    def screen(
+        self, trial: optuna.Trial, role: str, schedule: Schedule, timings: dict[str, float]
+    ) -> tuple[str, Speedup]:
         """The cheap estimate: the schedule with a short fine-tune per step, BatchNorm
         re-estimated, validation accuracy and the (final architecture's) speedup. References
         are screened too, so the promotion rule learns how much a full fine-tune recovers;
-        a search trial that could not reach the front ends here (TrialPruned)."""
+        a search trial that could not reach the front ends here (TrialPruned). Returns the
+        speedup and its cache key, for the full stage to reuse."""
         steps = max(1, round(schedule.fine_tune_steps * self.cfg.screen_fraction))
         t0 = time.perf_counter()
         accuracy, cheap = screen(
@@ -323,8 +329,9 @@ class Objective:
         trial.set_user_attr("screen_speedup", speedup.ratio)
         trial.set_user_attr("screen_fine_tune_steps", steps * schedule.steps)
         trial.set_user_attr("time_screen_s", round(timings["screen"], 4))
+        screened = (speedup_key(cheap, self.meter, self.cfg.latency_budget_s), speedup)
         if role != ROLE_SEARCH:
-            return
+            return screened
         assert self.baseline is not None
         decision = Screening.from_study(trial.study, self.cfg, self.baseline).decide(accuracy, speedup.ratio)
         trial.set_user_attr("screen_reason", decision.reason)
@@ -332,6 +339,7 @@ class Objective:
             trial.set_user_attr("fidelity", FIDELITY_SCREEN)
             trial.set_user_attr("fine_tune_steps_spent", steps * schedule.steps)
             raise optuna.TrialPruned(decision.reason)
+        return screened
 
     def prune(self, trial: optuna.Trial, schedule: Schedule, timings: dict[str, float]) -> nn.Module:
         """A pruned copy of the task's model, fine-tuned as the schedule says."""
@@ -351,16 +359,29 @@ class Objective:
         trial.set_user_attr("fine_tune_steps_spent", spent)
         return pruned
 
-    def measure(self, trial: optuna.Trial, pruned: nn.Module) -> dict[str, Any]:
+    def measure(
+        self, trial: optuna.Trial, pruned: nn.Module, screened: tuple[str, Speedup] | None = None
+    ) -> dict[str, Any]:
         """Every metric of the pruned model. Accuracy and MACs are busy work; the speedup is
-        timed in alternation with the unpruned reference under the machine lock."""
+        timed in alternation with the unpruned reference under the machine lock.
+
+        ``screened``: the screen's speedup of this trial and its cache key. The screen timed
+        the same architecture with the full budget, so it is this trial's one measurement
+        (timing it again doubled the search's latency time for a slightly narrower interval:
+        26 of 41 trials of a digits search). A different architecture is measured."""
+        cache, rel_tol = self.cache, self.cfg.latency_rel_tol
+        if screened is not None and screened[0] == speedup_key(pruned, self.meter, self.cfg.latency_budget_s):
+            cache = LatencyCache()  # this trial's hand-over (the study's cache holds the narrower of the two)
+            cache.put_speedup(screened[0], screened[1])
+            rel_tol = max(rel_tol, screened[1].rel_halfwidth)
+            trial.set_user_attr("latency_from_screen", True)
         metrics = evaluate(
             pruned,
             self.task,
             speedup_meter=self.meter,
-            cache=self.cache,
+            cache=cache,
             time_budget_s=self.cfg.latency_budget_s,
-            rel_tol=self.cfg.latency_rel_tol,
+            rel_tol=rel_tol,
             # On a loaded machine a measurement can end with a few scattered rounds (an
             # interval from 0.1x to 2x); it is measured again, up to 4x the budget in all.
             max_time_budget_s=_MAX_BUDGET_FACTOR * self.cfg.latency_budget_s,
