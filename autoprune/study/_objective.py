@@ -383,7 +383,7 @@ class Objective:
             time_budget_s=self.cfg.latency_budget_s,
             rel_tol=rel_tol,
             # On a loaded machine a measurement can end with a few scattered rounds (an
-            # interval from 0.1x to 2x); it is measured again, up to 4x the budget in all.
+            # interval from 0.2x to 20x); it is measured again, up to 4x the budget in all.
             max_time_budget_s=_MAX_BUDGET_FACTOR * self.cfg.latency_budget_s,
         ).as_dict()
         if not math.isfinite(metrics["accuracy"]):
