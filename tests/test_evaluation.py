@@ -666,3 +666,19 @@ def test_evaluate_with_a_speedup_meter_records_the_paired_speedup() -> None:
     assert math.isnan(plain.speedup) and plain.latency_clock == "wall"
     with pytest.raises(ap.TargetError, match="differs from the speedup meter's"):
         ap.evaluate(model, x, target="cpu:threads=2", speedup_meter=meter)
+
+
+def test_a_drop_of_exactly_the_limit_is_not_broken_by_float_error() -> None:
+    import torch
+
+    from autoprune.evaluation import derived_metrics
+    from autoprune.tasks._loaders import _top1
+
+    outputs, labels = torch.zeros(2000, 3), torch.ones(2000, dtype=torch.long)
+    outputs[:1634, 1] = 1.0  # 1634 of 2000 right: exactly 81.7
+    assert _top1(outputs, labels) == 81.7
+    outputs[1634:1654, 1] = 1.0  # 1654: 82.7
+    assert _top1(outputs, labels) == 82.7
+    # 82.7 - 81.7 is 1.0000000000000142 in floats; the drop is 1.0, within a 1-point constraint
+    assert derived_metrics({"accuracy": 81.7}, {"accuracy": 82.7})["accuracy_drop"] == 1.0
+    assert math.isnan(derived_metrics({"accuracy": 81.7}, {})["accuracy_drop"])

@@ -67,7 +67,10 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 
 def _top1(output: torch.Tensor, target: torch.Tensor) -> float:
-    return float((output.argmax(dim=-1) == target).float().mean()) * 100.0
+    # Counted exactly: a float32 mean put 1634 of 2000 at 81.69999..., and a trial that lost
+    # exactly 1 point broke a 1-point constraint by 5e-6.
+    hits = output.argmax(dim=-1) == target
+    return 100.0 * int(hits.sum()) / max(hits.numel(), 1)
 
 
 def _to(device: torch.device) -> Callable[[Any], Any]:
