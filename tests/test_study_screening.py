@@ -97,7 +97,7 @@ def test_a_trial_dominated_by_the_front_is_screened_out() -> None:
 
 
 def test_the_front_dominates_with_the_slow_end_of_its_speedup_interval() -> None:
-    from autoprune.study._screening import _sure_speedup
+    from autoprune.study.keys import sure_speedup as _sure_speedup
 
     assert _sure_speedup({"speedup": 1.6, "speedup_low": 0.2}) == 0.2  # a loaded machine's scatter
     assert _sure_speedup({"speedup": 1.3}) == 1.3  # no interval stored: the speedup

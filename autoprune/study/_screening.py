@@ -30,19 +30,12 @@ from typing import Any
 import optuna
 
 from autoprune.config import SearchConfig
-from autoprune.study.keys import FIDELITY_FULL
+from autoprune.study.keys import FIDELITY_FULL, sure_speedup
 
 __all__ = ["Decision", "Screening"]
 
 _MIN_PAIRS = 2
 _SPEED_TOLERANCE = 0.02  # a front trial must be this much faster to dominate (speedups carry noise)
-
-
-def _sure_speedup(attrs: Mapping[str, Any]) -> float:
-    """The slow end of a trial's speedup interval (its speedup when no interval is stored)."""
-    ratio = float(attrs.get("speedup", 0.0))
-    low = attrs.get("speedup_low")
-    return min(ratio, float(low)) if isinstance(low, (int, float)) and low > 0 else ratio
 
 
 @dataclass(frozen=True)
@@ -86,7 +79,7 @@ class Screening:
         # A front trial dominates with what its timing is sure of: the slow end of its
         # speedup's 95% interval (a loaded machine can leave 1.6x in [0.2x, 20x]).
         front = [
-            (t.number, float(t.user_attrs["accuracy"]), _sure_speedup(t.user_attrs))
+            (t.number, float(t.user_attrs["accuracy"]), sure_speedup(t.user_attrs))
             for t in full
             if t.user_attrs.get("feasible", True)
         ]

@@ -83,6 +83,7 @@ __all__ = [
     "objective_names",
     "pareto_front",
     "schedule_summary",
+    "sure_speedup",
     "trial_role",
     "trial_schedule",
 ]
@@ -170,6 +171,14 @@ def front_tolerance(study: Any) -> float:
     return float(value)
 
 
+def sure_speedup(attrs: Any) -> float:
+    """The slow end of a trial's speedup interval (``speedup_low``; the speedup itself when no
+    interval is stored): what its timing is sure of."""
+    ratio = float(attrs.get("speedup", 0.0))
+    low = attrs.get("speedup_low")
+    return min(ratio, float(low)) if isinstance(low, (int, float)) and low > 0 else ratio
+
+
 def pareto_front(study: Any, tolerance: float | None = None) -> list[Any]:
     """The study's front: feasible, complete trials that ran their whole schedule and that no
     other such trial beats by more than the noise, in trial order.
@@ -204,9 +213,8 @@ def pareto_front(study: Any, tolerance: float | None = None) -> list[Any]:
     if tol > 0 and "latency" in names:
         i = names.index("latency")
         for t in trials:
-            ratio, low = t.user_attrs.get("speedup"), t.user_attrs.get("speedup_low")
-            if isinstance(ratio, (int, float)) and isinstance(low, (int, float)) and 0 < low < ratio:
-                sure[t.number][i] *= float(ratio) / float(low)  # gains are -latency: more negative
+            if (sure_at := sure_speedup(t.user_attrs)) > 0:
+                sure[t.number][i] *= float(t.user_attrs.get("speedup", 0.0)) / sure_at  # gains are -latency
 
     def beats(b: list[float], a: list[float]) -> bool:
         no_worse = all(bv - m >= av - 1e-9 for bv, av, m in zip(b, a, margins, strict=True))
