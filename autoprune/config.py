@@ -190,6 +190,7 @@ class SearchConfig:
     screen_fraction: float = 0.2
     screen_margin: float = 0.5
     front_tolerance: float = 0.5
+    drop_noise_se: float = 1.0
     latency_budget_s: float = 2.0
     latency_rel_tol: float = 0.02
     latency_cache: str = "shared"
@@ -309,6 +310,10 @@ class SearchConfig:
             raise _fail("screen_margin", self.screen_margin, "a number of points >= 0")
         if not _num(self.front_tolerance) or self.front_tolerance < 0:
             raise _fail("front_tolerance", self.front_tolerance, "a number of points >= 0 (0: the strict Pareto front)")
+        if not _num(self.drop_noise_se) or not 0 <= self.drop_noise_se <= 5:
+            raise _fail(
+                "drop_noise_se", self.drop_noise_se, "a number of standard errors from 0 to 5 (0: the drop as measured)"
+            )
         if not _num(self.latency_rel_tol) or not 0 < self.latency_rel_tol < 1:
             raise _fail("latency_rel_tol", self.latency_rel_tol, "a number in (0, 1)")
         if not _num(self.latency_budget_s) or not 0 < self.latency_budget_s <= 60:

@@ -119,13 +119,24 @@ def test_constraints_keep_infeasible_trials_off_the_front(tmp_path: Path, tiny_t
     study = run_search(cfg, tiny_task)
     front = study.best_trials
     assert front, "the unpruned model is always feasible"
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    for t in done:
+        a = t.user_attrs
+        # per-example scores on digits' 270 validation images: the drop's standard error
+        assert a["accuracy_drop_se"] >= 0
+        if a["accuracy_drop"] != 0:  # examples on which the two models disagree: an error above 0
+            assert a["accuracy_drop_se"] > 0
+        # the constraint allows drop_noise_se (1 by default) standard errors above the limit
+        assert t.constraints["accuracy_drop"] == pytest.approx(a["accuracy_drop"] - 0.5 - a["accuracy_drop_se"])
+        assert a["feasible"] == (t.constraints["accuracy_drop"] <= 0 and t.constraints["latency_ms"] <= 0)
     for t in front:
-        assert t.user_attrs["accuracy_drop"] <= 0.5
+        assert t.user_attrs["accuracy_drop"] <= 0.5 + t.user_attrs["accuracy_drop_se"]
         assert t.constraints["accuracy_drop"] <= 0
         assert is_feasible(t)
     infeasible = [t for t in study.trials if t.user_attrs.get("feasible") is False]
+    assert infeasible, "digits pruned up to 90% loses more than 0.5 + 1 standard error somewhere"
     for t in infeasible:
-        assert t.user_attrs["accuracy_drop"] > 0.5
+        assert t.user_attrs["accuracy_drop"] > 0.5 + t.user_attrs["accuracy_drop_se"]
         assert t not in front
 
 
@@ -296,6 +307,8 @@ def test_failing_trial_is_recorded_and_search_goes_on(tmp_path: Path, tiny_task:
         ({"colour": "red"}, "unknown key(s) ['colour']"),
         ({"target": "tpu"}, "tpu"),
         ({"latency_cache": ""}, "latency_cache = ''"),
+        ({"drop_noise_se": -1}, "drop_noise_se = -1"),
+        ({"drop_noise_se": "1"}, "drop_noise_se = '1'"),
     ],
 )
 def test_bad_config_values(data: dict[str, object], fragment: str) -> None:
@@ -560,3 +573,34 @@ def test_resume_fails_trials_left_running_by_a_stopped_run(tmp_path: Path) -> No
     assert trial.user_attrs["interrupted"] is True
     assert "left RUNNING by a stopped run" in trial.user_attrs["error"]
     assert trial not in counted_trials(study)
+
+
+@pytest.mark.parametrize(
+    "noise_se,drop,se,feasible",
+    [
+        (1.0, 1.3, 0.4, True),  # 0.3 above the limit, within one standard error
+        (1.0, 1.5, 0.4, False),  # 0.5 above it: more than one standard error
+        (2.0, 1.5, 0.4, True),
+        (0.0, 1.3, 0.4, False),  # 0: the drop as measured
+        (1.0, 1.3, float("nan"), False),  # no per-example scores: the drop as measured
+        (1.0, 1.0, 0.0, True),
+    ],
+)
+def test_the_accuracy_constraint_allows_the_splits_noise(
+    tmp_path: Path, tiny_task: ap.Task, noise_se: float, drop: float, se: float, feasible: bool
+) -> None:
+    from autoprune._lock import MachineLock
+    from autoprune.study._objective import Objective, SearchSetup
+
+    cfg = _cfg(tmp_path, drop_noise_se=noise_se, constraints={"max_accuracy_drop": 1.0})
+    lock = MachineLock(str(tmp_path / "lock"))
+    baseline = {"accuracy": 99.0, "latency_ms": 2.0, "reference_latency_ms": 2.0, "dense_bytes": 1000, "sparse_bytes": 1000}
+    objective = Objective(SearchSetup.build(tiny_task, cfg, lock), baseline, lock)
+    trial = optuna.create_study(directions=["maximize", "minimize"]).ask()
+    metrics = {"accuracy": 99.0 - drop, "latency_ms": 1.0, "sparse_bytes": 500, "accuracy_drop_se": se}
+    assert objective.record(trial, metrics) == (99.0 - drop, 1.0)
+    allowance = noise_se * se if se == se else 0.0
+    assert trial.user_attrs["feasible"] is feasible
+    assert trial.user_attrs["accuracy_drop"] == pytest.approx(drop)
+    frozen = trial.study.trials[0]
+    assert frozen.constraints["accuracy_drop"] == pytest.approx(drop - 1.0 - allowance)

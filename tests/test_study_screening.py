@@ -4,6 +4,7 @@ kept away from the sampler."""
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from pathlib import Path
 
 import optuna
@@ -107,6 +108,14 @@ def test_the_front_dominates_with_the_slow_end_of_its_speedup_interval() -> None
     assert dataclasses.replace(rule, max_drop=None).decide(90.0, 1.2).promote
 
 
+def test_the_constraint_check_allows_the_splits_noise() -> None:
+    rule = _rule([(97.0, 98.2), (91.0, 95.0), (60.0, 80.0)])
+    assert not rule.decide(85.0, 2.0).promote  # 95.5 reachable, the constraint needs 98
+    decision = dataclasses.replace(rule, drop_allowance=2.0).decide(85.0, 2.0)
+    assert not decision.promote and "needs 96.00 (with 2.00 points of validation noise)" in decision.reason
+    assert dataclasses.replace(rule, drop_allowance=2.6).decide(85.0, 2.0).promote  # needs 95.4
+
+
 # ---------------------------------------------------------------------------- in a search
 @pytest.mark.slow
 def test_scan_warm_starts_and_screening_in_a_search(tmp_path: Path, tiny_task: ap.Task) -> None:
@@ -137,6 +146,11 @@ def test_scan_warm_starts_and_screening_in_a_search(tmp_path: Path, tiny_task: a
             assert t.user_attrs["fidelity"] == FIDELITY_SCREEN and t.user_attrs["screen_reason"].startswith("screened")
     front = ap.load_study("t", f"sqlite:///{tmp_path}/s.db").pareto_trials()
     assert front and all(t.user_attrs["fidelity"] == FIDELITY_FULL for t in front)
+    # the screening's constraint check allows the split's noise: the median error of full trials
+    errors = sorted(t.user_attrs["accuracy_drop_se"] for t in study.trials
+                    if t.state == S.COMPLETE and t.user_attrs["accuracy_drop_se"] > 0)  # fmt: skip
+    rule = Screening.from_study(study, _cfg(tmp_path), study.user_attrs["baseline"])
+    assert rule.drop_allowance == (pytest.approx(statistics.median(errors)) if errors else 0.0)
 
 
 @pytest.mark.slow

@@ -104,6 +104,55 @@ def test_evaluate_and_test_equal_a_hand_count() -> None:
         assert score(model) == pytest.approx(100.0 * right / len(y))  # type: ignore[misc]
 
 
+def test_evaluate_samples_are_the_hits_per_example_and_their_mean_is_evaluate() -> None:
+    from autoprune.evaluation import drop_standard_error, sample_mean
+
+    task = _task()
+    model = task.model
+    x, y = _data(40, seed=1).tensors
+    with torch.no_grad():
+        hits = model(x).argmax(1) == y
+    samples = task.evaluate_samples(model)  # type: ignore[misc]
+    assert samples is not None and samples.dtype == torch.float64
+    assert samples.tolist() == [100.0 if h else 0.0 for h in hits.tolist()]
+    assert sample_mean(samples) == task.evaluate(model)
+    # a model that flips 3 examples right and 1 wrong: paired error sqrt(var(d) / n)
+    other = copy.deepcopy(model)
+    flipped = samples.clone()
+    wrong = [i for i, h in enumerate(hits.tolist()) if not h][:3]
+    right = [i for i, h in enumerate(hits.tolist()) if h][:1]
+    flipped[wrong], flipped[right] = 100.0, 0.0
+    d = (samples - flipped).tolist()
+    mean = sum(d) / 40
+    assert drop_standard_error(samples, flipped) == pytest.approx((sum((v - mean) ** 2 for v in d) / 39 / 40) ** 0.5)
+    assert drop_standard_error(samples, task.evaluate_samples(other)) == 0.0  # type: ignore[misc]
+    # a fraction task scales them like evaluate
+    fraction = _task(scale="fraction")
+    scaled, _ = in_percent(fraction, fraction.evaluate(fraction.model))
+    assert scaled.evaluate_samples(model).max() == 10000.0  # type: ignore[misc, union-attr]
+
+
+def test_evaluate_samples_only_where_the_order_holds_and_the_metric_splits() -> None:
+    shuffled = _task(val=DataLoader(_data(40, seed=1), batch_size=16, shuffle=True))
+    assert shuffled.evaluate_samples is not None and shuffled.evaluate_samples(shuffled.model) is None
+    assert _task(metric=lambda o, t: 1.0).evaluate_samples is None  # a metric of the whole split
+    # a loader whose order changes between calls (its own random order, not a RandomSampler)
+    data = _data(40, seed=1)
+
+    class Reordering:
+        calls = 0
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            Reordering.calls += 1
+            order = torch.randperm(40, generator=torch.Generator().manual_seed(Reordering.calls))
+            for i in range(0, 40, 16):
+                yield data[order[i : i + 16]]
+
+    task = _task(val=Reordering())
+    assert task.evaluate_samples(task.model) is not None  # type: ignore[misc]
+    assert task.evaluate_samples(task.model) is None  # type: ignore[misc]
+
+
 def test_custom_metric_gets_every_output_and_target() -> None:
     seen = []
 

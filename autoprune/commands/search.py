@@ -13,7 +13,7 @@ from typing import Any
 from autoprune._errors import ConfigError
 from autoprune.config import DEFAULT_STORAGE, SAMPLERS, SearchConfig, load_toml, mask_url
 
-_PARETO_COLUMNS = ("role", "accuracy", "accuracy_drop", "test_accuracy", "test_accuracy_drop", "latency_ms", "speedup", "sparse_bytes", "compression",
+_PARETO_COLUMNS = ("role", "accuracy", "accuracy_drop", "accuracy_drop_se", "test_accuracy", "test_accuracy_drop", "latency_ms", "speedup", "sparse_bytes", "compression",
                    "macs", "schedule")
 
 
@@ -141,6 +141,11 @@ def run(args: argparse.Namespace) -> int:
         + ("; accuracy = validation, which the search selected on; test_accuracy = held out, never seen by it):"
            if held_out else "):")
     )
+    if "max_accuracy_drop" in cfg.constraints and cfg.drop_noise_se > 0 and "accuracy_drop_se" in table.columns:
+        print(
+            f"feasible: accuracy_drop at most {cfg.constraints['max_accuracy_drop']:g}, or above it by at most "
+            f"{cfg.drop_noise_se:g} x accuracy_drop_se (the validation split's standard error of that drop)"
+        )
     print(table.to_string(float_format=lambda v: f"{v:.3f}") if len(table) else "  (none yet)")
     print()
     if cfg.report:

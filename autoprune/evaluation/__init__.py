@@ -26,7 +26,7 @@ from autoprune.evaluation._backends import (
     register_backend,
 )
 from autoprune.evaluation._cache import LatencyCache, architecture_signature, cached_speedup, speedup_key
-from autoprune.evaluation._evaluate import derived_metrics, evaluate
+from autoprune.evaluation._evaluate import derived_metrics, drop_standard_error, evaluate, sample_mean
 from autoprune.evaluation._latency import (
     LOCK_ENV,
     LatencyResult,
@@ -66,6 +66,7 @@ __all__ = [
     "count_macs",
     "default_lock_path",
     "derived_metrics",
+    "drop_standard_error",
     "evaluate",
     "get_backend",
     "measure_latency",
@@ -74,6 +75,7 @@ __all__ = [
     "measuring",
     "median_interval",
     "register_backend",
+    "sample_mean",
     "size_stats",
     "speedup_key",
     "tensor_bytes",

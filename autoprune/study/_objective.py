@@ -32,8 +32,10 @@ from autoprune.evaluation import (
     Target,
     cached_speedup,
     derived_metrics,
+    drop_standard_error,
     evaluate,
     get_backend,
+    sample_mean,
     speedup_key,
 )
 from autoprune.executor import apply_schedule
@@ -61,6 +63,7 @@ _logger = logging.getLogger(__name__)
 # A speedup whose interval comes out wide (a loaded machine) is measured again, up to this
 # many times latency_budget_s in all (cached_speedup's max_budget_s).
 _MAX_BUDGET_FACTOR = 4
+_UNSET = object()
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,7 @@ class Objective:
         self.cache = LatencyCache(cache_path) if cache_path is not None else None
         self.host = socket.gethostname()
         self._meter: SpeedupMeter | None = None
+        self._unpruned_samples: Any = _UNSET
 
     @property
     def meter(self) -> SpeedupMeter:
@@ -375,9 +379,10 @@ class Objective:
             cache.put_speedup(screened[0], screened[1])
             rel_tol = max(rel_tol, screened[1].rel_halfwidth)
             trial.set_user_attr("latency_from_screen", True)
+        task, drop_se = self._scored(pruned)
         metrics = evaluate(
             pruned,
-            self.task,
+            task,
             speedup_meter=self.meter,
             cache=cache,
             time_budget_s=self.cfg.latency_budget_s,
@@ -388,6 +393,7 @@ class Objective:
         ).as_dict()
         if not math.isfinite(metrics["accuracy"]):
             raise FloatingPointError(f"accuracy is {metrics['accuracy']} (NaN/inf weights after fine-tuning?)")
+        metrics["accuracy_drop_se"] = drop_se
         # Drift-free latency: the study's one unpruned latency over this trial's paired speedup.
         metrics["measured_latency_ms"] = metrics["latency_ms"]
         base_ms = float((self.baseline or metrics)["reference_latency_ms"])
@@ -408,8 +414,12 @@ class Objective:
         for key, value in {**metrics, **derived}.items():
             trial.set_user_attr(key, value)
         feasible = True
+        # A drop the validation split cannot tell from the limit does not make a trial
+        # infeasible: only what exceeds it by more than drop_noise_se standard errors.
+        se = float(metrics.get("accuracy_drop_se", math.nan))
+        allowance = self.cfg.drop_noise_se * se if math.isfinite(se) else 0.0
         limits = {
-            "accuracy_drop": ("max_accuracy_drop", derived["accuracy_drop"]),
+            "accuracy_drop": ("max_accuracy_drop", derived["accuracy_drop"] - allowance),
             "latency_ms": ("max_latency_ms", float(metrics["latency_ms"])),
             "size_bytes": ("max_size_bytes", float(metrics["sparse_bytes"])),
         }
@@ -422,6 +432,32 @@ class Objective:
         return tuple(float(metrics[OBJECTIVES[o][0]]) for o in self.cfg.objectives)
 
     # ------------------------------------------------------------------ helpers
+    def _scored(self, model: nn.Module) -> tuple[Task, float]:
+        """The task to evaluate ``model`` with, and the standard error of its accuracy drop.
+
+        With the task's ``evaluate_samples``, ``model`` is scored once per example: the
+        mean is its accuracy (the task returned scores that one pass), and the paired
+        difference from the unpruned model's scores gives the standard error. Without
+        it (a metric of the whole split, a shuffling loader) the error is NaN."""
+        if self.task.evaluate_samples is None:
+            return self.task, math.nan
+        with torch.inference_mode():
+            samples = self.task.evaluate_samples(model)
+        if samples is None:
+            return self.task, math.nan
+        score = sample_mean(samples)
+        return replace(self.task, evaluate=lambda _model: score), drop_standard_error(self.unpruned_samples, samples)
+
+    @property
+    def unpruned_samples(self) -> torch.Tensor | None:
+        """The unpruned model's validation scores per example (once per process)."""
+        if self._unpruned_samples is _UNSET:
+            evaluate_samples = self.task.evaluate_samples
+            with torch.inference_mode():
+                self._unpruned_samples = None if evaluate_samples is None else evaluate_samples(self.task.model)
+        samples: torch.Tensor | None = self._unpruned_samples
+        return samples
+
     def _timed_fine_tune(
         self, timings: dict[str, float], key: str, *, distill: bool = False
     ) -> Callable[[nn.Module, int], None] | None:

@@ -23,6 +23,8 @@ front.
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +60,10 @@ class Screening:
         max_drop: the accuracy constraint in points, if the study has one.
         margin: points of noise allowed on the cheap and on the full score (``screen_margin``).
         speed_only: whether the front check applies (objectives accuracy and latency only).
+        drop_allowance: points by which a full trial's drop may exceed ``max_drop`` and still
+            be feasible: ``drop_noise_se`` times the median standard error of the study's
+            full trials' drops (0 when none is known). A trial's own error is known only
+            once it is scored in full, and the split's noise varies little between models.
     """
 
     pairs: Sequence[tuple[float, float]]
@@ -66,6 +72,7 @@ class Screening:
     max_drop: float | None
     margin: float
     speed_only: bool = True
+    drop_allowance: float = 0.0
 
     @classmethod
     def from_study(cls, study: optuna.Study, cfg: SearchConfig, baseline: Mapping[str, Any]) -> Screening:
@@ -84,6 +91,8 @@ class Screening:
             if t.user_attrs.get("feasible", True)
         ]
         max_drop = cfg.constraints.get("max_accuracy_drop")
+        errors = [float(t.user_attrs.get("accuracy_drop_se", math.nan)) for t in full]
+        errors = [e for e in errors if math.isfinite(e) and e > 0]
         return cls(
             pairs=pairs,
             front=front,
@@ -91,6 +100,7 @@ class Screening:
             max_drop=float(max_drop) if max_drop is not None else None,
             margin=cfg.screen_margin,
             speed_only=set(cfg.objectives) == {"accuracy", "latency"},
+            drop_allowance=cfg.drop_noise_se * statistics.median(errors) if errors else 0.0,
         )
 
     def reachable(self, accuracy: float) -> tuple[float, str]:
@@ -109,11 +119,12 @@ class Screening:
         if len(self.pairs) < _MIN_PAIRS:
             return Decision(True, f"promoted: fewer than {_MIN_PAIRS} calibration pairs")
         reachable, why = self.reachable(accuracy)
-        if self.max_drop is not None and self.baseline_accuracy - reachable > self.max_drop:
+        if self.max_drop is not None and self.baseline_accuracy - reachable > self.max_drop + self.drop_allowance:
+            noise = f" (with {self.drop_allowance:.2f} points of validation noise)" if self.drop_allowance else ""
             return Decision(
                 False,
                 f"screened out: at most {reachable:.2f} reachable ({why}; margin {self.margin:.2f}), "
-                f"the constraint needs {self.baseline_accuracy - self.max_drop:.2f}",
+                f"the constraint needs {self.baseline_accuracy - self.max_drop - self.drop_allowance:.2f}{noise}",
             )
         if self.speed_only:
             for number, full_accuracy, full_speedup in self.front:

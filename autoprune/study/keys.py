@@ -34,6 +34,11 @@ Trial ``user_attrs``:
         ``speedup`` (baseline latency / latency) and ``compression`` (baseline dense bytes /
         sparse bytes); NaN where one cannot be computed.
     ``time_prune_s``, ``time_finetune_s``, ``time_eval_s``, ``time_latency_s``.
+    ``accuracy_drop_se``: the standard error of ``accuracy_drop`` on the validation split
+        (per-example scores paired with the unpruned model's; NaN where the task has no
+        ``evaluate_samples``). The ``accuracy_drop`` constraint value is
+        ``accuracy_drop - max_accuracy_drop - config["drop_noise_se"] * accuracy_drop_se``
+        (the error counted as 0 where it is NaN).
     ``feasible`` (bool), ``error`` (str, on failed trials).
     ``fidelity``: ``FIDELITY_FULL``, or ``FIDELITY_SCREEN`` for a search trial that got only the
         cheap screening (state PRUNED; ``screen_accuracy``, ``screen_speedup``,
@@ -108,6 +113,7 @@ TABLE_METRICS = (
     "accuracy",
     "test_accuracy",
     *DERIVED_METRICS,
+    "accuracy_drop_se",
     "latency_ms",
     "latency_spread",
     "sparse_bytes",

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from autoprune._errors import TaskError
@@ -47,6 +48,14 @@ class Task:
         scale: ``"percent"`` or ``"fraction"``: the unit of ``evaluate`` and ``test``;
             ``None`` infers it from the unpruned score (``<= 1.0`` means a fraction). See
             :func:`in_percent`.
+        evaluate_samples: ``evaluate_samples(model) -> Tensor | None``: the validation score
+            per example, in the units of ``evaluate`` and in the same order on every call
+            (top-1: 100 where right, 0 where wrong), whose mean is ``evaluate(model)``; or
+            ``None`` when that order cannot be trusted (a shuffling loader). With it a search
+            knows how precisely the validation split measures an accuracy drop (the standard
+            error of the paired per-example difference from the unpruned model) and does not
+            reject a trial for a drop that the split cannot tell from the limit (see
+            ``drop_noise_se``). ``None``: the metric does not split into examples.
     """
 
     name: str
@@ -62,6 +71,7 @@ class Task:
     distill_fine_tune: Callable[[nn.Module, int], None] | None = None
     output: str | int | None = None
     scale: str | None = None
+    evaluate_samples: Callable[[nn.Module], torch.Tensor | None] | None = None
 
     def __post_init__(self) -> None:
         _check_scale(self.scale)
@@ -97,12 +107,22 @@ def _times_100(fn: Callable[[nn.Module], float]) -> Callable[[nn.Module], float]
     return scaled
 
 
+def _samples_times_100(
+    fn: Callable[[nn.Module], torch.Tensor | None],
+) -> Callable[[nn.Module], torch.Tensor | None]:
+    def scaled(model: nn.Module) -> torch.Tensor | None:
+        samples = fn(model)
+        return None if samples is None else samples * 100.0
+
+    return scaled
+
+
 def in_percent(task: Task, unpruned_score: float) -> tuple[Task, str | None]:
     """The task with ``evaluate`` and ``test`` in percent, and a one-line notice if it was scaled.
 
     A task whose ``scale`` is ``"fraction"``, or whose ``scale`` is ``None`` and whose
     unpruned score is ``<= 1.0``, is scored as a fraction: the returned copy multiplies
-    ``evaluate`` and ``test`` by 100 (and says ``scale="percent"``), so that an accuracy
+    ``evaluate``, ``test`` and ``evaluate_samples`` by 100 (and says ``scale="percent"``), so that an accuracy
     constraint of "1 point" means one percentage point. A task in percent comes back as is.
 
     Args:
@@ -138,6 +158,7 @@ def in_percent(task: Task, unpruned_score: float) -> tuple[Task, str | None]:
         task,
         evaluate=_times_100(task.evaluate),
         test=None if task.test is None else _times_100(task.test),
+        evaluate_samples=None if task.evaluate_samples is None else _samples_times_100(task.evaluate_samples),
         scale="percent",
     )
     return scaled, notice

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import RandomSampler
 
 from autoprune._errors import TaskError
 from autoprune._inputs import call_model, map_tensors, select_output
@@ -110,6 +111,7 @@ class _Runner:
         self.device, self.seed, self.output = device, seed, output
         self.calibration_batches = calibration_batches
         self.to_device = _to(device)
+        self._val_targets: torch.Tensor | None = None  # the order evaluate_samples first saw
 
     # ------------------------------------------------------------------ randomness
     def _fork_rng(self) -> Any:
@@ -175,6 +177,21 @@ class _Runner:
 
     def evaluate(self, model: nn.Module) -> float:
         return self.score(model, self.val, "val")
+
+    def evaluate_samples(self, model: nn.Module) -> torch.Tensor | None:
+        """Top-1 per validation target (100.0 right, 0.0 wrong; float64), or None when the
+        loader's order cannot be trusted: it samples at random, or its targets came in
+        another order than on the first call. Its mean is :meth:`evaluate`'s score."""
+        if isinstance(getattr(self.val, "sampler", None), RandomSampler):
+            return None
+        output, target = self.outputs(model, self.val)
+        target = target.reshape(-1)
+        if self._val_targets is None:
+            self._val_targets = target
+        elif not torch.equal(target, self._val_targets):
+            return None
+        hits = output.argmax(dim=-1).reshape(-1) == target
+        return hits.to(torch.float64) * 100.0
 
     def test_score(self, model: nn.Module) -> float:
         return self.score(model, self.test, "test")
@@ -467,4 +484,6 @@ def from_loaders(
         output=output,
         scale=scale,
         metric_name="accuracy" if metric == "top1" else getattr(metric, "__name__", "score"),
+        # per example only for top-1: a metric of the whole loader (F1, mAP) does not split
+        evaluate_samples=runner.evaluate_samples if metric == "top1" else None,
     )
