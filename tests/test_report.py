@@ -475,3 +475,21 @@ def test_sensitivity_info_reads_the_scan_stored_with_the_study() -> None:
     assert all(a == [0.0, 0.5] for a in info.amounts)
     # the score is the parameter count here: pruning a unit alone leaves fewer
     assert all(s[0] == info.reference_score and s[1] < s[0] for s in info.scores)
+
+
+def test_the_front_carries_error_bars_from_the_drops_error_and_the_speedups_interval() -> None:
+    from autoprune.report._plots import _scatter_2d
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_metric_names(["accuracy", "latency"])
+    plain = {"role": study_keys.ROLE_SEARCH, "feasible": True, "schedule": ap.Schedule().to_json()}
+    attrs = {**plain, "accuracy_drop_se": 0.5, "speedup": 2.0, "speedup_low": 1.6, "speedup_high": 2.5}
+    study.add_trial(create_trial(values=[98.0, 4.0], user_attrs=attrs))
+    study.add_trial(create_trial(values=[99.0, 8.0], user_attrs=plain))
+    info = _data._get_pareto_info(study)
+    # latency 4.0 ms at 2.0x in [1.6x, 2.5x]: from 4 * 2 / 2.5 = 3.2 to 4 * 2 / 1.6 = 5.0 ms
+    assert info.groups["pareto"].errors == [[(0.5, 0.5), (pytest.approx(0.8), pytest.approx(1.0))], [(0.0, 0.0), (0.0, 0.0)]]
+    trace = _scatter_2d(info, 0, 1, showlegend=True)[0]  # the front, sorted by accuracy
+    assert list(trace.error_x.array) == [0.5, 0.0] and list(trace.error_x.arrayminus) == [0.5, 0.0]
+    assert list(trace.error_y.array) == pytest.approx([1.0, 0.0]) and trace.error_y.visible
+    assert "accuracy_drop_se: 0.5" in info.groups["pareto"].hovers[0]

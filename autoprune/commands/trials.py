@@ -8,7 +8,7 @@ import argparse
 from autoprune.config import DEFAULT_STORAGE
 
 # Columns shown on a terminal; --csv writes every column of the trials table.
-_SHOWN = ("number", "state", "role", "feasible", "accuracy", "accuracy_drop", "latency_ms", "speedup",
+_SHOWN = ("number", "state", "role", "feasible", "accuracy", "accuracy_drop", "accuracy_drop_se", "latency_ms", "speedup",
           "sparse_bytes", "macs", "schedule", "error")
 
 

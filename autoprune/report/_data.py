@@ -36,7 +36,7 @@ MIN_TRIALS_FOR_IMPORTANCE = 10
 MAX_PATTERN_ROWS = 256
 MAX_PATTERN_COLS = 288
 # Extra metrics shown in hovers when a trial carries them.
-HOVER_METRICS = study_keys.DERIVED_METRICS
+HOVER_METRICS = (*study_keys.DERIVED_METRICS, "accuracy_drop_se")
 REFERENCE_ROLES = (study_keys.ROLE_UNPRUNED, study_keys.ROLE_UNIFORM)
 
 
@@ -85,11 +85,34 @@ def _hover(trial: FrozenTrial, names: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------------------- Pareto front
 class _PointGroup(NamedTuple):
-    """Trials drawn alike: their numbers, objective values (one row each) and hover texts."""
+    """Trials drawn alike: their numbers, objective values (one row each) and hover texts;
+    ``errors``: per trial and objective, how far the value may lie below and above it
+    (``_errors``; 0 where nothing is known)."""
 
     numbers: list[int]
     values: list[list[float]]
     hovers: list[str]
+    errors: list[list[tuple[float, float]]] = []
+
+
+def _errors(trial: FrozenTrial, names: Sequence[str]) -> list[tuple[float, float]]:
+    """(below, above) of each objective value: accuracy +- the standard error of its drop
+    (``accuracy_drop_se``); latency over the speedup's 95% interval (``latency_ms`` is the
+    unpruned latency over the speedup, so its ends are at ``speedup / speedup_high`` and
+    ``speedup / speedup_low`` of it); 0 for the rest and where nothing was recorded."""
+    a = trial.user_attrs
+    out = []
+    for name, value in zip(names, trial.values, strict=True):
+        below = above = 0.0
+        if name == "accuracy":
+            se = float(a.get("accuracy_drop_se", math.nan))
+            below = above = se if math.isfinite(se) else 0.0
+        elif name == "latency":
+            speedup, low, high = (float(a.get(k, math.nan)) for k in ("speedup", "speedup_low", "speedup_high"))
+            if all(math.isfinite(v) and v > 0 for v in (speedup, low, high)) and low <= speedup <= high:
+                below, above = value * (1 - speedup / high), value * (speedup / low - 1)
+        out.append((below, above))
+    return out
 
 
 class _ParetoInfo(NamedTuple):
@@ -107,6 +130,7 @@ def _group(trials: Sequence[FrozenTrial], names: Sequence[str]) -> _PointGroup:
         numbers=[t.number for t in trials],
         values=[list(map(float, t.values)) for t in trials],
         hovers=[_hover(t, names) for t in trials],
+        errors=[_errors(t, names) for t in trials],
     )
 
 

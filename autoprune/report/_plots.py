@@ -52,12 +52,17 @@ def _scatter_2d(info: _ParetoInfo, i: int, j: int, *, showlegend: bool) -> list[
             continue
         values = np.asarray(group.values, dtype=float).reshape(-1, len(info.objective_names))
         x, y, hovers = values[:, i], values[:, j], group.hovers
+        errors = np.asarray(group.errors, dtype=float).reshape(-1, len(info.objective_names), 2)
+        ex, ey = errors[:, i], errors[:, j]
         mode = "markers"
         if key == "pareto" and len(info.objective_names) == 2:
             # Two objectives: the front is a staircase, so join its points in x order.
             order = np.argsort(x, kind="stable")
-            x, y, hovers = x[order], y[order], [hovers[k] for k in order]
+            x, y, ex, ey, hovers = x[order], y[order], ex[order], ey[order], [hovers[k] for k in order]
             mode = "lines+markers"
+        # The front carries what its numbers are sure of: accuracy +- the standard error of
+        # its drop, latency over the speedup's 95% interval.
+        bars = key == "pareto"
         traces.append(
             go.Scatter(
                 x=x,
@@ -74,11 +79,29 @@ def _scatter_2d(info: _ParetoInfo, i: int, j: int, *, showlegend: bool) -> list[
                     "line": {"width": 2 if key == "reference" else 0, "color": colour},
                 },
                 line={"color": colour, "width": 1, "shape": "linear"},
+                error_x=_error_bars(ex, colour, bars),
+                error_y=_error_bars(ey, colour, bars),
                 text=hovers,
                 hovertemplate="%{text}<extra></extra>",
             )
         )
     return traces
+
+
+def _error_bars(errors: np.ndarray, colour: str, visible: bool) -> dict[str, Any]:
+    """Plotly error bars from rows of (below, above); none when all are 0 or not wanted."""
+    if not visible or not errors.size or not np.any(errors > 0):
+        return {"visible": False}
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": errors[:, 1].tolist(),
+        "arrayminus": errors[:, 0].tolist(),
+        "color": colour,
+        "thickness": 1,
+        "width": 0,
+        "visible": True,
+    }
 
 
 def _get_pareto_2d_plot(info: _ParetoInfo) -> go.Figure:
