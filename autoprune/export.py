@@ -30,6 +30,7 @@ import pickle
 import re
 import warnings
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -393,5 +394,12 @@ def load_pruned(
 
     state = _load_weights(root / WEIGHTS_FILE, device)
     _check_shapes(rebuilt, {k: list(v.shape) for k, v in state.items()}, "the rebuilt model", WEIGHTS_FILE)
-    pruned.load_state_dict(state, strict=True)
+    # A plain dict has no per-module version metadata (the state dict's ``_metadata``). Some
+    # modules read it in ``_load_from_state_dict`` (torchvision's MNASNet refuses weights
+    # without it); the rebuilt model is the same code, so its own versions are the right ones.
+    versioned: OrderedDict[str, torch.Tensor] = OrderedDict(state)
+    metadata = getattr(pruned.state_dict(), "_metadata", None)
+    if metadata is not None:
+        versioned._metadata = metadata  # type: ignore[attr-defined]
+    pruned.load_state_dict(versioned, strict=True)
     return pruned.eval()
