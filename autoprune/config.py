@@ -312,7 +312,7 @@ class SearchConfig:
             raise _fail("front_tolerance", self.front_tolerance, "a number of points >= 0 (0: the strict Pareto front)")
         if not _num(self.drop_noise_se) or not 0 <= self.drop_noise_se <= 5:
             raise _fail(
-                "drop_noise_se", self.drop_noise_se, "a number of standard errors from 0 to 5 (0: the drop as measured)"
+                "drop_noise_se", self.drop_noise_se, "a number of standard errors from 0 to 5 (0: no trial over the limit is shown)"
             )
         if not _num(self.latency_rel_tol) or not 0 < self.latency_rel_tol < 1:
             raise _fail("latency_rel_tol", self.latency_rel_tol, "a number in (0, 1)")

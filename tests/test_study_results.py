@@ -252,6 +252,31 @@ def test_a_timing_the_machine_scattered_does_not_hide_a_tight_one(tmp_path: Path
     assert [t.number for t in study_keys.pareto_front(only, 0)] == [1]
 
 
+def test_the_front_shows_trials_within_the_noise_of_the_accuracy_limit(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/t.db"
+    base = {"accuracy": 90.0, "latency_ms": 10.0, "dense_bytes": 1000, "sparse_bytes": 1000}
+    study = _new_study(storage, "noise", base)
+    study.set_user_attr("config", {"front_tolerance": 0.5})
+    schedule = ap.Schedule(layers={"features.0": ap.LayerPlan("structured", 0.25)})
+    # (accuracy, speedup, constraint value, within noise): 0 feasible; 1 over the 1-point
+    # limit by 0.3 with an error of 0.5 (within noise); 2 over it by 3 (infeasible)
+    rows = [(89.5, 1.5, -0.5, False), (88.7, 2.0, 0.3, True), (86.0, 3.0, 3.0, False)]
+    for acc, speedup, excess, within in rows:
+        metrics = {"accuracy": acc, "latency_ms": 10.0 / speedup, "sparse_bytes": 1000, "dense_bytes": 1000}
+        _add(study, schedule, metrics, constraints={"accuracy_drop": excess}, within_noise=within, accuracy_drop_se=0.5)
+    assert [t.number for t in study_keys.pareto_front(study)] == [0, 1]
+    assert [t.number for t in study_keys.pareto_front(study, 0)] == [0] == [t.number for t in study.best_trials]
+    results = StudyResults(study)
+    assert [t.number for t in results.candidates()] == [0]  # pick() chooses among feasible trials only
+    table = results.pareto()
+    assert table["within_noise"].tolist() == [False, True] and table["feasible"].tolist() == [True, False]
+    from autoprune.report._data import _get_pareto_info
+
+    info = _get_pareto_info(study)
+    assert info.groups["pareto"].numbers == [0, 1] and info.groups["infeasible"].numbers == [2]
+    assert "within noise" in info.groups["pareto"].hovers[1]
+
+
 def test_cli_trials_pareto_tolerance(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -13,7 +13,7 @@ from typing import Any
 from autoprune._errors import ConfigError
 from autoprune.config import DEFAULT_STORAGE, SAMPLERS, SearchConfig, load_toml, mask_url
 
-_PARETO_COLUMNS = ("role", "accuracy", "accuracy_drop", "accuracy_drop_se", "test_accuracy", "test_accuracy_drop", "latency_ms", "speedup", "sparse_bytes", "compression",
+_PARETO_COLUMNS = ("role", "accuracy", "accuracy_drop", "accuracy_drop_se", "within_noise", "test_accuracy", "test_accuracy_drop", "latency_ms", "speedup", "sparse_bytes", "compression",
                    "macs", "schedule")
 
 
@@ -131,20 +131,24 @@ def run(args: argparse.Namespace) -> int:
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
     table = load_study(cfg.study_name, cfg.storage).pareto()
     table = table[[c for c in _PARETO_COLUMNS if c in table.columns and not table[c].isna().all()]]
+    noisy = int(table["within_noise"].fillna(False).astype(bool).sum()) if "within_noise" in table.columns else 0
+    if not noisy:
+        table = table.drop(columns=["within_noise"], errors="ignore")
     print()
     held_out = "test_accuracy" in table.columns
     tol = cfg.front_tolerance
     within = (f"each kept unless another is no worse anywhere and {tol:g}+ points more accurate on validation"
               if tol > 0 else "strict")
     print(
-        f"Pareto front ({len(table)} feasible trials; {within}"
+        f"Pareto front ({len(table)} trials; {within}"
         + ("; accuracy = validation, which the search selected on; test_accuracy = held out, never seen by it):"
            if held_out else "):")
     )
-    if "max_accuracy_drop" in cfg.constraints and cfg.drop_noise_se > 0 and "accuracy_drop_se" in table.columns:
+    if noisy:
         print(
-            f"feasible: accuracy_drop at most {cfg.constraints['max_accuracy_drop']:g}, or above it by at most "
-            f"{cfg.drop_noise_se:g} x accuracy_drop_se (the validation split's standard error of that drop)"
+            f"within_noise: {noisy} of them lost more than {cfg.constraints['max_accuracy_drop']:g} points on validation, "
+            f"by at most {cfg.drop_noise_se:g} x accuracy_drop_se (the split's standard error of that drop): "
+            "the split cannot tell them from the limit"
         )
     print(table.to_string(float_format=lambda v: f"{v:.3f}") if len(table) else "  (none yet)")
     print()

@@ -75,7 +75,9 @@ def _hover(trial: FrozenTrial, names: Sequence[str]) -> str:
     lines = [f"<b>trial {trial.number}</b> ({study_keys.trial_role(trial)})"]
     lines += [f"{name}: {_fmt(v)}" for name, v in zip(names, trial.values, strict=True)]
     lines += [f"{key}: {_fmt(trial.user_attrs[key])}" for key in HOVER_METRICS if key in trial.user_attrs]
-    if not study_keys.is_feasible(trial):
+    if study_keys.is_within_noise(trial):
+        lines.append("<i>over the accuracy limit by less than the validation split can tell (within noise)</i>")
+    elif not study_keys.is_feasible(trial):
         lines.append("<i>infeasible</i>")
     summary = schedule_summary(trial)
     if summary:

@@ -414,12 +414,14 @@ class Objective:
         for key, value in {**metrics, **derived}.items():
             trial.set_user_attr(key, value)
         feasible = True
-        # A drop the validation split cannot tell from the limit does not make a trial
-        # infeasible: only what exceeds it by more than drop_noise_se standard errors.
+        # What the sampler sees is the drop as measured. A trial that breaks only the accuracy
+        # limit, by less than drop_noise_se standard errors of its drop, is "within noise":
+        # the validation split cannot tell it from the limit, and the front shows it.
         se = float(metrics.get("accuracy_drop_se", math.nan))
         allowance = self.cfg.drop_noise_se * se if math.isfinite(se) else 0.0
+        within = True
         limits = {
-            "accuracy_drop": ("max_accuracy_drop", derived["accuracy_drop"] - allowance),
+            "accuracy_drop": ("max_accuracy_drop", derived["accuracy_drop"]),
             "latency_ms": ("max_latency_ms", float(metrics["latency_ms"])),
             "size_bytes": ("max_size_bytes", float(metrics["sparse_bytes"])),
         }
@@ -428,7 +430,9 @@ class Objective:
                 excess = value - float(self.cfg.constraints[key])
                 trial.set_constraint(name, excess)
                 feasible = feasible and excess <= 0
+                within = within and excess <= (allowance if name == "accuracy_drop" else 0.0)
         trial.set_user_attr("feasible", feasible)
+        trial.set_user_attr("within_noise", within and not feasible)
         return tuple(float(metrics[OBJECTIVES[o][0]]) for o in self.cfg.objectives)
 
     # ------------------------------------------------------------------ helpers

@@ -54,16 +54,17 @@ class Screening:
 
     Attributes:
         pairs: ``(cheap accuracy, full accuracy)`` of trials that ran both stages.
-        front: ``(number, accuracy, speedup)`` of feasible full-fidelity trials (the slow
-            end of the speedup's interval).
+        front: ``(number, accuracy, speedup)`` of full-fidelity trials that are feasible or
+            within noise of the accuracy limit (the slow end of the speedup's interval).
         baseline_accuracy: the unpruned model's validation accuracy.
         max_drop: the accuracy constraint in points, if the study has one.
         margin: points of noise allowed on the cheap and on the full score (``screen_margin``).
         speed_only: whether the front check applies (objectives accuracy and latency only).
-        drop_allowance: points by which a full trial's drop may exceed ``max_drop`` and still
-            be feasible: ``drop_noise_se`` times the median standard error of the study's
-            full trials' drops (0 when none is known). A trial's own error is known only
-            once it is scored in full, and the split's noise varies little between models.
+        drop_allowance: points by which a full trial's drop may exceed ``max_drop`` and the
+            trial still be shown on the front (within noise): ``drop_noise_se`` times the
+            median standard error of the study's full trials' drops (0 when none is known).
+            A trial's own error is known only once it is scored in full, and the split's
+            noise varies little between models.
     """
 
     pairs: Sequence[tuple[float, float]]
@@ -88,7 +89,7 @@ class Screening:
         front = [
             (t.number, float(t.user_attrs["accuracy"]), sure_speedup(t.user_attrs))
             for t in full
-            if t.user_attrs.get("feasible", True)
+            if t.user_attrs.get("feasible", True) or t.user_attrs.get("within_noise", False)
         ]
         max_drop = cfg.constraints.get("max_accuracy_drop")
         errors = [float(t.user_attrs.get("accuracy_drop_se", math.nan)) for t in full]

@@ -31,7 +31,8 @@ def trials_table(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | N
 
     Columns: ``number``, ``state``, ``role``, one per objective (named like it, the value
     Optuna optimised), the ``TABLE_METRICS`` of :mod:`autoprune.study.keys` that no
-    objective column already shows, ``feasible`` (None until complete),
+    objective column already shows, ``feasible`` (None until complete), ``within_noise``
+    (over the accuracy limit by less than the validation split can tell; None until complete),
     ``fidelity`` (``full``, or ``screen`` for a trial that only got the cheap screening),
     ``speedup_converged`` (False when the paired speedup's interval stayed wider than asked),
     ``schedule`` (the one-line summary) and ``error``.
@@ -50,11 +51,12 @@ def trials_table(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | N
         measured = trial_metrics(t, baseline)
         row.update({k: measured[k] for k in metrics})
         row["feasible"] = study_keys.is_feasible(t) if t.state.name == "COMPLETE" else None
+        row["within_noise"] = study_keys.is_within_noise(t) if t.state.name == "COMPLETE" else None
         row["fidelity"] = t.user_attrs.get("fidelity", "early-rejected" if t.user_attrs.get("early_rejected") else None)
         converged = t.user_attrs.get("speedup_converged")
         row["speedup_converged"] = bool(converged) if converged is not None else None
         row["schedule"] = study_keys.schedule_summary(t)
         row["error"] = t.user_attrs.get("error")
         rows.append(row)
-    columns = ["number", "state", "role", *names, *metrics, "feasible", "fidelity", "speedup_converged", "schedule", "error"]
+    columns = ["number", "state", "role", *names, *metrics, "feasible", "within_noise", "fidelity", "speedup_converged", "schedule", "error"]
     return pd.DataFrame(rows, columns=columns)

@@ -36,10 +36,13 @@ Trial ``user_attrs``:
     ``time_prune_s``, ``time_finetune_s``, ``time_eval_s``, ``time_latency_s``.
     ``accuracy_drop_se``: the standard error of ``accuracy_drop`` on the validation split
         (per-example scores paired with the unpruned model's; NaN where the task has no
-        ``evaluate_samples``). The ``accuracy_drop`` constraint value is
-        ``accuracy_drop - max_accuracy_drop - config["drop_noise_se"] * accuracy_drop_se``
-        (the error counted as 0 where it is NaN).
-    ``feasible`` (bool), ``error`` (str, on failed trials).
+        ``evaluate_samples``).
+    ``feasible`` (bool): every constraint met as measured (what the sampler is told);
+    ``within_noise`` (bool): not feasible, but only because ``accuracy_drop`` exceeds
+        ``max_accuracy_drop`` by at most ``config["drop_noise_se"] * accuracy_drop_se``: the
+        validation split cannot tell it from the limit, and the front (with a tolerance)
+        shows it (:func:`is_within_noise`).
+    ``error`` (str, on failed trials).
     ``fidelity``: ``FIDELITY_FULL``, or ``FIDELITY_SCREEN`` for a search trial that got only the
         cheap screening (state PRUNED; ``screen_accuracy``, ``screen_speedup``,
         ``screen_reason``); ``fine_tune_steps_spent``: optimiser steps the trial used.
@@ -84,6 +87,7 @@ __all__ = [
     "DIRECTIONS",
     "constraint_values",
     "is_feasible",
+    "is_within_noise",
     "front_tolerance",
     "objective_names",
     "pareto_front",
@@ -134,6 +138,12 @@ def is_feasible(trial: Any) -> bool:
     if "feasible" in trial.user_attrs:
         return bool(trial.user_attrs["feasible"])
     return all(v <= 0 for v in constraint_values(trial).values())
+
+
+def is_within_noise(trial: Any) -> bool:
+    """True when the trial broke only the accuracy limit, by less than the validation split
+    can measure (``within_noise``, set by searches since it exists)."""
+    return bool(trial.user_attrs.get("within_noise", False))
 
 
 def trial_schedule(trial: Any) -> Schedule:
@@ -187,7 +197,10 @@ def sure_speedup(attrs: Any) -> float:
 
 def pareto_front(study: Any, tolerance: float | None = None) -> list[Any]:
     """The study's front: feasible, complete trials that ran their whole schedule and that no
-    other such trial beats by more than the noise, in trial order.
+    other such trial beats by more than the noise, in trial order. With a tolerance, trials
+    that broke the accuracy limit by less than the validation split can measure
+    (:func:`is_within_noise`) count as feasible; with 0 (the strict front, Optuna's
+    ``best_trials``) they do not.
 
     Trial ``b`` beats trial ``a`` when it is no worse on every objective and its accuracy is
     higher by at least ``tolerance`` points (the study's :func:`front_tolerance` by default).
@@ -209,7 +222,7 @@ def pareto_front(study: Any, tolerance: float | None = None) -> list[Any]:
         if t.values is not None
         and not t.user_attrs.get("early_rejected", False)
         and "schedule" in t.user_attrs
-        and is_feasible(t)
+        and (is_feasible(t) or (tol > 0 and is_within_noise(t)))
     ]
     # Every objective as "larger is better"; accuracy shifted by the tolerance when b is compared.
     gains = {t.number: [s * float(v) for s, v in zip(signs, t.values, strict=True)] for t in trials}
