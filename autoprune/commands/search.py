@@ -146,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if noisy:
         print(
-            f"within_noise: {noisy} of them lost more than {cfg.constraints['max_accuracy_drop']:g} points on validation, "
+            f"within_noise: {noisy} of them lost more than max_accuracy_drop = {cfg.constraints['max_accuracy_drop']:g} "
+            "on validation, "
             f"by at most {cfg.drop_noise_se:g} x accuracy_drop_se (the split's standard error of that drop): "
             "the split cannot tell them from the limit"
         )
