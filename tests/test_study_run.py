@@ -517,7 +517,7 @@ def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
         textwrap.dedent(
             """
             task = "digits"
-            trials = 6
+            trials = 40
             study = "int"
             latency_budget_s = 0.05
             reference_amounts = []
@@ -533,6 +533,8 @@ def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
             """
         )
     )
+    # 40 trials: the signal must land mid-search. With 6 short trials the search could finish
+    # between seeing a trial run and the signal (seen once in a full run: exit code 0).
     url = "sqlite:///studies/i.db"
     proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", "s.toml", "--quiet", "--storage", url],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
