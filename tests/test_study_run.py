@@ -517,7 +517,7 @@ def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
         textwrap.dedent(
             """
             task = "digits"
-            trials = 40
+            trials = 6
             study = "int"
             latency_budget_s = 0.05
             reference_amounts = []
@@ -533,11 +533,14 @@ def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
             """
         )
     )
-    # 40 trials: the signal must land mid-search. With 6 short trials the search could finish
-    # between seeing a trial run and the signal (seen once in a full run: exit code 0).
     url = "sqlite:///studies/i.db"
+    # A shell that starts pytest in the background (nohup cmd &) makes it ignore SIGINT, its
+    # children inherit that, and Python then installs no KeyboardInterrupt handler: the search
+    # would ignore the signal and finish (exit 0). The child gets the default back, as a
+    # terminal's Ctrl-C would find it.
     proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", "s.toml", "--quiet", "--storage", url],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def running() -> list[optuna.trial.FrozenTrial]:
         try:
