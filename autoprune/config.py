@@ -189,6 +189,7 @@ class SearchConfig:
     screening: bool = True
     screen_fraction: float = 0.2
     screen_margin: float = 0.5
+    screen_window: int = 10
     front_tolerance: float = 0.5
     drop_noise_se: float = 1.0
     latency_budget_s: float = 2.0
@@ -308,6 +309,9 @@ class SearchConfig:
             raise _fail("screen_fraction", self.screen_fraction, "a number in (0, 1)")
         if not _num(self.screen_margin) or self.screen_margin < 0:
             raise _fail("screen_margin", self.screen_margin, "a number of points >= 0")
+        w = self.screen_window
+        if not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= 1000:
+            raise _fail("screen_window", w, "an integer from 0 to 1000 (0: screen every search trial)")
         if not _num(self.front_tolerance) or self.front_tolerance < 0:
             raise _fail("front_tolerance", self.front_tolerance, "a number of points >= 0 (0: the strict Pareto front)")
         if not _num(self.drop_noise_se) or not 0 <= self.drop_noise_se <= 5:

@@ -14,7 +14,7 @@ import autoprune as ap
 from autoprune.config import SearchConfig
 from autoprune.study import counted_trials, run_search
 from autoprune.study._references import bracket
-from autoprune.study._screening import Screening
+from autoprune.study._screening import Screening, screening_pays
 from autoprune.study.keys import (
     FIDELITY_FULL,
     FIDELITY_REPEAT,
@@ -346,3 +346,96 @@ def test_refinements_fit_in_the_trial_budget(tmp_path: Path, tiny_task: ap.Task)
     refined = [t for t in study.trials if t.user_attrs.get("refined")]
     assert len(refined) == 1 and refined[0].user_attrs["role"] == ROLE_UNIFORM  # the families in turn: uniform first
     assert len(study.user_attrs["references_refined"]) == 1
+
+
+# ---------------------------------------------------------------------------- screening pays for itself
+def _ran(study: optuna.Study, fidelity: str, *, feasible: bool = True, skipped: bool = False,
+         within_noise: bool = False, role: str = "search") -> None:  # fmt: skip
+    attrs: dict[str, object] = {"role": role, "fidelity": fidelity}
+    if fidelity == FIDELITY_FULL:
+        attrs.update(feasible=feasible, within_noise=within_noise)
+    if skipped:
+        attrs["screen_skipped"] = "not screened"
+    state = optuna.trial.TrialState.COMPLETE if fidelity == FIDELITY_FULL else optuna.trial.TrialState.PRUNED
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=state, values=[1.0, 1.0] if state == optuna.trial.TrialState.COMPLETE else None, user_attrs=attrs
+        )
+    )
+
+
+def _pays_study() -> optuna.Study:
+    return optuna.create_study(directions=["maximize", "minimize"])
+
+
+def test_screening_runs_until_its_window_is_full(tmp_path: Path) -> None:
+    cfg, study = _cfg(tmp_path, screen_window=4), _pays_study()
+    for _ in range(3):
+        _ran(study, FIDELITY_FULL)
+    for role in (ROLE_UNIFORM, ROLE_WARM):  # references do not count
+        _ran(study, FIDELITY_FULL, role=role)
+    _ran(study, FIDELITY_REPEAT)  # nor repeats
+    decision = screening_pays(study, cfg)
+    assert decision.promote and decision.reason == "screened: 3 of the first 4 search trials have run"
+    _ran(study, FIDELITY_FULL)
+    decision = screening_pays(study, cfg)
+    assert not decision.promote
+    assert decision.reason.startswith("not screened: 0 of the last 4 search trials were screened out")
+    # only earlier trials count
+    assert screening_pays(study, cfg, before=study.trials[-1].number).promote
+
+
+def test_screening_pays_when_more_than_its_fraction_is_screened_out(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, screen_window=10, screen_fraction=0.2)
+    study = _pays_study()
+    for _ in range(3):
+        _ran(study, FIDELITY_SCREEN)
+    for _ in range(7):
+        _ran(study, FIDELITY_FULL)
+    decision = screening_pays(study, cfg)
+    assert decision.promote and "3 of the last 10" in decision.reason and "(30%;" in decision.reason
+    _ran(study, FIDELITY_FULL)  # the oldest screened-out trial leaves the window: 2 of 10 is break-even
+    assert not screening_pays(study, cfg).promote
+    assert screening_pays(study, _cfg(tmp_path, screen_window=10, screen_fraction=0.1)).promote
+    assert screening_pays(study, _cfg(tmp_path, screen_window=0)).promote  # 0: always
+
+
+def test_unscreened_trials_over_the_limit_count_as_what_a_screen_would_save(tmp_path: Path) -> None:
+    cfg, study = _cfg(tmp_path, screen_window=5), _pays_study()
+    _ran(study, FIDELITY_FULL, feasible=False)  # screened, promoted, then infeasible: the screen missed it
+    _ran(study, FIDELITY_FULL, feasible=False, skipped=True, within_noise=True)  # on the front: no saving
+    _ran(study, FIDELITY_FULL, skipped=True)
+    _ran(study, FIDELITY_FULL, feasible=False, skipped=True)  # a screen could have caught it
+    _ran(study, FIDELITY_FULL, skipped=True)
+    decision = screening_pays(study, cfg)
+    assert not decision.promote and "1 of the last 5" in decision.reason
+    _ran(study, FIDELITY_FULL, feasible=False, skipped=True)
+    decision = screening_pays(study, cfg)
+    assert decision.promote and "2 of the last 5" in decision.reason  # 40% > 20%: screening resumes
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "10", 1001])
+def test_screen_window_is_checked(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(ap.ConfigError, match=r"screen_window = .*an integer from 0 to 1000"):
+        _cfg(tmp_path, screen_window=bad)
+
+
+def test_a_search_stops_screening_where_it_does_not_pay(tmp_path: Path, tiny_task: ap.Task) -> None:
+    cfg = _cfg(tmp_path, trials=12, screen_window=2, screen_fraction=0.6, constraints={"max_accuracy_drop": 100.0})
+    study = run_search(cfg, tiny_task)
+    S = optuna.trial.TrialState
+    searched = [t for t in sorted(study.trials, key=lambda t: t.number)
+                if t.user_attrs.get("role") == "search" and t.state in (S.COMPLETE, S.PRUNED)
+                and t.user_attrs.get("fidelity") != FIDELITY_REPEAT]  # fmt: skip
+    assert len(searched) >= 4
+    skipped = [t for t in searched if "screen_skipped" in t.user_attrs]
+    assert skipped, "nothing is screened out under a 100-point limit, so screening stops after 2 trials"
+    for t in searched:
+        expected = screening_pays(study, cfg, before=t.number)  # one worker: the same trials it saw
+        assert ("screen_skipped" not in t.user_attrs) == expected.promote
+        if not expected.promote:
+            assert t.user_attrs["screen_skipped"] == expected.reason
+            assert "screen_accuracy" not in t.user_attrs and t.user_attrs["fidelity"] == FIDELITY_FULL
+            schedule = ap.Schedule.from_json(t.user_attrs["schedule"])
+            assert t.user_attrs["fine_tune_steps_spent"] == schedule.fine_tune_steps * schedule.steps
+            assert t.user_attrs["speedup"] > 0 and "latency_from_screen" not in t.user_attrs

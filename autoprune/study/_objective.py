@@ -44,7 +44,7 @@ from autoprune.schedule import Schedule
 from autoprune.sensitivity import screen
 from autoprune.space import SearchSpace
 from autoprune.study._references import DUPLICATE, publish_references, wait_for_baseline
-from autoprune.study._screening import Screening
+from autoprune.study._screening import Screening, screening_pays
 from autoprune.study._storage import first_line, latency_cache_path
 from autoprune.study.keys import (
     FIDELITY_FULL,
@@ -221,7 +221,7 @@ class Objective:
                 self._repeat(trial, earlier)  # raises TrialPruned
         timings = {"finetune": 0.0, "screen": 0.0}
         screened: tuple[str, Speedup] | None = None
-        if role != ROLE_UNPRUNED and self._screens(schedule):
+        if role != ROLE_UNPRUNED and self._screens(schedule) and self._screen_pays(trial, role):
             screened = self.screen(trial, role, schedule, timings)  # raises TrialPruned when not promoted
         pruned = self.prune(trial, schedule, timings)
         metrics = self.measure(trial, pruned, screened)
@@ -299,6 +299,17 @@ class Objective:
             and schedule.fine_tune_steps > 0
             and bool(schedule.active_layers())
         )
+
+    def _screen_pays(self, trial: optuna.Trial, role: str) -> bool:
+        """References are always screened (they calibrate the rule); a search trial only
+        while screening saves more fine-tuning than it costs (:func:`screening_pays`). A
+        trial not screened says why in ``screen_skipped``."""
+        if role != ROLE_SEARCH:
+            return True
+        decision = screening_pays(trial.study, self.cfg, before=trial.number)
+        if not decision.promote:
+            trial.set_user_attr("screen_skipped", decision.reason)
+        return decision.promote
 
     def screen(
         self, trial: optuna.Trial, role: str, schedule: Schedule, timings: dict[str, float]

@@ -32,9 +32,9 @@ from typing import Any
 import optuna
 
 from autoprune.config import SearchConfig
-from autoprune.study.keys import FIDELITY_FULL, sure_speedup
+from autoprune.study.keys import FIDELITY_FULL, FIDELITY_SCREEN, ROLE_SEARCH, is_feasible, is_within_noise, sure_speedup
 
-__all__ = ["Decision", "Screening"]
+__all__ = ["Decision", "Screening", "screening_pays"]
 
 _MIN_PAIRS = 2
 _SPEED_TOLERANCE = 0.02  # a front trial must be this much faster to dominate (speedups carry noise)
@@ -136,3 +136,44 @@ class Screening:
                         f"reachable ({reachable:.2f}, {speedup:.2f}x)",
                     )
         return Decision(True, f"promoted: up to {reachable:.2f} reachable at {speedup:.2f}x")
+
+
+def screening_pays(study: optuna.Study, cfg: SearchConfig, *, before: int | None = None) -> Decision:
+    """Whether the next search trial (numbered ``before``, if given: only earlier trials
+    count) should be screened: ``promote`` here means "screen it".
+
+    Looks at the last ``cfg.screen_window`` search trials that ran (repeats and failures do
+    not count): a trial screened out counts as a saving, and so does one that was not
+    screened and ended infeasible and not within noise of the accuracy limit. Screening pays
+    while the savings are more than ``cfg.screen_fraction`` of the window (each saves a whole
+    fine-tune; each screen costs that fraction of one). ``screen_window = 0`` screens every
+    trial.
+    """
+    window = cfg.screen_window
+    if window <= 0:
+        return Decision(True, "screened: screen_window = 0 screens every search trial")
+    S = optuna.trial.TrialState
+    ran = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED))
+        if t.user_attrs.get("role") == ROLE_SEARCH
+        and t.user_attrs.get("fidelity") in (FIDELITY_FULL, FIDELITY_SCREEN)
+        and (before is None or t.number < before)
+    ]
+    if len(ran) < window:
+        return Decision(True, f"screened: {len(ran)} of the first {window} search trials have run")
+    last = sorted(ran, key=lambda t: t.number)[-window:]
+    saved = sum(
+        1
+        for t in last
+        if t.user_attrs.get("fidelity") == FIDELITY_SCREEN
+        or ("screen_skipped" in t.user_attrs and not is_feasible(t) and not is_within_noise(t))
+    )
+    share = saved / window
+    verdict = (
+        f"{saved} of the last {window} search trials were screened out or, not screened, ended over the "
+        f"accuracy limit ({share:.0%}; a screen costs screen_fraction = {cfg.screen_fraction:.0%} of a fine-tune)"
+    )
+    if share > cfg.screen_fraction:
+        return Decision(True, f"screened: {verdict}")
+    return Decision(False, f"not screened: {verdict}")

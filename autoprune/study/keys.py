@@ -46,6 +46,8 @@ Trial ``user_attrs``:
     ``fidelity``: ``FIDELITY_FULL``, or ``FIDELITY_SCREEN`` for a search trial that got only the
         cheap screening (state PRUNED; ``screen_accuracy``, ``screen_speedup``,
         ``screen_reason``); ``fine_tune_steps_spent``: optimiser steps the trial used.
+    ``screen_skipped``: why a search trial went straight to the full fine-tune (screening had
+        stopped paying for itself: ``screening_pays``).
     ``speedup``, ``speedup_low``, ``speedup_high``, ``speedup_converged``: the paired ratio
         against the unpruned model and its 95% interval; ``reference_latency_ms`` and
         ``measured_latency_ms``: both sides' milliseconds from those rounds; ``latency_ms``
