@@ -352,7 +352,7 @@ class SearchSpace:
             from autoprune.sensitivity import greedy_path
 
             caps = {u.key: u.max_amount for u in self._structured_units()}
-            path = greedy_path(sens, caps=caps, step=self.config.amount_step)
+            path = greedy_path(sens, resource=sens.path_resource, caps=caps, step=self.config.amount_step)
             self._path = [(sens.saved_fraction(amounts), amounts) for amounts in path]
         savings = [saved for saved, _ in self._path]
         i = bisect.bisect_left(savings, target - 1e-9)

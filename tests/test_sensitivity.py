@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -201,6 +202,25 @@ def test_greedy_path_is_monotone_and_ends_at_the_caps() -> None:
     assert allocate(sens, 0.0) == {"a": 0.0, "b": 0.0, "c": 0.0}
     with pytest.raises(ap.ScheduleError, match="target=1.5"):
         allocate(sens, 1.5)
+
+
+def test_the_latency_path_ranks_by_time_saved_and_puts_untimed_savings_last() -> None:
+    base = _synthetic()
+    speedups = {"a": (2.0, 3.0, 4.0), "b": (1.01, 1.02, 1.03), "c": (1.0, 1.0, 0.99)}  # c: no time to save
+    sens = dataclasses.replace(base, curves=tuple(
+        dataclasses.replace(c, speedups=speedups[c.unit]) if c.method == "structured" else c for c in base.curves
+    ))  # fmt: skip
+    assert base.path_resource == "macs" and sens.path_resource == "latency"
+    assert greedy_path(sens, step=0.25)[1] == {"a": 0.0, "b": 0.0, "c": 0.25}  # by MACs: c first (no drop)
+    path = greedy_path(sens, resource="latency", step=0.25)
+    # a loses 5 points for half the time; b 0.5 points for 1%: a first, c (nothing timed) last
+    assert path[1] == {"a": 0.25, "b": 0.0, "c": 0.0}
+    first_c = next(i for i, amounts in enumerate(path) if amounts["c"] > 0)
+    assert path[first_c - 1] == {"a": 0.75, "b": 0.75, "c": 0.0}
+    assert path[-1] == {"a": 0.75, "b": 0.75, "c": 0.75}  # still reaches every cap
+    # the target is whatever `measure` counts: here the MACs estimate along the latency path
+    amounts = allocate(sens, 0.3, resource="latency", step=0.25, measure=sens.saved_fraction)
+    assert amounts == next(a for a in path if sens.saved_fraction(a) >= 0.3 - 1e-9)
 
 
 def test_latency_allocation_needs_speedups() -> None:

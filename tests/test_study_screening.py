@@ -11,8 +11,11 @@ import optuna
 import pytest
 
 import autoprune as ap
+from autoprune._lock import machine_lock
 from autoprune.config import SearchConfig
+from autoprune.sensitivity import Sensitivity, macs_meter, warm_starts
 from autoprune.study import counted_trials, run_search
+from autoprune.study._objective import SearchSetup
 from autoprune.study._references import bracket
 from autoprune.study._screening import Screening, screening_pays
 from autoprune.study.keys import (
@@ -123,6 +126,21 @@ def test_scan_warm_starts_and_screening_in_a_search(tmp_path: Path, tiny_task: a
     assert len(counted_trials(study)) == 10
     sens = study.user_attrs["sensitivity"]
     assert sens["calibrated"] is True and sens["curves"]
+    # latency is an objective: every structured point was timed, and the warm starts follow
+    # the latency path, each the first allocation on it that removes its share of the MACs
+    structured = [c for c in sens["curves"] if c["method"] == "structured"]
+    assert structured and all(len(c["speedups"]) == len(c["amounts"]) and min(c["speedups"]) > 0 for c in structured)
+    scan = Sensitivity.from_dict(sens)
+    assert scan.path_resource == "latency"
+    warm = [t for t in sorted(study.trials, key=lambda t: t.number) if t.user_attrs.get("role") == ROLE_WARM]
+    cfg = _cfg(tmp_path, trials=10)
+    searched = SearchSetup.build(tiny_task, cfg, machine_lock()).search_space(study)
+    meter = macs_meter(tiny_task.model, tiny_task.example_inputs, searched)
+    first = [t for t in warm if not t.user_attrs.get("refined")]
+    assert first
+    for t in first:
+        expected = warm_starts(searched, scan, [t.user_attrs["warm_target"]], resource="latency", measure=meter)
+        assert t.params == expected[0]
     roles = [t.user_attrs.get("role") for t in sorted(study.trials, key=lambda t: t.number)]
     assert roles[0] == ROLE_UNPRUNED and roles[1] == ROLE_UNIFORM
     assert ROLE_WARM in roles[2:4]

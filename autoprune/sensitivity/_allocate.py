@@ -30,6 +30,10 @@ def greedy_path(
 
     ``caps`` (unit -> largest amount; default: the largest scanned amount) also chooses the
     units: only structured curves of units in it take part.
+
+    With ``resource="latency"`` a step whose measured saving is nil (a unit too small to
+    time, or a noisy point) is ranked by its MACs saving after every step that saves time,
+    so the path still reaches every unit's cap.
     """
     if not 0 < step < 1:
         raise ScheduleError(f"`0 < step < 1` must hold, but got step={step!r}.")
@@ -41,21 +45,24 @@ def greedy_path(
     order = {u: i for i, u in enumerate(limits)}
     path = [dict(current)]
     while True:
-        best: tuple[float, float, int, str, float] | None = None
+        best: tuple[int, float, float, int, str, float] | None = None
         for unit, amount in current.items():
             nxt = round(min(amount + step, limits[unit]), 6)
             if nxt <= amount + 1e-9:
                 continue
             gain = sensitivity.saved_at(unit, nxt, resource) - sensitivity.saved_at(unit, amount, resource)
+            tier = 0
+            if gain <= 0 and resource != "macs":
+                gain, tier = sensitivity.saved_at(unit, nxt) - sensitivity.saved_at(unit, amount), 1
             if gain <= 0:
                 continue
             loss = sensitivity.drop_at(unit, nxt) - sensitivity.drop_at(unit, amount)
-            key = (loss / gain, amount, order[unit], unit, nxt)
-            if best is None or key[:3] < best[:3]:
+            key = (tier, loss / gain, amount, order[unit], unit, nxt)
+            if best is None or key[:4] < best[:4]:
                 best = key
         if best is None:
             return path
-        current[best[3]] = best[4]
+        current[best[4]] = best[5]
         path.append(dict(current))
 
 

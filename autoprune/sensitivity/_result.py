@@ -93,6 +93,15 @@ class Sensitivity:
     def units(self) -> list[str]:
         return list(dict.fromkeys(c.unit for c in self.curves))
 
+    @property
+    def path_resource(self) -> str:
+        """What the greedy allocation saves per accuracy lost: ``"latency"`` when every
+        structured curve has measured speedups (a scan on the target), else ``"macs"``."""
+        structured = [c for c in self.curves if c.method == "structured" and c.amounts]
+        if structured and all(c.speedups is not None for c in structured):
+            return "latency"
+        return "macs"
+
     def drop_at(self, unit: str, amount: float, method: str = "structured") -> float:
         """Accuracy drop of ``unit`` pruned alone at ``amount``, interpolated linearly from
         (0, 0) through the scanned points and made non-decreasing (a point scoring above a

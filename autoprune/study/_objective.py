@@ -229,7 +229,7 @@ class Objective:
         values = self.record(trial, metrics)
         if role == ROLE_UNPRUNED:
             self.baseline = dict(metrics)
-            publish_references(trial.study, self.setup, metrics, trial.number)
+            publish_references(trial.study, self.setup, metrics, trial.number, speedup=self._scan_speedup)
         return values
 
     # ------------------------------------------------------------------ the steps
@@ -299,6 +299,13 @@ class Objective:
             and schedule.fine_tune_steps > 0
             and bool(schedule.active_layers())
         )
+
+    def _scan_speedup(self, model: nn.Module) -> float:
+        """The sensitivity scan's timing of one unit pruned alone: a paired speedup with half a
+        trial's budget (the scan ranks units by it; the trials are timed in full)."""
+        return cached_speedup(
+            self.meter, model, self.cache, budget_s=self.cfg.latency_budget_s / 2, rel_tol=self.cfg.latency_rel_tol
+        ).ratio
 
     def _screen_pays(self, trial: optuna.Trial, role: str) -> bool:
         """References are always screened (they calibrate the rule); a search trial only

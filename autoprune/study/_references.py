@@ -9,7 +9,7 @@ the baseline before its first trial.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import zip_longest
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,8 @@ from autoprune._errors import AutopruneError
 from autoprune.study.keys import BASELINE_METRICS, ROLE_UNIFORM, ROLE_UNPRUNED, ROLE_WARM, is_feasible
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from autoprune.config import SearchConfig
     from autoprune.sensitivity import Sensitivity
     from autoprune.space import SearchSpace
@@ -63,13 +65,22 @@ def wait_for_baseline(study: optuna.Study) -> dict[str, Any]:
         time.sleep(1.0)
 
 
-def publish_references(study: optuna.Study, setup: SearchSetup, metrics: Mapping[str, Any], number: int) -> None:
+def publish_references(
+    study: optuna.Study,
+    setup: SearchSetup,
+    metrics: Mapping[str, Any],
+    number: int,
+    *,
+    speedup: Callable[[nn.Module], float] | None = None,
+) -> None:
     """Publish the baseline measured by trial ``number``; enqueue the uniform references and
     the sensitivity warm starts.
 
     Only the worker that ran the unpruned trial gets here (popping a waiting trial is
     atomic on a server database), so the references are enqueued exactly once. The
-    sensitivity scan runs here too, once per study, and is stored with it.
+    sensitivity scan runs here too, once per study, and is stored with it; with ``speedup``
+    (``model -> ratio`` on the study's target) it times every structured point, and the
+    warm starts spread pruning by accuracy lost per latency saved.
     """
     if "baseline" in study.user_attrs:
         return  # a second run of the unpruned trial (a heartbeat retry): references exist
@@ -79,7 +90,7 @@ def publish_references(study: optuna.Study, setup: SearchSetup, metrics: Mapping
         study.set_user_attr("scale_notice", setup.scale_notice)  # readers rebuild the task x100 too
     if setup.space_notice is not None:
         study.set_user_attr("space_notice", setup.space_notice)
-    warm = _warm_starts(study, setup)  # the scan first: the sensitivity space is built on it
+    warm = _warm_starts(study, setup, speedup)  # the scan first: the sensitivity space is built on it
     space = setup.search_space(study)
     for amount in setup.cfg.reference_amounts:
         study.enqueue_trial(space.uniform_params(amount), user_attrs={"role": ROLE_UNIFORM, "uniform_amount": amount})
@@ -90,10 +101,12 @@ def publish_references(study: optuna.Study, setup: SearchSetup, metrics: Mapping
     study.set_user_attr("baseline", {k: metrics[k] for k in BASELINE_METRICS if k in metrics})
 
 
-def scan_task(task: Task, space: SearchSpace, cfg: SearchConfig) -> Sensitivity:
+def scan_task(
+    task: Task, space: SearchSpace, cfg: SearchConfig, *, speedup: Callable[[nn.Module], float] | None = None
+) -> Sensitivity:
     """The sensitivity scan a study with ``cfg`` runs on ``task`` (validation scores,
     BatchNorm re-estimated with the task's ``calibrate``), as ``autoprune layers
-    --sensitivity`` shows it."""
+    --sensitivity`` shows it; ``speedup`` times every structured point."""
     from autoprune.sensitivity import scan_sensitivity
 
     return scan_sensitivity(
@@ -102,20 +115,25 @@ def scan_task(task: Task, space: SearchSpace, cfg: SearchConfig) -> Sensitivity:
         space,
         evaluate=task.evaluate,
         calibrate=task.calibrate,
+        speedup=speedup,
         amounts=cfg.sensitivity_amounts,
         seed=cfg.seed,
     )
 
 
-def _warm_starts(study: optuna.Study, setup: SearchSetup) -> list[tuple[float, dict[str, Any]]]:
-    """Scan every unit's sensitivity (pruned alone, BatchNorm re-estimated, no fine-tune),
-    store it in the study, and return the sensitivity-greedy allocations of the configured
-    MACs targets as (target, trial parameters) (those the uniform references already run are
-    left out, and a target whose allocation repeats an earlier one)."""
+def _warm_starts(
+    study: optuna.Study, setup: SearchSetup, speedup: Callable[[nn.Module], float] | None = None
+) -> list[tuple[float, dict[str, Any]]]:
+    """Scan every unit's sensitivity (pruned alone, BatchNorm re-estimated, no fine-tune;
+    timed with ``speedup`` when latency is an objective), store it in the study, and return
+    the sensitivity-greedy allocations of the configured MACs targets as (target, trial
+    parameters) (those the uniform references already run are left out, and a target whose
+    allocation repeats an earlier one)."""
     cfg, space = setup.cfg, setup.space
     if not cfg.sensitivity or not any(u.supports("structured") for u in space.units):
         return []
-    sens = scan_task(setup.task, space, cfg)
+    timed = speedup if "latency" in cfg.objectives else None
+    sens = scan_task(setup.task, space, cfg, speedup=timed)
     study.set_user_attr("sensitivity", sens.to_dict())
     searched = setup.search_space(study)
     taken = [searched.uniform_params(a) for a in cfg.reference_amounts]
@@ -126,7 +144,9 @@ def _allocations(
     setup: SearchSetup, study: optuna.Study, targets: list[float], taken: list[dict[str, Any]]
 ) -> list[tuple[float, dict[str, Any]]]:
     """The sensitivity-greedy allocation of each MACs target, as trial parameters, leaving
-    out those already in ``taken`` (which grows)."""
+    out those already in ``taken`` (which grows). The greedy path takes the steps that lose
+    the least accuracy per latency saved when the scan was timed (per MACs saved otherwise);
+    each target is the first allocation on it that removes that share of the MACs, counted."""
     from autoprune.sensitivity import Sensitivity, macs_meter, warm_starts
 
     task, space = setup.task, setup.space
@@ -135,7 +155,7 @@ def _allocations(
     measure = macs_meter(task.model, task.example_inputs, space)
     out: list[tuple[float, dict[str, Any]]] = []
     for target in targets:
-        for params in warm_starts(searched, sens, [target], measure=measure):
+        for params in warm_starts(searched, sens, [target], resource=sens.path_resource, measure=measure):
             if params not in taken:
                 taken.append(params)
                 out.append((target, params))

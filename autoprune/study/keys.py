@@ -20,7 +20,8 @@ Study ``user_attrs``:
     ``references_refined``: the references added where each family turns infeasible
         (``[{"role", "uniform_amount" or "warm_target"}]``; ``[]`` while none were added),
         set once every first reference finished.
-    ``sensitivity``: the sensitivity scan (``Sensitivity.to_dict()``), when it ran.
+    ``sensitivity``: the sensitivity scan (``Sensitivity.to_dict()``), when it ran; its
+        structured curves hold ``speedups`` when latency is an objective.
     ``autoprune_version``.
 
 Trial ``user_attrs``:
