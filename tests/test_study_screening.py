@@ -304,6 +304,10 @@ def test_layers_command_shows_the_space_the_search_samples(capsys: pytest.Captur
     out = capsys.readouterr().out
     assert "search space (sensitivity parametrization): at most" in out
     assert "features.0 structured" in out
+    header = next(line for line in out.splitlines() if line.lstrip().startswith("unit"))
+    assert header.split() == ["unit", "method", "amount", "score", "drop", "macs_fraction", "speedup"]
+    row = next(line for line in out.splitlines() if line.lstrip().startswith("features.0 structured"))
+    assert float(row.split()[-1]) > 0  # timed on the target (latency is an objective by default)
 
 
 # ---------------------------------------------------------------------------- refined references

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from autoprune.config import SearchConfig, load_toml
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from autoprune.tasks import Task
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sensitivity:
         from autoprune.study import scan_task
 
-        sens = scan_task(task, space, cfg)
+        sens = scan_task(task, space, cfg, speedup=_scan_timer(task, cfg))
         if space_cfg.parametrization != "unit":
             searched = SearchSpace(analysis.layers, space_cfg, sensitivity=sens)
             print(f"search space ({space_cfg.parametrization} parametrization): at most {searched.dimension} parameters per trial")
@@ -90,6 +97,25 @@ def run(args: argparse.Namespace) -> int:
             f"sensitivity ({'BatchNorm re-estimated' if sens.calibrated else 'as pruned'}, no fine-tune; "
             f"unpruned {sens.reference_score:.2f}; {sens.seconds:.1f} s):"
         )
-        table = sens.table()[["unit", "method", "amount", "score", "drop", "macs_fraction"]]
+        columns = ["unit", "method", "amount", "score", "drop", "macs_fraction"]
+        if sens.path_resource == "latency":
+            columns.append("speedup")  # each structured point timed on the target, paired
+        table = sens.table()[columns]
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
+
+
+def _scan_timer(task: Task, cfg: SearchConfig) -> Callable[[nn.Module], float] | None:
+    """The scan's timing as a search does it (latency an objective): a paired speedup on the
+    study's target with half a trial's budget; None otherwise."""
+    if "latency" not in cfg.objectives:
+        return None
+    import os
+
+    from autoprune.evaluation import SpeedupMeter, Target
+
+    target = Target.parse(cfg.target)
+    if target.threads is None and target.device == "cpu":
+        target = dataclasses.replace(target, threads=os.cpu_count() or 1)
+    meter = SpeedupMeter(task.model, task.example_inputs, target)
+    return lambda model: meter.measure(model, budget_s=cfg.latency_budget_s / 2, rel_tol=cfg.latency_rel_tol).ratio
