@@ -7,6 +7,7 @@ these tests do not depend on the search.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import random
 import subprocess
@@ -475,6 +476,16 @@ def test_sensitivity_info_reads_the_scan_stored_with_the_study() -> None:
     assert all(a == [0.0, 0.5] for a in info.amounts)
     # the score is the parameter count here: pruning a unit alone leaves fewer
     assert all(s[0] == info.reference_score and s[1] < s[0] for s in info.scores)
+    assert info.speedups is None  # not timed
+    timed = dataclasses.replace(sens, curves=tuple(
+        dataclasses.replace(c, speedups=(1.25,)) if c.method == "structured" else c for c in sens.curves))  # fmt: skip
+    study.set_user_attr("sensitivity", timed.to_dict())
+    info = _get_sensitivity_info(study)
+    assert info.speedups == [[1.0, 1.25]] * len(structured)
+    from autoprune.report._plots import _get_sensitivity_plot
+
+    trace = _get_sensitivity_plot(info).data[0]
+    assert list(trace.customdata) == [1.0, 1.25] and "as fast as unpruned" in trace.hovertemplate
 
 
 def test_the_front_carries_error_bars_from_the_drops_error_and_the_speedups_interval() -> None:

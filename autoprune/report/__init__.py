@@ -158,8 +158,9 @@ def write_report(
     sens = _data._get_sensitivity_info(study)
     sens_fig = _plots._get_sensitivity_plot(sens) if sens.note is None else None
     sens_intro = (
-        "Where pruning costs accuracy: the scan the search starts with. Its warm starts prune flat units more "
-        "and steep units less for the same MACs."
+        "Where pruning costs accuracy: the scan the search starts with. Its warm starts prune first where the "
+        "least accuracy is lost per latency saved (each point's hover gives its paired speedup; per MAC saved "
+        "when latency is not an objective)."
     )
     sections.append(Section("sensitivity", "Sensitivity per unit", sens_intro, sens_fig, sens.note))
 

@@ -517,6 +517,7 @@ class _SensitivityInfo(NamedTuple):
     scores: list[list[float]]
     reference_score: float
     note: str | None
+    speedups: list[list[float]] | None = None  # per unit, from 1.0 unpruned: when the scan was timed
 
 
 def _get_sensitivity_info(study: optuna.Study) -> _SensitivityInfo:
@@ -535,4 +536,5 @@ def _get_sensitivity_info(study: optuna.Study) -> _SensitivityInfo:
         scores=[[sens.reference_score, *c.scores] for c in curves],
         reference_score=sens.reference_score,
         note=None,
+        speedups=[[1.0, *(c.speedups or ())] for c in curves] if sens.path_resource == "latency" else None,
     )

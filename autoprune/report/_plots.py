@@ -323,14 +323,17 @@ def _get_sensitivity_plot(info: _SensitivityInfo) -> go.Figure:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for unit, amounts, scores in zip(info.units, info.amounts, info.scores, strict=True):
+    speedups: list[list[float] | None] = list(info.speedups) if info.speedups else [None] * len(info.units)
+    for unit, amounts, scores, timed in zip(info.units, info.amounts, info.scores, speedups, strict=True):
+        faster = "<br>%{customdata:.2f}x as fast as unpruned" if timed is not None else ""
         fig.add_trace(
             go.Scatter(
                 x=[100 * a for a in amounts],
                 y=scores,
+                customdata=timed,
                 mode="lines+markers",
                 name=unit,
-                hovertemplate=f"{unit}<br>%{{x:.0f}}% pruned: %{{y:.2f}}<extra></extra>",
+                hovertemplate=f"{unit}<br>%{{x:.0f}}% pruned: %{{y:.2f}}{faster}<extra></extra>",
             )
         )
     fig.update_layout(
