@@ -218,6 +218,10 @@ def test_the_latency_path_ranks_by_time_saved_and_puts_untimed_savings_last() ->
     first_c = next(i for i, amounts in enumerate(path) if amounts["c"] > 0)
     assert path[first_c - 1] == {"a": 0.75, "b": 0.75, "c": 0.0}
     assert path[-1] == {"a": 0.75, "b": 0.75, "c": 0.75}  # still reaches every cap
+    # a first point that saved no measurable time, below one that did, lies on the line to it
+    noisy = dataclasses.replace(sens, curves=(dataclasses.replace(sens.curves[0], speedups=(0.98, 1.1, 1.3)),))
+    assert noisy.saved_at("a", 0.25, "latency") == pytest.approx((1 - 1 / 1.1) / 2)
+    assert noisy.saved_at("a", 0.75, "latency") == pytest.approx(1 - 1 / 1.3)
     # the target is whatever `measure` counts: here the MACs estimate along the latency path
     amounts = allocate(sens, 0.3, resource="latency", step=0.25, measure=sens.saved_fraction)
     assert amounts == next(a for a in path if sens.saved_fraction(a) >= 0.3 - 1e-9)

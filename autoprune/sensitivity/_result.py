@@ -112,14 +112,23 @@ class Sensitivity:
 
     def saved_at(self, unit: str, amount: float, resource: str = "macs") -> float:
         """Fraction of the model's MACs (or latency) that pruning ``unit`` alone at ``amount``
-        saves, interpolated linearly from (0, 0) through the scanned points."""
+        saves, interpolated linearly from (0, 0) through the scanned points (for latency,
+        through those that saved measurable time)."""
         curve = self._curve(unit, "structured")
         if resource == "macs":
             saved = [m / self.baseline_macs if self.baseline_macs else 0.0 for m in curve.macs_removed]
         elif resource == "latency":
             if curve.speedups is None:
                 raise ScheduleError("resource='latency' needs a scan with a `speedup` callable; this one has none.")
-            saved = [1.0 - 1.0 / s if s > 0 else 0.0 for s in curve.speedups]
+            # Time saved comes in steps (kernels work in blocks of channels) and small savings
+            # are within the timing's noise: a point that saved nothing measurable, below one
+            # that did, is taken as on the line from (0, 0) to the first point that did.
+            timed = [(a, v) for a, v in zip(curve.amounts, _running_max([1.0 - 1.0 / s if s > 0 else 0.0
+                                                                           for s in curve.speedups]), strict=True)
+                     if v > 0]  # fmt: skip
+            if not timed:
+                return 0.0
+            return _interpolate([a for a, _ in timed], [v for _, v in timed], amount)
         else:
             raise ScheduleError(f"`resource` must be one of {RESOURCES}, but got resource={resource!r}.")
         return _interpolate(curve.amounts, _running_max(saved), amount)
