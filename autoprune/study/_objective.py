@@ -302,10 +302,15 @@ class Objective:
 
     def _scan_speedup(self, model: nn.Module) -> float:
         """The sensitivity scan's timing of one unit pruned alone: a paired speedup with half a
-        trial's budget (the scan ranks units by it; the trials are timed in full)."""
-        return cached_speedup(
-            self.meter, model, self.cache, budget_s=self.cfg.latency_budget_s / 2, rel_tol=self.cfg.latency_rel_tol
-        ).ratio
+        trial's budget (the scan ranks units by it; the trials are timed in full). A timing
+        already in the latency cache is reused however wide, so a rerun on this machine
+        enqueues the same warm starts (same seed, same schedules)."""
+        budget = self.cfg.latency_budget_s / 2
+        if self.cache is not None:
+            stored = self.cache.get_speedup(speedup_key(model, self.meter, budget))
+            if stored is not None:
+                return stored.ratio
+        return cached_speedup(self.meter, model, self.cache, budget_s=budget, rel_tol=self.cfg.latency_rel_tol).ratio
 
     def _screen_pays(self, trial: optuna.Trial, role: str) -> bool:
         """References are always screened (they calibrate the rule); a search trial only
