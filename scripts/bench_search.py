@@ -144,7 +144,16 @@ def run_search_method(task_name: str, seed: int, args: argparse.Namespace, workd
     # What the user is shown and picks from: the study's front (feasible, full-fidelity trials
     # that no other beats by front_tolerance points of validation accuracy or more).
     front = [t for t in ap.load_study(name, storage).pareto_trials() if "speedup" in t.user_attrs]
-    return {"study": study, "front": front, "minutes": minutes, "fine_tune_steps": spent, "task": task}
+    searched = [t for t in study.trials if t.user_attrs.get("role") == "search"]
+    trials = {
+        "full": sum(t.user_attrs.get("fidelity") == "full" for t in searched),
+        "screened_out": sum(t.user_attrs.get("fidelity") == "screen" for t in searched),
+        "repeats": sum(t.user_attrs.get("fidelity") == "repeat" for t in searched),
+        "not_screened": sum("screen_skipped" in t.user_attrs for t in searched),
+        "references": sum(t.user_attrs.get("role", "search") != "search" for t in study.trials),
+    }
+    print(f"{name}: search trials {trials} in {minutes:.1f} min, {spent} fine-tune steps", flush=True)
+    return {"study": study, "front": front, "minutes": minutes, "fine_tune_steps": spent, "task": task, "trials": trials}
 
 
 def main() -> None:
@@ -215,6 +224,8 @@ def main() -> None:
                 row = {"task": task_name, "seed": seed, "method": method, "base_test": base_test,
                        **_summary(pts, base_test, args), "fine_tune_steps": steps[method],
                        "minutes": found["minutes"] if method == "autoprune" else sweep_min / 2, "raw": pts}
+                if method == "autoprune":
+                    row["trials"] = found["trials"]
                 rows.append(row)
                 print(f"{task_name} seed {seed} {method}: best {row['best_speedup']:.2f}x at <= {args.max_drop} pt, "
                       f"{row['best_speedup_1pt']:.2f}x at <= 1, {row['best_speedup_2pt']:.2f}x at <= 2, "
