@@ -35,6 +35,9 @@ __all__ = [
 DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "qmc", "gp")
 GRANULARITIES = ("layer", "block", "global")
+# What the warm starts spread pruning by: accuracy lost per latency saved (the scan timed on
+# the target; only when latency is an objective) or per MACs saved (no timing)
+SENSITIVITY_RESOURCES = ("latency", "macs")
 # unit: an amount (and method) per unit; sensitivity: a uniform level, blended (spread) toward
 # the sensitivity-greedy allocation that saves the same MACs, plus a small offset per unit
 # (structured only; needs the study's sensitivity scan)
@@ -185,6 +188,7 @@ class SearchConfig:
     sensitivity: bool = True
     sensitivity_amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     warm_start_targets: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.9, 0.95])
+    sensitivity_resource: str = "latency"
     reference_refinements: int = 2
     screening: bool = True
     screen_fraction: float = 0.2
@@ -297,6 +301,12 @@ class SearchConfig:
             values = getattr(self, key)
             if not isinstance(values, list) or any(not _num(a) or not 0 < a < 1 for a in values):
                 raise _fail(key, values, "a list of numbers in (0, 1)")
+        if self.sensitivity_resource not in SENSITIVITY_RESOURCES:
+            raise _fail(
+                "sensitivity_resource",
+                self.sensitivity_resource,
+                f"one of {list(SENSITIVITY_RESOURCES)} ('latency' times the scan when latency is an objective)",
+            )
         r = self.reference_refinements
         if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r <= 10:
             raise _fail("reference_refinements", r, "an integer from 0 to 10 (0: none)")

@@ -138,7 +138,7 @@ def run_search_method(task_name: str, seed: int, args: argparse.Namespace, workd
                       study_name=name, seed=seed, target=args.target, report=False, latency_cache="study",
                       latency_budget_s=args.search_budget, space=dataclasses.asdict(space),
                       front_tolerance=args.front_tolerance, drop_noise_se=args.drop_noise_se,
-                      screen_window=args.screen_window)
+                      screen_window=args.screen_window, sensitivity_resource=args.sensitivity_resource)
     minutes = (time.perf_counter() - t0) / 60
     spent = sum(int(t.user_attrs.get("fine_tune_steps_spent", 0)) for t in study.trials)
     # What the user is shown and picks from: the study's front (feasible, full-fidelity trials
@@ -175,6 +175,9 @@ def main() -> None:
                         help="seconds per paired speedup measurement inside the search (latency_budget_s)")
     parser.add_argument("--front-tolerance", type=float, default=ap.SearchConfig().front_tolerance,
                         help="the search's front_tolerance: points of validation accuracy the front does not tell apart")
+    parser.add_argument("--sensitivity-resource", choices=["latency", "macs"],
+                        default=ap.SearchConfig().sensitivity_resource,
+                        help="the search's sensitivity_resource: what the warm starts spread pruning by")
     parser.add_argument("--screen-window", type=int, default=ap.SearchConfig().screen_window,
                         help="the search's screen_window: screen only while it pays over this many trials (0: always)")
     parser.add_argument("--drop-noise-se", type=float, default=ap.SearchConfig().drop_noise_se,
@@ -256,7 +259,8 @@ def main() -> None:
     print(f"reproduce: python scripts/bench_search.py --tasks {' '.join(args.tasks)} --seeds "
           f"{' '.join(map(str, args.seeds))} --trials {args.trials} --target '{args.target}' --budget {args.budget} "
           f"--fine-tune {args.fine_tune} --parametrization {args.parametrization} --front-tolerance {args.front_tolerance} "
-          f"--drop-noise-se {args.drop_noise_se} --screen-window {args.screen_window}")
+          f"--drop-noise-se {args.drop_noise_se} --screen-window {args.screen_window} "
+          f"--sensitivity-resource {args.sensitivity_resource}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_search.json").write_text(json.dumps(rows, indent=2, default=float))
     (args.out / "bench_search.md").write_text(table + "\n")

@@ -461,3 +461,22 @@ def test_a_search_stops_screening_where_it_does_not_pay(tmp_path: Path, tiny_tas
             schedule = ap.Schedule.from_json(t.user_attrs["schedule"])
             assert t.user_attrs["fine_tune_steps_spent"] == schedule.fine_tune_steps * schedule.steps
             assert t.user_attrs["speedup"] > 0 and "latency_from_screen" not in t.user_attrs
+
+
+@pytest.mark.parametrize("bad", ["flops", 1, None])
+def test_sensitivity_resource_is_checked(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(ap.ConfigError, match=r"sensitivity_resource = .*one of \['latency', 'macs'\]"):
+        _cfg(tmp_path, sensitivity_resource=bad)
+
+
+def test_a_macs_ranked_scan_is_not_timed(tmp_path: Path, tiny_task: ap.Task) -> None:
+    cfg = _cfg(tmp_path, trials=4, sensitivity_resource="macs")
+    study = run_search(cfg, tiny_task)
+    scan = Sensitivity.from_dict(study.user_attrs["sensitivity"])
+    assert all(c.speedups is None for c in scan.curves) and scan.path_resource == "macs"
+    searched = SearchSetup.build(tiny_task, cfg, machine_lock()).search_space(study)
+    meter = macs_meter(tiny_task.model, tiny_task.example_inputs, searched)
+    warm = [t for t in study.trials if t.user_attrs.get("role") == ROLE_WARM and not t.user_attrs.get("refined")]
+    assert warm
+    for t in warm:
+        assert t.params == warm_starts(searched, scan, [t.user_attrs["warm_target"]], measure=meter)[0]

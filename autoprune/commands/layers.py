@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 def _scan_timer(task: Task, cfg: SearchConfig) -> Callable[[nn.Module], float] | None:
     """The scan's timing as a search does it (latency an objective): a paired speedup on the
     study's target with half a trial's budget; None otherwise."""
-    if "latency" not in cfg.objectives:
+    if "latency" not in cfg.objectives or cfg.sensitivity_resource != "latency":
         return None
     import os
 

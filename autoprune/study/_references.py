@@ -132,7 +132,7 @@ def _warm_starts(
     cfg, space = setup.cfg, setup.space
     if not cfg.sensitivity or not any(u.supports("structured") for u in space.units):
         return []
-    timed = speedup if "latency" in cfg.objectives else None
+    timed = speedup if "latency" in cfg.objectives and cfg.sensitivity_resource == "latency" else None
     sens = scan_task(setup.task, space, cfg, speedup=timed)
     study.set_user_attr("sensitivity", sens.to_dict())
     searched = setup.search_space(study)
