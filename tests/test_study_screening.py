@@ -122,7 +122,7 @@ def test_the_constraint_check_allows_the_splits_noise() -> None:
 # ---------------------------------------------------------------------------- in a search
 @pytest.mark.slow
 def test_scan_warm_starts_and_screening_in_a_search(tmp_path: Path, tiny_task: ap.Task) -> None:
-    study = run_search(_cfg(tmp_path, trials=10), tiny_task)
+    study = run_search(_cfg(tmp_path, trials=10, sensitivity_resource="latency"), tiny_task)
     assert len(counted_trials(study)) == 10
     sens = study.user_attrs["sensitivity"]
     assert sens["calibrated"] is True and sens["curves"]
@@ -133,7 +133,7 @@ def test_scan_warm_starts_and_screening_in_a_search(tmp_path: Path, tiny_task: a
     scan = Sensitivity.from_dict(sens)
     assert scan.path_resource == "latency"
     warm = [t for t in sorted(study.trials, key=lambda t: t.number) if t.user_attrs.get("role") == ROLE_WARM]
-    cfg = _cfg(tmp_path, trials=10)
+    cfg = _cfg(tmp_path, trials=10, sensitivity_resource="latency")
     searched = SearchSetup.build(tiny_task, cfg, machine_lock()).search_space(study)
     meter = macs_meter(tiny_task.model, tiny_task.example_inputs, searched)
     first = [t for t in warm if not t.user_attrs.get("refined")]
@@ -295,7 +295,9 @@ def test_the_sensitivity_parametrization_needs_the_scan() -> None:
 def test_layers_command_shows_the_space_the_search_samples(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from autoprune.cli import main
 
-    (tmp_path / "s.toml").write_text('task_options = {width = 8, batch_size = 16}\n[space]\nparametrization = "sensitivity"\n')
+    (tmp_path / "s.toml").write_text(
+        'task_options = {width = 8, batch_size = 16}\nsensitivity_resource = "latency"\n[space]\nparametrization = "sensitivity"\n'
+    )
     assert main(["layers", str(tmp_path / "s.toml")]) == 0
     out = capsys.readouterr().out
     assert "unstructured pruning is left out of the search" in out
@@ -308,6 +310,10 @@ def test_layers_command_shows_the_space_the_search_samples(capsys: pytest.Captur
     assert header.split() == ["unit", "method", "amount", "score", "drop", "macs_fraction", "speedup"]
     row = next(line for line in out.splitlines() if line.lstrip().startswith("features.0 structured"))
     assert float(row.split()[-1]) > 0  # timed on the target (latency is an objective by default)
+    (tmp_path / "m.toml").write_text('task_options = {width = 8, batch_size = 16}\nsensitivity_resource = "macs"\n')
+    assert main(["layers", str(tmp_path / "m.toml"), "--sensitivity"]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("unit"))
+    assert "speedup" not in header.split()  # ranked by MACs: not timed
 
 
 # ---------------------------------------------------------------------------- refined references
@@ -470,7 +476,8 @@ def test_sensitivity_resource_is_checked(tmp_path: Path, bad: object) -> None:
 
 
 def test_a_macs_ranked_scan_is_not_timed(tmp_path: Path, tiny_task: ap.Task) -> None:
-    cfg = _cfg(tmp_path, trials=4, sensitivity_resource="macs")
+    cfg = _cfg(tmp_path, trials=4)  # the default: sensitivity_resource = "macs"
+    assert cfg.sensitivity_resource == "macs"
     study = run_search(cfg, tiny_task)
     scan = Sensitivity.from_dict(study.user_attrs["sensitivity"])
     assert all(c.speedups is None for c in scan.curves) and scan.path_resource == "macs"
