@@ -476,8 +476,8 @@ def test_sensitivity_resource_is_checked(tmp_path: Path, bad: object) -> None:
 
 
 def test_a_macs_ranked_scan_is_not_timed(tmp_path: Path, tiny_task: ap.Task) -> None:
-    cfg = _cfg(tmp_path, trials=4)  # the default: sensitivity_resource = "macs"
-    assert cfg.sensitivity_resource == "macs"
+    assert _cfg(tmp_path).sensitivity_resource == "latency"  # the default
+    cfg = _cfg(tmp_path, trials=4, sensitivity_resource="macs")
     study = run_search(cfg, tiny_task)
     scan = Sensitivity.from_dict(study.user_attrs["sensitivity"])
     assert all(c.speedups is None for c in scan.curves) and scan.path_resource == "macs"
