@@ -110,12 +110,8 @@ def _scan_timer(task: Task, cfg: SearchConfig) -> Callable[[nn.Module], float] |
     study's target with half a trial's budget; None otherwise."""
     if "latency" not in cfg.objectives or cfg.sensitivity_resource != "latency":
         return None
-    import os
+    from autoprune.evaluation import SpeedupMeter
+    from autoprune.study._objective import study_target
 
-    from autoprune.evaluation import SpeedupMeter, Target
-
-    target = Target.parse(cfg.target)
-    if target.threads is None and target.device == "cpu":
-        target = dataclasses.replace(target, threads=os.cpu_count() or 1)
-    meter = SpeedupMeter(task.model, task.example_inputs, target)
+    meter = SpeedupMeter(task.model, task.example_inputs, study_target(cfg))
     return lambda model: meter.measure(model, budget_s=cfg.latency_budget_s / 2, rel_tol=cfg.latency_rel_tol).ratio

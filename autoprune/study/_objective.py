@@ -153,6 +153,15 @@ def paying_space(cfg: SearchConfig) -> tuple[SpaceConfig, str | None]:
     return replace(space, methods=methods), notice
 
 
+def study_target(cfg: SearchConfig) -> Target:
+    """The target a study times on: ``cfg.target``, on a CPU with every core when it names no
+    thread count."""
+    target = Target.parse(cfg.target)
+    if target.threads is None and target.device == "cpu":
+        target = replace(target, threads=os.cpu_count() or 1)
+    return target
+
+
 class Objective:
     """The function Optuna optimises: one trial, start to end, in this process.
 
@@ -175,10 +184,7 @@ class Objective:
         self.task = setup.task
         self.lock = lock
         self.baseline = baseline
-        target = Target.parse(self.cfg.target)
-        if target.threads is None and target.device == "cpu":
-            target = replace(target, threads=os.cpu_count() or 1)
-        self.target = target
+        self.target = study_target(self.cfg)
         cache_path = latency_cache_path(self.cfg)
         self.cache = LatencyCache(cache_path) if cache_path is not None else None
         self.host = socket.gethostname()
