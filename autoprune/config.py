@@ -188,6 +188,7 @@ class SearchConfig:
     sensitivity: bool = True
     sensitivity_amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     warm_start_targets: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.9, 0.95])
+    global_reference_amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     sensitivity_resource: str = "latency"
     reference_refinements: int = 2
     screening: bool = True
@@ -297,7 +298,7 @@ class SearchConfig:
             not _num(a) or not 0 < a < 1 for a in self.reference_amounts
         ):
             raise _fail("reference_amounts", self.reference_amounts, "a list of numbers in (0, 1)")
-        for key in ("sensitivity_amounts", "warm_start_targets"):
+        for key in ("sensitivity_amounts", "warm_start_targets", "global_reference_amounts"):
             values = getattr(self, key)
             if not isinstance(values, list) or any(not _num(a) or not 0 < a < 1 for a in values):
                 raise _fail(key, values, "a list of numbers in (0, 1)")

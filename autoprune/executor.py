@@ -23,7 +23,7 @@ from autoprune._errors import ScheduleError
 from autoprune.preflight import LayerInfo, ModelAnalysis, analyse, root_types, tracer_options
 from autoprune.schedule import LayerPlan, Schedule, step_amounts
 
-__all__ = ["apply_schedule", "resolve_plans", "StepCallback"]
+__all__ = ["apply_schedule", "global_amounts", "resolve_plans", "StepCallback"]
 
 _logger = logging.getLogger(__name__)
 
@@ -207,8 +207,11 @@ def _meta_prune(
     layouts: list[_attention.HeadLayout],
     output: str | int | None,
     head_ratios: dict[nn.Module, float] | None = None,
+    global_ratio: tuple[float, float] | None = None,
 ) -> None:
-    """One Torch-Pruning pass: per-group width ratios, or whole heads with ``head_ratios``."""
+    """One Torch-Pruning pass: per-group width ratios, or whole heads with ``head_ratios``;
+    with ``global_ratio = (ratio, max ratio)``, Torch-Pruning's global pruning of every group
+    not ignored instead (``ratios`` unused)."""
     import torch_pruning as tp
 
     num_heads: dict[nn.Module, int] = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
@@ -228,8 +231,10 @@ def _meta_prune(
                 model,
                 example_inputs,
                 importance=importance,
-                pruning_ratio=0.0,
-                pruning_ratio_dict=ratios,  # type: ignore[arg-type]
+                pruning_ratio=0.0 if global_ratio is None else global_ratio[0],
+                pruning_ratio_dict=None if global_ratio is not None else ratios,  # type: ignore[arg-type]
+                global_pruning=global_ratio is not None,
+                max_pruning_ratio=1.0 if global_ratio is None else global_ratio[1],
                 ignored_layers=ignored,
                 num_heads=num_heads,  # type: ignore[arg-type]
                 prune_head_dims=not head_ratios,
@@ -242,6 +247,56 @@ def _meta_prune(
             pruner.step()
     finally:
         model.train(was_training)
+
+
+def global_amounts(
+    model: nn.Module,
+    example_inputs: Any,
+    ratio: float,
+    units: dict[str, list[str]],
+    *,
+    max_amount: float = 0.9,
+    output: str | int | None = None,
+) -> dict[str, float]:
+    """The structured amount of each unit that Torch-Pruning's global pruning picks at ``ratio``.
+
+    What a person gets with ``MetaPruner(global_pruning=True, pruning_ratio=ratio)`` and L2
+    magnitude importance (each group's scores normalised by their mean, then ranked across
+    groups), with only the layers of ``units`` pruned and no group pruned past
+    ``max_amount``. ``model`` is left untouched.
+
+    Args:
+        model: the model (not modified).
+        example_inputs: inputs for tracing it.
+        ratio: the global pruning ratio, in (0, 1).
+        units: unit key -> the names of its layers (roots of the preflight's groups).
+        max_amount: the most any group may lose.
+        output: the scored output (as in :func:`autoprune.prunable_layers`).
+
+    Returns:
+        unit key -> the fraction of the unit's channels removed (0 when none).
+    """
+    if not 0 < ratio < 1:
+        raise ScheduleError(f"`ratio` must be in (0, 1), but got {ratio!r}.")
+    pruned = copy.deepcopy(model)
+    analysis = analyse(pruned, example_inputs, output=output)
+    wanted = {name for names in units.values() for name in names}
+    unknown = sorted(wanted - {i.name for i in analysis.layers})
+    if unknown:
+        raise ScheduleError(f"layer(s) {unknown[:5]} are not roots of prunable groups of this model.")
+    before = {name: _out_channels(pruned.get_submodule(name)) for name in wanted}
+    # everything outside the units keeps its width, the output layers included
+    ignored = [pruned.get_submodule(i.name) for i in analysis.layers if i.name not in wanted]
+    importance = _PerLayerImportance("magnitude", {})
+    layouts = _attention.find_attention(pruned)
+    _make_permanent(pruned)  # a masked weight ranks by what it keeps
+    _meta_prune(pruned, example_inputs, importance, {}, ignored, layouts, output, global_ratio=(ratio, max_amount))
+    out: dict[str, float] = {}
+    for key, names in units.items():
+        total = sum(before[n] for n in names)
+        kept = sum(_out_channels(pruned.get_submodule(n)) for n in names)
+        out[key] = 1.0 - kept / total if total else 0.0
+    return out
 
 
 def _is_mha_group(model: nn.Module, analysis: ModelAnalysis, name: str) -> bool:

@@ -37,7 +37,7 @@ MAX_PATTERN_ROWS = 256
 MAX_PATTERN_COLS = 288
 # Extra metrics shown in hovers when a trial carries them.
 HOVER_METRICS = (*study_keys.DERIVED_METRICS, "accuracy_drop_se")
-REFERENCE_ROLES = (study_keys.ROLE_UNPRUNED, study_keys.ROLE_UNIFORM)
+REFERENCE_ROLES = (study_keys.ROLE_UNPRUNED, study_keys.ROLE_UNIFORM, study_keys.ROLE_GLOBAL)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -121,7 +121,7 @@ class _ParetoInfo(NamedTuple):
     objective_names: list[str]
     directions: list[str]
     # "pareto": the study's front (study_keys.pareto_front); "feasible"/"infeasible": the other complete trials;
-    # "reference": unpruned and uniform trials (drawn on top, also when on the front).
+    # "reference": unpruned, uniform and global trials (drawn on top, also when on the front).
     groups: dict[str, _PointGroup]
     # The pairs of objective indices drawn in 2D (one pair for two objectives, three for three).
     pairs: list[tuple[int, int]]

@@ -27,7 +27,7 @@ _STYLE: dict[str, tuple[str, str, str, str, int, float]] = {
     "infeasible": ("infeasible", "#b0b0b0", "x", "x", 6, 0.6),
     "pareto": ("Pareto front", "#d62728", "circle", "circle", 10, 1.0),
     # Open symbols: a reference trial that is also on the front shows its red dot inside.
-    "reference": ("reference (unpruned, uniform)", "#111111", "star-open", "diamond-open", 16, 1.0),
+    "reference": ("reference (unpruned, uniform, global)", "#111111", "star-open", "diamond-open", 16, 1.0),
 }
 _MAX_HEATMAP_LABELLED_CELLS = 3000
 _MAX_IMPORTANCE_PARAMS = 15

@@ -8,6 +8,7 @@ the baseline before its first trial.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from itertools import zip_longest
@@ -16,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from autoprune._errors import AutopruneError
-from autoprune.study.keys import BASELINE_METRICS, ROLE_UNIFORM, ROLE_UNPRUNED, ROLE_WARM, is_feasible
+from autoprune.study.keys import (
+    BASELINE_METRICS,
+    ROLE_GLOBAL,
+    ROLE_UNIFORM,
+    ROLE_UNPRUNED,
+    ROLE_WARM,
+    is_feasible,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -29,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DUPLICATE",
+    "REFERENCE_FAMILIES",
     "bracket",
     "enqueue_unpruned",
     "publish_references",
@@ -38,7 +47,11 @@ __all__ = [
     "wait_for_baseline",
 ]
 
+_logger = logging.getLogger(__name__)
+
 DUPLICATE = "duplicate unpruned reference"
+# The reference families the refinement brackets: role -> the attribute holding its value.
+REFERENCE_FAMILIES = {ROLE_UNIFORM: "uniform_amount", ROLE_WARM: "warm_target", ROLE_GLOBAL: "global_amount"}
 BASELINE_WAIT_S = 900.0
 
 
@@ -73,8 +86,8 @@ def publish_references(
     *,
     speedup: Callable[[nn.Module], float] | None = None,
 ) -> None:
-    """Publish the baseline measured by trial ``number``; enqueue the uniform references and
-    the sensitivity warm starts.
+    """Publish the baseline measured by trial ``number``; enqueue the uniform references, the
+    sensitivity warm starts and the global references.
 
     Only the worker that ran the unpruned trial gets here (popping a waiting trial is
     atomic on a server database), so the references are enqueued exactly once. The
@@ -94,8 +107,11 @@ def publish_references(
     space = setup.search_space(study)
     for amount in setup.cfg.reference_amounts:
         study.enqueue_trial(space.uniform_params(amount), user_attrs={"role": ROLE_UNIFORM, "uniform_amount": amount})
+    taken = [space.uniform_params(a) for a in setup.cfg.reference_amounts] + [p for _, p in warm]
     for target, params in warm:
         study.enqueue_trial(params, user_attrs={"role": ROLE_WARM, "warm_target": target})
+    for amount, params in _global_references(setup, study, setup.cfg.global_reference_amounts, taken):
+        study.enqueue_trial(params, user_attrs={"role": ROLE_GLOBAL, "global_amount": amount})
     study.set_user_attr("baseline_trial", number)
     # Last: a worker waiting for the baseline may start as soon as it appears.
     study.set_user_attr("baseline", {k: metrics[k] for k in BASELINE_METRICS if k in metrics})
@@ -162,6 +178,36 @@ def _allocations(
     return out
 
 
+def _global_references(
+    setup: SearchSetup, study: optuna.Study, ratios: list[float], taken: list[dict[str, Any]]
+) -> list[tuple[float, dict[str, Any]]]:
+    """What Torch-Pruning's global pruning does at each ratio (L2 magnitude, each group's
+    scores normalised by their mean and ranked across groups, as a person writes it by
+    hand), as trial parameters: its per-unit amounts, on the space's grid and caps. Those
+    already in ``taken`` (which grows) are left out. A model on which global pruning fails
+    gets none, with a warning: the uniform references and the search go on."""
+    from autoprune.executor import global_amounts
+
+    task, space = setup.task, setup.search_space(study)
+    units = {u.key: [i.name for i in u.layers] for u in setup.space.units if u.supports("structured")}
+    if not ratios or not units:
+        return []
+    out: list[tuple[float, dict[str, Any]]] = []
+    for ratio in ratios:
+        try:
+            amounts = global_amounts(
+                task.model, task.example_inputs, ratio, units, max_amount=setup.cfg.space.max_amount, output=task.output
+            )
+        except Exception as exc:  # noqa: BLE001 - a reference family is optional; say why and go on
+            _logger.warning("global references left out: Torch-Pruning's global pruning failed (%s)", exc)
+            return out
+        params = space.params_for({u: a for u, a in amounts.items() if a > 0})
+        if params not in taken:
+            taken.append(params)
+            out.append((ratio, params))
+    return out
+
+
 def bracket(points: list[tuple[float, bool]], n: int, step: float) -> list[float]:
     """``n`` new values of a family of references where it crosses the accuracy constraint.
 
@@ -194,9 +240,10 @@ def refine_references(study: optuna.Study, setup: SearchSetup, room: int) -> lis
     """Once every reference has finished, add references where each family crosses the
     study's constraints, and return what was added (once per study; ``[]`` otherwise).
 
-    The uniform references (``reference_amounts``) and the sensitivity warm starts
-    (``warm_start_targets``) are two coarse sweeps. Where each turns infeasible lies the
-    fastest schedule it can offer, and a grid of 4 rarely lands on it: this adds
+    The uniform references (``reference_amounts``), the sensitivity warm starts
+    (``warm_start_targets``) and the global references (``global_reference_amounts``) are
+    three coarse sweeps. Where each turns infeasible lies the fastest schedule it can offer,
+    and a grid of 3 or 4 rarely lands on it: this adds
     ``reference_refinements`` evenly spaced values inside that bracket, for each family, at
     most ``room`` in all (the trials left in the budget), taken from the families in turn.
     """
@@ -206,27 +253,31 @@ def refine_references(study: optuna.Study, setup: SearchSetup, room: int) -> lis
     if room <= 0:
         return []
     S = optuna.trial.TrialState
-    refs = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("role") in (ROLE_UNIFORM, ROLE_WARM)]
+    refs = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("role") in REFERENCE_FAMILIES]
     if not refs or any(t.state in (S.WAITING, S.RUNNING) for t in refs):
         return []
     study.set_user_attr("references_refined", [])  # claimed: a second caller returns above
     finished = [t for t in refs if t.state == S.COMPLETE]
     space = setup.search_space(study)
-    uniform = [(float(t.user_attrs["uniform_amount"]), is_feasible(t))
-               for t in finished if t.user_attrs.get("role") == ROLE_UNIFORM and "uniform_amount" in t.user_attrs]
-    warm = [(float(t.user_attrs["warm_target"]), is_feasible(t))
-            for t in finished if t.user_attrs.get("role") == ROLE_WARM and "warm_target" in t.user_attrs]  # fmt: skip
+    points = {
+        role: [(float(t.user_attrs[key]), is_feasible(t))
+               for t in finished if t.user_attrs.get("role") == role and key in t.user_attrs]
+        for role, key in REFERENCE_FAMILIES.items()
+    }  # fmt: skip
     taken = [dict(t.params) for t in refs]
-    families: list[list[tuple[dict[str, Any], dict[str, Any]]]] = [[], []]
-    for amount in bracket(uniform, cfg.reference_refinements, cfg.space.amount_step):
+    families: list[list[tuple[dict[str, Any], dict[str, Any]]]] = [[], [], []]
+    for amount in bracket(points[ROLE_UNIFORM], cfg.reference_refinements, cfg.space.amount_step):
         params = space.uniform_params(amount)
         if params not in taken:
             taken.append(params)
             families[0].append((params, {"role": ROLE_UNIFORM, "uniform_amount": amount}))
     if "sensitivity" in study.user_attrs:
-        targets = bracket(warm, cfg.reference_refinements, 0.01)
+        targets = bracket(points[ROLE_WARM], cfg.reference_refinements, 0.01)
         for target, params in _allocations(setup, study, targets, taken):
             families[1].append((params, {"role": ROLE_WARM, "warm_target": target}))
+    ratios = bracket(points[ROLE_GLOBAL], cfg.reference_refinements, cfg.space.amount_step)
+    for ratio, params in _global_references(setup, study, ratios, taken):
+        families[2].append((params, {"role": ROLE_GLOBAL, "global_amount": ratio}))
     # in turn from each family, as many as the budget has room for
     chosen = [pair for row in zip_longest(*families) for pair in row if pair is not None][:room]
     for params, attrs in chosen:

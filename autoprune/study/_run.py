@@ -23,6 +23,7 @@ from autoprune.study._objective import Objective, SearchSetup
 from autoprune.study._progress import progress_bar
 from autoprune.study._references import (
     DUPLICATE,
+    REFERENCE_FAMILIES,
     enqueue_unpruned,
     refine_references,
     unpruned_trials,
@@ -30,7 +31,7 @@ from autoprune.study._references import (
 )
 from autoprune.study._storage import counted_trials, fail_interrupted_leftovers, open_study
 from autoprune.study._workers import run_in_workers
-from autoprune.study.keys import FIDELITY_REPEAT, ROLE_UNIFORM, ROLE_UNPRUNED, ROLE_WARM
+from autoprune.study.keys import FIDELITY_REPEAT, ROLE_UNPRUNED
 from autoprune.tasks import Task
 from autoprune.tasks import get as get_task
 
@@ -192,7 +193,7 @@ def optimize(
     def refine(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         # After a reference (now stored as finished): when it was the last one, bracket
         # where each reference family crosses the constraints.
-        if trial.user_attrs.get("role") in (ROLE_UNIFORM, ROLE_WARM):
+        if trial.user_attrs.get("role") in REFERENCE_FAMILIES:
             running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
             room = setup.cfg.trials - len(counted_trials(study)) - len(running)
             with lock.busy():

@@ -18,7 +18,8 @@ Study ``user_attrs``:
     ``config["front_tolerance"]``: points of accuracy within which the front does not tell
         trials apart (:func:`pareto_front`); absent in older studies (strict front).
     ``references_refined``: the references added where each family turns infeasible
-        (``[{"role", "uniform_amount" or "warm_target"}]``; ``[]`` while none were added),
+        (``[{"role", "uniform_amount", "warm_target" or "global_amount"}]``; ``[]`` while
+        none were added),
         set once every first reference finished.
     ``sensitivity``: the sensitivity scan (``Sensitivity.to_dict()``), when it ran; its
         structured curves hold ``speedups`` when latency is an objective.
@@ -26,9 +27,11 @@ Study ``user_attrs``:
 
 Trial ``user_attrs``:
     ``schedule``: the Schedule as JSON; ``schedule_summary``: one line for humans.
-    ``role``: ``ROLE_UNPRUNED``, ``ROLE_UNIFORM``, ``ROLE_WARM`` or ``ROLE_SEARCH``;
-        ``uniform_amount`` (uniform references) and ``warm_target`` (the MACs share a warm
-        start saves); ``refined``: a reference added by the refinement.
+    ``role``: ``ROLE_UNPRUNED``, ``ROLE_UNIFORM``, ``ROLE_WARM``, ``ROLE_GLOBAL`` or
+        ``ROLE_SEARCH``; ``uniform_amount`` (uniform references), ``warm_target`` (the MACs
+        share a warm start saves) and ``global_amount`` (the ratio of Torch-Pruning's global
+        pruning whose per-unit amounts a global reference runs); ``refined``: a reference
+        added by the refinement.
     every key of ``Metrics.as_dict()``, plus the ``DERIVED_METRICS`` of
         :func:`autoprune.evaluation.derived_metrics`: ``accuracy_drop`` (baseline minus
         accuracy, in the task's units: percentage points for the built-in tasks),
@@ -83,6 +86,7 @@ __all__ = [
     "ROLE_UNIFORM",
     "ROLE_SEARCH",
     "ROLE_WARM",
+    "ROLE_GLOBAL",
     "FIDELITY_SCREEN",
     "FIDELITY_FULL",
     "FIDELITY_REPEAT",
@@ -104,6 +108,7 @@ ROLE_UNPRUNED = "reference-unpruned"
 ROLE_UNIFORM = "reference-uniform"
 ROLE_SEARCH = "search"
 ROLE_WARM = "reference-sensitivity"  # a sensitivity allocation enqueued as a warm start
+ROLE_GLOBAL = "reference-global"  # Torch-Pruning's global magnitude allocation at one ratio
 # How far a trial went: screened only (short fine-tune, ended PRUNED) or the full schedule.
 FIDELITY_SCREEN = "screen"
 FIDELITY_FULL = "full"
