@@ -262,7 +262,7 @@ def global_amounts(
 
     What a person gets with ``MetaPruner(global_pruning=True, pruning_ratio=ratio)`` and L2
     magnitude importance (each group's scores normalised by their mean, then ranked across
-    groups), with only the layers of ``units`` pruned and no group pruned past
+    groups), with only the layers of ``units`` pruned; a unit's amount is capped at
     ``max_amount``. ``model`` is left untouched.
 
     Args:
@@ -270,7 +270,7 @@ def global_amounts(
         example_inputs: inputs for tracing it.
         ratio: the global pruning ratio, in (0, 1).
         units: unit key -> the names of its layers (roots of the preflight's groups).
-        max_amount: the most any group may lose.
+        max_amount: the most any unit may lose.
         output: the scored output (as in :func:`autoprune.prunable_layers`).
 
     Returns:
@@ -295,7 +295,9 @@ def global_amounts(
     for key, names in units.items():
         total = sum(before[n] for n in names)
         kept = sum(_out_channels(pruned.get_submodule(n)) for n in names)
-        out[key] = 1.0 - kept / total if total else 0.0
+        # Torch-Pruning ranks every channel against one threshold, so a group can go past
+        # the ratio cap within one step: the cap applies here.
+        out[key] = min(max_amount, 1.0 - kept / total) if total else 0.0
     return out
 
 

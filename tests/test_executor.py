@@ -555,3 +555,57 @@ def test_unstructured_ranking_does_not_depend_on_a_forward_pass_between_steps() 
     with_forward = ap.apply_schedule(model, schedule, example_inputs=x, fine_tune=fine_tune,
                                      on_step=lambda m, step, n: m(x))
     torch.testing.assert_close(plain.state_dict(), with_forward.state_dict())
+
+
+# ---------------------------------------------------------------------------- global allocation
+def _structured_units(model: nn.Module, x: torch.Tensor) -> dict[str, list[str]]:
+    from autoprune.space import SearchSpace
+
+    space = SearchSpace(ap.prunable_layers(model, x), ap.SpaceConfig(methods=["structured", "none"]))
+    return {u.key: [i.name for i in u.layers] for u in space.units if u.supports("structured")}
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet"])
+def test_global_amounts_are_torch_prunings_global_pruning(name: str) -> None:
+    from autoprune.executor import global_amounts
+
+    model, x = zoo.get(name)
+    before = _state(model)
+    units = _structured_units(model, x)
+    amounts = global_amounts(model, x, 0.5, units, max_amount=0.9)
+    assert _same_state(before, _state(model))  # the model is left untouched
+    # what a person writes by hand: MetaPruner, L2 magnitude, global ranking, the output ignored
+    hand = zoo.get(name)[0]
+    hand.load_state_dict(model.state_dict())
+    output = [m for m in hand.modules() if isinstance(m, nn.Linear)][-1]
+    tp.pruner.MetaPruner(hand, x, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.5,
+                         global_pruning=True, max_pruning_ratio=0.9, ignored_layers=[output]).step()  # fmt: skip
+    for key, names in units.items():
+        kept = sum(_out(hand.get_submodule(n)) for n in names)
+        total = sum(_out(model.get_submodule(n)) for n in names)
+        assert amounts[key] == pytest.approx(1 - kept / total)
+    assert set(amounts) == set(units) and all(0 <= a <= 0.9 for a in amounts.values())
+
+
+def test_global_amounts_differ_per_unit_and_respect_the_cap() -> None:
+    from autoprune.executor import global_amounts
+
+    model, x = zoo.get("cnn")
+    units = _structured_units(model, x)
+    low = global_amounts(model, x, 0.25, units)
+    assert max(low.values()) - min(low.values()) > 0.1  # ranked across units, not one ratio
+    capped = global_amounts(model, x, 0.75, units, max_amount=0.5)
+    assert max(capped.values()) <= 0.5 + 1e-9
+    # only the named units are pruned
+    first = next(iter(units))
+    assert set(global_amounts(model, x, 0.5, {first: units[first]})) == {first}
+
+
+def test_global_amounts_bad_input_is_an_error() -> None:
+    from autoprune.executor import global_amounts
+
+    model, x = zoo.get("cnn")
+    with pytest.raises(ap.ScheduleError, match=r"`ratio` must be in \(0, 1\), but got 1.5"):
+        global_amounts(model, x, 1.5, _structured_units(model, x))
+    with pytest.raises(ap.ScheduleError, match="'nope'.*not roots of prunable groups"):
+        global_amounts(model, x, 0.5, {"u": ["nope"]})

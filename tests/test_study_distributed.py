@@ -23,6 +23,7 @@ CONFIG = """
 task = "digits"
 latency_budget_s = 0.05
 reference_amounts = []
+global_reference_amounts = []
 report = false
 sensitivity = false
 screening = false

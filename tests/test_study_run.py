@@ -32,9 +32,11 @@ def _cfg(tmp_path: Path, **kw: object) -> SearchConfig:
         "latency_budget_s": 0.05,
         "reference_amounts": [0.5],
         "report": False,
-        # the loop itself; the sensitivity scan, warm starts, refinements and screening have tests of their own
+        # the loop itself; the sensitivity scan, warm starts, global references, refinements and
+        # screening have tests of their own
         "sensitivity": False,
         "screening": False,
+        "global_reference_amounts": [],
         "reference_refinements": 0,
         "space": dict(FAST_SPACE),
     }
@@ -521,6 +523,7 @@ def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
             study = "int"
             latency_budget_s = 0.05
             reference_amounts = []
+            global_reference_amounts = []
             report = false
             sensitivity = false
             screening = false

@@ -16,12 +16,13 @@ from autoprune.config import SearchConfig
 from autoprune.sensitivity import Sensitivity, macs_meter, warm_starts
 from autoprune.study import counted_trials, run_search
 from autoprune.study._objective import SearchSetup
-from autoprune.study._references import bracket
+from autoprune.study._references import REFERENCE_FAMILIES, bracket
 from autoprune.study._screening import Screening, screening_pays
 from autoprune.study.keys import (
     FIDELITY_FULL,
     FIDELITY_REPEAT,
     FIDELITY_SCREEN,
+    ROLE_GLOBAL,
     ROLE_UNIFORM,
     ROLE_UNPRUNED,
     ROLE_WARM,
@@ -45,6 +46,7 @@ def _cfg(tmp_path: Path, **kw: object) -> SearchConfig:
         "latency_budget_s": 0.05,
         "reference_amounts": [0.5],
         "warm_start_targets": [0.4, 0.8],
+        "global_reference_amounts": [0.5],
         "report": False,
         "space": {"fine_tune_steps": [10], "steps": [1, 2]},
     }
@@ -333,12 +335,14 @@ def test_bracket_lands_between_the_last_feasible_and_the_first_infeasible_value(
 
 @pytest.mark.slow
 def test_references_are_refined_where_each_family_turns_infeasible(tmp_path: Path, tiny_task: ap.Task) -> None:
-    cfg = _cfg(tmp_path, trials=12, reference_amounts=[0.3, 0.9], warm_start_targets=[0.5, 0.95])
+    cfg = _cfg(tmp_path, trials=15, reference_amounts=[0.3, 0.9], warm_start_targets=[0.5, 0.95],
+               global_reference_amounts=[0.3, 0.9])  # fmt: skip
     study = run_search(cfg, tiny_task)
-    assert len(counted_trials(study)) == 12
+    assert len(counted_trials(study)) == 15
     S = optuna.trial.TrialState
-    refs = [t for t in study.trials if t.user_attrs.get("role") in (ROLE_UNIFORM, ROLE_WARM)]
+    refs = [t for t in study.trials if t.user_attrs.get("role") in REFERENCE_FAMILIES]
     first = [t for t in refs if not t.user_attrs.get("refined")]
+    assert {t.user_attrs["role"] for t in first} == {ROLE_UNIFORM, ROLE_WARM, ROLE_GLOBAL}
     refined = [t for t in refs if t.user_attrs.get("refined")]
     assert all(t.state == S.COMPLETE for t in first)
     # The refinements come right after the first references, before any searched trial.
@@ -357,15 +361,19 @@ def test_references_are_refined_where_each_family_turns_infeasible(tmp_path: Pat
     warm = [(t.user_attrs["warm_target"], t.user_attrs["feasible"]) for t in first if t.user_attrs["role"] == ROLE_WARM]
     targets = sorted(t.user_attrs["warm_target"] for t in refined if t.user_attrs["role"] == ROLE_WARM)
     assert set(targets) <= set(bracket(warm, 2, 0.01))  # an allocation that repeats a reference is left out
+    ratios = [(t.user_attrs["global_amount"], t.user_attrs["feasible"]) for t in first if t.user_attrs["role"] == ROLE_GLOBAL]
+    refined_ratios = sorted(t.user_attrs["global_amount"] for t in refined if t.user_attrs["role"] == ROLE_GLOBAL)
+    assert refined_ratios and set(refined_ratios) <= set(bracket(ratios, 2, step))
     assert study.user_attrs["references_refined"] == [
-        {k: t.user_attrs[k] for k in ("role", "uniform_amount", "warm_target") if k in t.user_attrs}
+        {k: t.user_attrs[k] for k in ("role", *REFERENCE_FAMILIES.values()) if k in t.user_attrs}
         for t in sorted(refined, key=lambda t: t.number)
     ]
 
 
 def test_refinements_fit_in_the_trial_budget(tmp_path: Path, tiny_task: ap.Task) -> None:
     # 2 uniform references and 2 warm starts count 4 of the 5 trials: room for one refinement
-    cfg = _cfg(tmp_path, trials=5, reference_amounts=[0.3, 0.9], warm_start_targets=[0.5, 0.95])
+    cfg = _cfg(tmp_path, trials=5, reference_amounts=[0.3, 0.9], warm_start_targets=[0.5, 0.95],
+               global_reference_amounts=[])  # fmt: skip
     study = run_search(cfg, tiny_task)
     S = optuna.trial.TrialState
     assert not [t for t in study.trials if t.state == S.WAITING]  # nothing enqueued is left unrun
@@ -374,6 +382,63 @@ def test_refinements_fit_in_the_trial_budget(tmp_path: Path, tiny_task: ap.Task)
     refined = [t for t in study.trials if t.user_attrs.get("refined")]
     assert len(refined) == 1 and refined[0].user_attrs["role"] == ROLE_UNIFORM  # the families in turn: uniform first
     assert len(study.user_attrs["references_refined"]) == 1
+
+
+def test_global_references_run_torch_prunings_global_allocation(tmp_path: Path, tiny_task: ap.Task) -> None:
+    from autoprune.executor import global_amounts
+
+    cfg = _cfg(tmp_path, trials=4, reference_amounts=[0.5], warm_start_targets=[], global_reference_amounts=[0.3, 0.6],
+               reference_refinements=0)  # fmt: skip
+    study = run_search(cfg, tiny_task)
+    S = optuna.trial.TrialState
+    glob = sorted((t for t in study.trials if t.user_attrs.get("role") == ROLE_GLOBAL), key=lambda t: t.number)
+    assert [t.user_attrs["global_amount"] for t in glob] == [0.3, 0.6]
+    assert all(t.state == S.COMPLETE and t.user_attrs["fidelity"] == FIDELITY_FULL for t in glob)
+    space = SearchSetup.build(tiny_task, cfg, machine_lock()).space
+    units = {u.key: [i.name for i in u.layers] for u in space.units if u.supports("structured")}
+    for t in glob:
+        amounts = global_amounts(tiny_task.model, tiny_task.example_inputs, t.user_attrs["global_amount"], units)
+        assert t.params == space.params_for({u: a for u, a in amounts.items() if a > 0})
+        # the schedule run is those amounts on the space's grid, one step, the full fine-tune
+        schedule = ap.Schedule.from_json(t.user_attrs["schedule"])
+        assert schedule.steps == 1 and schedule.fine_tune_steps == 10
+        for key, plan in schedule.layers.items():
+            assert plan.method == "structured"
+            assert plan.amount == pytest.approx(round(amounts[key] / 0.05) * 0.05)
+    planned = [{k: p.amount for k, p in ap.Schedule.from_json(t.user_attrs["schedule"]).layers.items()} for t in glob]
+    assert len(set(planned[0].values())) > 1 or len(set(planned[1].values())) > 1  # not one uniform ratio
+    assert sum(planned[1].values()) > sum(planned[0].values())
+
+
+def test_references_beyond_the_budget_are_not_enqueued(tmp_path: Path, tiny_task: ap.Task) -> None:
+    # 1 uniform, 2 warm starts and 1 global reference for a budget of 3: one of each family
+    # in turn, and nothing left waiting for a later search of the study
+    study = run_search(_cfg(tmp_path, trials=3, reference_refinements=0), tiny_task)
+    S = optuna.trial.TrialState
+    assert not [t for t in study.trials if t.state == S.WAITING]
+    roles = [t.user_attrs.get("role") for t in sorted(study.trials, key=lambda t: t.number)]
+    assert roles == [ROLE_UNPRUNED, ROLE_UNIFORM, ROLE_WARM, ROLE_GLOBAL]
+    assert len(counted_trials(study)) == 3
+
+def test_global_references_can_be_left_out_or_fail_without_stopping_the_search(
+    tmp_path: Path, tiny_task: ap.Task, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = _cfg(tmp_path, trials=3, warm_start_targets=[], global_reference_amounts=[], reference_refinements=0)
+    study = run_search(cfg, tiny_task)
+    assert not [t for t in study.trials if t.user_attrs.get("role") == ROLE_GLOBAL]
+
+    def broken(*_: object, **__: object) -> dict[str, float]:
+        raise RuntimeError("no global ranking for this graph")
+
+    monkeypatch.setattr("autoprune.executor.global_amounts", broken)
+    cfg = _cfg(tmp_path, study="v", trials=3, warm_start_targets=[], reference_refinements=0)
+    with caplog.at_level("WARNING"):
+        study = run_search(cfg, tiny_task)
+    assert "global references left out: Torch-Pruning's global pruning failed (no global ranking" in caplog.text
+    assert not [t for t in study.trials if t.user_attrs.get("role") == ROLE_GLOBAL]
+    assert len(counted_trials(study)) == 3  # the search went on with its other trials
+    with pytest.raises(ap.ConfigError, match=r"global_reference_amounts.*\[1.5\].*a list of numbers in \(0, 1\)"):
+        SearchConfig.from_dict({"global_reference_amounts": [1.5]})
 
 
 # ---------------------------------------------------------------------------- screening pays for itself

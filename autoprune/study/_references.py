@@ -105,13 +105,19 @@ def publish_references(
         study.set_user_attr("space_notice", setup.space_notice)
     warm = _warm_starts(study, setup, speedup)  # the scan first: the sensitivity space is built on it
     space = setup.search_space(study)
-    for amount in setup.cfg.reference_amounts:
-        study.enqueue_trial(space.uniform_params(amount), user_attrs={"role": ROLE_UNIFORM, "uniform_amount": amount})
-    taken = [space.uniform_params(a) for a in setup.cfg.reference_amounts] + [p for _, p in warm]
-    for target, params in warm:
-        study.enqueue_trial(params, user_attrs={"role": ROLE_WARM, "warm_target": target})
-    for amount, params in _global_references(setup, study, setup.cfg.global_reference_amounts, taken):
-        study.enqueue_trial(params, user_attrs={"role": ROLE_GLOBAL, "global_amount": amount})
+    cfg = setup.cfg
+    uniform = [(space.uniform_params(a), {"role": ROLE_UNIFORM, "uniform_amount": a}) for a in cfg.reference_amounts]
+    taken = [p for p, _ in uniform] + [p for _, p in warm]
+    families = [
+        uniform,
+        [(params, {"role": ROLE_WARM, "warm_target": target}) for target, params in warm],
+        [(params, {"role": ROLE_GLOBAL, "global_amount": ratio})
+         for ratio, params in _global_references(setup, study, cfg.global_reference_amounts, taken)],
+    ]  # fmt: skip
+    # In turn from each family, no more than the trial budget: a reference left waiting
+    # would run in a later search of the study, outside the budget it was asked for.
+    for params, attrs in [pair for row in zip_longest(*families) for pair in row if pair is not None][: cfg.trials]:
+        study.enqueue_trial(params, user_attrs=attrs)
     study.set_user_attr("baseline_trial", number)
     # Last: a worker waiting for the baseline may start as soon as it appears.
     study.set_user_attr("baseline", {k: metrics[k] for k in BASELINE_METRICS if k in metrics})
