@@ -138,7 +138,8 @@ def run_search_method(task_name: str, seed: int, args: argparse.Namespace, workd
                       study_name=name, seed=seed, target=args.target, report=False, latency_cache="study",
                       latency_budget_s=args.search_budget, space=dataclasses.asdict(space),
                       front_tolerance=args.front_tolerance, drop_noise_se=args.drop_noise_se,
-                      screen_window=args.screen_window, sensitivity_resource=args.sensitivity_resource)
+                      screen_window=args.screen_window, sensitivity_resource=args.sensitivity_resource,
+                      global_reference_amounts=list(args.global_references))
     minutes = (time.perf_counter() - t0) / 60
     spent = sum(int(t.user_attrs.get("fine_tune_steps_spent", 0)) for t in study.trials)
     # What the user is shown and picks from: the study's front (feasible, full-fidelity trials
@@ -178,6 +179,9 @@ def main() -> None:
     parser.add_argument("--sensitivity-resource", choices=["latency", "macs"],
                         default=ap.SearchConfig().sensitivity_resource,
                         help="the search's sensitivity_resource: what the warm starts spread pruning by")
+    parser.add_argument("--global-references", type=float, nargs="*",
+                        default=ap.SearchConfig().global_reference_amounts,
+                        help="the search's global_reference_amounts (none given: no global references)")
     parser.add_argument("--screen-window", type=int, default=ap.SearchConfig().screen_window,
                         help="the search's screen_window: screen only while it pays over this many trials (0: always)")
     parser.add_argument("--drop-noise-se", type=float, default=ap.SearchConfig().drop_noise_se,
@@ -260,7 +264,8 @@ def main() -> None:
           f"{' '.join(map(str, args.seeds))} --trials {args.trials} --target '{args.target}' --budget {args.budget} "
           f"--fine-tune {args.fine_tune} --parametrization {args.parametrization} --front-tolerance {args.front_tolerance} "
           f"--drop-noise-se {args.drop_noise_se} --screen-window {args.screen_window} "
-          f"--sensitivity-resource {args.sensitivity_resource}")
+          f"--sensitivity-resource {args.sensitivity_resource} "
+          f"--global-references {' '.join(str(a) for a in args.global_references)}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_search.json").write_text(json.dumps(rows, indent=2, default=float))
     (args.out / "bench_search.md").write_text(table + "\n")

@@ -37,7 +37,7 @@ class PickedTrial:
         schedule: the Schedule the trial applied.
         metrics: what the trial recorded (accuracy, accuracy_drop, speedup, compression,
             latency_ms, sparse_bytes, nonzero_params, params, macs, ...).
-        role: ``search`` or one of the reference roles (unpruned, uniform).
+        role: ``search`` or one of the reference roles (unpruned, uniform, sensitivity, global).
         feasible: whether the trial met the study's constraints.
         rule: how it was picked, in words.
     """
