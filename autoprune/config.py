@@ -188,7 +188,7 @@ class SearchConfig:
     sensitivity: bool = True
     sensitivity_amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     warm_start_targets: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.9, 0.95])
-    global_reference_amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    global_reference_amounts: list[float] = field(default_factory=list)
     sensitivity_resource: str = "latency"
     reference_refinements: int = 2
     screening: bool = True
