@@ -46,7 +46,7 @@ def _cfg(tmp_path: Path, **kw: object) -> SearchConfig:
         "latency_budget_s": 0.05,
         "reference_amounts": [0.5],
         "warm_start_targets": [0.4, 0.8],
-        "global_reference_amounts": [0.5],
+        "global_reference_amounts": [],
         "report": False,
         "space": {"fine_tune_steps": [10], "steps": [1, 2]},
     }
@@ -372,8 +372,7 @@ def test_references_are_refined_where_each_family_turns_infeasible(tmp_path: Pat
 
 def test_refinements_fit_in_the_trial_budget(tmp_path: Path, tiny_task: ap.Task) -> None:
     # 2 uniform references and 2 warm starts count 4 of the 5 trials: room for one refinement
-    cfg = _cfg(tmp_path, trials=5, reference_amounts=[0.3, 0.9], warm_start_targets=[0.5, 0.95],
-               global_reference_amounts=[])  # fmt: skip
+    cfg = _cfg(tmp_path, trials=5, reference_amounts=[0.3, 0.9], warm_start_targets=[0.5, 0.95])
     study = run_search(cfg, tiny_task)
     S = optuna.trial.TrialState
     assert not [t for t in study.trials if t.state == S.WAITING]  # nothing enqueued is left unrun
@@ -413,7 +412,7 @@ def test_global_references_run_torch_prunings_global_allocation(tmp_path: Path, 
 def test_references_beyond_the_budget_are_not_enqueued(tmp_path: Path, tiny_task: ap.Task) -> None:
     # 1 uniform, 2 warm starts and 1 global reference for a budget of 3: one of each family
     # in turn, and nothing left waiting for a later search of the study
-    study = run_search(_cfg(tmp_path, trials=3, reference_refinements=0), tiny_task)
+    study = run_search(_cfg(tmp_path, trials=3, reference_refinements=0, global_reference_amounts=[0.5]), tiny_task)
     S = optuna.trial.TrialState
     assert not [t for t in study.trials if t.state == S.WAITING]
     roles = [t.user_attrs.get("role") for t in sorted(study.trials, key=lambda t: t.number)]
@@ -423,7 +422,7 @@ def test_references_beyond_the_budget_are_not_enqueued(tmp_path: Path, tiny_task
 def test_global_references_can_be_left_out_or_fail_without_stopping_the_search(
     tmp_path: Path, tiny_task: ap.Task, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cfg = _cfg(tmp_path, trials=3, warm_start_targets=[], global_reference_amounts=[], reference_refinements=0)
+    cfg = _cfg(tmp_path, trials=3, warm_start_targets=[], reference_refinements=0)  # none by default
     study = run_search(cfg, tiny_task)
     assert not [t for t in study.trials if t.user_attrs.get("role") == ROLE_GLOBAL]
 
@@ -431,7 +430,8 @@ def test_global_references_can_be_left_out_or_fail_without_stopping_the_search(
         raise RuntimeError("no global ranking for this graph")
 
     monkeypatch.setattr("autoprune.executor.global_amounts", broken)
-    cfg = _cfg(tmp_path, study="v", trials=3, warm_start_targets=[], reference_refinements=0)
+    cfg = _cfg(tmp_path, study="v", trials=3, warm_start_targets=[], global_reference_amounts=[0.5],
+               reference_refinements=0)  # fmt: skip
     with caplog.at_level("WARNING"):
         study = run_search(cfg, tiny_task)
     assert "global references left out: Torch-Pruning's global pruning failed (no global ranking" in caplog.text
