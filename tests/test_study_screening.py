@@ -552,3 +552,25 @@ def test_a_macs_ranked_scan_is_not_timed(tmp_path: Path, tiny_task: ap.Task) -> 
     assert warm
     for t in warm:
         assert t.params == warm_starts(searched, scan, [t.user_attrs["warm_target"]], measure=meter)[0]
+
+
+def test_a_global_ratio_that_prunes_nothing_is_not_a_reference(
+    tmp_path: Path, tiny_task: ap.Task, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoprune import executor
+    from autoprune.study._references import _global_references
+
+    real = executor.global_amounts
+
+    def tiny_first(model: object, x: object, ratio: float, units: dict[str, list[str]], **kw: object) -> dict[str, float]:
+        if ratio < 0.1:  # below every unit's first step on the 5% grid: nothing to prune
+            return dict.fromkeys(units, 0.02)
+        return real(model, x, ratio, units, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(executor, "global_amounts", tiny_first)
+    cfg = _cfg(tmp_path, sensitivity=False)
+    setup = SearchSetup.build(tiny_task, cfg, machine_lock())
+    study = optuna.create_study(storage=cfg.storage, study_name="g", directions=["maximize", "minimize"])
+    refs = _global_references(setup, study, [0.05, 0.5], [])
+    assert [ratio for ratio, _ in refs] == [0.5]
+    assert setup.space.schedule_from_params(refs[0][1]).active_layers()

@@ -208,6 +208,8 @@ def _global_references(
             _logger.warning("global references left out: Torch-Pruning's global pruning failed (%s)", exc)
             return out
         params = space.params_for({u: a for u, a in amounts.items() if a > 0})
+        if not space.schedule_from_params(params).active_layers():
+            continue  # a ratio too small to prune anything on the space's grid: the unpruned model
         if params not in taken:
             taken.append(params)
             out.append((ratio, params))
