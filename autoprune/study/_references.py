@@ -114,9 +114,9 @@ def publish_references(
         [(params, {"role": ROLE_GLOBAL, "global_amount": ratio})
          for ratio, params in _global_references(setup, study, cfg.global_reference_amounts, taken)],
     ]  # fmt: skip
-    # In turn from each family, no more than the trial budget: a reference left waiting
-    # would run in a later search of the study, outside the budget it was asked for.
-    for params, attrs in [pair for row in zip_longest(*families) for pair in row if pair is not None][: cfg.trials]:
+    # No more than the trial budget: a reference left waiting would run in a later search
+    # of the study, outside the budget it was asked for.
+    for params, attrs in _in_turn(families)[: cfg.trials]:
         study.enqueue_trial(params, user_attrs=attrs)
     study.set_user_attr("baseline_trial", number)
     # Last: a worker waiting for the baseline may start as soon as it appears.
@@ -182,6 +182,15 @@ def _allocations(
                 taken.append(params)
                 out.append((target, params))
     return out
+
+
+_Reference = tuple[dict[str, Any], dict[str, Any]]  # (trial params, user attrs)
+
+
+def _in_turn(families: list[list[_Reference]]) -> list[_Reference]:
+    """The references of several families, one from each in turn (the first of each, then
+    the second ...), so a budget that cuts the list keeps every family."""
+    return [pair for row in zip_longest(*families) for pair in row if pair is not None]
 
 
 def _global_references(
@@ -273,7 +282,7 @@ def refine_references(study: optuna.Study, setup: SearchSetup, room: int) -> lis
         for role, key in REFERENCE_FAMILIES.items()
     }  # fmt: skip
     taken = [dict(t.params) for t in refs]
-    families: list[list[tuple[dict[str, Any], dict[str, Any]]]] = [[], [], []]
+    families: list[list[_Reference]] = [[], [], []]
     for amount in bracket(points[ROLE_UNIFORM], cfg.reference_refinements, cfg.space.amount_step):
         params = space.uniform_params(amount)
         if params not in taken:
@@ -286,8 +295,7 @@ def refine_references(study: optuna.Study, setup: SearchSetup, room: int) -> lis
     ratios = bracket(points[ROLE_GLOBAL], cfg.reference_refinements, cfg.space.amount_step)
     for ratio, params in _global_references(setup, study, ratios, taken):
         families[2].append((params, {"role": ROLE_GLOBAL, "global_amount": ratio}))
-    # in turn from each family, as many as the budget has room for
-    chosen = [pair for row in zip_longest(*families) for pair in row if pair is not None][:room]
+    chosen = _in_turn(families)[:room]  # as many as the budget has room for
     for params, attrs in chosen:
         study.enqueue_trial(params, user_attrs={**attrs, "refined": True})
     added = [attrs for _, attrs in chosen]
