@@ -191,6 +191,7 @@ class SearchConfig:
     global_reference_amounts: list[float] = field(default_factory=list)
     sensitivity_resource: str = "latency"
     reference_refinements: int = 2
+    neighbour_share: float = 0.5
     screening: bool = True
     screen_fraction: float = 0.2
     screen_margin: float = 0.5
@@ -311,6 +312,8 @@ class SearchConfig:
         r = self.reference_refinements
         if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r <= 10:
             raise _fail("reference_refinements", r, "an integer from 0 to 10 (0: none)")
+        if not _num(self.neighbour_share) or not 0 <= self.neighbour_share < 1:
+            raise _fail("neighbour_share", self.neighbour_share, "a number with 0 <= neighbour_share < 1 (0: TPE only)")
         for key in ("sensitivity", "screening"):
             if not isinstance(getattr(self, key), bool):
                 raise _fail(key, getattr(self, key), "true or false")

@@ -409,12 +409,42 @@ class SearchSpace:
                 return choice
         return schedule.fine_tune_steps * schedule.steps  # not in the space: params_for says so
 
-    def _params_of_schedule(self, schedule: Schedule) -> dict[str, Any]:
-        amounts: dict[str, float] = {}
+    def unit_amounts(self, schedule: Schedule) -> dict[str, tuple[str, float]]:
+        """``{unit key: (method, amount)}`` of the units ``schedule`` prunes (a unit's amount
+        is the largest of its layers': a layer's own cap can hold it lower)."""
+        active = schedule.active_layers()
+        out: dict[str, tuple[str, float]] = {}
         for unit in self.units:
-            plans = [schedule.layers[i.name] for i in unit.layers if i.name in schedule.active_layers()]
+            plans = [active[i.name] for i in unit.layers if i.name in active]
             if plans:
-                amounts[unit.key] = max(p.amount for p in plans)
+                out[unit.key] = (plans[0].method, max(p.amount for p in plans))
+        return out
+
+    def neighbour_params(self, schedule: Schedule, amounts: Mapping[str, float]) -> dict[str, Any]:
+        """Trial parameters of ``schedule`` with the structured amount of each unit in
+        ``amounts`` replaced (put on the grid and capped; 0: the unit is not pruned), every
+        other choice kept: a neighbour of it in this space (the local search).
+
+        Raises:
+            ScheduleError: a key of ``amounts`` is not a unit that can be pruned structurally.
+        """
+        bad = sorted(k for k in amounts if k not in {u.key for u in self._structured_units()})
+        if bad:
+            raise ScheduleError(f"unit(s) {bad} are not units of this space that can be pruned structurally.")
+        chosen = self.unit_amounts(schedule)
+        for key, amount in amounts.items():
+            chosen[key] = ("structured", float(amount))
+        return self._schedule_params(schedule, chosen, check=False)
+
+    def _params_of_schedule(self, schedule: Schedule) -> dict[str, Any]:
+        return self._schedule_params(schedule, self.unit_amounts(schedule), check=True)
+
+    def _schedule_params(
+        self, schedule: Schedule, chosen: Mapping[str, tuple[str, float]], *, check: bool
+    ) -> dict[str, Any]:
+        """The params of ``schedule``'s whole-schedule choices with the per-unit ``chosen``
+        (method, amount); with ``check``, raises ScheduleError unless they rebuild it exactly."""
+        amounts = {k: a for k, (_, a) in chosen.items()}
         norms = {p.norm for p in schedule.active_layers().values()}
         options = {
             "fine_tune_steps": self._budget_choice(schedule),
@@ -432,12 +462,11 @@ class SearchSpace:
             prefs.update(self._sensitivity_prefs(amounts))
         else:
             for unit in self.units:
-                plans = [schedule.layers[i.name] for i in unit.layers if i.name in schedule.active_layers()]
-                method = plans[0].method if plans else "none"
-                prefs.update(self._unit_prefs(unit, method, amounts.get(unit.key, 0.0)))
+                method, amount = chosen.get(unit.key, ("none", 0.0))
+                prefs.update(self._unit_prefs(unit, method, amount))
         ask = _Prefer(prefs, strict=False)
         rebuilt = self._sample(ask, schedule.seed)
-        if rebuilt != schedule:
+        if check and rebuilt != schedule:
             diff = _first_difference(schedule, rebuilt)
             raise ScheduleError(f"the schedule is not in this search space: {diff}.")
         return ask.params

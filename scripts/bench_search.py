@@ -139,7 +139,7 @@ def run_search_method(task_name: str, seed: int, args: argparse.Namespace, workd
                       latency_budget_s=args.search_budget, space=dataclasses.asdict(space),
                       front_tolerance=args.front_tolerance, drop_noise_se=args.drop_noise_se,
                       screen_window=args.screen_window, sensitivity_resource=args.sensitivity_resource,
-                      global_reference_amounts=list(args.global_references))
+                      global_reference_amounts=list(args.global_references), neighbour_share=args.neighbour_share)
     minutes = (time.perf_counter() - t0) / 60
     spent = sum(int(t.user_attrs.get("fine_tune_steps_spent", 0)) for t in study.trials)
     # What the user is shown and picks from: the study's front (feasible, full-fidelity trials
@@ -151,6 +151,7 @@ def run_search_method(task_name: str, seed: int, args: argparse.Namespace, workd
         "screened_out": sum(t.user_attrs.get("fidelity") == "screen" for t in searched),
         "repeats": sum(t.user_attrs.get("fidelity") == "repeat" for t in searched),
         "not_screened": sum("screen_skipped" in t.user_attrs for t in searched),
+        "neighbours_full": sum("neighbour_of" in t.user_attrs and t.user_attrs.get("fidelity") == "full" for t in searched),
         "references": sum(t.user_attrs.get("role", "search") != "search" for t in study.trials),
     }
     print(f"{name}: search trials {trials} in {minutes:.1f} min, {spent} fine-tune steps", flush=True)
@@ -182,6 +183,8 @@ def main() -> None:
     parser.add_argument("--global-references", type=float, nargs="*",
                         default=ap.SearchConfig().global_reference_amounts,
                         help="the search's global_reference_amounts (none given: no global references)")
+    parser.add_argument("--neighbour-share", type=float, default=ap.SearchConfig().neighbour_share,
+                        help="the search's neighbour_share: share of the search trials spent around the fastest feasible one")
     parser.add_argument("--screen-window", type=int, default=ap.SearchConfig().screen_window,
                         help="the search's screen_window: screen only while it pays over this many trials (0: always)")
     parser.add_argument("--drop-noise-se", type=float, default=ap.SearchConfig().drop_noise_se,
@@ -212,6 +215,7 @@ def main() -> None:
                 points["autoprune"].append({**_score(task, pruned, reference, args.budget, args.target), "trial": t.number,
                                             "recorded_speedup": float(t.user_attrs["speedup"]),
                                             "val_drop": float(t.user_attrs["accuracy_drop"]),
+                                            "role": t.user_attrs.get("role"), "neighbour_of": t.user_attrs.get("neighbour_of"),
                                             "val_drop_se": float(t.user_attrs.get("accuracy_drop_se", math.nan))})
             reapply_min = (time.perf_counter() - t_reapply) / 60
             t_sweeps = time.perf_counter()
@@ -265,7 +269,7 @@ def main() -> None:
           f"--fine-tune {args.fine_tune} --parametrization {args.parametrization} --front-tolerance {args.front_tolerance} "
           f"--drop-noise-se {args.drop_noise_se} --screen-window {args.screen_window} "
           f"--sensitivity-resource {args.sensitivity_resource} "
-          f"--global-references {' '.join(str(a) for a in args.global_references)}")
+          f"--global-references {' '.join(str(a) for a in args.global_references)} --neighbour-share {args.neighbour_share}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_search.json").write_text(json.dumps(rows, indent=2, default=float))
     (args.out / "bench_search.md").write_text(table + "\n")

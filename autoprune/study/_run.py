@@ -19,6 +19,7 @@ import optuna
 from autoprune._errors import AutopruneError, ConfigError
 from autoprune._lock import MachineLock, machine_lock
 from autoprune.config import SearchConfig
+from autoprune.study._neighbours import enqueue_neighbour
 from autoprune.study._objective import Objective, SearchSetup
 from autoprune.study._progress import progress_bar
 from autoprune.study._references import (
@@ -192,14 +193,22 @@ def optimize(
 
     def refine(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         # After a reference (now stored as finished): when it was the last one, bracket
-        # where each reference family crosses the constraints.
+        # where each reference family crosses the constraints. Once no reference is left to
+        # run, a share of the trials are neighbours of the fastest feasible one.
+        S = optuna.trial.TrialState
         if trial.user_attrs.get("role") in REFERENCE_FAMILIES:
-            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            running = study.get_trials(deepcopy=False, states=(S.RUNNING,))
             room = setup.cfg.trials - len(counted_trials(study)) - len(running)
             with lock.busy():
                 added = refine_references(study, setup, room)
             for ref in added:
                 _logger.info("reference added where its family crosses the constraints: %s", ref)
+        pending = study.get_trials(deepcopy=False, states=(S.WAITING, S.RUNNING))
+        if any(t.state == S.WAITING or t.user_attrs.get("role") in REFERENCE_FAMILIES for t in pending):
+            return
+        room = setup.cfg.trials - len(counted_trials(study)) - len(pending)
+        with lock.busy():
+            enqueue_neighbour(study, setup, room)
 
     with _optimizer_steps_are_boundaries(lock):
         remaining, replaced = n_trials, 0
