@@ -364,3 +364,29 @@ def test_a_per_trial_budget_is_split_over_the_steps(cnn_layers: list[ap.LayerInf
         assert space.schedule_from_params(space.params_for(schedule), seed=schedule.seed) == schedule
         seen.add(schedule.steps)
     assert seen == {1, 2, 3}
+
+
+# ---------------------------------------------------------------------------- neighbours (local search)
+def test_neighbour_params_move_only_the_units_named(cnn_layers: list[ap.LayerInfo]) -> None:
+    space = _space(cnn_layers, round_to=[1, 8])
+    base = space.params_for({"features.0.0": 0.3, "features.3.0": 0.5, "classifier.1": 0.2},
+                            steps=2, shape="cubic", importance="lamp", norm=2, round_to=8, fine_tune_steps=50)  # fmt: skip
+    schedule = space.schedule_from_params(base)
+    assert space.unit_amounts(schedule) == {
+        "features.0.0": ("structured", 0.3), "features.3.0": ("structured", 0.5), "classifier.1": ("structured", 0.2)
+    }  # fmt: skip
+    params = space.neighbour_params(schedule, {"features.0.0": 0.4, "classifier.1": 0.0, "features.1.0": 0.15})
+    moved = space.schedule_from_params(params)  # the params are exact: they rebuild the schedule
+    assert {k: (p.method, p.amount) for k, p in moved.layers.items()} == {
+        "features.0.0": ("structured", 0.4), "features.1.0": ("structured", 0.15), "features.3.0": ("structured", 0.5)
+    }  # fmt: skip
+    assert params["classifier.1:method"] == "none"  # 0: not pruned
+    # every whole-schedule choice is the incumbent's
+    for key in ("steps", "shape", "importance", "norm", "round_to", "fine_tune_steps"):
+        assert params[key] == base[key], key
+    assert (moved.steps, moved.shape, moved.importance, moved.round_to) == (2, "cubic", "lamp", 8)
+    # amounts go on the grid and under the unit's cap
+    capped = space.schedule_from_params(space.neighbour_params(schedule, {"features.3.0": 0.97}))
+    assert capped.layers["features.3.0"].amount == pytest.approx(space.config.max_amount)
+    with pytest.raises(ap.ScheduleError, match=r"\['classifier.3'\].*pruned structurally"):
+        space.neighbour_params(schedule, {"classifier.3": 0.5})  # the output layer

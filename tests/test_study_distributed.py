@@ -18,7 +18,7 @@ from autoprune.study.keys import ROLE_UNPRUNED
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 # The distribution machinery, not the search's cheap stages (tested on their own): no
-# sensitivity warm starts or screening, so every trial is a plain search trial.
+# sensitivity warm starts, neighbours or screening, so every trial is a plain search trial.
 CONFIG = """
 task = "digits"
 latency_budget_s = 0.05
@@ -28,6 +28,7 @@ report = false
 sensitivity = false
 screening = false
 reference_refinements = 0
+neighbour_share = 0
 [task_options]
 width = 8
 batch_size = 16

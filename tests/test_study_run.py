@@ -32,12 +32,13 @@ def _cfg(tmp_path: Path, **kw: object) -> SearchConfig:
         "latency_budget_s": 0.05,
         "reference_amounts": [0.5],
         "report": False,
-        # the loop itself; the sensitivity scan, warm starts, global references, refinements and
-        # screening have tests of their own
+        # the loop itself; the sensitivity scan, warm starts, global references, refinements,
+        # neighbours and screening have tests of their own
         "sensitivity": False,
         "screening": False,
         "global_reference_amounts": [],
         "reference_refinements": 0,
+        "neighbour_share": 0,
         "space": dict(FAST_SPACE),
     }
     data.update(kw)
