@@ -32,6 +32,8 @@ Trial ``user_attrs``:
         share a warm start saves) and ``global_amount`` (the ratio of Torch-Pruning's global
         pruning whose per-unit amounts a global reference runs); ``refined``: a reference
         added by the refinement.
+    ``neighbour_of``: on a search trial of the local search (``neighbour_share``), the number
+        of the trial whose schedule it moved (the fastest that met the constraints then).
     every key of ``Metrics.as_dict()``, plus the ``DERIVED_METRICS`` of
         :func:`autoprune.evaluation.derived_metrics`: ``accuracy_drop`` (baseline minus
         accuracy, in the task's units: percentage points for the built-in tasks),
