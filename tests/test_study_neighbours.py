@@ -12,7 +12,7 @@ import autoprune as ap
 from autoprune._lock import machine_lock
 from autoprune.config import SearchConfig
 from autoprune.study import counted_trials, run_search
-from autoprune.study._neighbours import NEIGHBOUR_OF, incumbents, neighbour_amounts
+from autoprune.study._neighbours import NEIGHBOUR_OF, WINDOW, incumbents, neighbour_amounts, stalled
 from autoprune.study._objective import SearchSetup
 from autoprune.study.keys import FIDELITY_FULL, FIDELITY_REPEAT, ROLE_SEARCH, ROLE_UNPRUNED, is_feasible, sure_speedup
 
@@ -138,3 +138,27 @@ def test_no_neighbours_at_share_zero(tmp_path: Path, tiny_task: ap.Task) -> None
 def test_neighbour_share_is_checked(bad: object) -> None:
     with pytest.raises(ap.ConfigError, match=r"neighbour_share = .*; allowed: a number with 0 <= neighbour_share < 1"):
         SearchConfig.from_dict({"neighbour_share": bad})
+
+
+def _finished(study: optuna.Study, number_of: int | None, *, feasible: bool, fidelity: str = FIDELITY_FULL) -> None:
+    attrs: dict[str, object] = {"role": ROLE_SEARCH, "fidelity": fidelity, "feasible": feasible}
+    if number_of is not None:
+        attrs[NEIGHBOUR_OF] = number_of
+    state = optuna.trial.TrialState.COMPLETE if fidelity == FIDELITY_FULL else optuna.trial.TrialState.PRUNED
+    study.add_trial(optuna.trial.create_trial(state=state, values=[90.0, 1.0] if state.name == "COMPLETE" else None,
+                                              user_attrs=attrs))  # fmt: skip
+
+
+def test_the_local_search_pauses_after_a_window_of_misses_until_a_new_centre() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    _finished(study, None, feasible=True)  # trial 0: the centre
+    centre = study.trials[0]
+    for _ in range(WINDOW - 1):
+        _finished(study, 0, feasible=False)
+    assert not stalled(study, centre)  # not yet a full window
+    _finished(study, 0, feasible=True, fidelity="screen")  # screened out: a miss too
+    assert stalled(study, centre)
+    _finished(study, None, feasible=True)  # TPE finds a new fastest feasible trial: a new centre
+    assert not stalled(study, study.trials[-1])
+    _finished(study, 0, feasible=True)  # a neighbour that met the constraints resets the window
+    assert not stalled(study, centre)

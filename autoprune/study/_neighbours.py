@@ -16,7 +16,10 @@ A neighbour is an ordinary search trial (``role = search``, ``neighbour_of`` = t
 incumbent's number): it is screened, counted and shown to TPE like any other, so TPE's own
 trials learn from it. When a neighbour meets the limit and is faster, it is the next
 incumbent (first-improvement hill climbing); an incumbent whose neighbours keep failing is
-left after ``patience`` of them for the next fastest one.
+left after ``patience`` of them for the next fastest one. When the last ``WINDOW`` (5)
+neighbours all missed the constraints, the local search pauses (TPE gets the trials) until
+some trial makes a new fastest feasible one: on a model where nothing faster stays within the
+limit (``shapes-resnet``, 1.0-1.07x), it stops spending full fine-tunes there.
 """
 
 from __future__ import annotations
@@ -44,12 +47,13 @@ if TYPE_CHECKING:
     from autoprune.space import SearchSpace
     from autoprune.study._objective import SearchSetup
 
-__all__ = ["NEIGHBOUR_OF", "enqueue_neighbour", "incumbents", "neighbour_amounts"]
+__all__ = ["NEIGHBOUR_OF", "WINDOW", "enqueue_neighbour", "incumbents", "neighbour_amounts", "stalled"]
 
 _logger = logging.getLogger(__name__)
 
 NEIGHBOUR_OF = "neighbour_of"
 _TRIES = 30  # moves drawn per incumbent before it counts as exhausted
+WINDOW = 5  # neighbours in a row that missed the constraints before the local search pauses
 
 
 def _is_neighbour(trial: optuna.trial.FrozenTrial) -> bool:
@@ -133,6 +137,21 @@ def _due(study: optuna.Study, share: float) -> bool:
     return ours < share * (len(searched) + 1)
 
 
+def stalled(study: optuna.Study, centre: optuna.trial.FrozenTrial | None) -> bool:
+    """Has the local search stopped paying? True when none of the last ``WINDOW`` finished
+    neighbours met the constraints at full fidelity (infeasible, or screened out) and the
+    fastest feasible trial, ``centre``, already had a neighbour: where every move from the
+    fast end breaks the limit, the trials go to TPE, until a trial of any kind makes a new
+    fastest feasible one (a new centre)."""
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    finished = [t for t in study.get_trials(deepcopy=False, states=done)
+                if _is_neighbour(t) and t.user_attrs.get("fidelity") != FIDELITY_REPEAT]  # fmt: skip
+    last = sorted(finished, key=lambda t: t.number)[-WINDOW:]
+    if len(last) < WINDOW or any(t.user_attrs.get("fidelity") == FIDELITY_FULL and is_feasible(t) for t in last):
+        return False
+    return centre is None or any(t.user_attrs.get(NEIGHBOUR_OF) == centre.number for t in finished)
+
+
 def enqueue_neighbour(study: optuna.Study, setup: SearchSetup, room: int) -> dict[str, Any] | None:
     """Enqueue one neighbour of the current incumbent when it is the neighbours' turn and
     the budget has ``room``; returns its user attributes (``None``: nothing enqueued)."""
@@ -151,7 +170,10 @@ def enqueue_neighbour(study: optuna.Study, setup: SearchSetup, room: int) -> dic
             tried[int(t.user_attrs[NEIGHBOUR_OF])] = tried.get(int(t.user_attrs[NEIGHBOUR_OF]), 0) + 1
     patience = max(4, len(structured))
     step = cfg.space.amount_step
-    for incumbent in incumbents(study, bool(cfg.constraints)):
+    centres = incumbents(study, bool(cfg.constraints))
+    if stalled(study, centres[0] if centres else None):
+        return None
+    for incumbent in centres:
         if tried.get(incumbent.number, 0) >= patience:
             continue
         try:
