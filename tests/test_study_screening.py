@@ -656,7 +656,13 @@ def test_a_share_of_the_search_trials_are_neighbours_of_the_fastest_feasible_one
         a, b = space.unit_amounts(mine), space.unit_amounts(theirs)
         moved = {u: round((a.get(u, ("", 0.0))[1] - b.get(u, ("", 0.0))[1]) / 0.05) for u in set(a) | set(b)}
         moved = {u: k for u, k in moved.items() if k}
-        assert 1 <= len(moved) <= 2 and len({abs(k) for k in moved.values()}) == 1 and max(moved.values()) > 0
+        ups = {u: k for u, k in moved.items() if k > 0}
+        downs = {u: k for u, k in moved.items() if k < 0}
+        assert len(ups) == 1 and len(downs) <= 1
+        (k,) = ups.values()
+        assert k in (1, 2)
+        for u, d in downs.items():  # as many steps less, or down to not pruned
+            assert d == -k or (d > -k and u not in a)
     # the first neighbour is around the fastest feasible full trial at that moment
     first = min(neighbours, key=lambda t: t.number)
     before = [t for t in study.trials if t.number < first.number and t.state == S.COMPLETE
