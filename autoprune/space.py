@@ -423,7 +423,8 @@ class SearchSpace:
     def neighbour_params(self, schedule: Schedule, amounts: Mapping[str, float]) -> dict[str, Any]:
         """Trial parameters of ``schedule`` with the structured amount of each unit in
         ``amounts`` replaced (put on the grid and capped; 0: the unit is not pruned), every
-        other choice kept: a neighbour of it in this space (the local search).
+        other choice kept: a neighbour of it in this space (the local search). In the
+        sensitivity parametrization the amounts become the nearest (level, spread, offsets).
 
         Raises:
             ScheduleError: a key of ``amounts`` is not a unit that can be pruned structurally.

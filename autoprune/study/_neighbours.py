@@ -106,7 +106,7 @@ def neighbour_amounts(
     return changed
 
 
-def _savings(setup: SearchSetup, study: optuna.Study, amounts: dict[str, float], step: float) -> dict[str, float]:
+def _savings(study: optuna.Study, amounts: dict[str, float], step: float) -> dict[str, float]:
     """What one more step of each unit saves, by the study's sensitivity scan (its timing when
     it was timed, else MACs); empty without a scan."""
     from autoprune.sensitivity import Sensitivity
@@ -181,9 +181,8 @@ def enqueue_neighbour(study: optuna.Study, setup: SearchSetup, room: int) -> dic
             current = space.unit_amounts(schedule)
         except AutopruneError:
             continue  # a schedule this space cannot read (an older study's): not a place to search
-        amounts = {u: (a if m == "structured" else 0.0) for u, (m, a) in current.items() if u in structured}
-        amounts = {u: amounts.get(u, 0.0) for u in structured}
-        savings = _savings(setup, study, amounts, step)
+        amounts = {u: current[u][1] if current.get(u, ("none",))[0] == "structured" else 0.0 for u in structured}
+        savings = _savings(study, amounts, step)
         # seeded by the study's seed and the incumbent: same seed, same neighbours
         rng = random.Random(f"{cfg.seed}:{incumbent.number}:{tried.get(incumbent.number, 0)}")
         for _ in range(_TRIES):

@@ -203,6 +203,8 @@ def optimize(
                 added = refine_references(study, setup, room)
             for ref in added:
                 _logger.info("reference added where its family crosses the constraints: %s", ref)
+        if setup.cfg.neighbour_share <= 0:
+            return
         pending = study.get_trials(deepcopy=False, states=(S.WAITING, S.RUNNING))
         if any(t.state == S.WAITING or t.user_attrs.get("role") in REFERENCE_FAMILIES for t in pending):
             return
