@@ -29,7 +29,9 @@ __all__ = [
     "GRANULARITIES",
     "PARAMETRIZATIONS",
     "IDENTITY_KEYS",
+    "LATENCY_CACHES",
     "OBJECTIVES",
+    "POPULATION_SAMPLERS",
 ]
 
 DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"
@@ -42,8 +44,35 @@ SENSITIVITY_RESOURCES = ("latency", "macs")
 # the sensitivity-greedy allocation that saves the same MACs, plus a small offset per unit
 # (structured only; needs the study's sensitivity scan)
 PARAMETRIZATIONS = ("unit", "sensitivity")
-# Keys that define what a study *is*; a worker joining a study must agree on them.
-IDENTITY_KEYS = ("task", "task_options", "objectives", "constraints", "space", "reference_amounts")
+# Keys that define what a study *is*: what its trials are, how each was measured and how
+# they were chosen. A run that resumes or joins a study must agree on them, or its trials
+# would not be comparable with the stored ones (another batch, thread count or backend
+# times another model; another budget or tolerance another interval; another sampler,
+# seed, screening or neighbour share is another search).
+IDENTITY_KEYS = (
+    "task",
+    "task_options",
+    "objectives",
+    "constraints",
+    "space",
+    "reference_amounts",
+    "target",
+    "latency_budget_s",
+    "latency_rel_tol",
+    "sampler",
+    "population_size",
+    "seed",
+    "screening",
+    "screen_fraction",
+    "screen_margin",
+    "screen_window",
+    "neighbour_share",
+)
+# Samplers that take a population size.
+POPULATION_SAMPLERS = ("nsga2", "nsga3")
+# What latency_cache names besides the path of a SQLite file.
+LATENCY_CACHES = ("shared", "study", "off")
+_SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 # Objective name -> (the trial user_attr it reads, direction); autoprune.study.keys re-exports it.
 OBJECTIVES: dict[str, tuple[str, str]] = {
     "accuracy": ("accuracy", "maximize"),
@@ -117,7 +146,7 @@ class SpaceConfig:
     def validate(self) -> None:
         if self.granularity not in GRANULARITIES:
             raise _fail("space.granularity", self.granularity, ", ".join(GRANULARITIES))
-        if self.block_depth is not None and (not isinstance(self.block_depth, int) or self.block_depth < 1):
+        if self.block_depth is not None and (not _int(self.block_depth) or self.block_depth < 1):
             raise _fail("space.block_depth", self.block_depth, "an integer >= 1")
         if not self.methods or any(m not in METHODS for m in self.methods):
             raise _fail("space.methods", self.methods, f"a non-empty subset of {list(METHODS)}")
@@ -134,11 +163,12 @@ class SpaceConfig:
             raise _fail("space.steps", self.steps, "[min, max] with 1 <= min <= max <= 10")
         if not self.shapes or any(s not in SHAPES for s in self.shapes):
             raise _fail("space.shapes", self.shapes, f"a non-empty subset of {list(SHAPES)}")
-        if not self.fine_tune_steps or any(not isinstance(s, int) or s < 0 for s in self.fine_tune_steps):
-            raise _fail("space.fine_tune_steps", self.fine_tune_steps, "a non-empty list of integers >= 0")
+        # true/false are not step counts, though Python counts them as the integers 1 and 0
+        if not self.fine_tune_steps or any(not _int(s) or s < 0 for s in self.fine_tune_steps):
+            raise _fail("space.fine_tune_steps", self.fine_tune_steps, "a non-empty list of integers >= 0 (not true/false)")
         if not self.importance or any(i not in IMPORTANCES for i in self.importance):
             raise _fail("space.importance", self.importance, f"a non-empty subset of {list(IMPORTANCES)}")
-        if not self.norms or any(n not in (1, 2) for n in self.norms):
+        if not self.norms or any(not _int(n) or n not in (1, 2) for n in self.norms):
             raise _fail("space.norms", self.norms, "a non-empty subset of [1, 2]")
         if not self.attention_heads or any(not isinstance(g, bool) for g in self.attention_heads):
             raise _fail("space.attention_heads", self.attention_heads, "a non-empty subset of [false, true]")
@@ -165,6 +195,11 @@ class SpaceConfig:
 
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v: Any) -> bool:
+    """An integer that is not a bool (``True`` is an ``int`` to Python, not to a user)."""
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass
@@ -238,6 +273,32 @@ class SearchConfig:
         cfg.validate()
         return cfg
 
+    @classmethod
+    def from_stored(cls, data: dict[str, Any], *, storage: str, source: str = "stored config") -> SearchConfig:
+        """The config a study stored (``user_attrs["config"]``, its storage URL masked), read
+        with ``storage`` as its storage.
+
+        Values that earlier versions accepted but ignored or read loosely are read as what
+        they did, so a study stored by them still resumes and joins (the stored attribute
+        is not changed): a ``population_size`` with a sampler that has none (ignored), a
+        ``latency_cache`` name that was taken as a file in the working folder, true/false
+        fine-tune steps (1 and 0 steps)."""
+        data = dict(data)
+        data["storage"] = storage
+        if data.get("population_size") is not None and data.get("sampler", "tpe") not in POPULATION_SAMPLERS:
+            data["population_size"] = None
+        cache = data.get("latency_cache")
+        if isinstance(cache, str) and cache.strip():
+            try:
+                _check_latency_cache(cache)
+            except ConfigError:
+                data["latency_cache"] = "./" + cache.strip()
+        space = data.get("space")
+        if isinstance(space, dict) and isinstance(space.get("fine_tune_steps"), list):
+            steps = [int(s) if isinstance(s, bool) else s for s in space["fine_tune_steps"]]
+            data["space"] = {**space, "fine_tune_steps": steps}
+        return cls.from_dict(data, source=source)
+
     def merged(self, **overrides: Any) -> SearchConfig:
         """A copy with the given (non-None) values replaced, validated."""
         data = self.to_dict(mask=False)
@@ -281,16 +342,26 @@ class SearchConfig:
                 raise _fail("constraint", key, ", ".join(allowed_c))
             if not _num(value) or value < 0:
                 raise _fail(f"constraints.{key}", value, "a number >= 0")
+            if key != "max_accuracy_drop" and value == 0:
+                # no model runs in 0 ms or fits in 0 bytes: every trial would be infeasible
+                raise _fail(f"constraints.{key}", value, "a number > 0 (0 makes every trial infeasible)")
         for key, lo in (("trials", 1), ("workers", 1)):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < lo:
                 raise _fail(key, value, f"an integer >= {lo}")
-        if self.worker_trials is not None and (not isinstance(self.worker_trials, int) or self.worker_trials < 1):
+        if self.worker_trials is not None and (not _int(self.worker_trials) or self.worker_trials < 1):
             raise _fail("worker_trials", self.worker_trials, "an integer >= 1")
         if self.sampler not in SAMPLERS:
             raise _fail("sampler", self.sampler, ", ".join(SAMPLERS))
-        if self.population_size is not None and (not isinstance(self.population_size, int) or self.population_size < 2):
+        if self.population_size is not None and (not _int(self.population_size) or self.population_size < 2):
             raise _fail("population_size", self.population_size, "an integer >= 2")
+        if self.population_size is not None and self.sampler not in POPULATION_SAMPLERS:
+            raise _fail(
+                "population_size",
+                self.population_size,
+                f"only with sampler {' or '.join(map(repr, POPULATION_SAMPLERS))} (sampler is {self.sampler!r}, "
+                "which has no population; leave population_size out)",
+            )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise _fail("seed", self.seed, "an integer")
         if not isinstance(self.storage, str) or "://" not in self.storage:
@@ -303,6 +374,11 @@ class SearchConfig:
             values = getattr(self, key)
             if not isinstance(values, list) or any(not _num(a) or not 0 < a < 1 for a in values):
                 raise _fail(key, values, "a list of numbers in (0, 1)")
+        if self.sensitivity is True and not self.sensitivity_amounts:
+            # refused here, not after the unpruned model was measured: the scan needs amounts
+            raise _fail(
+                "sensitivity_amounts", self.sensitivity_amounts, "a non-empty list of numbers in (0, 1) while sensitivity = true"
+            )
         if self.sensitivity_resource not in SENSITIVITY_RESOURCES:
             raise _fail(
                 "sensitivity_resource",
@@ -336,14 +412,15 @@ class SearchConfig:
             raise _fail("latency_rel_tol", self.latency_rel_tol, "a number in (0, 1)")
         if not _num(self.latency_budget_s) or not 0 < self.latency_budget_s <= 60:
             raise _fail("latency_budget_s", self.latency_budget_s, "a number of seconds in (0, 60]")
-        if not isinstance(self.latency_cache, str) or not self.latency_cache.strip():
-            raise _fail("latency_cache", self.latency_cache, "'shared', 'study', 'off' or the path of a SQLite file")
+        _check_latency_cache(self.latency_cache)
         for key in ("heartbeat_interval", "grace_period"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (not _int(value) or value < 1):
                 raise _fail(key, value, "an integer number of seconds >= 1")
-        if not isinstance(self.retries, int) or self.retries < 0:
+        if not _int(self.retries) or self.retries < 0:
             raise _fail("retries", self.retries, "an integer >= 0")
+        if not isinstance(self.report, bool):
+            raise _fail("report", self.report, "true or false")
         from autoprune.evaluation import Target
 
         Target.parse(self.target)
@@ -352,6 +429,22 @@ class SearchConfig:
     @property
     def study_name(self) -> str:
         return self.study or re.sub(r"[^\w.\-]+", "_", self.task.split(":")[-1])
+
+
+def _check_latency_cache(value: Any) -> None:
+    """``latency_cache``: one of :data:`LATENCY_CACHES`, or a path that says it is one (a
+    folder in it, or a SQLite suffix), so a misspelt choice is an error, not a new file."""
+    allowed = "'shared', 'study', 'off' or the path of a SQLite file (with a '/' or ending in .sqlite or .db)"
+    if not isinstance(value, str) or not value.strip():
+        raise _fail("latency_cache", value, allowed)
+    choice = value.strip()
+    if choice in LATENCY_CACHES or "/" in choice or os.sep in choice or choice.lower().endswith(_SQLITE_SUFFIXES):
+        return
+    import difflib
+
+    close = difflib.get_close_matches(choice.lower(), LATENCY_CACHES, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise _fail("latency_cache", value, allowed + hint)
 
 
 def load_toml(path: str | os.PathLike[str]) -> SearchConfig:

@@ -452,6 +452,12 @@ def _get_pattern_info(
     if trial_number is None:
         chosen = _default_pattern_trial(study)
         if chosen is None:
+            if layer is not None:
+                # a layer the user named is never dropped in silence
+                raise ConfigError(
+                    f"cannot show layer {layer!r}: no Pareto trial of study {study.study_name!r} prunes anything yet; "
+                    "name a trial with --trial N, or leave out --layer"
+                )
             return _skipped_pattern("no Pareto trial prunes anything yet")
     else:
         numbers = [t.number for t in study.get_trials(deepcopy=False)]
@@ -462,7 +468,7 @@ def _get_pattern_info(
         chosen = study.get_trials(deepcopy=False)[numbers.index(trial_number)]
     schedule = _schedule_or_none(chosen)
     if schedule is None:
-        if trial_number is not None:
+        if trial_number is not None or layer is not None:
             raise ConfigError(f"trial {chosen.number} has no schedule to show")
         return _skipped_pattern(f"trial {chosen.number} has no schedule", chosen.number)
 

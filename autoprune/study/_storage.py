@@ -202,21 +202,85 @@ def _wait_for_attr(study: optuna.Study, key: str, seconds: float) -> Any:
 
 
 def _check_same_identity(cfg: SearchConfig, stored: dict[str, Any], name: str) -> None:
+    """Refuse a run whose identity settings (:data:`~autoprune.config.IDENTITY_KEYS`)
+    differ from the study's, with one line naming the first such setting and both values.
+
+    A setting the stored config lacks (a study made before autoprune stored it) is not
+    compared: nothing says what that study used, so resuming it is not refused for that."""
     mine = cfg.identity()
+    raw = dict(stored)
     try:
-        # Options added since the study was created take their defaults (an older study's
-        # stored config simply lacks them), so resuming it is not refused for that.
-        stored = SearchConfig.from_dict({**stored, "storage": cfg.storage}, source=f"study {name!r}").identity()
+        # Read as this version reads it: options of [space] added since the study was
+        # created take their defaults (its stored space lacks them).
+        theirs = SearchConfig.from_stored(raw, storage=cfg.storage, source=f"study {name!r}").identity()
     except AutopruneError:
-        pass  # written by a newer autoprune: compare what is there
+        theirs = raw  # written by a newer (or an older, laxer) autoprune: compare what is there
     for key in mine:
-        theirs = stored.get(key)
-        if json.dumps(mine[key], sort_keys=True) != json.dumps(theirs, sort_keys=True):
+        if key not in raw:
+            continue
+        if key == "target":
+            _check_same_target(str(theirs.get(key)), str(mine[key]), name)
+        elif not _same(mine[key], theirs.get(key)):
+            setting, old, new = _first_difference(key, theirs.get(key), mine[key])
             raise ConfigError(
-                f"study {name!r} was created with {key} = {json.dumps(theirs, sort_keys=True)}, "
-                f"but this run asks for {key} = {json.dumps(mine[key], sort_keys=True)}; "
-                "use the same settings (or just --study/--storage to join), or a new --study name"
+                f"study {name!r} was created with {setting} = {old}, but this run asks for {setting} = {new}; "
+                f"{_SAME_SETTINGS}"
             )
+
+
+def _first_difference(key: str, theirs: Any, mine: Any) -> tuple[str, str, str]:
+    """The setting that differs, as ``space.fine_tune_steps`` rather than all of ``space``,
+    and its two values as JSON (``(not set)`` for a table entry one side lacks)."""
+    if isinstance(theirs, dict) and isinstance(mine, dict):
+        for sub in sorted(set(theirs) | set(mine)):
+            if sub not in theirs or sub not in mine or not _same(theirs[sub], mine[sub]):
+                old, new = (json.dumps(t[sub], sort_keys=True) if sub in t else "(not set)" for t in (theirs, mine))
+                return f"{key}.{sub}", old, new
+    return key, json.dumps(theirs, sort_keys=True), json.dumps(mine, sort_keys=True)
+
+
+_SAME_SETTINGS = "use the same settings (or just --study/--storage to join), or a new --study name"
+
+
+def _check_same_target(theirs: str, mine: str, name: str) -> None:
+    """Targets are compared as parsed (``cpu:threads=2,batch=8`` is ``cpu:batch=8,threads=2``),
+    and the message names the options that differ."""
+    from autoprune.evaluation import Target
+
+    try:
+        a, b = Target.parse(theirs), Target.parse(mine)
+    except AutopruneError:
+        if theirs.strip() == mine.strip():
+            return
+        differ = ""
+    else:
+        if a == b:
+            return
+        names = {"batch_size": "batch", "threads": "threads", "dtype": "dtype", "backend": "backend", "device": "device"}
+        differ = ", ".join(
+            f"{label} {getattr(a, field)} -> {getattr(b, field)}"
+            for field, label in names.items()
+            if getattr(a, field) != getattr(b, field)
+        )
+    raise ConfigError(
+        f"study {name!r} was created with target = {theirs!r}, but this run asks for target = {mine!r}"
+        + (f" ({differ})" if differ else "")
+        + f": its trials were timed on another target; {_SAME_SETTINGS}"
+    )
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as settings: numbers by value (a TOML ``2`` is the stored ``2.0``), bools only
+    equal to bools, containers element by element."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def stored_config(study_name: str, storage_url: str) -> SearchConfig | None:
@@ -228,9 +292,7 @@ def stored_config(study_name: str, storage_url: str) -> SearchConfig | None:
     data = _wait_for_attr(study, "config", _CONFIG_WAIT_S)
     if data is None:
         raise ConfigError(f"study {study_name!r} was not written by autoprune (no saved config)")
-    data = dict(data)
-    data["storage"] = storage_url  # the stored one is masked
-    return SearchConfig.from_dict(data, source=f"study {study_name!r}")
+    return SearchConfig.from_stored(data, storage=storage_url, source=f"study {study_name!r}")
 
 
 def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
