@@ -179,14 +179,20 @@ def derived_metrics(metrics: Mapping[str, Any] | Metrics, baseline: Mapping[str,
     """``accuracy_drop``, ``speedup`` and ``compression`` of a model against the unpruned one.
 
     ``accuracy_drop`` is the baseline accuracy minus the model's (task units: points for
-    percentages); ``speedup`` the baseline latency over the model's; ``compression`` the
-    baseline dense bytes over the model's sparse bytes. A value that cannot be computed (a
-    number missing, not measured, or a denominator <= 0) is NaN.
+    percentages); ``compression`` the baseline dense bytes over the model's sparse bytes;
+    ``speedup`` the model's paired ratio (``metrics["speedup"]``, timed in alternation with
+    the unpruned model: :func:`~autoprune.evaluate` with a ``speedup_meter``, or
+    :func:`~autoprune.measure_speedup`). Two latencies timed apart are never divided into a
+    speedup here: the machine drifts between them by more than many pruning steps gain, so
+    without a paired ratio ``speedup`` is NaN and the milliseconds stand alone. A value that
+    cannot be computed (a number missing, not measured, or a denominator <= 0) is NaN.
 
     Example:
-        >>> derived_metrics({"accuracy": 90.0, "latency_ms": 2.0, "sparse_bytes": 25},
+        >>> derived_metrics({"accuracy": 90.0, "speedup": 1.25, "sparse_bytes": 25},
         ...                 {"accuracy": 91.5, "latency_ms": 2.5, "dense_bytes": 100})
         {'accuracy_drop': 1.5, 'test_accuracy_drop': nan, 'speedup': 1.25, 'compression': 4.0}
+        >>> derived_metrics({"latency_ms": 2.0}, {"latency_ms": 2.5})["speedup"]  # not paired
+        nan
     """
     m = metrics.as_dict() if isinstance(metrics, Metrics) else metrics
     b = baseline.as_dict() if isinstance(baseline, Metrics) else baseline
@@ -204,11 +210,11 @@ def derived_metrics(metrics: Mapping[str, Any] | Metrics, baseline: Mapping[str,
         value = number(b.get(key)) - number(m.get(key))
         return round(value, 9) if math.isfinite(value) else value
 
+    paired = number(m.get("speedup"))
     return {
         "accuracy_drop": drop("accuracy"),
         "test_accuracy_drop": drop("test_accuracy"),
-        # the paired ratio (timed in alternation with the reference) when there is one
-        "speedup": paired if math.isfinite(paired := number(m.get("speedup"))) else ratio(b.get("latency_ms"), m.get("latency_ms")),
+        "speedup": paired if paired > 0 else math.nan,
         "compression": ratio(b.get("dense_bytes"), m.get("sparse_bytes")),
     }
 
