@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from torch.nn.utils import prune
 
 from autoprune import _attention
 from autoprune._errors import ScheduleError
+from autoprune.oneshot import prunable_linears, prune_linears_
 from autoprune.preflight import LayerInfo, ModelAnalysis, analyse, root_types, tracer_options
 from autoprune.schedule import LayerPlan, Schedule, step_amounts
 
@@ -413,6 +414,7 @@ def apply_schedule(
     fine_tune: FineTune | None = None,
     on_step: StepCallback | None = None,
     output: str | int | None = None,
+    calibration: Sequence[Any] | None = None,
 ) -> nn.Module:
     """Return a pruned copy of ``model`` following ``schedule``; ``model`` is left untouched.
 
@@ -430,6 +432,10 @@ def apply_schedule(
         on_step: called with ``(model, step, steps)`` after each step; may raise to stop.
         output: the scored output of a model returning a dict, ``ModelOutput`` or tuple
             (as in :func:`autoprune.prunable_layers`); the graph is traced from it.
+        calibration: batches of model inputs for the calibration criteria (``wanda``,
+            ``sparsegpt``; a task's ``calibration_inputs``). A schedule with such a criterion
+            or an N:M pattern prunes linear layers only (:mod:`autoprune.oneshot`), without
+            tracing the model.
 
     Example:
         >>> import autoprune as ap
@@ -441,6 +447,8 @@ def apply_schedule(
     """
     if not isinstance(schedule, Schedule):
         raise ScheduleError(f"`schedule` must be an autoprune.Schedule, but got {type(schedule).__name__}.")
+    if _is_linear_oneshot(schedule, model):
+        return _apply_linear_oneshot(model, schedule, calibration, fine_tune, on_step)
     pruned = copy.deepcopy(model)
     analysis = analyse(pruned, example_inputs, output=output)
     plans = resolve_plans(schedule, analysis)
@@ -500,3 +508,65 @@ def _run_steps(
         if on_step is not None:
             on_step(pruned, step, schedule.steps)
     _make_permanent(pruned)
+
+
+# ---------------------------------------------------------------------------- calibration criteria
+def _is_linear_oneshot(schedule: Schedule, model: nn.Module) -> bool:
+    """Schedules pruned by :mod:`autoprune.oneshot` without tracing: a calibration criterion,
+    an N:M pattern, or a language model (it has output embeddings) pruned only unstructured
+    (tracing a decoder with Torch-Pruning can take minutes and is not needed for masks)."""
+    if schedule.criterion != "magnitude" or any(p.pattern is not None for p in schedule.layers.values()):
+        return True
+    get_head = getattr(model, "get_output_embeddings", None)
+    is_lm = callable(get_head) and get_head() is not None
+    active = schedule.active_layers()
+    return is_lm and bool(active) and not schedule.global_unstructured and all(
+        p.method == "unstructured" for p in active.values()
+    )
+
+
+def _apply_linear_oneshot(
+    model: nn.Module,
+    schedule: Schedule,
+    calibration: Sequence[Any] | None,
+    fine_tune: FineTune | None,
+    on_step: StepCallback | None,
+) -> nn.Module:
+    """A schedule with a calibration criterion or an N:M pattern: every active plan is an
+    unstructured plan on a linear layer, pruned by :func:`autoprune.oneshot.prune_linears_`
+    at each step's cumulative amount (an N:M pattern at the last step)."""
+    pruned = copy.deepcopy(model)
+    linears = prunable_linears(pruned)
+    plans = {}
+    for name, plan in schedule.layers.items():
+        if name in schedule.ignore or plan.method == "none" or plan.amount == 0:
+            continue
+        if plan.method != "unstructured":
+            raise ScheduleError(
+                f"criterion {schedule.criterion!r} and N:M patterns prune unstructured plans only, but layer {name!r} "
+                f"has method={plan.method!r}; use criterion='magnitude' without patterns for structured pruning."
+            )
+        if name not in linears:
+            known = ", ".join(list(linears)[:6])
+            raise ScheduleError(
+                f"layer {name!r} is not a prunable linear layer of this model (criterion {schedule.criterion!r}); "
+                f"prunable layers include: {known}."
+            )
+        plans[name] = plan
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(schedule.seed)
+        for step in range(1, schedule.steps + 1):
+            last = step == schedule.steps
+            wanted = {
+                name: (step_amounts(plan.amount, schedule.steps, schedule.shape)[step - 1], plan.pattern if last else None)
+                for name, plan in plans.items()
+            }
+            wanted = {name: ap for name, ap in wanted.items() if ap[0] > 0 or ap[1] is not None}
+            if wanted:
+                prune_linears_(pruned, wanted, schedule.criterion, calibration)
+            if fine_tune is not None and schedule.fine_tune_steps > 0:
+                fine_tune(pruned, schedule.fine_tune_steps)
+            if on_step is not None:
+                on_step(pruned, step, schedule.steps)
+    _make_permanent(pruned)
+    return pruned

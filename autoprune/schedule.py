@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -21,15 +21,19 @@ __all__ = [
     "METHODS",
     "SHAPES",
     "IMPORTANCES",
+    "CRITERIA",
     "step_amounts",
     "check_plan",
     "PrunableLayer",
+    "register_preflight",
     "SCHEDULE_VERSION",
 ]
 
 METHODS = ("structured", "unstructured", "none")
 SHAPES = ("oneshot", "linear", "cubic")
 IMPORTANCES = ("magnitude", "lamp", "random")
+# How unstructured (and N:M) weights are chosen; see autoprune.oneshot.
+CRITERIA = ("magnitude", "wanda", "sparsegpt")
 NORMS = (1, 2)
 SCHEDULE_VERSION = 1
 
@@ -48,11 +52,24 @@ class PrunableLayer(Protocol):
     def max_amount(self) -> float: ...
 
 
+# The model -> preflight function (``autoprune.preflight.prunable_layers``). The preflight
+# is downstream of the Schedule (it imports torch and Torch-Pruning), so instead of being
+# imported here it registers itself: autoprune.space does so when the package is imported.
+_PREFLIGHT: Callable[[Any, Any], Iterable[PrunableLayer]] | None = None
+
+
+def register_preflight(preflight: Callable[[Any, Any], Iterable[PrunableLayer]]) -> None:
+    """Set the function :meth:`Schedule.uniform` runs on a model (``(model, example_inputs)
+    -> layers``)."""
+    global _PREFLIGHT
+    _PREFLIGHT = preflight
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_plan(method: object, amount: object, norm: object, *, layer: str | None = None) -> None:
+def check_plan(method: object, amount: object, norm: object, *, layer: str | None = None, pattern: object = None) -> None:
     """Check the fields of a :class:`LayerPlan`; the error names the rule, the layer (when
     given) and the value."""
     where = f" on layer {layer!r}" if layer is not None else ""
@@ -62,6 +79,22 @@ def check_plan(method: object, amount: object, norm: object, *, layer: str | Non
         raise ScheduleError(f"`0 <= amount < 1` must hold, but got amount={amount!r}{where}.")
     if norm not in NORMS or isinstance(norm, bool):
         raise ScheduleError(f"`norm` must be 1 or 2, but got norm={norm!r}{where}.")
+    if pattern is not None:
+        n, m = nm_pattern(pattern, where)
+        if method != "unstructured":
+            raise ScheduleError(f"`pattern` needs method='unstructured', but got method={method!r}{where}.")
+        if abs(float(amount) - (1 - n / m)) > 1e-9:  # type: ignore[arg-type]
+            raise ScheduleError(
+                f"`amount` must be 1 - N/M = {1 - n / m:g} for pattern {pattern!r}, but got amount={amount!r}{where}."
+            )
+
+
+def nm_pattern(pattern: object, where: str = "") -> tuple[int, int]:
+    """``"N:M"`` (N weights kept in every M consecutive ones of a row) -> ``(N, M)``."""
+    parts = pattern.split(":") if isinstance(pattern, str) else []
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 0 < int(parts[0]) < int(parts[1]) <= 64:
+        raise ScheduleError(f"`pattern` must be 'N:M' with 0 < N < M <= 64 (e.g. '2:4'), but got pattern={pattern!r}{where}.")
+    return int(parts[0]), int(parts[1])
 
 
 @dataclass(frozen=True)
@@ -76,21 +109,27 @@ class LayerPlan:
             the layer's weights (unstructured).
         norm: the ``p`` of the magnitude criterion, 1 or 2. For unstructured pruning the
             ranking of single weights is the same for both.
+        pattern: ``None`` (unstructured: any ``amount`` of the layer's weights), or ``"N:M"``
+            (unstructured method only): N weights kept in every M consecutive weights of a row,
+            so ``amount`` must be ``1 - N/M`` (``"2:4"``: 0.5).
     """
 
     method: Method = "structured"
     amount: float = 0.0
     norm: int = 1
+    pattern: str | None = None
 
     def __post_init__(self) -> None:
-        check_plan(self.method, self.amount, self.norm)
+        check_plan(self.method, self.amount, self.norm, pattern=self.pattern)
 
     def validate(self, layer: str | None = None) -> None:
         """Raise :class:`ScheduleError` unless the plan is valid (``layer`` names it in the message)."""
-        check_plan(self.method, self.amount, self.norm, layer=layer)
+        check_plan(self.method, self.amount, self.norm, layer=layer, pattern=self.pattern)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "amount": self.amount, "norm": self.norm}
+        # `pattern` only when set: plans without one keep the JSON they always had
+        return {"method": self.method, "amount": self.amount, "norm": self.norm,
+                **({"pattern": self.pattern} if self.pattern is not None else {})}  # fmt: skip
 
 
 def _shape_fraction(shape: str, t: int, steps: int) -> float:
@@ -149,6 +188,11 @@ class Schedule:
             layer coupled to it through the residual stream.
         ignore: layer paths that are never touched, whatever ``layers`` says.
         seed: seed for the random parts (random importance, tie breaks).
+        criterion: how unstructured and N:M weights are chosen: ``"magnitude"`` (``|W|``, the
+            default), ``"wanda"`` (``|W|`` times its input's norm over calibration tokens,
+            per output row) or ``"sparsegpt"`` (second-order selection with weight updates).
+            The last two need calibration inputs (``apply_schedule(..., calibration=...)``;
+            a task's ``calibration_inputs``). See :mod:`autoprune.oneshot`.
         distill: fine-tune with the task's ``distill_fine_tune`` (a distillation term from
             the unpruned model) instead of its plain ``fine_tune``. The executor does not read
             it; whoever passes ``fine_tune`` does (the search, ``PickedTrial.apply``).
@@ -170,6 +214,7 @@ class Schedule:
     seed: int = 0
     attention_heads: bool = False
     distill: bool = False
+    criterion: str = "magnitude"
 
     def __post_init__(self) -> None:
         if not isinstance(self.layers, Mapping):
@@ -204,6 +249,8 @@ class Schedule:
             raise ScheduleError(f"`importance` must be one of {IMPORTANCES}, but got importance={self.importance!r}.")
         if not isinstance(self.attention_heads, bool):
             raise ScheduleError(f"`attention_heads` must be a bool, but got {self.attention_heads!r}.")
+        if self.criterion not in CRITERIA:
+            raise ScheduleError(f"`criterion` must be one of {CRITERIA}, but got criterion={self.criterion!r}.")
         if not isinstance(self.distill, bool):
             raise ScheduleError(f"`distill` must be a bool, but got {self.distill!r}.")
         if not isinstance(self.global_unstructured, bool):
@@ -239,14 +286,18 @@ class Schedule:
             return "unpruned"
         parts = []
         for method, tag in (("structured", "S"), ("unstructured", "U")):
-            amounts = [p.amount for p in active.values() if p.method == method]
+            amounts = [p.amount for p in active.values() if p.method == method and p.pattern is None]
             if amounts:
                 parts.append(f"{tag}x{len(amounts)} mean {sum(amounts) / len(amounts):.0%}")
+        for pattern in sorted({p.pattern for p in active.values() if p.pattern is not None}):
+            parts.append(f"{pattern}x{sum(p.pattern == pattern for p in active.values())}")
         sched = f"{self.steps} step{'s' if self.steps > 1 else ''} {self.shape}" if self.steps > 1 else "one-shot"
         if self.fine_tune_steps:
             sched += f", ft {self.fine_tune_steps}"
         if self.global_unstructured:
             sched += ", global"
+        if self.criterion != "magnitude":
+            sched += f", {self.criterion}"
         if self.round_to and self.round_to > 1 and any(p.method == "structured" for p in active.values()):
             sched += f", round {self.round_to}"
         if self.attention_heads and any(p.method == "structured" for p in active.values()):
@@ -259,8 +310,9 @@ class Schedule:
     @classmethod
     def uniform(
         cls,
-        layers: Iterable[PrunableLayer],
-        *args: Any,
+        layers: Iterable[PrunableLayer] | Any,
+        example_inputs: Any = None,
+        *,
         method: Method = "structured",
         amount: float = 0.5,
         **options: Any,
@@ -268,10 +320,11 @@ class Schedule:
         """The same plan on every layer that supports ``method`` (the hand-made baseline).
 
         Args:
-            layers: the model's preflight, ``autoprune.prunable_layers(model, example_inputs)``
+            layers: the model itself (then ``example_inputs`` too: the preflight runs on it),
+                or its preflight, ``autoprune.prunable_layers(model, example_inputs)``
                 (anything with ``name``, ``methods`` and ``max_amount``). Each amount is capped
-                at the layer's safe maximum. ``autoprune.space.uniform_schedule(model,
-                example_inputs, ...)`` runs the preflight for you.
+                at the layer's safe maximum.
+            example_inputs: inputs the model takes, when ``layers`` is the model.
             method: ``structured`` or ``unstructured``.
             amount: the amount asked of every layer.
             **options: the other :class:`Schedule` fields (``steps``, ``round_to``...).
@@ -282,19 +335,26 @@ class Schedule:
             ...           Layer(name="out", methods=("unstructured",), max_amount=0.99)]
             >>> list(Schedule.uniform(layers, amount=0.95).layers.items())
             [('a', LayerPlan(method='structured', amount=0.9, norm=1))]
+
+            With a model: ``Schedule.uniform(model, example_inputs, amount=0.5)``.
         """
-        # `args`: only to answer the old call `Schedule.uniform(model, example_inputs)` with
-        # what to call instead (the preflight lives downstream of the Schedule)
-        if (
-            args
-            or not isinstance(layers, Iterable)
-            or isinstance(layers, (str, Mapping))
-            or hasattr(layers, "named_modules")
-        ):
+        if hasattr(layers, "named_modules"):
+            # A model: its preflight lives downstream of the Schedule and registers itself
+            # (register_preflight), so this module never imports it.
+            if example_inputs is None:
+                raise ScheduleError(
+                    f"`Schedule.uniform` of a model needs its example inputs, but got only a {type(layers).__name__}; "
+                    "call Schedule.uniform(model, example_inputs, amount=...)."
+                )
+            if _PREFLIGHT is None:
+                raise ScheduleError("no preflight is registered; `import autoprune` registers it")
+            layers = _PREFLIGHT(layers, example_inputs)
+        elif example_inputs is not None or not isinstance(layers, Iterable) or isinstance(layers, (str, Mapping)):
             raise ScheduleError(
-                f"`Schedule.uniform` takes the preflight's layers, but got {type(layers).__name__}; call "
-                "Schedule.uniform(autoprune.prunable_layers(model, example_inputs), amount=...) or "
-                "autoprune.space.uniform_schedule(model, example_inputs, amount=...)."
+                f"`Schedule.uniform` takes a model and its example inputs, or the model's preflight, but got "
+                f"{type(layers).__name__}{' and example inputs' if example_inputs is not None else ''}; call "
+                "Schedule.uniform(model, example_inputs, amount=...) or "
+                "Schedule.uniform(autoprune.prunable_layers(model, example_inputs), amount=...)."
             )
         plans = {
             info.name: LayerPlan(method=method, amount=min(amount, info.max_amount))
@@ -336,6 +396,7 @@ class Schedule:
             "attention_heads": self.attention_heads,
             # only when set: schedules without distillation keep the JSON they always had
             **({"distill": True} if self.distill else {}),
+            **({"criterion": self.criterion} if self.criterion != "magnitude" else {}),
         }
 
     def __hash__(self) -> int:
@@ -365,10 +426,11 @@ class Schedule:
         for name, plan in raw_layers.items():
             if not isinstance(plan, Mapping):
                 raise ScheduleError(f"layer {name!r} must be an object, but got {plan!r}.")
-            extra = sorted(set(plan) - {"method", "amount", "norm"})
+            extra = sorted(set(plan) - {"method", "amount", "norm", "pattern"})
             if extra:
-                raise ScheduleError(f"unknown field(s) {extra} on layer {name!r}; allowed: method, amount, norm.")
-            check_plan(plan.get("method", "structured"), plan.get("amount", 0.0), plan.get("norm", 1), layer=str(name))
+                raise ScheduleError(f"unknown field(s) {extra} on layer {name!r}; allowed: method, amount, norm, pattern.")
+            check_plan(plan.get("method", "structured"), plan.get("amount", 0.0), plan.get("norm", 1), layer=str(name),
+                       pattern=plan.get("pattern"))  # fmt: skip
             layers[name] = LayerPlan(**plan)
         if isinstance(data.get("ignore"), list):
             data["ignore"] = tuple(data["ignore"])

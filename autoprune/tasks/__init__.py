@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from autoprune._errors import TaskError
+from autoprune.lm._task import make_tinylm
 from autoprune.tasks._base import SCALES, Task, in_percent
 from autoprune.tasks._builtin import cache_dir
 from autoprune.tasks._calibrate import reestimate_batchnorm
@@ -52,6 +53,7 @@ def register(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
 
 register("digits")(make_digits)
 register("shapes-resnet")(make_shapes_resnet)
+register("tinylm")(make_tinylm)
 
 
 def names() -> list[str]:

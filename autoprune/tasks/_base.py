@@ -56,6 +56,11 @@ class Task:
             error of the paired per-example difference from the unpruned model) and does not
             reject a trial for a drop that the split cannot tell from the limit (see
             ``drop_noise_se``). ``None``: the metric does not split into examples.
+        higher_is_better: ``False`` for a metric that is better lower (perplexity): its
+            drops and limits are relative increases (``max_metric_increase = 0.10`` is +10%).
+        calibration_inputs: batches of model inputs for calibration-based criteria (Wanda,
+            SparseGPT), drawn from the training split; ``None`` where the task has none.
+        metric_notice: one line on how the metric is computed, printed with results.
     """
 
     name: str
@@ -72,6 +77,9 @@ class Task:
     output: str | int | None = None
     scale: str | None = None
     evaluate_samples: Callable[[nn.Module], torch.Tensor | None] | None = None
+    higher_is_better: bool = True
+    calibration_inputs: list[Any] | None = None
+    metric_notice: str | None = None
 
     def __post_init__(self) -> None:
         _check_scale(self.scale)
@@ -93,6 +101,18 @@ class Task:
         from autoprune.tasks._loaders import from_loaders
 
         return from_loaders(model, **options)
+
+    @classmethod
+    def for_causal_lm(cls, model: nn.Module, **options: Any) -> Task:
+        """A perplexity task for a causal language model (lower is better).
+
+        The keyword arguments (``train``, ``val``, ``test``, ``tokenizer``,
+        ``context_length``, ``calibration_windows``, ...) are those of
+        :func:`autoprune.lm.causal_lm_task`.
+        """
+        from autoprune.lm._task import causal_lm_task
+
+        return causal_lm_task(model, **options)
 
 
 def _check_scale(scale: Any) -> None:
