@@ -31,7 +31,7 @@ import optuna
 from autoprune._errors import ScheduleError
 from autoprune.config import SpaceConfig
 from autoprune.preflight import LayerInfo, prunable_layers
-from autoprune.schedule import LayerPlan, Method, Schedule, Shape
+from autoprune.schedule import LayerPlan, Method, Schedule, Shape, register_preflight
 
 if TYPE_CHECKING:
     from autoprune.sensitivity import Sensitivity
@@ -60,8 +60,8 @@ def uniform_schedule(
     model: Any, example_inputs: Any, *, method: Method = "structured", amount: float = 0.5, **options: Any
 ) -> Schedule:
     """The same plan on every layer of ``model`` that supports ``method`` (the hand-made
-    baseline); what ``Schedule.uniform(model, example_inputs, ...)`` did before the Schedule
-    stopped depending on the preflight.
+    baseline): the preflight, then :meth:`Schedule.uniform`. ``ap.uniform_schedule(model, x,
+    amount=0.5)`` and ``ap.Schedule.uniform(model, x, amount=0.5)`` give the same Schedule.
 
     Example:
         >>> import autoprune as ap
@@ -71,6 +71,11 @@ def uniform_schedule(
         LayerPlan(method='structured', amount=0.5, norm=1)
     """
     return Schedule.uniform(prunable_layers(model, example_inputs), method=method, amount=amount, **options)
+
+
+# Schedule.uniform(model, example_inputs) runs the preflight through this hook: the Schedule is
+# upstream of the preflight and must not import it; this module, which imports both, connects them.
+register_preflight(prunable_layers)
 
 
 class SearchSpace:

@@ -231,12 +231,29 @@ def test_uniform_covers_every_structured_entry_and_caps_at_max_amount() -> None:
     assert uniform_schedule(model, x, amount=0.97, steps=2, shape="linear") == s
 
 
-def test_uniform_of_a_model_says_what_to_call_instead() -> None:
+def test_uniform_of_a_model_as_the_readme_calls_it() -> None:
+    # The README's hand-made schedule: Schedule.uniform(model, example_inputs, ...) runs the
+    # preflight (registered by autoprune.space) and equals the other two spellings.
     model, x = zoo.get("cnn")
-    with pytest.raises(ap.ScheduleError, match=r"prunable_layers\(model, example_inputs\)"):
-        ap.Schedule.uniform(model, x, amount=0.5)  # type: ignore[arg-type]
-    with pytest.raises(ap.ScheduleError, match="uniform_schedule"):
-        ap.Schedule.uniform(model, amount=0.5)  # type: ignore[arg-type]
+    by_model = ap.Schedule.uniform(model, x, amount=0.5, fine_tune_steps=100)
+    layers = ap.prunable_layers(model, x)
+    assert by_model == ap.Schedule.uniform(layers, amount=0.5, fine_tune_steps=100)
+    assert by_model == ap.uniform_schedule(model, x, amount=0.5, fine_tune_steps=100)
+    assert set(by_model.layers) == {i.name for i in layers if "structured" in i.methods}
+    assert by_model.layers["features.0.0"] == ap.LayerPlan("structured", 0.5)
+    assert by_model.fine_tune_steps == 100
+    # unstructured: the output layer too (it cannot lose channels, it can lose weights)
+    assert "classifier.3" in ap.Schedule.uniform(model, x, method="unstructured", amount=0.5).layers
+
+
+def test_uniform_of_a_model_without_inputs_or_of_a_bad_value_says_what_to_call() -> None:
+    model, x = zoo.get("cnn")
+    with pytest.raises(ap.ScheduleError, match=r"needs its example inputs.*Schedule.uniform\(model, example_inputs"):
+        ap.Schedule.uniform(model, amount=0.5)
+    with pytest.raises(ap.ScheduleError, match=r"but got str; call"):
+        ap.Schedule.uniform("model", amount=0.5)
+    with pytest.raises(ap.ScheduleError, match=r"but got list and example inputs"):
+        ap.Schedule.uniform(ap.prunable_layers(model, x), x, amount=0.5)
 
 
 def test_schedule_module_does_not_import_the_preflight() -> None:

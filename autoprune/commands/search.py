@@ -8,13 +8,14 @@ import argparse
 import json
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoprune._errors import ConfigError
 from autoprune.config import DEFAULT_STORAGE, SAMPLERS, SearchConfig, load_toml, mask_url
 
-_PARETO_COLUMNS = ("role", "accuracy", "accuracy_drop", "accuracy_drop_se", "within_noise", "test_accuracy", "test_accuracy_drop", "latency_ms", "speedup", "sparse_bytes", "compression",
-                   "macs", "schedule")
+if TYPE_CHECKING:
+    import optuna
+
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,10 +108,22 @@ def _wait_for_study(name: str, storage: str, seconds: float) -> SearchConfig:
         time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
 
 
+def summary_lines(study: optuna.Study, storage: str) -> list[str]:
+    """What a search ends with, and ``autoprune trials --pareto`` prints again: the strict
+    front in 100 columns, then at most three picks with the commands that apply them."""
+    from autoprune.study._recommend import front_lines, pick_lines, recommend
+
+    rec = recommend(study)
+    limit = ", ".join(f"{k} = {v:g}" for k, v in rec.constraints.items()) or "no constraint"
+    head = f"Pareto front (strict; {limit} on validation): {len(rec.rows)} of {rec.full_trials} fully fine-tuned trials"
+    body = front_lines(rec) if rec.rows else ["  (no trial meets the constraints yet)"]
+    return [head, *body, "", *pick_lines(rec, storage)]
+
+
 def run(args: argparse.Namespace) -> int:
     import optuna
 
-    from autoprune.study import build_task, check_joinable, load_study, run_search
+    from autoprune.study import build_task, check_joinable, run_search
 
     # Failed trials are recorded with their error (`autoprune trials` shows it); Optuna's own
     # warning would print a traceback per failed trial.
@@ -129,29 +142,9 @@ def run(args: argparse.Namespace) -> int:
     out_dir = default_out_dir(cfg.study_name, cfg.storage)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
-    table = load_study(cfg.study_name, cfg.storage).pareto()
-    table = table[[c for c in _PARETO_COLUMNS if c in table.columns and not table[c].isna().all()]]
-    noisy = int(table["within_noise"].fillna(False).astype(bool).sum()) if "within_noise" in table.columns else 0
-    if not noisy:
-        table = table.drop(columns=["within_noise"], errors="ignore")
     print()
-    held_out = "test_accuracy" in table.columns
-    tol = cfg.front_tolerance
-    within = (f"each kept unless another is no worse anywhere and {tol:g}+ points more accurate on validation"
-              if tol > 0 else "strict")
-    print(
-        f"Pareto front ({len(table)} trials; {within}"
-        + ("; accuracy = validation, which the search selected on; test_accuracy = held out, never seen by it):"
-           if held_out else "):")
-    )
-    if noisy:
-        print(
-            f"within_noise: {noisy} of them lost more than max_accuracy_drop = {cfg.constraints['max_accuracy_drop']:g} "
-            "on validation, "
-            f"by at most {cfg.drop_noise_se:g} x accuracy_drop_se (the split's standard error of that drop): "
-            "the split cannot tell them from the limit"
-        )
-    print(table.to_string(float_format=lambda v: f"{v:.3f}") if len(table) else "  (none yet)")
+    for line in summary_lines(study, cfg.storage):
+        print(line)
     print()
     if cfg.report:
         try:
@@ -164,8 +157,6 @@ def run(args: argparse.Namespace) -> int:
     failed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"]
     if failed:
         print(f"failed:  {len(failed)} trial(s), e.g. #{failed[-1].number}: {failed[-1].user_attrs.get('error', '?')}")
-    print(f"study:   {cfg.study_name} in {mask_url(cfg.storage)}")
-    print(f"config:  {out_dir / 'config.json'}")
-    print(f"trials:  autoprune trials --study {cfg.study_name} --storage {mask_url(cfg.storage)}")
-    print(f"apply:   autoprune apply --study {cfg.study_name} --storage {mask_url(cfg.storage)} --trial N --out DIR")
+    storage = "" if cfg.storage == DEFAULT_STORAGE else f" --storage {mask_url(cfg.storage)}"
+    print(f"trials:  autoprune trials --study {cfg.study_name}{storage}    (every trial; --csv FILE: every column)")
     return 0

@@ -1,15 +1,14 @@
-"""Print the trials table of a study: one row per trial with its state, role, objective
-values, metrics, feasibility and schedule summary (or its error)."""
+"""Print the trials of a study in the columns `autoprune search` ends with (trial, kind,
+state, validation and test drop, speedup with its 95% interval, size), one line each within
+100 columns, the recommended trials marked; --pareto: only the front; --recommend: the strict
+front and the recommendations with their commands, as the search printed them; --csv FILE:
+every column of the trials table (objective values, metrics, schedule summary, error)."""
 
 from __future__ import annotations
 
 import argparse
 
 from autoprune.config import DEFAULT_STORAGE
-
-# Columns shown on a terminal; --csv writes every column of the trials table.
-_SHOWN = ("number", "state", "role", "feasible", "accuracy", "accuracy_drop", "accuracy_drop_se", "latency_ms", "speedup",
-          "sparse_bytes", "macs", "schedule", "error")
 
 
 def _points(text: str) -> float:
@@ -33,21 +32,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --pareto: a trial leaves the front only when another, no worse anywhere, is this many points "
         "more accurate on validation (default: the study's front_tolerance; 0: the strict Pareto front)",
     )
-    p.add_argument("--csv", metavar="FILE", help="also write the full table as CSV")
+    p.add_argument(
+        "--recommend",
+        action="store_true",
+        help="the strict front and the recommended trials with the commands that apply them, as `autoprune search` "
+        "ends",
+    )
+    p.add_argument("--csv", metavar="FILE", help="also write the full table (every column) as CSV")
 
 
 def run(args: argparse.Namespace) -> int:
+    from autoprune._errors import ConfigError
     from autoprune.study import load_study
+    from autoprune.study._recommend import recommend, trial_lines, trial_row
 
     results = load_study(args.study, args.storage)
     # --pareto: the same front as StudyResults.pareto(): feasible, complete, fully run
     if args.tolerance is not None and not args.pareto:
-        from autoprune._errors import ConfigError
-
         raise ConfigError(f"--tolerance {args.tolerance:g} applies to --pareto only; add --pareto")
-    df = (results.pareto(args.tolerance) if args.pareto else results.trials_table()).reset_index()
+    if args.recommend and (args.pareto or args.csv):
+        raise ConfigError("--recommend prints the strict front and the picks; drop --pareto and --csv")
+    if args.recommend:
+        from autoprune.commands.search import summary_lines
+
+        print("\n".join(summary_lines(results.study, args.storage)))
+        return 0
+    trials = results.pareto_trials(args.tolerance) if args.pareto else results.study.get_trials(deepcopy=False)
     if args.csv:
-        df.to_csv(args.csv, index=False)
-    shown = df[[c for c in _SHOWN if c in df.columns]]
-    print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}") if len(shown) else "(no trials)")
+        results._table(trials).reset_index().to_csv(args.csv, index=False)
+    picks = {p.number: p.label for p in recommend(results.study).picks}
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        row = trial_row(t, results.baseline)
+        if t.number in picks:
+            row = row._replace(note=picks[t.number] + (f"; {row.note}" if row.note else ""))
+        rows.append(row)
+    print("\n".join(trial_lines(rows)) if rows else "(no trials)")
     return 0
