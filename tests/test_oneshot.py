@@ -12,6 +12,7 @@ from autoprune.oneshot import (
     decoder_blocks,
     keep_mask,
     prunable_linears,
+    scores,
     sparse_bytes,
     sparsegpt_,
 )
@@ -84,10 +85,10 @@ def test_wanda_uses_input_norms_per_row():
     stats = collect_input_stats(layer, {"": layer}, [x])
     assert stats[""].tokens == 8
     torch.testing.assert_close(stats[""].norm, torch.tensor([8**0.5, 8**0.5, 8**0.5, 100 * 8**0.5], dtype=torch.float64))
-    wanda = keep_mask(layer.weight.abs() * stats[""].norm.float(), 0.5)
-    assert wanda.tolist() == [[False, True, True, False], [True, False, False, True]] or wanda[:, 3].all()
-    assert wanda[:, 3].all()  # the large-input column survives in both rows
-    assert not keep_mask(layer.weight.abs(), 0.5)[0, 3]  # magnitude alone drops it
+    wanda = keep_mask(scores("wanda", layer.weight, stats[""]), 0.5)
+    # per row, the large-input column survives: row 0 keeps 3.0 and 0.1 (x100), row 1 keeps 4.0 and 0.3 (x100)
+    assert wanda.tolist() == [[False, False, True, True], [True, False, False, True]]
+    assert not keep_mask(scores("magnitude", layer.weight, None), 0.5)[0, 3]  # magnitude alone drops it
 
 
 def test_sparsegpt_reconstructs_better_than_magnitude():

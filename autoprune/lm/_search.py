@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,7 +180,10 @@ def search_allocation(
         sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, n_trials)),
         load_if_exists=True,
     )
-    study.set_metric_names(["perplexity", "size"] if multi else ["perplexity"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["perplexity", "size"] if multi else ["perplexity"])
+    study.set_user_attr("objectives", ["perplexity", "size"] if multi else ["perplexity"])
     _store_setup(study, task, ctx, levels, max_metric_increase)
     baseline = _baseline(study, task)
     rng = random.Random(seed)

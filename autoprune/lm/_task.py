@@ -100,7 +100,7 @@ def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 16) ->
                     f"(batch, tokens, vocabulary) = ({x.shape[0]}, {x.shape[1]}, V)"
                 )
             nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
-            out.append(nll.view(x.shape[0], -1).sum(dim=1))
+            out.append(nll.view(x.shape[0], -1).double().sum(dim=1))
     return torch.cat(out)
 
 
@@ -230,10 +230,20 @@ def causal_lm_task(
     )
 
 
-def make_tinylm(seed: int = 0, train_steps: int = 600, batch_size: int = 16, calibration_windows: int = 32) -> Task:
+def make_tinylm(
+    seed: int = 0,
+    train_steps: int = 600,
+    batch_size: int = 16,
+    calibration_windows: int = 32,
+    calibration_seed: int | None = None,
+) -> Task:
     """The built-in language-model task ``tinylm``: a ~1M-parameter Llama-style decoder
     trained on Python's documentation topics (byte tokens, 128-token windows), cached in
-    ``~/.cache/autoprune`` under a key that includes the text's hash."""
+    ``~/.cache/autoprune`` under a key that includes the text's hash.
+
+    ``seed`` seeds the model's training; ``calibration_seed`` (default ``seed``) the draw of
+    calibration windows from the training split."""
+    calibration_seed = seed if calibration_seed is None else calibration_seed
     corpus = builtin_corpus()
     config = tiny_llama_config()
     recipe = {"steps": train_steps, "batch": batch_size, "context": 128, "lr": 3e-3}
@@ -258,12 +268,12 @@ def make_tinylm(seed: int = 0, train_steps: int = 600, batch_size: int = 16, cal
         tokenizer=ByteTokenizer(),
         context_length=128,
         calibration_windows=calibration_windows,
-        calibration_seed=seed,
+        calibration_seed=calibration_seed,
         batch_size=batch_size,
         name="tinylm",
     )
     spec = {"name": "tinylm", "seed": seed, "train_steps": train_steps, "batch_size": batch_size,
-            "calibration_windows": calibration_windows}  # fmt: skip
+            "calibration_windows": calibration_windows, "calibration_seed": calibration_seed}  # fmt: skip
     return dataclasses.replace(task, model_factory=build, spec=spec)
 
 
