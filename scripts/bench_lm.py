@@ -29,7 +29,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,7 @@ def main() -> None:
         f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out"
     )
     header = (
-        f"`{command}` at {commit}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()} "
+        f"`{command}` at {commit}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()} "
         f"{torch.get_num_threads()} threads, {time.perf_counter() - started:.0f} s; search trials per run: "
         f"{result['search_trials']}"
     )
