@@ -52,7 +52,8 @@ def test_apply_by_trial_writes_a_reloadable_model(
     assert metrics["trial"] == number and metrics["study"] == "cli"
     assert metrics["recorded"]["params"] == recorded["params"]
     assert metrics["applied"]["params"] == recorded["params"]
-    assert metrics["applied"]["accuracy"] == pytest.approx(recorded["accuracy"], abs=0.5)
+    # same software and seeds in the subprocess: the same weights (checked below), so the same accuracy
+    assert metrics["applied"]["accuracy"] == pytest.approx(recorded["accuracy"], abs=1e-9)
     arch = json.loads((out / "architecture.json").read_text())
     assert arch["params"] == recorded["params"] and arch["macs"] == recorded["macs"]
 

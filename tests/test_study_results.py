@@ -403,9 +403,11 @@ def real(tmp_path_factory: pytest.TempPathFactory, digits_task: ap.Task) -> tupl
     return ap.load_study("real", storage), trials
 
 
-# Same machine, same software: fine-tuning is seeded, so the accuracy is reproduced to float
-# noise. The stated tolerance (0.5 points on digits) covers other thread counts and CPUs.
-ACCURACY_TOLERANCE = 0.5
+# Same machine, same software, same process: fine-tuning is seeded, so the accuracy is
+# reproduced to float noise. One validation example of digits is 100/270 = 0.37 points, so
+# this tolerance lets no example flip. (Other thread counts and CPUs are not tested here: the
+# README states 0.5 points across machines and torch builds, unmeasured by this test.)
+ACCURACY_TOLERANCE = 1e-9
 
 
 @pytest.mark.parametrize("label", ["uniform", "mixed", "light"])
