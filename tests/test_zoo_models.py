@@ -217,10 +217,29 @@ SLOW = {
 # (MNASNet's _load_from_state_dict needs the state dict's version metadata, which the plain
 # weights file drops; load_pruned now gives it the rebuilt model's own.)
 NO_ROUND_TRIP: dict[str, str] = {}
-# Structured pruning reaches too little of these to remove 15% (the rest is unstructured-only).
-LITTLE_STRUCTURE = {
-    "tv_vit": "Torch-Pruning leaves the residual width of torchvision's ViT (class token concat) uncut",
+# Structured 30% removes at least 15% of a model's parameters and MACs, except where less of
+# the model can be cut structurally: there, what is cut is checked against the share it can
+# reach (a bound for parameters and MACs, and the widths in _cut_as_expected), and what is
+# left uncut is named.
+STRUCTURED_SHARE = 0.85
+LITTLE_STRUCTURE: dict[str, tuple[float, str]] = {
+    "tv_vit": (
+        0.9,
+        "Torch-Pruning leaves the residual width of torchvision's ViT (64, coupled with the class token "
+        "concat and the position embedding) uncut; only each block's MLP hidden width is cut (128 -> 90): "
+        "12% of the parameters and MACs",
+    ),
 }
+
+
+def _cut_as_expected(name: str, pruned: nn.Module) -> None:
+    """The widths a model in LITTLE_STRUCTURE keeps after structured 30%: the cut ones at
+    70%, the uncut ones as they were (a change in either means its entry needs a new reason)."""
+    if name == "tv_vit":
+        for block in pruned.encoder.layers:
+            assert block.mlp[0].out_features == block.mlp[3].in_features == 90  # 128 less 30%
+            assert block.self_attention.embed_dim == block.ln_1.normalized_shape[0] == 64  # uncut
+        assert pruned.class_token.shape[-1] == pruned.encoder.pos_embedding.shape[-1] == 64
 
 
 def _params() -> list[Any]:
@@ -277,10 +296,10 @@ def test_structured_30_percent(name: str, tmp_path: Path) -> None:
     pruned = ap.apply_schedule(model, schedule, example_inputs=x)
     assert _out(pruned, x).shape == expected.shape
     assert _n_params(pruned) < _n_params(model)
-    if name in LITTLE_STRUCTURE:
-        pytest.xfail(LITTLE_STRUCTURE[name])
-    assert _n_params(pruned) <= 0.85 * _n_params(model)
-    assert count_macs(pruned, x) <= 0.85 * count_macs(model, x)
+    share = LITTLE_STRUCTURE[name][0] if name in LITTLE_STRUCTURE else STRUCTURED_SHARE
+    assert _n_params(pruned) <= share * _n_params(model)
+    assert count_macs(pruned, x) <= share * count_macs(model, x)
+    _cut_as_expected(name, pruned)
     _trains(copy.deepcopy(pruned), x)
     # Round trip: plain files, rebuilt from a fresh unpruned model, same outputs.
     ap.save_pruned(pruned, tmp_path / "m", schedule=schedule, example_inputs=x)
