@@ -119,11 +119,14 @@ def test_what_those_rules_still_allow() -> None:
 
 
 def test_empty_sensitivity_amounts_fail_before_anything_runs(tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
     calls: list[str] = []
     task = ap.Task(
         name="spy",
-        model=__import__("torch").nn.Linear(4, 2),
-        example_inputs=__import__("torch").randn(2, 4),
+        model=nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval(),  # a hidden layer to scan
+        example_inputs=torch.randn(2, 4),
         evaluate=lambda m: calls.append("evaluate") or 50.0,
     )
     url = f"sqlite:///{tmp_path / 's.db'}"
