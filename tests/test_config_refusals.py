@@ -303,3 +303,14 @@ def test_toml_and_cli_messages_agree(tmp_path: Path) -> None:
         "autoprune search: error: invalid population_size = 9; allowed: only with sampler 'nsga2' or 'nsga3' "
         "(sampler is 'random', which has no population; leave population_size out)"
     )
+
+
+@pytest.mark.parametrize("sampler,attr", [("nsga2", "_population_size"), ("tpe", "_n_startup_trials")])
+def test_a_resume_with_more_trials_keeps_the_samplers_sizes(tmp_path: Path, sampler: str, attr: str) -> None:
+    # sized by the budget the study began with (20 trials: a population of 8, 5 startup
+    # trials), not by the resume's 200 (50 and 10): the sampler stays the study's sampler
+    first, fresh = {"nsga2": (8, 50), "tpe": (5, 10)}[sampler]
+    cfg = _base(tmp_path, sampler=sampler, population_size=None, trials=20)
+    assert getattr(open_study(cfg).sampler, attr) == first
+    assert getattr(open_study(cfg.merged(trials=200)).sampler, attr) == first
+    assert getattr(open_study(cfg.merged(trials=200, study="other")).sampler, attr) == fresh

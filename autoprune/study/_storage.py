@@ -101,9 +101,13 @@ def effective_heartbeat(cfg: SearchConfig) -> int | None:
     return None if cfg.storage.startswith("sqlite") else 10
 
 
-def _make_sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
+def _make_sampler(cfg: SearchConfig, seed: int, trials: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler of ``cfg``. ``trials``: the trial budget its defaults are sized by (the
+    study's first one: a resume that asks for more trials keeps the population and the
+    startup trials the study began with)."""
+    trials = cfg.trials if trials is None else trials
     if cfg.sampler in ("nsga2", "nsga3"):
-        pop = cfg.population_size or max(8, min(50, cfg.trials // 4))
+        pop = cfg.population_size or max(8, min(50, trials // 4))
         nsga = optuna.samplers.NSGAIISampler if cfg.sampler == "nsga2" else optuna.samplers.NSGAIIISampler
         return nsga(seed=seed, population_size=pop)
     if cfg.sampler == "tpe":
@@ -111,7 +115,7 @@ def _make_sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
         # worker samples, so parallel workers spread out instead of sampling the same region;
         # a one-worker run never has another running trial, so it samples exactly as without
         return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=max(5, min(10, cfg.trials // 4)), constant_liar=True
+            seed=seed, n_startup_trials=max(5, min(10, trials // 4)), constant_liar=True
         )
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -157,11 +161,16 @@ def open_study(
             return study
     study = _join(cfg, storage, sampler=sampler, check=check)
     done = len(study.get_trials(deepcopy=False))
-    if done:
+    # The sampler's defaults (NSGA's population, TPE's startup trials) are sized by the trial
+    # budget the study was created with: a resume that asks for more keeps them.
+    stored = study.user_attrs.get("config")
+    first = stored.get("trials") if isinstance(stored, dict) else None
+    sized_by = first if isinstance(first, int) and not isinstance(first, bool) and first >= 1 else None
+    if done or (sized_by is not None and sized_by != cfg.trials):
         # Resuming (or joining late): a sampler seeded as at the start would propose the
         # first run's schedules again, which are repeats now. Seeded by the trials so far,
         # it stays reproducible and proposes new ones.
-        study.sampler = _make_sampler(cfg, cfg.seed + seed_offset + done)
+        study.sampler = _make_sampler(cfg, cfg.seed + seed_offset + done, trials=sized_by)
     return study
 
 
