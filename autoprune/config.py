@@ -297,7 +297,11 @@ class SearchConfig:
         if isinstance(space, dict) and isinstance(space.get("fine_tune_steps"), list):
             steps = [int(s) if isinstance(s, bool) else s for s in space["fine_tune_steps"]]
             data["space"] = {**space, "fine_tune_steps": steps}
-        return cls.from_dict(data, source=source)
+        try:
+            return cls.from_dict(data, source=source)
+        except ConfigError as exc:
+            # the user did not write this value: say where it comes from
+            raise ConfigError(f"the config stored in {source} is refused: {exc}") from None
 
     def merged(self, **overrides: Any) -> SearchConfig:
         """A copy with the given (non-None) values replaced, validated."""

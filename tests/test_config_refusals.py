@@ -262,6 +262,14 @@ def test_studies_stored_before_a_setting_was_identity_still_resume(tmp_path: Pat
     # the settings it does store are still checked
     with pytest.raises(ap.ConfigError, match="was created with latency_budget_s = 2.0"):
         check_joinable(cfg.merged(latency_budget_s=1.0))
+    # a stored value this version refuses (every trial infeasible) is named with its source
+    study.set_user_attr("config", {**older, "constraints": {"max_latency_ms": 0}})
+    with pytest.raises(ap.ConfigError) as err:
+        stored_config("s", cfg.storage)
+    assert str(err.value) == (
+        "the config stored in study 's' is refused: invalid constraints.max_latency_ms = 0; "
+        "allowed: a number > 0 (0 makes every trial infeasible)"
+    )
 
 
 # ---------------------------------------------------------------------------- report --layer
