@@ -26,8 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-latency-ms", type=float, metavar="MS", help="keep trials at most this slow")
     p.add_argument("--max-size-bytes", type=float, metavar="B", help="keep trials at most this large (sparse bytes)")
     p.add_argument(
+        "--max-metric-increase",
+        type=float,
+        metavar="R",
+        help="perplexity studies: keep trials whose validation perplexity is at most R above the dense model's (0.10: +10%%)",
+    )
+    p.add_argument(
         "--minimize",
-        choices=sorted(MINIMIZE_KEYS),
+        choices=sorted({*MINIMIZE_KEYS, "perplexity"}),
         default="latency",
         help="what to minimise among the trials kept (default latency)",
     )
@@ -56,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from autoprune.export import ExportError, save_pruned
     from autoprune.study import load_study
 
-    rules = (args.max_accuracy_drop, args.max_latency_ms, args.max_size_bytes)
+    rules = (args.max_accuracy_drop, args.max_latency_ms, args.max_size_bytes, args.max_metric_increase)
     if args.trial is None and all(r is None for r in rules):
         raise ConfigError("pick a trial with --trial N or a rule (--max-accuracy-drop X, --max-latency-ms MS, ...)")
     if args.trial is not None and any(r is not None for r in rules):
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         max_latency_ms=args.max_latency_ms,
         max_size_bytes=args.max_size_bytes,
         minimize=args.minimize,
+        max_metric_increase=args.max_metric_increase,
     )
     print(f"picked {picked.summary()}")
     print(f"  rule: {picked.rule}; role: {picked.role}{'' if picked.feasible else ' (INFEASIBLE)'}")
@@ -90,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         )
     accuracy = float(task.evaluate(model))
     applied = {
-        "accuracy": accuracy,
+        ("accuracy" if task.higher_is_better else task.metric_name): accuracy,
         "params": params,
         "nonzero_params": nonzero,
         "final_fine_tune_steps": args.final_fine_tune,
@@ -110,11 +117,17 @@ def run(args: argparse.Namespace) -> int:
         example_inputs=task.example_inputs,
         onnx=args.onnx,
     )
-    rec_acc = picked.metrics.get("accuracy")
+    save_pretrained = getattr(model, "save_pretrained", None)
+    if callable(save_pretrained):
+        # a Hugging Face model also saves its own way: from_pretrained(out / "hf") reloads it
+        save_pretrained(out / "hf")
+    rec_acc = picked.metrics.get("perplexity" if not task.higher_is_better else "accuracy")
     rec_text = f" (trial: {rec_acc:.4g})" if isinstance(rec_acc, (int, float)) and not math.isnan(rec_acc) else ""
     print(f"applied: {task.metric_name}={accuracy:.4g}{rec_text}, params={params}, nonzero_params={nonzero}")
     print(f"wrote {out}/")
     for path in sorted(out.iterdir()):
         if path.is_file():
             print(f"  {path.name}")
+        elif path.is_dir():
+            print(f"  {path.name}/ (save_pretrained: from_pretrained({str(path)!r}) reloads it)")
     return 0

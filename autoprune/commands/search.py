@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from autoprune._errors import ConfigError
+from autoprune.commands._lm import add_lm_arguments, run_lm_search
 from autoprune.config import DEFAULT_STORAGE, SAMPLERS, SearchConfig, load_toml, mask_url
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="log every finished trial (Optuna's INFO lines)")
+    add_lm_arguments(p)
 
 
 def _config_from_args(args: argparse.Namespace) -> SearchConfig:
@@ -130,6 +132,14 @@ def run(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.ERROR)
     cfg = _config_from_args(args)
     task = build_task(cfg)
+    if not task.higher_is_better:  # a perplexity task: the allocation search (autoprune.lm)
+        return run_lm_search(args, cfg, task)
+    lm_only = {"--sparsity": args.sparsity, "--criterion": args.criterion, "--granularity": args.granularity,
+               "--max-metric-increase": args.max_metric_increase}  # fmt: skip
+    given = [k for k, v in lm_only.items() if v is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to language-model tasks (e.g. --task tinylm); task {task.name!r} "
+                          "scores accuracy")  # fmt: skip
     check_joinable(cfg)  # refuses a contradicting config before anything is printed
     print(
         f"autoprune search: study {cfg.study_name!r} in {mask_url(cfg.storage)}, task {cfg.task}, "

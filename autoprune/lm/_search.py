@@ -139,7 +139,7 @@ def search_allocation(
     seed: int = 0,
     spread: float = 0.2,
     local_share: float = 0.5,
-    storage: str | None = None,
+    storage: str | optuna.storages.BaseStorage | None = None,
     study_name: str | None = None,
     max_metric_increase: float | None = None,
     measure_latency: bool = True,

@@ -224,8 +224,8 @@ def causal_lm_task(
         higher_is_better=False,
         calibration_inputs=[calibration[i : i + batch_size] for i in range(0, len(calibration), batch_size)],
         metric_notice=(
-            f"perplexity over {len(windows['val'])} non-overlapping windows of {context_length} tokens "
-            "(validation), each scored on its own, as the pruning papers report it"
+            f"perplexity over {len(windows['val'])} non-overlapping windows of {context_length} tokens, "
+            "each scored alone (as the papers)"
         ),
     )
 

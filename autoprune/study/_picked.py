@@ -57,6 +57,9 @@ class PickedTrial:
         for key, label in (
             ("accuracy", "accuracy"),
             ("accuracy_drop", "drop"),
+            ("perplexity", "val perplexity"),
+            ("test_perplexity", "test perplexity"),
+            ("sparsity", "sparsity"),
             ("latency_ms", "latency_ms"),
             ("speedup", "speedup"),
             ("compression", "compression"),
@@ -123,6 +126,7 @@ class PickedTrial:
                 fine_tune(pruned, final_fine_tune_steps)
 
         pruned = apply_schedule(
-            model, schedule, example_inputs=task.example_inputs, fine_tune=fine_tune, on_step=final, output=task.output
-        )
+            model, schedule, example_inputs=task.example_inputs, fine_tune=fine_tune, on_step=final, output=task.output,
+            calibration=task.calibration_inputs,
+        )  # fmt: skip
         return pruned.eval()

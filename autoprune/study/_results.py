@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoprune import config as _config
 from autoprune._errors import ConfigError, NoQualifyingTrialError, StudyNotFoundError
+from autoprune.lm._summary import is_lm_study
 from autoprune.study import keys as study_keys
 from autoprune.study._picked import PickedTrial, format_value
 from autoprune.study._table import trial_metrics, trials_table
@@ -197,8 +198,43 @@ class StudyResults:
         return [t for t in self.study.get_trials(deepcopy=False) if _is_usable(t) and study_keys.is_feasible(t)]
 
     # ------------------------------------------------------------------ picking
+    def _pick_lm(self, max_increase: float | None, max_size: float | None, minimize: str) -> PickedTrial:
+        """``pick`` in a language-model study: bounds on the relative validation-perplexity
+        increase and the sparse size, then the smallest ``perplexity`` or ``size``."""
+        keys = {"perplexity": "perplexity", "size": "sparse_bytes"}
+        if minimize not in keys:
+            raise ConfigError(f"`minimize` must be one of {sorted(keys)} in a perplexity study, but got {minimize=!r}.")
+        pool = [t for t in self.candidates()]
+        if not pool:
+            raise NoQualifyingTrialError(f"study {self.study.study_name!r} has no complete, feasible trial to pick from")
+        applied = []
+        for key, bound, text in (
+            ("perplexity_increase", max_increase, "validation perplexity increase <= {:+.1%}"),
+            ("sparse_bytes", max_size, "sparse_bytes <= {:g} bytes"),
+        ):
+            if bound is None:
+                continue
+            if isinstance(bound, bool) or not isinstance(bound, (int, float)) or math.isnan(bound):
+                raise ConfigError(f"the bound on {key} must be a number, but got {bound!r}.")
+            kept = [t for t in pool if _number(t.user_attrs.get(key)) <= bound]
+            if not kept:
+                best = min(pool, key=lambda t: _finite_or_inf(t.user_attrs.get(key)))
+                raise NoQualifyingTrialError(
+                    f"no trial has {text.format(bound)}; the smallest is {format_value(_number(best.user_attrs.get(key)))} "
+                    f"(trial {best.number})"
+                )
+            pool = kept
+            applied.append(text.format(bound))
+        best = min(pool, key=lambda t: (_finite_or_inf(t.user_attrs.get(keys[minimize])),
+                                        _finite_or_inf(t.user_attrs.get("perplexity")), t.number))  # fmt: skip
+        return self._picked(best, f"smallest {keys[minimize]}" + (f" with {' and '.join(applied)}" if applied else ""))
+
     def _picked(self, trial: optuna.trial.FrozenTrial, rule: str) -> PickedTrial:
         metrics = self._metrics(trial)
+        if is_lm_study(self.study):
+            lm_keys = ("perplexity", "perplexity_increase", "test_perplexity", "test_perplexity_increase", "sparsity",
+                       "sparse_bytes", "compression", "level")  # fmt: skip
+            metrics = {k: trial.user_attrs[k] for k in lm_keys if k in trial.user_attrs}
         metrics.update({k: v for k, v in trial.user_attrs.items() if k.startswith("time_") or k == "target"})
         return PickedTrial(
             number=trial.number,
@@ -240,6 +276,7 @@ class StudyResults:
         max_latency_ms: float | None = None,
         max_size_bytes: float | None = None,
         minimize: str = "latency",
+        max_metric_increase: float | None = None,
     ) -> PickedTrial:
         """Pick one trial by number or by rule.
 
@@ -256,7 +293,10 @@ class StudyResults:
             max_latency_ms: keep trials at most this slow.
             max_size_bytes: keep trials whose sparse size is at most this.
             minimize: among those kept, the smallest ``latency``, ``size``, ``params``
-                (non-zero), ``macs`` or ``accuracy_drop``.
+                (non-zero), ``macs`` or ``accuracy_drop``; in a language-model study
+                (perplexity), ``perplexity`` or ``size``.
+            max_metric_increase: in a language-model study, keep trials whose validation
+                perplexity is at most this much above the dense model's, relatively (0.10: +10%).
 
         Raises:
             NoQualifyingTrialError: no trial meets the rules (the message names the rule and
@@ -267,6 +307,23 @@ class StudyResults:
             >>> results.pick(max_accuracy_drop=1.0, minimize="latency").number  # doctest: +SKIP
             17
         """
+        if is_lm_study(self.study):
+            if max_accuracy_drop is not None or max_latency_ms is not None:
+                raise ConfigError(
+                    "this study scores perplexity (lower is better): pick with max_metric_increase (0.10 is +10%) "
+                    "and/or max_size_bytes, not max_accuracy_drop or max_latency_ms"
+                )
+            if trial is not None:
+                if max_metric_increase is not None or max_size_bytes is not None:
+                    raise ConfigError("give either a trial number or rules (max_metric_increase, ...), not both")
+                return self._by_number(int(trial))
+            return self._pick_lm(max_metric_increase, max_size_bytes, "perplexity" if minimize == "latency" else minimize)
+        if max_metric_increase is not None:
+            raise ConfigError(
+                f"max_metric_increase applies to studies whose metric is better lower (perplexity); study "
+                f"{self.study.study_name!r} scores {self.study.user_attrs.get('metric_name', 'accuracy')}: use "
+                "max_accuracy_drop"
+            )
         if minimize not in MINIMIZE_KEYS:
             raise ConfigError(f"`minimize` must be one of {sorted(MINIMIZE_KEYS)}, but got {minimize=!r}.")
         bounds = [

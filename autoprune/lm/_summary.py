@@ -1,0 +1,112 @@
+"""What an allocation search ends with (and ``autoprune trials`` prints for such a study):
+per sparsity level the references and the trial chosen on validation, in 100 columns, then
+the picks with the commands that apply them."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+
+from autoprune.config import DEFAULT_STORAGE, mask_url
+
+__all__ = ["is_lm_study", "lm_summary_lines", "lm_rows"]
+
+
+def is_lm_study(study: optuna.Study) -> bool:
+    """A study written by the allocation search (a metric that is better lower)."""
+    metric = study.user_attrs.get("metric")
+    return isinstance(metric, dict) and metric.get("higher_is_better") is False
+
+
+def _complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if "schedule" in t.user_attrs
+    ]
+
+
+def _speedup(trial: optuna.trial.FrozenTrial, study: optuna.Study) -> dict[str, float] | None:
+    if "speedup" in trial.user_attrs:
+        return {k: float(trial.user_attrs[k]) for k in ("speedup", "speedup_low", "speedup_high")}
+    stored = study.user_attrs.get("speedups", {}).get(str(trial.number))
+    return dict(stored) if stored else None
+
+
+def lm_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """Per level: uniform, OWL and the best trial on validation (may be one of them)."""
+    rows = []
+    trials = _complete(study)
+    for level in study.user_attrs.get("config", {}).get("levels", []):
+        at = [t for t in trials if t.user_attrs.get("level") == level]
+        if not at:
+            continue
+        feasible = [t for t in at if t.user_attrs.get("feasible", True)]
+        best = min(feasible or at, key=lambda t: (t.user_attrs["perplexity"], t.number))
+        picked = {}
+        for role in ("uniform", "owl"):
+            ref = next((t for t in at if t.user_attrs.get("role") == role), None)
+            if ref is not None:
+                picked[ref.number] = role
+        picked[best.number] = "best on val" + (f" ({picked[best.number]})" if best.number in picked else "")
+        for number, kind in picked.items():
+            t = next(t for t in at if t.number == number)
+            rows.append({"trial": t, "kind": kind, "level": level, "speedup": _speedup(t, study)})
+    return rows
+
+
+def _fmt_ppl(value: Any, increase: Any) -> str:
+    if not isinstance(value, (int, float)) or math.isnan(value):
+        return "-"
+    return f"{value:7.3f} {increase:+6.1%}"
+
+
+def lm_summary_lines(study: optuna.Study, storage: str) -> list[str]:
+    baseline = study.user_attrs.get("baseline", {})
+    metric = study.user_attrs.get("metric", {})
+    config = study.user_attrs.get("config", {})
+    done = _complete(study)
+    lines = [
+        f"dense model: validation perplexity {baseline.get('perplexity', math.nan):.3f}, "
+        f"test {baseline.get('test_perplexity', math.nan):.3f}",
+    ]
+    if metric.get("notice"):
+        lines.append(f"({metric['notice']})")
+    lines.append(
+        f"{len(done)} trials, criterion {config.get('criterion')}, one amount per {config.get('granularity')}; "
+        "the search saw validation only"
+    )
+    header = f"{'trial':>5}  {'kind':<18} {'sparsity':>8}  {'val ppl (+%)':>15}  {'test ppl (+%)':>15}  {'speedup':>17}"
+    lines += ["", header]
+    rows = lm_rows(study)
+    for row in rows:
+        t = row["trial"]
+        a = t.user_attrs
+        s = row["speedup"]
+        speed = f"{s['speedup']:.2f}x [{s['speedup_low']:.2f}, {s['speedup_high']:.2f}]" if s else "not timed"
+        lines.append(
+            f"{t.number:>5}  {row['kind']:<18} {a['sparsity']:>8.1%}  "
+            f"{_fmt_ppl(a['perplexity'], a['perplexity_increase']):>15}  "
+            f"{_fmt_ppl(a.get('test_perplexity'), a.get('test_perplexity_increase', math.nan)):>15}  {speed:>17}"
+        )
+    timed = [r["speedup"] for r in rows if r["speedup"]]
+    if timed and all(r["speedup_low"] <= 1.0 <= r["speedup_high"] or r["speedup_high"] < 1.0 for r in timed):
+        lines.append(
+            "speedup: sparse weights run at dense cost here (every paired timing includes 1.0x); they buy size"
+        )
+    best = [r for r in rows if r["kind"].startswith("best")]
+    shown = [r for r in best if r["trial"].user_attrs.get("test_perplexity_increase", 0) > r["trial"].user_attrs[
+        "perplexity_increase"]]  # fmt: skip
+    if shown:
+        lines.append(
+            "selection effect: the best of many trials on validation does worse on test; expect the test number"
+        )
+    where = "" if storage == DEFAULT_STORAGE or not storage else f" --storage {mask_url(storage)}"
+    lines.append("")
+    lines.append("apply one (Python: ap.load_study(study, storage).pick(trial=N).apply()):")
+    for r in best:
+        n = r["trial"].number
+        lines.append(f"  autoprune apply --study {study.study_name}{where} --trial {n} --out pruned-{n}")
+    return lines

@@ -1,0 +1,98 @@
+"""``autoprune search`` / ``trials`` / ``apply`` on a language-model task: the installed CLI
+in a subprocess (a small decoder from ``autoprune.testing.lm:tiny``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+import autoprune as ap
+
+transformers = pytest.importorskip("transformers")
+TASK = "autoprune.testing.lm:tiny"
+
+
+def autoprune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "autoprune.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, subprocess.CompletedProcess[str]]:
+    folder = tmp_path_factory.mktemp("lmcli")
+    storage = f"sqlite:///{folder}/lm.db"
+    done = autoprune("search", "--task", TASK, "--trials", "7", "--sparsity", "0.4,0.6", "--storage", storage,
+                     "--study", "lm", "--quiet", cwd=folder)  # fmt: skip
+    return folder, storage, done
+
+
+@pytest.mark.slow
+def test_search_on_a_language_model(searched):
+    folder, storage, done = searched
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "allocation search (wanda, per block) at sparsity 0.4, 0.6, 7 trials" in out
+    assert "dense model: validation perplexity" in out and "non-overlapping windows of 64 tokens" in out
+    study = optuna.load_study(study_name="lm", storage=storage)
+    assert len(study.trials) == 7
+    roles = [t.user_attrs["role"] for t in study.trials]
+    assert roles[:4] == ["uniform", "owl", "uniform", "owl"]
+    assert study.user_attrs["speedups"] or any("speedup" in t.user_attrs for t in study.trials)
+    for line in out.splitlines():
+        assert len(line.replace(storage, "S")) <= 100, line  # the storage path is the test's tmp folder
+    best = min((t for t in study.trials if t.user_attrs["level"] == 0.6), key=lambda t: t.values[0])
+    assert f"autoprune apply --study lm --storage {storage} --trial {best.number} --out pruned-{best.number}" in out
+
+
+@pytest.mark.slow
+def test_apply_writes_a_model_that_reloads_with_from_pretrained(searched, tmp_path):
+    folder, storage, _ = searched
+    study = optuna.load_study(study_name="lm", storage=storage)
+    trial = study.trials[3]
+    done = autoprune("apply", "--study", "lm", "--storage", storage, "--trial", str(trial.number), "--out",
+                     str(tmp_path / "out"), cwd=folder)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["applied"]["perplexity"] == pytest.approx(trial.user_attrs["perplexity"], rel=1e-9)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "hf")
+    picked = ap.load_study("lm", storage).pick(trial=trial.number)
+    model = picked.apply()
+    for name, value in model.state_dict().items():  # the same weights, zeros included
+        assert torch.equal(reloaded.state_dict()[name], value), name
+    x = torch.randint(0, 256, (2, 16))
+    with torch.inference_mode():  # same logits up to the attention kernel from_pretrained picks
+        torch.testing.assert_close(reloaded(input_ids=x).logits, model(input_ids=x).logits, rtol=0, atol=1e-5)
+    linear = reloaded.model.layers[0].mlp.up_proj.weight
+    assert float((linear == 0).float().mean()) == pytest.approx(trial.user_attrs["amounts"]["model.layers.0"], abs=0.01)
+
+
+@pytest.mark.slow
+def test_pick_by_metric_increase(searched):
+    _, storage, _ = searched
+    results = ap.load_study("lm", storage)
+    study = results.study
+    increases = sorted(t.user_attrs["perplexity_increase"] for t in study.trials)
+    bound = increases[len(increases) // 2]
+    picked = results.pick(max_metric_increase=bound, minimize="size")
+    kept = [t for t in study.trials if t.user_attrs["perplexity_increase"] <= bound]
+    assert picked.number == min(kept, key=lambda t: (t.user_attrs["sparse_bytes"], t.user_attrs["perplexity"])).number
+    with pytest.raises(ap.ConfigError, match="scores perplexity"):
+        results.pick(max_accuracy_drop=1.0)
+    with pytest.raises(ap.NoQualifyingTrialError, match="no trial has validation perplexity increase <= -50.0%"):
+        results.pick(max_metric_increase=-0.5)
+
+
+def test_accuracy_options_on_a_language_model_exit_2(tmp_path):
+    done = autoprune("search", "--task", TASK, "--max-accuracy-drop", "1", "--storage", f"sqlite:///{tmp_path}/x.db",
+                     cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2
+    assert "scores perplexity (lower is better): use --max-metric-increase" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = autoprune("search", "--sparsity", "0.5", "--storage", f"sqlite:///{tmp_path}/y.db", cwd=tmp_path)
+    assert done.returncode == 2 and "--sparsity apply to language-model tasks" in done.stderr
