@@ -25,7 +25,7 @@ from autoprune.evaluation._backends import (
     get_backend,
     register_backend,
 )
-from autoprune.evaluation._cache import LatencyCache, architecture_signature, cached_speedup, speedup_key
+from autoprune.evaluation._cache import LatencyCache, cached_speedup, speedup_key
 from autoprune.evaluation._evaluate import derived_metrics, drop_standard_error, evaluate, sample_mean
 from autoprune.evaluation._latency import (
     LOCK_ENV,
@@ -40,6 +40,7 @@ from autoprune.evaluation._latency import (
 from autoprune.evaluation._macs import count_macs
 from autoprune.evaluation._metrics import METRIC_NAMES, Metrics
 from autoprune.evaluation._runtimes import CompileBackend, OnnxRuntimeBackend, check_outputs
+from autoprune.evaluation._signature import architecture_signature
 from autoprune.evaluation._size import size_stats, tensor_bytes
 from autoprune.evaluation._speedup import Speedup, SpeedupMeter, measure_speedup, median_interval
 from autoprune.evaluation._target import DTYPES, Target

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from autoprune._errors import TargetError
-from autoprune._inputs import call_model
+from autoprune._inputs import call_model, map_tensors
 
 if TYPE_CHECKING:
     from autoprune.evaluation._target import Target
@@ -143,8 +143,6 @@ class TorchScriptBackend(LatencyBackend):
 
     def prepare(self, model: nn.Module, inputs: Any, target: Target) -> Callable[[], object]:
         import warnings
-
-        from autoprune._inputs import map_tensors
 
         runnable = copy.deepcopy(model_on_target(model, target)).eval()
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():

@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from autoprune._errors import TargetError
-from autoprune.evaluation._cache import LatencyCache, architecture_signature, cached_speedup
+from autoprune.evaluation._cache import LatencyCache, cached_speedup
 from autoprune.evaluation._latency import LatencyResult
 from autoprune.evaluation._latency import measure_latency as _measure_latency
 from autoprune.evaluation._macs import count_macs
 from autoprune.evaluation._metrics import Metrics
+from autoprune.evaluation._signature import architecture_signature
 from autoprune.evaluation._size import size_stats
 from autoprune.evaluation._speedup import Speedup, SpeedupMeter
 from autoprune.evaluation._target import Target

@@ -49,6 +49,7 @@ from torch import nn
 from autoprune._inputs import resize_batch, to_target
 from autoprune.evaluation._backends import get_backend
 from autoprune.evaluation._latency import make_timer, measuring
+from autoprune.evaluation._signature import architecture_signature
 from autoprune.evaluation._target import Target
 
 __all__ = ["Speedup", "SpeedupMeter", "measure_speedup", "median_interval"]
@@ -206,8 +207,6 @@ class SpeedupMeter:
     def reference_signature(self) -> str:
         """The reference's :func:`architecture_signature` on this target (its identity in caches)."""
         if self._reference_signature is None:
-            from autoprune.evaluation._cache import architecture_signature
-
             self._reference_signature = architecture_signature(self.reference, self.target, self.example_inputs)
         return self._reference_signature
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from autoprune._errors import TargetError
+from autoprune.evaluation._backends import backend_names
 
 __all__ = ["Target", "DTYPES"]
 
@@ -69,8 +70,6 @@ class Target:
         if dtype not in DTYPES:
             raise TargetError(f"target dtype must be one of {', '.join(DTYPES)}, but got dtype={self.dtype!r}.")
         object.__setattr__(self, "dtype", dtype)
-        from autoprune.evaluation._backends import backend_names
-
         if self.backend not in backend_names():
             raise TargetError(
                 f"target backend must be a registered latency backend ({', '.join(backend_names())}), "
