@@ -22,7 +22,8 @@ from autoprune.config import SearchConfig, SpaceConfig
 from autoprune.evaluation import Metrics, Speedup, SpeedupMeter, Target, evaluate, measure_speedup
 from autoprune.executor import apply_schedule
 from autoprune.export import load_pruned, save_pruned
-from autoprune.preflight import LayerInfo, prunable_layers
+from autoprune.preflight import LayerInfo
+from autoprune.prunable import prunable_layers
 from autoprune.report import report
 from autoprune.schedule import LayerPlan, Schedule, step_amounts
 from autoprune.space import uniform_schedule

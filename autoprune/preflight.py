@@ -4,11 +4,14 @@ Torch-Pruning's dependency graph finds the coupled groups (residual additions,
 concatenation, depthwise and grouped convolutions, BatchNorm, attention). Each group is
 named by its root layer. Every weight-carrying layer belongs to exactly one entry, so a
 Schedule keyed by entry names covers the model without overlaps.
+
+This module reads the graph and never prunes; :func:`autoprune.prunable_layers`
+(``autoprune/prunable.py``) adds the check that each group's largest safe amount survives
+the executor's surgery.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import warnings
@@ -22,7 +25,7 @@ from autoprune import _attention
 from autoprune._errors import PreflightError
 from autoprune._inputs import call_model, select_output
 
-__all__ = ["LayerInfo", "ModelAnalysis", "analyse", "prunable_layers", "ROOT_TYPES"]
+__all__ = ["LayerInfo", "ModelAnalysis", "analyse", "ROOT_TYPES"]
 
 _logger = logging.getLogger(__name__)
 
@@ -483,98 +486,3 @@ def _lone_layers(trace: _Trace, untraced: str | None, analysis: ModelAnalysis) -
             else "no Torch-Pruning handler, left as is"
         )
         analysis.skipped.append((name, f"{type(module).__name__} with {kind} {', '.join(own)}: {fate}"))
-
-
-def _surgery_error(model: nn.Module, example_inputs: Any, units: list[LayerInfo], output: str | int | None) -> str | None:
-    """Why pruning ``units`` at their largest safe amounts fails on a copy (None: it runs)."""
-    from autoprune.executor import apply_schedule  # the executor is the surgery being checked
-    from autoprune.schedule import LayerPlan, Schedule
-
-    schedule = Schedule(layers={i.name: LayerPlan("structured", i.max_amount) for i in units})
-    try:
-        with torch.no_grad():
-            expected = select_output(call_model(model, example_inputs), output).shape
-        pruned = apply_schedule(model, schedule, example_inputs=example_inputs, output=output)
-        with torch.no_grad():
-            shape = select_output(call_model(pruned, example_inputs), output).shape
-    except Exception as exc:  # noqa: BLE001 - any failure of the surgery means the same here
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return None if shape == expected else f"the output's shape changes from {tuple(expected)} to {tuple(shape)}"
-
-
-def _keep_promises(model: nn.Module, example_inputs: Any, analysis: ModelAnalysis, output: str | int | None) -> None:
-    """Check that every structured unit at its ``max_amount`` gives a model that runs.
-
-    Torch-Pruning's index mapping goes wrong on some layouts (timm's Swin patch merging,
-    torchvision's MaxViT); the largest safe amount is a promise, so all units are cut at once
-    on a copy, and when that fails each unit alone: the units whose surgery fails are
-    offered for unstructured pruning only, with the error as the reason.
-    """
-    units = [i for i in analysis.layers if "structured" in i.methods]
-    was_training = model.training
-    model.eval()  # running the model in training mode would move its BatchNorm statistics
-    try:
-        together = _surgery_error(model, example_inputs, units, output) if units else None
-        if together is None:
-            return
-        alone = {u.name: _surgery_error(model, example_inputs, [u], output) for u in units[:2]}
-        if len(units) > 2 and set(alone.values()) == {together}:
-            # The first two fail alone just as all do together: the model, not a group, fails.
-            failing = {u.name: f"Torch-Pruning's surgery fails on this model ({together})" for u in units}
-        else:
-            for u in units[2:]:
-                alone[u.name] = _surgery_error(model, example_inputs, [u], output)
-            failing = {n: f"Torch-Pruning's surgery of this group fails ({e})" for n, e in alone.items() if e}
-        for k, info in enumerate(analysis.layers):
-            if info.name in failing:
-                _logger.warning("%s: %s; offered for unstructured pruning only", info.name, failing[info.name])
-                analysis.layers[k] = dataclasses.replace(
-                    info, methods=("unstructured",), max_amount=0.99, reason=failing[info.name]
-                )
-    finally:
-        model.train(was_training)
-
-
-def prunable_layers(model: nn.Module, example_inputs: Any, *, output: str | int | None = None) -> list[LayerInfo]:
-    """List each prunable layer or coupled group with its methods and largest safe amount.
-
-    Layers that cannot be pruned structurally appear with ``methods == ("unstructured",)``
-    and the reason; parameters that cannot be pruned at all appear with empty ``methods``.
-    A model Torch-Pruning cannot trace is offered for unstructured pruning only. The largest
-    safe amounts are checked: all structured units are cut to them at once on a copy, which
-    must run (a unit whose surgery fails is offered for unstructured pruning only).
-
-    Args:
-        model: the model (left as it was).
-        example_inputs: a tensor (``model(x)``), a tuple (``model(*x)``) or a dict
-            (``model(**x)``, e.g. a tokenizer's ``input_ids`` and ``attention_mask``).
-        output: which output is scored when the model returns a dict, ``ModelOutput`` or
-            tuple (see :func:`autoprune._inputs.select_output`; default ``logits`` or the
-            first tensor); it must be there. The graph is traced from every returned tensor,
-            whose widths therefore stay.
-
-    Example:
-        >>> import autoprune as ap
-        >>> from autoprune.testing import models as zoo
-        >>> model, x = zoo.get("cnn")
-        >>> [i.name for i in ap.prunable_layers(model, x)][:2]
-        ['features.0.0', 'features.1.0']
-    """
-    analysis = analyse(model, example_inputs, output=output)
-    _keep_promises(model, example_inputs, analysis, output)
-    skipped = [
-        LayerInfo(
-            name=n,
-            type="",
-            members=(n,),
-            weights=(),
-            channels=0,
-            channel_groups=1,
-            params=0,
-            methods=(),
-            max_amount=0.0,
-            reason=r,
-        )
-        for n, r in analysis.skipped
-    ]
-    return analysis.layers + skipped

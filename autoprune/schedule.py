@@ -52,7 +52,7 @@ class PrunableLayer(Protocol):
     def max_amount(self) -> float: ...
 
 
-# The model -> preflight function (``autoprune.preflight.prunable_layers``). The preflight
+# The model -> preflight function (``autoprune.prunable.prunable_layers``). The preflight
 # is downstream of the Schedule (it imports torch and Torch-Pruning), so instead of being
 # imported here it registers itself: autoprune.space does so when the package is imported.
 _PREFLIGHT: Callable[[Any, Any], Iterable[PrunableLayer]] | None = None

@@ -30,7 +30,8 @@ import optuna
 
 from autoprune._errors import ScheduleError
 from autoprune.config import SpaceConfig
-from autoprune.preflight import LayerInfo, prunable_layers
+from autoprune.preflight import LayerInfo
+from autoprune.prunable import prunable_layers
 from autoprune.schedule import LayerPlan, Method, Schedule, Shape, register_preflight
 
 if TYPE_CHECKING:

@@ -39,7 +39,8 @@ from autoprune.evaluation import (
     speedup_key,
 )
 from autoprune.executor import apply_schedule
-from autoprune.preflight import LayerInfo, prunable_layers
+from autoprune.preflight import LayerInfo
+from autoprune.prunable import prunable_layers
 from autoprune.schedule import Schedule
 from autoprune.sensitivity import screen
 from autoprune.space import SearchSpace
