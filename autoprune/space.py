@@ -355,10 +355,8 @@ class SearchSpace:
         sens = self.sensitivity
         assert sens is not None
         if self._path is None:
-            from autoprune.sensitivity import greedy_path
-
             caps = {u.key: u.max_amount for u in self._structured_units()}
-            path = greedy_path(sens, resource=sens.path_resource, caps=caps, step=self.config.amount_step)
+            path = sens.greedy_path(resource=sens.path_resource, caps=caps, step=self.config.amount_step)
             self._path = [(sens.saved_fraction(amounts), amounts) for amounts in path]
         savings = [saved for saved, _ in self._path]
         i = bisect.bisect_left(savings, target - 1e-9)

@@ -1,9 +1,10 @@
-"""The scan's result: per-unit curves, read by interpolation, stored as JSON."""
+"""The scan's result: per-unit curves, read by interpolation, stored as JSON; and the greedy
+allocation that reads only them (:func:`greedy_path`, :func:`allocate`)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ from autoprune._errors import ScheduleError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Curve", "Sensitivity", "RESOURCES", "SENSITIVITY_VERSION"]
+__all__ = ["Curve", "Sensitivity", "RESOURCES", "SENSITIVITY_VERSION", "allocate", "allocations", "greedy_path"]
 
 SENSITIVITY_VERSION = 1
 RESOURCES = ("macs", "latency")
@@ -143,9 +144,12 @@ class Sensitivity:
     def allocate(self, target: float, **options: Any) -> dict[str, float]:
         """:func:`autoprune.sensitivity.allocate` of this scan (``resource``, ``caps``, ``step``,
         ``measure`` as there)."""
-        from autoprune.sensitivity._allocate import allocate
-
         return allocate(self, target, **options)
+
+    def greedy_path(self, **options: Any) -> list[dict[str, float]]:
+        """:func:`autoprune.sensitivity.greedy_path` of this scan (``resource``, ``caps``,
+        ``step`` as there)."""
+        return greedy_path(self, **options)
 
     def _curve(self, unit: str, method: str) -> Curve:
         curve = self.curve(unit, method)
@@ -203,6 +207,106 @@ class Sensitivity:
             seconds=float(data["seconds"]),
             calibrated=bool(data["calibrated"]),
         )
+
+
+def greedy_path(
+    sensitivity: Sensitivity,
+    *,
+    resource: str = "macs",
+    caps: Mapping[str, float] | None = None,
+    step: float = 0.05,
+) -> list[dict[str, float]]:
+    """The greedy sequence of allocations, from nothing pruned to every unit at its cap:
+    each one adds ``step`` to the unit whose next step loses the least accuracy per unit of
+    ``resource`` saved (ties: the less pruned unit first, then space order).
+
+    ``caps`` (unit -> largest amount; default: the largest scanned amount) also chooses the
+    units: only structured curves of units in it take part.
+
+    With ``resource="latency"`` a step whose measured saving is nil (a unit too small to
+    time, or a noisy point) is ranked by its MACs saving after every step that saves time,
+    so the path still reaches every unit's cap.
+    """
+    if not 0 < step < 1:
+        raise ScheduleError(f"`0 < step < 1` must hold, but got step={step!r}.")
+    structured = [c for c in sensitivity.curves if c.method == "structured" and c.amounts]
+    limits = {c.unit: max(c.amounts) for c in structured}
+    if caps is not None:
+        limits = {u: min(limits[u], float(cap)) for u, cap in caps.items() if u in limits}
+    current = dict.fromkeys(limits, 0.0)
+    order = {u: i for i, u in enumerate(limits)}
+    path = [dict(current)]
+    while True:
+        best: tuple[int, float, float, int, str, float] | None = None
+        for unit, amount in current.items():
+            nxt = round(min(amount + step, limits[unit]), 6)
+            if nxt <= amount + 1e-9:
+                continue
+            gain = sensitivity.saved_at(unit, nxt, resource) - sensitivity.saved_at(unit, amount, resource)
+            tier = 0
+            if gain <= 0 and resource != "macs":
+                gain, tier = sensitivity.saved_at(unit, nxt) - sensitivity.saved_at(unit, amount), 1
+            if gain <= 0:
+                continue
+            loss = sensitivity.drop_at(unit, nxt) - sensitivity.drop_at(unit, amount)
+            key = (tier, loss / gain, amount, order[unit], unit, nxt)
+            if best is None or key[:4] < best[:4]:
+                best = key
+        if best is None:
+            return path
+        current[best[4]] = best[5]
+        path.append(dict(current))
+
+
+def allocate(
+    sensitivity: Sensitivity,
+    target: float,
+    *,
+    resource: str = "macs",
+    caps: Mapping[str, float] | None = None,
+    step: float = 0.05,
+    measure: Callable[[dict[str, float]], float] | None = None,
+) -> dict[str, float]:
+    """Per-unit amounts that save ``target`` (a fraction of the model's MACs or latency)
+    at the least estimated accuracy loss, by the greedy path of :func:`greedy_path`.
+
+    Without ``measure`` the saving is the additive estimate of the curves; with
+    ``measure(amounts) -> fraction saved`` (e.g. :func:`macs_meter`) the first allocation on
+    the path that really saves ``target`` is found by bisection. When the target cannot be
+    reached, every unit ends at its cap.
+
+    Example:
+        >>> from autoprune.sensitivity import Curve, Sensitivity
+        >>> sens = Sensitivity(curves=(Curve("a", "structured", (0.5,), (90.0,), (50,)),
+        ...                            Curve("b", "structured", (0.5,), (60.0,), (50,))),
+        ...                    baseline_score=100.0, reference_score=100.0, baseline_macs=100,
+        ...                    seconds=0.0, calibrated=False)
+        >>> allocate(sens, 0.5, step=0.25)  # b is the more sensitive unit
+        {'a': 0.5, 'b': 0.0}
+    """
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 <= target < 1:
+        raise ScheduleError(f"`0 <= target < 1` must hold, but got target={target!r}.")
+    path = greedy_path(sensitivity, resource=resource, caps=caps, step=step)
+    saved = measure or (lambda amounts: sensitivity.saved_fraction(amounts, resource))
+    if target <= 0:
+        return path[0]
+    lo, hi = 0, len(path) - 1  # path[hi] is the answer if any is
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if saved(path[mid]) >= target - 1e-9:
+            hi = mid
+        else:
+            lo = mid + 1
+    return path[hi]
+
+
+def allocations(
+    sensitivity: Sensitivity,
+    targets: Sequence[float] = (0.25, 0.5, 0.75),
+    **options: Any,
+) -> list[dict[str, float]]:
+    """:func:`allocate` for several targets (the warm starts of a study)."""
+    return [allocate(sensitivity, t, **options) for t in targets]
 
 
 def _running_max(values: Sequence[float]) -> list[float]:
