@@ -111,7 +111,7 @@ def _scan_timer(task: Task, cfg: SearchConfig) -> Callable[[nn.Module], float] |
     if "latency" not in cfg.objectives or cfg.sensitivity_resource != "latency":
         return None
     from autoprune.evaluation import SpeedupMeter
-    from autoprune.study._objective import study_target
+    from autoprune.study import study_target
 
     meter = SpeedupMeter(task.model, task.example_inputs, study_target(cfg))
     return lambda model: meter.measure(model, budget_s=cfg.latency_budget_s / 2, rel_tol=cfg.latency_rel_tol).ratio

@@ -5,8 +5,9 @@ In the order of the data flow, one job per module:
 - :mod:`~autoprune.study.keys`: the contract of what a study stores (user attributes,
   roles, objectives, metric names); every reader goes through it.
 - ``_storage``: the Optuna storage, creating or joining a study, counting its trials.
-- ``_objective``: one trial (schedule, prune, measure, record), with the SearchSpace and
-  the preflight built once per process (:class:`SearchSetup`).
+- ``_setup``: what every trial of a process shares, built once (:class:`SearchSetup`:
+  the preflight and the SearchSpace), the space that can pay and the study's target.
+- ``_objective``: one trial (schedule, prune, measure, record).
 - ``_references``: the unpruned baseline, the uniform references, the sensitivity scan and its warm starts.
 - ``_run``: :func:`search` and :func:`run_search`: references first, then the trial loop.
 - ``_workers``: local worker processes.
@@ -19,11 +20,12 @@ In the order of the data flow, one job per module:
 from __future__ import annotations
 
 from autoprune.study import keys
-from autoprune.study._objective import Objective, SearchSetup, paying_space
+from autoprune.study._objective import Objective
 from autoprune.study._picked import PickedTrial
 from autoprune.study._references import scan_task
 from autoprune.study._results import DEFAULT_STORAGE, MINIMIZE_KEYS, StudyResults, load_study
 from autoprune.study._run import build_task, run_search, search
+from autoprune.study._setup import SearchSetup, paying_space, study_target
 from autoprune.study._storage import check_joinable, counted_trials, make_storage, open_study, stored_config
 from autoprune.study._table import trials_table
 
@@ -46,5 +48,6 @@ __all__ = [
     "run_search",
     "search",
     "stored_config",
+    "study_target",
     "trials_table",
 ]

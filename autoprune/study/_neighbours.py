@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from autoprune._errors import AutopruneError
+from autoprune.sensitivity import Sensitivity
 from autoprune.study.keys import (
     FIDELITY_FULL,
     FIDELITY_REPEAT,
@@ -45,7 +46,7 @@ from autoprune.study.keys import (
 
 if TYPE_CHECKING:
     from autoprune.space import SearchSpace
-    from autoprune.study._objective import SearchSetup
+    from autoprune.study._setup import SearchSetup
 
 __all__ = ["NEIGHBOUR_OF", "WINDOW", "enqueue_neighbour", "incumbents", "neighbour_amounts", "stalled"]
 
@@ -109,8 +110,6 @@ def neighbour_amounts(
 def _savings(study: optuna.Study, amounts: dict[str, float], step: float) -> dict[str, float]:
     """What one more step of each unit saves, by the study's sensitivity scan (its timing when
     it was timed, else MACs); empty without a scan."""
-    from autoprune.sensitivity import Sensitivity
-
     data = study.user_attrs.get("sensitivity")
     if not data:
         return {}

@@ -11,41 +11,35 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import optuna
 import torch
 from torch import nn
 
-from autoprune._errors import AutopruneError, ConfigError
+from autoprune._errors import AutopruneError
 from autoprune._lock import MachineLock
-from autoprune.config import SearchConfig, SpaceConfig
 from autoprune.evaluation import (
     LatencyCache,
     Speedup,
     SpeedupMeter,
-    Target,
     cached_speedup,
     derived_metrics,
     drop_standard_error,
     evaluate,
-    get_backend,
     sample_mean,
     speedup_key,
 )
 from autoprune.executor import apply_schedule
-from autoprune.preflight import LayerInfo
-from autoprune.prunable import prunable_layers
 from autoprune.schedule import Schedule
 from autoprune.sensitivity import screen
-from autoprune.space import SearchSpace
 from autoprune.study._references import DUPLICATE, publish_references, wait_for_baseline
 from autoprune.study._screening import Screening, screening_pays
+from autoprune.study._setup import SearchSetup, paying_space, study_target
 from autoprune.study._storage import first_line, latency_cache_path
 from autoprune.study.keys import (
     FIDELITY_FULL,
@@ -55,9 +49,9 @@ from autoprune.study.keys import (
     ROLE_SEARCH,
     ROLE_UNPRUNED,
 )
-from autoprune.tasks import Task, in_percent
+from autoprune.tasks import Task
 
-__all__ = ["Objective", "SearchSetup", "paying_space"]
+__all__ = ["Objective", "SearchSetup", "paying_space", "study_target"]  # the last three: re-exported from _setup
 
 
 _logger = logging.getLogger(__name__)
@@ -65,102 +59,6 @@ _logger = logging.getLogger(__name__)
 # many times latency_budget_s in all (cached_speedup's max_budget_s).
 _MAX_BUDGET_FACTOR = 4
 _UNSET = object()
-
-
-@dataclass(frozen=True)
-class SearchSetup:
-    """What every trial of one process shares, built once per process: the task, the
-    config, the preflight's layers and the SearchSpace over them.
-
-    ``space`` is per unit: the sensitivity scan and ``autoprune layers`` read its units.
-    With ``space.parametrization = "sensitivity"`` the trials sample another space built on
-    the study's scan, which exists only once the unpruned trial has run:
-    :meth:`search_space` builds it from the study (once per process).
-    """
-
-    task: Task
-    cfg: SearchConfig
-    layers: list[LayerInfo]
-    space: SearchSpace
-    scale_notice: str | None = None  # set when the task scores fractions and is reported x100
-    space_notice: str | None = None  # set when a configured method is left out (it cannot pay)
-    _searched: dict[str, SearchSpace] = field(default_factory=dict, compare=False, repr=False)
-
-    def search_space(self, study: optuna.Study) -> SearchSpace:
-        """The space the study's trials sample: ``space``, or with the sensitivity
-        parametrization the same units over the study's stored scan."""
-        if self.cfg.space.parametrization == "unit":
-            return self.space
-        if "space" not in self._searched:
-            from autoprune.sensitivity import Sensitivity
-
-            data = study.user_attrs.get("sensitivity")
-            if data is None:
-                raise AutopruneError("space.parametrization = 'sensitivity' but the study holds no sensitivity scan yet")
-            config = replace(self.space.config, parametrization=self.cfg.space.parametrization)
-            self._searched["space"] = SearchSpace(self.layers, config, sensitivity=Sensitivity.from_dict(data))
-        return self._searched["space"]
-
-    @classmethod
-    def build(cls, task: Task, cfg: SearchConfig, lock: MachineLock) -> SearchSetup:
-        """Run the preflight (a trace of the model: busy work, like training) once, and put
-        a task that scores fractions into percent (a constraint in points then means what
-        its help says)."""
-        if cfg.space.distill != [False] and task.distill_fine_tune is None:
-            raise ConfigError(
-                f"invalid space.distill = {cfg.space.distill}; allowed for task {task.name!r}: [false] "
-                "(it has no distill_fine_tune; Task.from_loaders(..., distill=(weight, temperature)) gives one)"
-            )
-        notice = None
-        with lock.busy():
-            layers = prunable_layers(task.model, task.example_inputs, output=task.output)
-            if task.scale != "percent":
-                with torch.inference_mode():
-                    unpruned = float(task.evaluate(task.model))
-                task, notice = in_percent(task, unpruned)
-                if notice is not None:
-                    _logger.warning(notice)
-        space_cfg, space_notice = paying_space(cfg)
-        if space_notice is not None:
-            _logger.warning(space_notice)
-        # the per-unit space (the scan's units); the sensitivity one is built on the scan
-        space_cfg = replace(space_cfg, parametrization="unit")
-        return cls(task, cfg, layers, SearchSpace(layers, space_cfg), notice, space_notice)
-
-
-def paying_space(cfg: SearchConfig) -> tuple[SpaceConfig, str | None]:
-    """``cfg.space`` without the choices that cannot improve any objective, and a notice
-    saying what was left out (None when nothing was).
-
-    Unstructured pruning only zeroes weights: it cannot make a dense kernel faster or a
-    model's MACs smaller, so it is a choice only when an objective or constraint counts
-    zeros (``size``, ``params``, ``max_size_bytes``) or the target's backend has sparse
-    kernels. Otherwise every trial that picks it would spend its fine-tune on accuracy lost
-    for nothing. A config that offers no structured alternative keeps it (it asked for it).
-    """
-    space = cfg.space
-    if "unstructured" not in space.methods or "structured" not in space.methods:
-        return space, None
-    counts_zeros = bool({"size", "params"} & set(cfg.objectives)) or "max_size_bytes" in cfg.constraints
-    backend = Target.parse(cfg.target).backend
-    if counts_zeros or get_backend(backend).sparse_kernels:
-        return space, None
-    methods = [m for m in space.methods if m != "unstructured"]
-    notice = (
-        f"unstructured pruning is left out of the search: the objectives {cfg.objectives} and constraints count no "
-        f"zeros, and the target's backend {backend!r} runs zeroed weights at full cost (add 'size' or 'params' to "
-        "the objectives to search it)"
-    )
-    return replace(space, methods=methods), notice
-
-
-def study_target(cfg: SearchConfig) -> Target:
-    """The target a study times on: ``cfg.target``, on a CPU with every core when it names no
-    thread count."""
-    target = Target.parse(cfg.target)
-    if target.threads is None and target.device == "cpu":
-        target = replace(target, threads=os.cpu_count() or 1)
-    return target
 
 
 class Objective:

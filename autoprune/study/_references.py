@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from autoprune._errors import AutopruneError
+from autoprune.executor import global_amounts
+from autoprune.sensitivity import Sensitivity, macs_meter, scan_sensitivity, warm_starts
+from autoprune.study._setup import SearchSetup
 from autoprune.study.keys import (
     BASELINE_METRICS,
     ROLE_GLOBAL,
@@ -30,9 +33,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from autoprune.config import SearchConfig
-    from autoprune.sensitivity import Sensitivity
     from autoprune.space import SearchSpace
-    from autoprune.study._objective import SearchSetup
     from autoprune.tasks import Task
 
 __all__ = [
@@ -129,8 +130,6 @@ def scan_task(
     """The sensitivity scan a study with ``cfg`` runs on ``task`` (validation scores,
     BatchNorm re-estimated with the task's ``calibrate``), as ``autoprune layers
     --sensitivity`` shows it; ``speedup`` times every structured point."""
-    from autoprune.sensitivity import scan_sensitivity
-
     return scan_sensitivity(
         task.model,
         task.example_inputs,
@@ -169,8 +168,6 @@ def _allocations(
     out those already in ``taken`` (which grows). The greedy path takes the steps that lose
     the least accuracy per latency saved when the scan was timed (per MACs saved otherwise);
     each target is the first allocation on it that removes that share of the MACs, counted."""
-    from autoprune.sensitivity import Sensitivity, macs_meter, warm_starts
-
     task, space = setup.task, setup.space
     sens = Sensitivity.from_dict(study.user_attrs["sensitivity"])
     searched = setup.search_space(study)
@@ -201,8 +198,6 @@ def _global_references(
     hand), as trial parameters: its per-unit amounts, on the space's grid and caps. Those
     already in ``taken`` (which grows) are left out. A model on which global pruning fails
     gets none, with a warning: the uniform references and the search go on."""
-    from autoprune.executor import global_amounts
-
     task, space = setup.task, setup.search_space(study)
     units = {u.key: [i.name for i in u.layers] for u in setup.space.units if u.supports("structured")}
     if not ratios or not units:
