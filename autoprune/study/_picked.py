@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,6 @@ from autoprune.study import keys as study_keys
 if TYPE_CHECKING:
     from torch import nn
 
-    from autoprune.study._results import StudyResults
     from autoprune.tasks import Task
 
 __all__ = ["PickedTrial", "format_value"]
@@ -48,7 +48,8 @@ class PickedTrial:
     role: str = study_keys.ROLE_SEARCH
     feasible: bool = True
     rule: str = ""
-    _results: StudyResults | None = field(default=None, repr=False, compare=False)
+    # the study's task, rebuilt from its spec when asked (StudyResults.task); None: not tied to a study
+    _study_task: Callable[[], Task] | None = field(default=None, repr=False, compare=False)
 
     def summary(self) -> str:
         """One line: trial number, key metrics and the schedule summary."""
@@ -100,9 +101,9 @@ class PickedTrial:
             A pruned copy; ``model`` is left untouched.
         """
         if task is None:
-            if self._results is None:
+            if self._study_task is None:
                 raise TaskError("this PickedTrial is not tied to a study; pass `task=`")
-            task = self._results.task()
+            task = self._study_task()
         if model is None:
             model = task.model
         schedule = self.schedule

@@ -15,21 +15,21 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoprune import config as _config
-from autoprune._errors import ConfigError, NoQualifyingTrialError, StudyNotFoundError
+from autoprune._errors import ConfigError, NoQualifyingTrialError, StudyNotFoundError, TaskError
 from autoprune.lm._summary import is_lm_study
 from autoprune.study import keys as study_keys
 from autoprune.study._picked import PickedTrial, format_value
 from autoprune.study._table import trial_metrics, trials_table
+from autoprune.tasks import Task, from_spec, in_percent
 
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
-
-    from autoprune.tasks import Task
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -151,19 +151,12 @@ class StudyResults:
     def task(self) -> Task:
         """The study's task, rebuilt from its spec once and cached."""
         if self._task is None:
-            from autoprune._errors import TaskError
-            from autoprune.tasks import from_spec
-
             spec = self.study.user_attrs.get("task")
             if not isinstance(spec, dict):
                 raise TaskError(f"study {self.study.study_name!r} records no task spec; pass `task=` or a model")
             task = from_spec(spec)
             if self.study.user_attrs.get("scale_notice"):
                 # the search reported this fraction-valued task in percent; so do its readers
-                from dataclasses import replace
-
-                from autoprune.tasks import in_percent
-
                 task, _ = in_percent(replace(task, scale="fraction"), 0.0)
             self._task = task
         return self._task
@@ -243,7 +236,7 @@ class StudyResults:
             role=trial.user_attrs.get("role", study_keys.ROLE_SEARCH),
             feasible=study_keys.is_feasible(trial),
             rule=rule,
-            _results=self,
+            _study_task=self.task,
         )
 
     def _by_number(self, number: int) -> PickedTrial:
