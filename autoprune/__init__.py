@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
-from autoprune import tasks
+from autoprune import lm, tasks
 from autoprune._errors import (
     ArchitectureMismatchError,
     AutopruneError,
@@ -63,5 +63,6 @@ __all__ = [
     "step_amounts",
     "uniform_schedule",
     "Task",
+    "lm",
     "tasks",
 ]

@@ -186,3 +186,13 @@ def test_search_refuses_a_changed_setting(lm_task, tmp_path):
         search_allocation(lm_task, sparsity=0.7, n_trials=2, storage=url, study_name="lm", measure_latency=False)
     with pytest.raises(ap.ConfigError, match="`sparsity` must be in"):
         search_allocation(lm_task, sparsity=1.2, n_trials=2, storage=url, study_name="lm2")
+
+
+def test_ap_search_runs_the_allocation_search_for_a_perplexity_task(lm_task, tmp_path):
+    study = ap.search(lm_task, n_trials=3, storage=f"sqlite:///{tmp_path}/s.db", study_name="s", sparsity=0.5,
+                      measure_latency=False)  # fmt: skip
+    assert [t.user_attrs["role"] for t in study.trials] == ["uniform", "owl", "search"]
+    picked = ap.load_study("s", f"sqlite:///{tmp_path}/s.db").pick(minimize="perplexity")
+    assert picked.metrics["perplexity"] == min(t.values[0] for t in study.trials)
+    with pytest.raises(ap.ConfigError, match="scores perplexity"):
+        ap.search(lm_task, objectives=["accuracy", "latency"], n_trials=1, storage=f"sqlite:///{tmp_path}/t.db")

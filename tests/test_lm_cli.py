@@ -96,3 +96,18 @@ def test_accuracy_options_on_a_language_model_exit_2(tmp_path):
     assert "Traceback" not in done.stderr
     done = autoprune("search", "--sparsity", "0.5", "--storage", f"sqlite:///{tmp_path}/y.db", cwd=tmp_path)
     assert done.returncode == 2 and "--sparsity apply to language-model tasks" in done.stderr
+
+
+@pytest.mark.slow
+def test_trials_lists_a_language_model_study(searched):
+    folder, storage, _ = searched
+    done = autoprune("trials", "--study", "lm", "--storage", storage, cwd=folder)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:4] == ["trial", "kind", "state", "sparsity"]
+    assert len(lines) == 1 + 7 and all(len(line) <= 100 for line in lines)
+    study = optuna.load_study(study_name="lm", storage=storage)
+    t = study.trials[1]
+    assert lines[2].split()[:3] == ["1", "owl", "COMPLETE"] and f"{t.user_attrs['perplexity']:7.3f}".strip() in lines[2]
+    done = autoprune("trials", "--study", "lm", "--storage", storage, "--recommend", cwd=folder)
+    assert done.returncode == 0 and "dense model: validation perplexity" in done.stdout

@@ -52,6 +52,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--tolerance {args.tolerance:g} applies to --pareto only; add --pareto")
     if args.recommend and (args.pareto or args.csv):
         raise ConfigError("--recommend prints the strict front and the picks; drop --pareto and --csv")
+    from autoprune.lm._summary import is_lm_study, lm_summary_lines, lm_trial_lines
+
+    if is_lm_study(results.study):  # a perplexity study (the allocation search)
+        if args.pareto or args.tolerance is not None:
+            raise ConfigError("--pareto applies to accuracy studies; a perplexity study lists every trial "
+                              "(--recommend: the per-level summary)")  # fmt: skip
+        if args.csv:
+            results._table(results.study.get_trials(deepcopy=False)).reset_index().to_csv(args.csv, index=False)
+        lines = lm_summary_lines(results.study, args.storage) if args.recommend else lm_trial_lines(results.study.trials)
+        print("\n".join(lines))
+        return 0
     if args.recommend:
         from autoprune.commands.search import summary_lines
 

@@ -146,6 +146,7 @@ def search_allocation(
     target: str = "cpu",
     context: AllocationContext | None = None,
     progress: Any = None,
+    record_test: bool = True,
 ) -> optuna.Study:
     """Search per-unit sparsities of ``task``'s model at one or several global budgets.
 
@@ -160,6 +161,8 @@ def search_allocation(
         local_share: share of the trials after the references that are EvoPress level
             switches of the best trial so far (same level), the rest TPE's.
         max_metric_increase: constraint on the relative perplexity increase (0.10: +10%).
+        record_test: score every trial on the task's test split too (for the user; the
+            sampler never sees it). A benchmark that re-scores its chosen point turns it off.
         measure_latency: time each reference and the best trial of each level against the
             unpruned model in alternation (unstructured sparsity runs at dense cost on a CPU;
             the measured speedup says so).
@@ -211,7 +214,7 @@ def search_allocation(
             level = float(trial.suggest_categorical("level", levels)) if multi else levels[0]
             raw = {u: trial.suggest_float(u, max(0.0, level - spread), min(0.95, level + spread)) for u in units}
             amounts = project_to_budget(raw, ctx.sizes, level)
-            values = _evaluate(trial, ctx, task, amounts, level, baseline, max_metric_increase, seed, role)
+            values = _evaluate(trial, ctx, task, amounts, level, baseline, max_metric_increase, seed, role, record_test)
             speedup_needed = measure_latency and role != ROLE_SEARCH and level not in timed and role == ROLE_UNIFORM
             if speedup_needed:
                 _time(trial, ctx, task, amounts, target, seed)
@@ -273,6 +276,7 @@ def _evaluate(
     limit: float | None,
     seed: int,
     role: str,
+    record_test: bool = True,
 ) -> tuple[float, float]:
     schedule = ctx.schedule(amounts, seed)
     t0 = time.perf_counter()
@@ -299,7 +303,7 @@ def _evaluate(
         "fidelity": "full",
         "fine_tune_steps_spent": 0,
     }
-    if task.test is not None:
+    if task.test is not None and record_test:
         test = float(task.test(model))  # recorded for the user; the sampler never sees it
         attrs["test_perplexity"] = test
         attrs["test_perplexity_increase"] = test / baseline["test_perplexity"] - 1.0

@@ -11,7 +11,7 @@ import optuna
 
 from autoprune.config import DEFAULT_STORAGE, mask_url
 
-__all__ = ["is_lm_study", "lm_summary_lines", "lm_rows"]
+__all__ = ["is_lm_study", "lm_rows", "lm_summary_lines", "lm_trial_lines"]
 
 
 def is_lm_study(study: optuna.Study) -> bool:
@@ -109,4 +109,24 @@ def lm_summary_lines(study: optuna.Study, storage: str) -> list[str]:
     for r in best:
         n = r["trial"].number
         lines.append(f"  autoprune apply --study {study.study_name}{where} --trial {n} --out pruned-{n}")
+    return lines
+
+
+def lm_trial_lines(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    """``autoprune trials`` of a language-model study: one line per trial, within 100 columns."""
+    lines = [f"{'trial':>5}  {'kind':<8} {'state':<8} {'sparsity':>8}  {'val ppl (+%)':>15}  {'test ppl (+%)':>15}  note"]
+    for t in sorted(trials, key=lambda t: t.number):
+        a = t.user_attrs
+        kind = a.get("role", "search")
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            lines.append(f"{t.number:>5}  {kind:<8} {t.state.name:<8} {'':>8}  {'':>15}  {'':>15}  {a.get('error', '')}"[:100])
+            continue
+        note = f"level switch of {a['neighbour_of']}" if "neighbour_of" in t.user_attrs else ""
+        if not a.get("feasible", True):
+            note = (note + "; " if note else "") + "over the limit"
+        lines.append(
+            f"{t.number:>5}  {kind:<8} {'COMPLETE':<8} {a['sparsity']:>8.1%}  "
+            f"{_fmt_ppl(a['perplexity'], a['perplexity_increase']):>15}  "
+            f"{_fmt_ppl(a.get('test_perplexity'), a.get('test_perplexity_increase', math.nan)):>15}  {note}"[:100]
+        )
     return lines
