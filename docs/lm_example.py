@@ -34,7 +34,7 @@ train_text, val_text, test_text = docs[10:], docs[:5], docs[5:10]
 tokenizer = ap.lm.ByteTokenizer()  # yours: AutoTokenizer.from_pretrained(...)
 optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
 ids = torch.tensor(tokenizer.encode("\n".join(train_text)))
-for step in range(60):
+for _ in range(60):
     starts = torch.randint(0, len(ids) - 64, (16,))
     batch = torch.stack([ids[s : s + 64] for s in starts])
     loss = model(input_ids=batch, labels=batch).loss
