@@ -15,13 +15,15 @@ from collections.abc import Callable
 from typing import Any
 
 from autoprune._errors import TaskError
-from autoprune.lm._task import make_tinylm
 from autoprune.tasks._base import SCALES, Task, in_percent
 from autoprune.tasks._builtin import cache_dir
 from autoprune.tasks._calibrate import reestimate_batchnorm
 from autoprune.tasks._digits import make_digits
-from autoprune.tasks._loaders import distillation_loss, from_loaders
+from autoprune.tasks._loaders import distillation_loss
 from autoprune.tasks._shapes import make_shapes_resnet
+from autoprune.tasks._tinylm import make_tinylm
+
+from_loaders = Task.from_loaders  # the function form of ``Task.from_loaders``
 
 __all__ = [
     "SCALES",

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from autoprune._errors import TaskError
+from autoprune.tasks._lm import causal_lm_fields
+from autoprune.tasks._loaders import loader_fields
 
 __all__ = ["Task", "SCALES", "in_percent"]
 
@@ -96,11 +98,10 @@ class Task:
 
         The keyword arguments (``train``, ``val``, ``test``, ``loss``, ``optimizer``, ``lr``,
         ``weight_decay``, ``metric``, ``distill``, ``device``, ``seed``, ``output``, ``scale``,
-        ``name``, ...) are those of :func:`autoprune.tasks.from_loaders`.
+        ``name``, ...) are those of :func:`autoprune.tasks._loaders.loader_fields`.
         """
-        from autoprune.tasks._loaders import from_loaders
-
-        return from_loaders(model, **options)
+        _check_scale(options.get("scale"))  # before the loaders are probed
+        return cls(**loader_fields(model, **options))
 
     @classmethod
     def for_causal_lm(cls, model: nn.Module, **options: Any) -> Task:
@@ -108,11 +109,9 @@ class Task:
 
         The keyword arguments (``train``, ``val``, ``test``, ``tokenizer``,
         ``context_length``, ``calibration_windows``, ...) are those of
-        :func:`autoprune.lm.causal_lm_task`.
+        :func:`autoprune.tasks._lm.causal_lm_fields`.
         """
-        from autoprune.lm._task import causal_lm_task
-
-        return causal_lm_task(model, **options)
+        return cls(**causal_lm_fields(model, **options))
 
 
 def _check_scale(scale: Any) -> None:

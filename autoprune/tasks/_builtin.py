@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from autoprune._paths import cache_dir
 from autoprune.tasks._base import Task
-from autoprune.tasks._loaders import from_loaders, make_runner
+from autoprune.tasks._loaders import make_runner
 
 __all__ = ["Splits", "cache_dir", "cached_path", "tensor_task"]
 
@@ -85,7 +85,7 @@ def tensor_task(
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(model.state_dict(), tmp)
         os.replace(tmp, path)  # atomic: parallel workers never read half a file
-    task = from_loaders(
+    task = Task.from_loaders(
         model.eval(),
         **loaders,
         example_inputs=splits["val"][0][:example_batch].clone(),

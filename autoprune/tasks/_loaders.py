@@ -1,4 +1,4 @@
-"""``Task.from_loaders``: a task from a trained model and its DataLoaders.
+"""``Task.from_loaders``: a task from a trained model and its DataLoaders (its fields).
 
 Batches are ``(inputs, target)`` pairs (``(*inputs, target)`` for several inputs) or dicts
 whose ``"labels"`` (or ``"label"``, ``"target"``, ``"y"``) entry is the target and whose other
@@ -20,10 +20,9 @@ from torch.utils.data import RandomSampler
 
 from autoprune._errors import TaskError
 from autoprune._inputs import call_model, map_tensors, select_output
-from autoprune.tasks._base import Task, _check_scale
 from autoprune.tasks._calibrate import reestimate_batchnorm
 
-__all__ = ["from_loaders", "make_runner", "distillation_loss", "split_batch", "OPTIMIZERS", "METRICS"]
+__all__ = ["loader_fields", "make_runner", "distillation_loss", "split_batch", "OPTIMIZERS", "METRICS"]
 
 Metric = str | Callable[[torch.Tensor, torch.Tensor], Any]
 OptimizerSpec = str | Callable[[list[nn.Parameter]], torch.optim.Optimizer]
@@ -377,7 +376,7 @@ def make_runner(
     )
 
 
-def from_loaders(
+def loader_fields(
     model: nn.Module,
     *,
     train: Any,
@@ -397,8 +396,10 @@ def from_loaders(
     name: str | None = None,
     calibration_batches: int = 8,
     lr_schedule: str = "constant",
-) -> Task:
-    """A task from a trained model and its DataLoaders (also ``ap.Task.from_loaders``).
+) -> dict[str, Any]:
+    """The fields of a task from a trained model and its DataLoaders:
+    ``Task.from_loaders(model, **options)`` (also ``autoprune.tasks.from_loaders``) is
+    ``Task(**loader_fields(model, **options))``.
 
     Args:
         model: the trained, unpruned model; moved to ``device``.
@@ -449,7 +450,6 @@ def from_loaders(
         >>> 0.0 <= task.evaluate(task.model) <= 100.0
         True
     """
-    _check_scale(scale)
     runner = make_runner(
         model,
         train=train,
@@ -472,7 +472,7 @@ def from_loaders(
         _probe(runner, model, _first_batch(val, "val"), "val", with_loss=False)
         if test is not None:
             _probe(runner, model, _first_batch(test, "test"), "test", with_loss=False)
-    return Task(
+    return dict(
         name=name or type(model).__name__.lower(),
         model=model,
         example_inputs=first_inputs if example_inputs is None else runner.to_device(example_inputs),

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from autoprune.lm._corpus import ByteTokenizer, builtin_corpus
-from autoprune.lm._model import build_tiny_llama, tiny_llama_config, train_causal_lm
-from autoprune.lm._task import causal_lm_task
 from autoprune.tasks import Task
+from autoprune.tasks._lm_corpus import ByteTokenizer, builtin_corpus
+from autoprune.tasks._lm_model import build_tiny_llama, tiny_llama_config, train_causal_lm
 
 __all__ = ["tiny"]
 
@@ -22,7 +21,7 @@ def tiny(seed: int = 0, train_steps: int = 30) -> Task:
     model = build_tiny_llama(config, seed)
     with torch.random.fork_rng(devices=[]):
         train_causal_lm(model, corpus.train, steps=train_steps, batch=8, context=64, lr=1e-2, seed=seed, warmup=5)
-    return causal_lm_task(
+    return Task.for_causal_lm(
         model, train=corpus.train, val=corpus.val, test=corpus.test, tokenizer=ByteTokenizer(), context_length=64,
         calibration_windows=8, calibration_seed=seed, batch_size=16, max_eval_windows=48, name="tiny-lm",
     )  # fmt: skip

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.lm._corpus import VOCAB_SIZE
+from autoprune.tasks._lm_corpus import VOCAB_SIZE
 
 __all__ = ["tiny_llama_config", "build_tiny_llama", "train_causal_lm", "random_windows"]
 
