@@ -10,6 +10,7 @@ stops the workers and waits for them to exit, while nothing measures.
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 import time
@@ -22,12 +23,12 @@ from autoprune._lock import MachineLock
 __all__ = ["run_in_workers", "wait_until_ready"]
 
 
-def _warm(ready_dir: str, threads: int) -> None:
-    """The initializer of each worker: its imports, its thread count, then "ready"."""
+def _warm(ready_dir: str, threads: int, module: str) -> None:
+    """The initializer of each worker: its imports (the module of the function it will run:
+    the start-up work the parent covers), its thread count, then "ready"."""
     import torch
 
-    import autoprune.study  # noqa: F401 - the start-up work the parent covers
-
+    importlib.import_module(module)
     torch.set_num_threads(max(1, threads))
     Path(ready_dir, str(os.getpid())).touch()
 
@@ -55,7 +56,8 @@ def run_in_workers(
 
     with (
         tempfile.TemporaryDirectory(prefix="autoprune-workers-") as ready_dir,
-        ProcessPoolExecutor(max_workers=len(calls), initializer=_warm, initargs=(ready_dir, threads)) as pool,
+        ProcessPoolExecutor(max_workers=len(calls), initializer=_warm,
+                            initargs=(ready_dir, threads, fn.__module__)) as pool,
     ):
         with lock.busy():  # the workers' start-up is busy work nobody may measure through
             futures = [pool.submit(fn, *args) for args in calls]
