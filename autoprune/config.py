@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune._errors import ConfigError
+from autoprune.evaluation import Target
 from autoprune.schedule import IMPORTANCES, METHODS, SHAPES
 
 __all__ = [
@@ -425,8 +426,6 @@ class SearchConfig:
             raise _fail("retries", self.retries, "an integer >= 0")
         if not isinstance(self.report, bool):
             raise _fail("report", self.report, "true or false")
-        from autoprune.evaluation import Target
-
         Target.parse(self.target)
         self.space.validate()
 

@@ -39,6 +39,8 @@ import torch
 from torch import nn
 
 from autoprune._errors import ArchitectureMismatchError, ExportError, UnsafeWeightsError
+from autoprune.evaluation import count_macs, size_stats
+from autoprune.executor import apply_schedule
 from autoprune.schedule import Schedule
 
 __all__ = [
@@ -70,8 +72,6 @@ ONNX_FILE = "model.onnx"
 # ---------------------------------------------------------------------------- helpers
 def _count_macs(model: nn.Module, example_inputs: Any) -> int:
     """MACs of one forward pass, counted as the evaluator counts them (per sample)."""
-    from autoprune.evaluation import count_macs
-
     return int(count_macs(model, example_inputs))
 
 
@@ -136,8 +136,7 @@ def architecture(model: nn.Module, example_inputs: Any = None) -> dict[str, Any]
     dtypes), ``tensors`` (state-dict key -> shape and dtype), ``layers`` (per
     layer: type and tensor shapes), ``torch_version``, ``autoprune_version``.
     """
-    from autoprune import __version__
-    from autoprune.evaluation import size_stats
+    from autoprune import __version__  # set before autoprune/__init__.py imports anything
 
     state = model.state_dict()
     return {
@@ -349,8 +348,6 @@ def load_pruned(
     Example:
         >>> model = load_pruned("out/digits-t12", lambda: ap.tasks.get("digits").fresh_model())  # doctest: +SKIP
     """
-    from autoprune.executor import apply_schedule
-
     root = Path(directory)
     if not root.is_dir():
         raise ExportError(f"{str(root)!r} is not a folder written by save_pruned")

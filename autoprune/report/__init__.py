@@ -18,6 +18,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from autoprune._errors import StudyNotFoundError
 from autoprune.config import DEFAULT_STORAGE  # one default for every command
+from autoprune.report import _data, _plots
+from autoprune.report._html import Section, render_page
+from autoprune.report._png import export_pngs
+from autoprune.study import load_study, trials_table
+from autoprune.study.keys import front_tolerance
 
 if TYPE_CHECKING:
     import optuna
@@ -51,8 +56,6 @@ def open_study(study_name: str, storage: str | Path = DEFAULT_STORAGE) -> optuna
         StudyNotFoundError: no such storage, or no such study in it (the message lists the
             studies that are there).
     """
-    from autoprune.study import load_study
-
     return load_study(study_name, storage).study
 
 
@@ -69,16 +72,12 @@ def default_out_dir(study_name: str, storage: str | Path = DEFAULT_STORAGE) -> P
 
 def trials_dataframe(study: optuna.Study) -> pd.DataFrame:
     """The report's trials table (``trials.csv``): :func:`autoprune.study.trials_table`."""
-    from autoprune.study import trials_table
-
     return trials_table(study)
 
 
 def hypervolume(points: Any, reference_point: Any) -> float:
     """The hypervolume ``points`` dominate up to ``reference_point`` (all minimised), by Optuna."""
-    from autoprune.report._data import hypervolume as _hypervolume
-
-    return _hypervolume(points, reference_point)
+    return _data.hypervolume(points, reference_point)
 
 
 class ReportFiles(NamedTuple):
@@ -115,9 +114,6 @@ def write_report(
     """
     import optuna
 
-    from autoprune.report import _data, _plots
-    from autoprune.report._html import Section, render_page
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = _data.objective_names(study)
@@ -126,8 +122,6 @@ def write_report(
 
     pareto = _data._get_pareto_info(study)
     has_points = any(g.numbers for g in pareto.groups.values())
-    from autoprune.study.keys import front_tolerance
-
     tolerance = front_tolerance(study)
     kept = (
         f" (a trial is kept unless another, no worse on every objective, is at least {tolerance:g} points more "
@@ -213,8 +207,6 @@ def write_report(
     pngs: list[Path] = []
     message = None
     if png:
-        from autoprune.report._png import export_pngs
-
         figures = {s.key: s.figure for s in sections if s.figure is not None}
         pngs, message = export_pngs(figures, out)
     return ReportFiles(page, csv_path, pngs, message)

@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from autoprune._errors import AutopruneError, ConfigError
+from autoprune.executor import apply_schedule
 from autoprune.schedule import Schedule
+from autoprune.sensitivity import Sensitivity
 from autoprune.study import keys as study_keys
 from autoprune.study.keys import objective_names, schedule_summary
+from autoprune.tasks import from_spec
 
 if TYPE_CHECKING:
     import optuna
@@ -447,8 +450,6 @@ def _get_pattern_info(
     """
     import torch
 
-    from autoprune.executor import apply_schedule
-
     if trial_number is None:
         chosen = _default_pattern_trial(study)
         if chosen is None:
@@ -477,8 +478,6 @@ def _get_pattern_info(
         if not isinstance(spec, dict):
             return _skipped_pattern("the study carries no task spec, so its model cannot be rebuilt", chosen.number)
         try:
-            from autoprune.tasks import from_spec
-
             task = from_spec(spec)
         except Exception as exc:  # noqa: BLE001 - any failure means the section is skipped
             return _skipped_pattern(f"cannot rebuild task {spec.get('name')!r}: {exc}", chosen.number)
@@ -527,8 +526,6 @@ class _SensitivityInfo(NamedTuple):
 
 
 def _get_sensitivity_info(study: optuna.Study) -> _SensitivityInfo:
-    from autoprune.sensitivity import Sensitivity
-
     data = study.user_attrs.get("sensitivity")
     if not isinstance(data, dict):
         return _SensitivityInfo([], [], [], math.nan, "the study ran no sensitivity scan")

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from autoprune import executor  # global_amounts looked up per call (tests replace it)
 from autoprune._errors import AutopruneError
-from autoprune.executor import global_amounts
 from autoprune.sensitivity import Sensitivity, macs_meter, scan_sensitivity, warm_starts
 from autoprune.study._setup import SearchSetup
 from autoprune.study.keys import (
@@ -205,7 +205,7 @@ def _global_references(
     out: list[tuple[float, dict[str, Any]]] = []
     for ratio in ratios:
         try:
-            amounts = global_amounts(
+            amounts = executor.global_amounts(
                 task.model, task.example_inputs, ratio, units, max_amount=setup.cfg.space.max_amount, output=task.output
             )
         except Exception as exc:  # noqa: BLE001 - a reference family is optional; say why and go on

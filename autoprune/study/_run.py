@@ -19,6 +19,7 @@ import optuna
 from autoprune._errors import AutopruneError, ConfigError
 from autoprune._lock import MachineLock, machine_lock
 from autoprune.config import DEFAULT_STORAGE, SearchConfig
+from autoprune.lm import search_allocation
 from autoprune.study._neighbours import enqueue_neighbour
 from autoprune.study._objective import Objective, SearchSetup
 from autoprune.study._progress import progress_bar
@@ -76,8 +77,6 @@ def search(
         task = get_task(task, **(config.task_options if config is not None else {}))
     if isinstance(task, Task) and not task.higher_is_better:
         # a perplexity task: the allocation search (options: sparsity, criterion, granularity, seed...)
-        from autoprune.lm import search_allocation
-
         if objectives is not None:
             raise ConfigError(f"task {task.name!r} scores perplexity: its objectives are set by `sparsity`, not objectives")
         return search_allocation(task, n_trials=n_trials or 40, storage=storage or DEFAULT_STORAGE,

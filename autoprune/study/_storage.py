@@ -22,6 +22,7 @@ from autoprune import __version__
 from autoprune._errors import AutopruneError, ConfigError
 from autoprune._paths import cache_dir
 from autoprune.config import SearchConfig, driver_url, mask_url
+from autoprune.evaluation import Target
 from autoprune.study.keys import FIDELITY_REPEAT, OBJECTIVES, ROLE_UNPRUNED
 
 __all__ = [
@@ -254,8 +255,6 @@ _SAME_SETTINGS = "use the same settings (or just --study/--storage to join), or 
 def _check_same_target(theirs: str, mine: str, name: str) -> None:
     """Targets are compared as parsed (``cpu:threads=2,batch=8`` is ``cpu:batch=8,threads=2``),
     and the message names the options that differ."""
-    from autoprune.evaluation import Target
-
     try:
         a, b = Target.parse(theirs), Target.parse(mine)
     except AutopruneError:
