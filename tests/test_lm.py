@@ -196,3 +196,22 @@ def test_ap_search_runs_the_allocation_search_for_a_perplexity_task(lm_task, tmp
     assert picked.metrics["perplexity"] == min(t.values[0] for t in study.trials)
     with pytest.raises(ap.ConfigError, match="scores perplexity"):
         ap.search(lm_task, objectives=["accuracy", "latency"], n_trials=1, storage=f"sqlite:///{tmp_path}/t.db")
+
+
+def test_report_of_a_perplexity_study(lm_task, tmp_path):
+    from autoprune.report import _lm, write_report
+
+    study = search_allocation(lm_task, sparsity=[0.4, 0.6], n_trials=6, storage=f"sqlite:///{tmp_path}/r.db",
+                              study_name="r", measure_latency=False)  # fmt: skip
+    info = _lm._get_allocation_info(study)
+    assert sorted(info.points) == ["owl", "search", "uniform"]
+    assert sum(len(p) for p in info.points.values()) == 6
+    for chosen in info.chosen:  # one per level, the lowest validation perplexity there
+        level_vals = [t.values[0] for t in study.trials if t.user_attrs["level"] == chosen["level"]]
+        assert chosen["val"] == min(level_vals)
+    assert [c["level"] for c in info.chosen] == [0.4, 0.6]
+    assert info.units == ["model.layers.0", "model.layers.1", "model.layers.2"]
+    assert info.dense_val == pytest.approx(lm_task.evaluate(lm_task.model))
+    files = write_report(study, tmp_path / "report")
+    page = files.page.read_text()
+    assert "Perplexity against sparsity" in page and "Allocations" in page and "Sensitivity per unit" not in page

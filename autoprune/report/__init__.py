@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from autoprune._errors import StudyNotFoundError
 from autoprune.config import DEFAULT_STORAGE  # one default for every command
-from autoprune.report import _data, _plots
+from autoprune.lm._summary import is_lm_study
+from autoprune.report import _data, _lm, _plots
 from autoprune.report._html import Section, render_page
 from autoprune.report._png import export_pngs
 from autoprune.study import load_study, trials_table
@@ -120,6 +121,73 @@ def write_report(
     dirs = _data.directions(study)
     sections: list[Section] = []
 
+    if is_lm_study(study):
+        _lm_sections(study, sections)
+        pareto_count = None
+    else:
+        pareto_count = _accuracy_sections(study, sections, names, pattern_trial, pattern_layer, model, example_inputs)
+
+    table = trials_dataframe(study)
+    csv_path = out / CSV_NAME
+    table.to_csv(csv_path, index=False)
+
+    states = table["state"].value_counts().to_dict() if len(table) else {}
+    summary = [
+        ("study", study.study_name),
+        ("objectives", ", ".join(f"{n} ({d})" for n, d in zip(names, dirs, strict=True))),
+        ("trials", ", ".join(f"{v} {k.lower()}" for k, v in states.items()) or "none"),
+    ]
+    if pareto_count is not None:
+        summary.append(("Pareto trials", str(pareto_count)))
+    task = study.user_attrs.get("task")
+    if isinstance(task, dict):
+        summary.append(("task", ", ".join(f"{k}={v}" for k, v in task.items())))
+    summary.append(("optuna", optuna.__version__))
+    page = out / PAGE_NAME
+    text = render_page(
+        title=f"autoprune report: {study.study_name}",
+        summary=summary,
+        sections=sections,
+        table=table,
+        csv_name=CSV_NAME,
+    )
+    page.write_text(text, encoding="utf-8")
+
+    pngs: list[Path] = []
+    message = None
+    if png:
+        figures = {s.key: s.figure for s in sections if s.figure is not None}
+        pngs, message = export_pngs(figures, out)
+    return ReportFiles(page, csv_path, pngs, message)
+
+
+def _lm_sections(study: optuna.Study, sections: list[Section]) -> None:
+    """A perplexity study (the allocation search): perplexity against sparsity, and where
+    each allocation puts its sparsity."""
+    info = _lm._get_allocation_info(study)
+    metric = study.user_attrs.get("metric", {})
+    intro = (
+        "Every trial's validation perplexity (what the search saw) against its total sparsity: black squares "
+        "uniform, orange diamonds OWL, blue the search, red stars the trial chosen on validation at each level. "
+        + (metric.get("notice") or "")
+    )
+    fig = _lm._get_allocation_plot(info) if info.note is None else None
+    sections.append(Section("allocation", "Perplexity against sparsity", intro, fig, info.note))
+    units_intro = "Per-unit sparsity of the references and of the chosen trials (the same total at each level)."
+    units_fig = _lm._get_units_plot(info) if info.note is None else None
+    sections.append(Section("units", "Allocations", units_intro, units_fig, info.note))
+
+
+def _accuracy_sections(
+    study: optuna.Study,
+    sections: list[Section],
+    names: list[str],
+    pattern_trial: int | None,
+    pattern_layer: str | None,
+    model: nn.Module | None,
+    example_inputs: Any,
+) -> int:
+    """The sections of an accuracy study; returns the number of Pareto trials."""
     pareto = _data._get_pareto_info(study)
     has_points = any(g.numbers for g in pareto.groups.values())
     tolerance = front_tolerance(study)
@@ -178,38 +246,7 @@ def write_report(
     imp_fig = _plots._get_importance_plot(imp) if imp.note is None else None
     imp_intro = "Which search parameters decide each objective (Optuna's PED-ANOVA over the complete trials)."
     sections.append(Section("importances", "Parameter importances", imp_intro, imp_fig, imp.note))
-
-    table = trials_dataframe(study)
-    csv_path = out / CSV_NAME
-    table.to_csv(csv_path, index=False)
-
-    states = table["state"].value_counts().to_dict() if len(table) else {}
-    summary = [
-        ("study", study.study_name),
-        ("objectives", ", ".join(f"{n} ({d})" for n, d in zip(names, dirs, strict=True))),
-        ("trials", ", ".join(f"{v} {k.lower()}" for k, v in states.items()) or "none"),
-        ("Pareto trials", str(len(pareto.groups["pareto"].numbers))),
-    ]
-    task = study.user_attrs.get("task")
-    if isinstance(task, dict):
-        summary.append(("task", ", ".join(f"{k}={v}" for k, v in task.items())))
-    summary.append(("optuna", optuna.__version__))
-    page = out / PAGE_NAME
-    text = render_page(
-        title=f"autoprune report: {study.study_name}",
-        summary=summary,
-        sections=sections,
-        table=table,
-        csv_name=CSV_NAME,
-    )
-    page.write_text(text, encoding="utf-8")
-
-    pngs: list[Path] = []
-    message = None
-    if png:
-        figures = {s.key: s.figure for s in sections if s.figure is not None}
-        pngs, message = export_pngs(figures, out)
-    return ReportFiles(page, csv_path, pngs, message)
+    return len(pareto.groups["pareto"].numbers)
 
 
 def report(study: optuna.Study, out_dir: str | Path, **options: Any) -> Path:
