@@ -376,8 +376,9 @@ def load_pruned(
             )
         example_inputs = _zeros_from_spec(spec, device)
 
-    # Channel counts follow from the schedule alone, so no fine-tuning is needed here.
-    surgery = dataclasses.replace(schedule, fine_tune_steps=0)
+    # Channel counts follow from the schedule alone, so no fine-tuning is needed here; nor
+    # calibration: a criterion only chooses which weights are zero, and the weights come next.
+    surgery = dataclasses.replace(schedule, fine_tune_steps=0, criterion="magnitude")
     pruned = apply_schedule(model, surgery, example_inputs=example_inputs)
     rebuilt = {k: list(v.shape) for k, v in pruned.state_dict().items()}
     recorded = {str(k): (v or {}).get("shape", []) for k, v in arch["tensors"].items()}

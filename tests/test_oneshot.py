@@ -159,3 +159,17 @@ def test_sparse_bytes_counts_nm_metadata():
     assert sparse_bytes(256, 128, "2:4") == 128 * 4 + 128 * 2 // 8
     assert sparse_bytes(256, 0, None) == 1024
     assert sparse_bytes(256, 128, None) == 128 * 4 + 32
+
+
+def test_save_and_load_pruned_without_calibration(tmp_path):
+    model = tiny_llama()
+    layers = {n: ap.LayerPlan("unstructured", 0.5, pattern="2:4") for n in prunable_linears(model)}
+    schedule = ap.Schedule(layers=layers, criterion="wanda")
+    pruned = ap.apply_schedule(model, schedule, example_inputs=None, calibration=calibration())
+    x = {"input_ids": torch.randint(0, 64, (2, 16))}
+    out = ap.save_pruned(pruned, tmp_path / "p", schedule=schedule, example_inputs=x)
+    reloaded = ap.load_pruned(out, tiny_llama)  # rebuilt from the schedule: no calibration needed
+    for name, value in pruned.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], value), name
+    with torch.inference_mode():
+        torch.testing.assert_close(reloaded(**x).logits, pruned(**x).logits, rtol=0, atol=0)
