@@ -52,7 +52,8 @@ def score(task: ap.Task, schedule: ap.Schedule) -> tuple[float, float]:
     return float(task.evaluate(model)), float(task.test(model))
 
 
-def run(seeds: list[int], levels: list[float], trials: int, minutes: float) -> dict[str, Any]:
+def run(seeds: list[int], levels: list[float], trials: int, minutes: float, granularity: str = "block",
+        nm: bool = True) -> dict[str, Any]:  # fmt: skip
     rows: dict[str, dict[str, list[float]]] = {}
     counts: dict[str, list[int]] = {}
 
@@ -70,7 +71,7 @@ def run(seeds: list[int], levels: list[float], trials: int, minutes: float) -> d
             dense = (float(task.evaluate(task.model)), float(task.test(task.model)))
         print(f"calibration seed {seed}: dense val {dense[0]:.3f} test {dense[1]:.3f}", flush=True)
         units = allocation_units(task.model, "block")
-        ctx = AllocationContext(task, "wanda", "block")
+        ctx = AllocationContext(task, "wanda", granularity)
         for level in levels:
             for criterion in ("magnitude", "wanda", "sparsegpt"):
                 add(f"{level:.0%} uniform {criterion}", *score(task, uniform_schedule(task, criterion, level)))
@@ -90,10 +91,10 @@ def run(seeds: list[int], levels: list[float], trials: int, minutes: float) -> d
                 schedule = ap.Schedule.from_json(best.user_attrs["schedule"])
                 val, test = score(task, schedule)
                 assert abs(val - best.user_attrs["perplexity"]) < 1e-6 * val, (val, best.user_attrs["perplexity"])
-                add(f"{level:.0%} searched (wanda)", val, test)
+                add(f"{level:.0%} searched (wanda, per {granularity})", val, test)
                 print(f"    search: {len(done)} trials in {time.perf_counter() - t0:.0f} s, best trial {best.number} "
                       f"({best.user_attrs.get('role', 'search')}), amounts {best.user_attrs['amounts']}", flush=True)  # fmt: skip
-        for criterion in ("magnitude", "wanda", "sparsegpt"):
+        for criterion in ("magnitude", "wanda", "sparsegpt") if nm else ():
             add(f"2:4 uniform {criterion}", *score(task, uniform_schedule(task, criterion, 0.5, "2:4")))
     assert dense is not None
     return {"dense": {"val": dense[0], "test": dense[1]}, "rows": rows, "search_trials": counts, "seeds": seeds}
@@ -118,17 +119,23 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--granularity", choices=("block", "layer"), default="block")
+    parser.add_argument("--no-nm", action="store_true", help="skip the 2:4 rows")
     parser.add_argument("--out", default="results")
     args = parser.parse_args()
     # One thread: on this shared 2-core machine two threads made a validation pass 10x slower
     # (54 s against 5 s, measured beside other work); perplexities do not depend on it.
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    result = run(args.seeds, args.levels, args.trials, args.minutes)
+    result = run(args.seeds, args.levels, args.trials, args.minutes, args.granularity, not args.no_nm)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    command = "python scripts/bench_lm.py " + " ".join(
-        f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out"
-    )
+    parts = []
+    for key, value in vars(args).items():
+        flag = "--" + key.replace("_", "-")
+        if key == "out" or value is False:
+            continue
+        parts.append(flag if value is True else f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}")
+    command = "python scripts/bench_lm.py " + " ".join(parts)
     header = (
         f"`{command}` at {commit}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()} "
         f"{torch.get_num_threads()} threads, {time.perf_counter() - started:.0f} s; search trials per run: "
