@@ -210,7 +210,7 @@ def test_trial_lines_show_every_state(tmp_path: Any) -> None:
     states = {line.split()[0]: line for line in lines[1:]}
     assert states["0"].split()[1:3] == ["unpruned", "ok"]
     assert states["5"].split()[2:5] == ["infeasible", "2.50", "2.50"]
-    assert states["7"].split()[2] == "screened" and "  cannot mee" in states["7"]  # cut at 100 columns
+    assert states["7"].split()[2] == "screened" and states["7"].endswith(" cannot meet the c...")  # cut at 100
     assert states["8"].split()[1:] == ["search", "failed", "RuntimeError:", "boom"]  # nothing measured: the note
 
 
@@ -304,3 +304,14 @@ def test_cli_search_to_a_pipe_prints_one_line_per_trial_then_the_summary(tmp_pat
         recommend(study).rows)]
     assert any(line.startswith("Recommended (chosen on validation") for line in out)
     assert out[-1] == "trials:  autoprune trials --study pipe --storage sqlite:///s.db    (every trial; --csv FILE: every column)"
+
+
+def test_wide_trials_tables_narrow_their_columns_before_cutting_a_pick() -> None:
+    wide = TrialRow(32, "sensitivity 50%", "infeasible", 23.33, 22.44, 12.74, 12.23, 13.41, 13_000, 89.5, math.nan,
+                    "")
+    picked = TrialRow(33, "local", "ok", 0.0, 1.11, 9.9, 9.61, 10.23, 55_000, 21.1, math.nan, "fastest")
+    lines = trial_lines([wide, picked])
+    assert max(len(line) for line in lines) <= 100
+    assert lines[2].endswith(" fastest")
+    assert lines[1].split() == ["32", "sensitivity", "50%", "infeasible", "23.33", "22.44", "12.74x", "(12.23-13.41)",
+                                "13", "kB", "(89.5x)"]

@@ -306,15 +306,21 @@ def _table(rows: list[TrialRow], *, with_state: bool, last: dict[int, str], last
     widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
     left = {1, 2} if with_state else {1}  # text columns; numbers align right
     first_number = max(left) + 1
-    lines = []
-    for row in [header, *cells]:
-        parts = [cell.ljust(w) if i in left or i == len(row) - 1 else cell.rjust(w) for i, (cell, w) in
-                 enumerate(zip(row, widths, strict=True))]
-        if row is not header and row[-1] and all(c == "-" for c in row[first_number:-1]):
-            parts = [*parts[:first_number], row[-1]]  # nothing measured: the note gets the room
-        line = "  ".join(parts).rstrip()
-        lines.append(line if len(line) <= WIDTH else line[: WIDTH - 3] + "...")
-    return lines
+
+    def join(sep: str) -> list[str]:
+        lines = []
+        for row in [header, *cells]:
+            parts = [cell.ljust(w) if i in left or i == len(row) - 1 else cell.rjust(w) for i, (cell, w) in
+                     enumerate(zip(row, widths, strict=True))]
+            if row is not header and row[-1] and all(c == "-" for c in row[first_number:-1]):
+                parts = [*parts[:first_number], row[-1]]  # nothing measured: the note gets the room
+            lines.append(sep.join(parts).rstrip())
+        return lines
+
+    lines = join("  ")
+    if any(len(line) > WIDTH for line in lines):
+        lines = join(" ")  # narrower columns before anything is cut
+    return [line if len(line) <= WIDTH else line[: WIDTH - 3] + "..." for line in lines]
 
 
 def front_lines(rec: Recommendation) -> list[str]:
