@@ -111,3 +111,15 @@ def test_trials_lists_a_language_model_study(searched):
     assert lines[2].split()[:3] == ["1", "owl", "COMPLETE"] and f"{t.user_attrs['perplexity']:7.3f}".strip() in lines[2]
     done = autoprune("trials", "--study", "lm", "--storage", storage, "--recommend", cwd=folder)
     assert done.returncode == 0 and "dense model: validation perplexity" in done.stdout
+
+
+def test_layers_of_a_language_model_lists_blocks_without_tracing(capsys):
+    from autoprune.cli import main
+
+    assert main(["layers", "--task", TASK]) == 0
+    out = capsys.readouterr().out
+    assert "LlamaForCausalLM" in out and "14 prunable linear layers in 2 blocks" in out
+    block = next(line for line in out.splitlines() if line.startswith("model.layers.1 "))
+    # q 32x32, k 16x32, v 16x32, o 32x32, gate/up 64x32, down 32x64: 9,216 weights
+    assert block.split()[1] == "9,216" and "q 32x32, k 16x32" in block and "down 32x64" in block
+    assert "search space: one sparsity per block (2 dimensions; --granularity layer: 14)" in out

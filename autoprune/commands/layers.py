@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     if args.task:
         cfg = cfg.merged(task=args.task, task_options={} if args.task != cfg.task else cfg.task_options)
     task = build_task(cfg)
+    if not task.higher_is_better:  # a language model: what the allocation search allocates (no tracing)
+        _lm_layers(cfg.task, task)
+        return 0
     analysis = analyse(task.model, task.example_inputs, output=task.output)
     print(f"task {cfg.task}: {type(task.model).__name__}, {sum(p.numel() for p in task.model.parameters()):,} parameters")
     print()
@@ -115,3 +118,28 @@ def _scan_timer(task: Task, cfg: SearchConfig) -> Callable[[nn.Module], float] |
 
     meter = SpeedupMeter(task.model, task.example_inputs, study_target(cfg))
     return lambda model: meter.measure(model, budget_s=cfg.latency_budget_s / 2, rel_tol=cfg.latency_rel_tol).ratio
+
+
+def _lm_layers(name: str, task: Task) -> None:
+    from autoprune.lm._allocation import allocation_units, unit_sizes
+    from autoprune.oneshot import prunable_linears, weight_matrix
+
+    model = task.model
+    linears = prunable_linears(model)
+    units = allocation_units(model, "block")
+    sizes = unit_sizes(model, units)
+    print(f"task {name}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"{len(linears)} prunable linear layers in {len(units)} blocks")  # fmt: skip
+    print("criteria: magnitude, wanda, sparsegpt; patterns: unstructured or N:M (a layer's input size a multiple of M)")
+    print()
+    print(f"{'unit (block)':<24} {'weights':>10}  layers (out x in)")
+    for unit, names in units.items():
+        shapes = ", ".join(
+            f"{n.rsplit('.', 1)[-1].removesuffix('_proj')} {'x'.join(map(str, weight_matrix(linears[n]).shape))}"
+            for n in names
+        )
+        print(f"{unit:<24} {sizes[unit]:>10,}  {shapes}")
+    untouched = sum(p.numel() for p in model.parameters()) - sum(sizes.values())
+    print()
+    print(f"not pruned: {untouched:,} parameters (embeddings, the tied output layer, norms)")
+    print(f"search space: one sparsity per block ({len(units)} dimensions; --granularity layer: {len(linears)})")
