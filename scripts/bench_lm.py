@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 import autoprune as ap
-from autoprune.lm._allocation import allocation_units, owl_allocation
+from autoprune.lm._allocation import owl_allocation
 from autoprune.lm._search import AllocationContext, search_allocation
 from autoprune.oneshot import prunable_linears
 
@@ -70,13 +70,13 @@ def run(seeds: list[int], levels: list[float], trials: int, minutes: float, gran
         if dense is None:
             dense = (float(task.evaluate(task.model)), float(task.test(task.model)))
         print(f"calibration seed {seed}: dense val {dense[0]:.3f} test {dense[1]:.3f}", flush=True)
-        units = allocation_units(task.model, "block")
-        ctx = AllocationContext(task, "wanda", granularity)
+        blocks = AllocationContext(task, "wanda", "block")  # OWL allocates per decoder block
+        ctx = blocks if granularity == "block" else AllocationContext(task, "wanda", granularity)
         for level in levels:
             for criterion in ("magnitude", "wanda", "sparsegpt"):
                 add(f"{level:.0%} uniform {criterion}", *score(task, uniform_schedule(task, criterion, level)))
-            owl = owl_allocation(task.model, ctx.stats, units, level)
-            add(f"{level:.0%} OWL (wanda)", *score(task, ctx.schedule(owl)))
+            owl = owl_allocation(task.model, blocks.stats, blocks.units, level)
+            add(f"{level:.0%} OWL (wanda)", *score(task, blocks.schedule(owl)))
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
                 study = search_allocation(
