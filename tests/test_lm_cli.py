@@ -48,6 +48,8 @@ def test_search_on_a_language_model(searched):
         assert len(line.replace(storage, "S")) <= 100, line  # the storage path is the test's tmp folder
     best = min((t for t in study.trials if t.user_attrs["level"] == 0.6), key=lambda t: t.values[0])
     assert f"autoprune apply --study lm --storage {storage} --trial {best.number} --out pruned-{best.number}" in out
+    page = next(line for line in out.splitlines() if line.startswith("report:")).split(maxsplit=1)[1]
+    assert "Perplexity against sparsity" in Path(page).read_text()
 
 
 @pytest.mark.slow

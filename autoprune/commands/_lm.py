@@ -85,4 +85,11 @@ def run_lm_search(args: argparse.Namespace, cfg: SearchConfig, task: Task) -> in
     print()
     for line in lm_summary_lines(study, cfg.storage):
         print(line)
+    if cfg.report:
+        from autoprune.report import default_out_dir, report
+
+        try:
+            print(f"report:  {report(study, default_out_dir(cfg.study_name, cfg.storage))}")
+        except Exception as exc:  # noqa: BLE001 - the search is stored; a report failure must not hide that
+            print(f"report:  not written ({type(exc).__name__}: {exc})")
     return 0
