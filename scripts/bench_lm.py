@@ -53,7 +53,7 @@ def score(task: ap.Task, schedule: ap.Schedule) -> tuple[float, float]:
 
 
 def run(seeds: list[int], levels: list[float], trials: int, minutes: float, granularity: str = "block",
-        nm: bool = True) -> dict[str, Any]:  # fmt: skip
+        nm: bool = True, criterion: str = "wanda") -> dict[str, Any]:  # fmt: skip
     rows: dict[str, dict[str, list[float]]] = {}
     counts: dict[str, list[int]] = {}
 
@@ -71,16 +71,16 @@ def run(seeds: list[int], levels: list[float], trials: int, minutes: float, gran
             dense = (float(task.evaluate(task.model)), float(task.test(task.model)))
         print(f"calibration seed {seed}: dense val {dense[0]:.3f} test {dense[1]:.3f}", flush=True)
         blocks = AllocationContext(task, "wanda", "block")  # OWL allocates per decoder block
-        ctx = blocks if granularity == "block" else AllocationContext(task, "wanda", granularity)
+        ctx = blocks if (granularity, criterion) == ("block", "wanda") else AllocationContext(task, criterion, granularity)
         for level in levels:
-            for criterion in ("magnitude", "wanda", "sparsegpt"):
-                add(f"{level:.0%} uniform {criterion}", *score(task, uniform_schedule(task, criterion, level)))
+            for method in ("magnitude", "wanda", "sparsegpt"):
+                add(f"{level:.0%} uniform {method}", *score(task, uniform_schedule(task, method, level)))
             owl = owl_allocation(task.model, blocks.stats, blocks.units, level)
             add(f"{level:.0%} OWL (wanda)", *score(task, blocks.schedule(owl)))
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
                 study = search_allocation(
-                    task, sparsity=level, criterion="wanda", n_trials=trials, timeout_s=minutes * 60, seed=seed,
+                    task, sparsity=level, criterion=criterion, n_trials=trials, timeout_s=minutes * 60, seed=seed,
                     storage=f"sqlite:///{tmp}/lm.db", study_name="bench", context=ctx, measure_latency=False,
                     record_test=False,
                 )  # fmt: skip
@@ -91,11 +91,11 @@ def run(seeds: list[int], levels: list[float], trials: int, minutes: float, gran
                 schedule = ap.Schedule.from_json(best.user_attrs["schedule"])
                 val, test = score(task, schedule)
                 assert abs(val - best.user_attrs["perplexity"]) < 1e-6 * val, (val, best.user_attrs["perplexity"])
-                add(f"{level:.0%} searched (wanda, per {granularity})", val, test)
+                add(f"{level:.0%} searched ({criterion}, per {granularity})", val, test)
                 print(f"    search: {len(done)} trials in {time.perf_counter() - t0:.0f} s, best trial {best.number} "
                       f"({best.user_attrs.get('role', 'search')}), amounts {best.user_attrs['amounts']}", flush=True)  # fmt: skip
-        for criterion in ("magnitude", "wanda", "sparsegpt") if nm else ():
-            add(f"2:4 uniform {criterion}", *score(task, uniform_schedule(task, criterion, 0.5, "2:4")))
+        for method in ("magnitude", "wanda", "sparsegpt") if nm else ():
+            add(f"2:4 uniform {method}", *score(task, uniform_schedule(task, method, 0.5, "2:4")))
     assert dense is not None
     return {"dense": {"val": dense[0], "test": dense[1]}, "rows": rows, "search_trials": counts, "seeds": seeds}
 
@@ -121,13 +121,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--granularity", choices=("block", "layer"), default="block")
     parser.add_argument("--no-nm", action="store_true", help="skip the 2:4 rows")
+    parser.add_argument("--criterion", choices=("magnitude", "wanda", "sparsegpt"), default="wanda",
+                        help="the searched allocation's criterion")  # fmt: skip
     parser.add_argument("--out", default="results")
     args = parser.parse_args()
     # One thread: on this shared 2-core machine two threads made a validation pass 10x slower
     # (54 s against 5 s, measured beside other work); perplexities do not depend on it.
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    result = run(args.seeds, args.levels, args.trials, args.minutes, args.granularity, not args.no_nm)
+    result = run(args.seeds, args.levels, args.trials, args.minutes, args.granularity, not args.no_nm, args.criterion)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     parts = []
     for key, value in vars(args).items():
