@@ -215,3 +215,10 @@ def test_report_of_a_perplexity_study(lm_task, tmp_path):
     files = write_report(study, tmp_path / "report")
     page = files.page.read_text()
     assert "Perplexity against sparsity" in page and "Allocations" in page and "Sensitivity per unit" not in page
+
+
+def test_progress_reports_each_trial_once_when_it_ends(lm_task, tmp_path):
+    seen: list[tuple[int, str]] = []
+    search_allocation(lm_task, sparsity=[0.4, 0.6], n_trials=5, storage=f"sqlite:///{tmp_path}/p.db", study_name="p",
+                      measure_latency=False, progress=lambda t: seen.append((t.number, t.state.name)))  # fmt: skip
+    assert seen == [(n, "COMPLETE") for n in range(5)]  # references were enqueued ahead: never a WAITING one

@@ -226,7 +226,7 @@ def search_allocation(
             _logger.warning("trial %d failed: %s", trial.number, exc)
         ran += 1
         if progress is not None:
-            progress(study.trials[-1])
+            progress(study.trials[trial.number])  # the trial just told (enqueued ones may follow it)
     if measure_latency:
         _time_best(study, ctx, task, levels, target, seed)
     return study
