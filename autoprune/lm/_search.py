@@ -201,7 +201,6 @@ def search_allocation(
                                 skip_if_exists=True)  # fmt: skip
     start = time.perf_counter()
     timed: set[float] = {float(t.user_attrs.get("level", -1)) for t in done if "speedup" in t.user_attrs}
-    ran = 0
     while len(study.trials) < n_trials:
         if timeout_s is not None and time.perf_counter() - start > timeout_s:
             break
@@ -215,8 +214,7 @@ def search_allocation(
             raw = {u: trial.suggest_float(u, max(0.0, level - spread), min(0.95, level + spread)) for u in units}
             amounts = project_to_budget(raw, ctx.sizes, level)
             values = _evaluate(trial, ctx, task, amounts, level, baseline, max_metric_increase, seed, role, record_test)
-            speedup_needed = measure_latency and role != ROLE_SEARCH and level not in timed and role == ROLE_UNIFORM
-            if speedup_needed:
+            if measure_latency and role == ROLE_UNIFORM and level not in timed:  # each level's uniform reference
                 _time(trial, ctx, task, amounts, target, seed)
                 timed.add(level)
             study.tell(trial, values if multi else values[0])
@@ -224,7 +222,6 @@ def search_allocation(
             trial.set_user_attr("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             _logger.warning("trial %d failed: %s", trial.number, exc)
-        ran += 1
         if progress is not None:
             progress(study.trials[trial.number])  # the trial just told (enqueued ones may follow it)
     if measure_latency:
