@@ -65,11 +65,18 @@ def register_preflight(preflight: Callable[[Any, Any], Iterable[PrunableLayer]])
     _PREFLIGHT = preflight
 
 
+def _natural(name: str) -> tuple[Any, ...]:
+    """Sort key: ``model.layers.10`` after ``model.layers.9``."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in name.split("."))
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_plan(method: object, amount: object, norm: object, *, layer: str | None = None, pattern: object = None) -> None:
+def check_plan(
+    method: object, amount: object, norm: object, *, layer: str | None = None, pattern: object = None
+) -> None:
     """Check the fields of a :class:`LayerPlan`; the error names the rule, the layer (when
     given) and the value."""
     where = f" on layer {layer!r}" if layer is not None else ""
@@ -93,7 +100,9 @@ def nm_pattern(pattern: object, where: str = "") -> tuple[int, int]:
     """``"N:M"`` (N weights kept in every M consecutive ones of a row) -> ``(N, M)``."""
     parts = pattern.split(":") if isinstance(pattern, str) else []
     if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 0 < int(parts[0]) < int(parts[1]) <= 64:
-        raise ScheduleError(f"`pattern` must be 'N:M' with 0 < N < M <= 64 (e.g. '2:4'), but got pattern={pattern!r}{where}.")
+        raise ScheduleError(
+            f"`pattern` must be 'N:M' with 0 < N < M <= 64 (e.g. '2:4'), but got pattern={pattern!r}{where}."
+        )
     return int(parts[0]), int(parts[1])
 
 
@@ -196,6 +205,11 @@ class Schedule:
         distill: fine-tune with the task's ``distill_fine_tune`` (a distillation term from
             the unpruned model) instead of its plain ``fine_tune``. The executor does not read
             it; whoever passes ``fine_tune`` does (the search, ``PickedTrial.apply``).
+        remove_blocks: decoder blocks of a language model removed whole (their paths, e.g.
+            ``"model.layers.3"``), after any width pruning; see :mod:`autoprune.decoder`. On a
+            decoder, a structured plan on a block's attention (``"model.layers.3.self_attn"``)
+            removes that fraction of its query heads, and on its MLP (``"model.layers.3.mlp"``)
+            that fraction of its channels.
 
     Example:
         >>> s = Schedule(layers={"features.0": LayerPlan("structured", 0.5)}, steps=3, shape="cubic")
@@ -215,6 +229,7 @@ class Schedule:
     attention_heads: bool = False
     distill: bool = False
     criterion: str = "magnitude"
+    remove_blocks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.layers, Mapping):
@@ -225,6 +240,10 @@ class Schedule:
         # Normalise containers so equality and hashing do not depend on the caller's types.
         object.__setattr__(self, "layers", dict(sorted(dict(self.layers).items(), key=lambda kv: str(kv[0]))))
         object.__setattr__(self, "ignore", tuple(sorted(set(self.ignore))))
+        blocks = self.remove_blocks
+        if isinstance(blocks, str) or not all(isinstance(n, str) and n for n in blocks):
+            raise ScheduleError(f"`remove_blocks` must be a list of block paths, but got remove_blocks={blocks!r}.")
+        object.__setattr__(self, "remove_blocks", tuple(sorted(set(blocks), key=_natural)))
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -397,6 +416,7 @@ class Schedule:
             # only when set: schedules without distillation keep the JSON they always had
             **({"distill": True} if self.distill else {}),
             **({"criterion": self.criterion} if self.criterion != "magnitude" else {}),
+            **({"remove_blocks": list(self.remove_blocks)} if self.remove_blocks else {}),
         }
 
     def __hash__(self) -> int:
@@ -428,12 +448,15 @@ class Schedule:
                 raise ScheduleError(f"layer {name!r} must be an object, but got {plan!r}.")
             extra = sorted(set(plan) - {"method", "amount", "norm", "pattern"})
             if extra:
-                raise ScheduleError(f"unknown field(s) {extra} on layer {name!r}; allowed: method, amount, norm, pattern.")
+                raise ScheduleError(
+                    f"unknown field(s) {extra} on layer {name!r}; allowed: method, amount, norm, pattern."
+                )
             check_plan(plan.get("method", "structured"), plan.get("amount", 0.0), plan.get("norm", 1), layer=str(name),
                        pattern=plan.get("pattern"))  # fmt: skip
             layers[name] = LayerPlan(**plan)
-        if isinstance(data.get("ignore"), list):
-            data["ignore"] = tuple(data["ignore"])
+        for key in ("ignore", "remove_blocks"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
         return cls(layers=layers, **data)
 
     @classmethod
