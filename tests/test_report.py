@@ -391,7 +391,8 @@ def test_png_export_with_kaleido_and_chromium(tmp_path: Path) -> None:
         pytest.skip("no Chrome/Chromium for kaleido (apt-get install chromium)")
     files = write_report(make_study(2, 12), tmp_path, png=True)
     assert files.png_message is None
-    assert {p.name for p in files.pngs} == {"pareto.png", "hypervolume.png", "schedules.png", "importances.png"}
+    expected = {"recommended.png", "pareto.png", "hypervolume.png", "schedules.png", "importances.png"}
+    assert {p.name for p in files.pngs} == expected
     for path in files.pngs:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -504,3 +505,99 @@ def test_the_front_carries_error_bars_from_the_drops_error_and_the_speedups_inte
     assert list(trace.error_x.array) == [0.5, 0.0] and list(trace.error_x.arrayminus) == [0.5, 0.0]
     assert list(trace.error_y.array) == pytest.approx([1.0, 0.0]) and trace.error_y.visible
     assert "accuracy_drop_se: 0.5" in info.groups["pareto"].hovers[0]
+
+
+# ---------------------------------------------------------------------------- first screen
+FRONT_BASE = {"accuracy": 99.0, "test_accuracy": 98.0, "latency_ms": 10.0, "dense_bytes": 1_000_000}
+
+
+def _front_study(objectives: tuple[str, ...] = ("accuracy", "latency"), limit: float = 1.0) -> optuna.Study:
+    """A digits-like study: a front bent at trial 3, a faster trial over the limit, and a
+    uniform-90% reference at 79% accuracy (20 points of drop) far outside what matters."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="front", directions=[study_keys.DIRECTIONS[o] for o in objectives])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(objectives))
+    study.set_user_attr("objectives", list(objectives))
+    study.set_user_attr("baseline", FRONT_BASE)
+    study.set_user_attr("config", {"constraints": {"max_accuracy_drop": limit}})
+
+    def add(drop: float, speedup: float, size: float, role: str = study_keys.ROLE_SEARCH, **extra: Any) -> None:
+        attrs: dict[str, Any] = {
+            "role": role, "schedule": ap.Schedule().to_json(), "accuracy": 99.0 - drop, "accuracy_drop": drop,
+            "test_accuracy_drop": drop + 0.4, "latency_ms": 10.0 / speedup, "speedup": speedup,
+            "speedup_low": speedup * 0.95, "speedup_high": speedup * 1.05, "sparse_bytes": size,
+            "compression": 1_000_000 / size, "accuracy_drop_se": 0.1, "feasible": drop <= limit,
+            "fidelity": study_keys.FIDELITY_FULL, **extra,
+        }  # fmt: skip
+        values = [float(attrs[study_keys.OBJECTIVES[o][0]]) for o in objectives]
+        study.add_trial(create_trial(values=values, user_attrs=attrs))
+
+    add(0.0, 1.0, 1_000_000, study_keys.ROLE_UNPRUNED)  # 0
+    add(0.0, 1.8, 650_000, study_keys.ROLE_UNIFORM, uniform_amount=0.25)  # 1
+    add(0.2, 2.0, 700_000)  # 2
+    add(0.3, 4.0, 120_000)  # 3: the knee
+    add(0.9, 4.4, 90_000)  # 4: the fastest within the limit
+    add(1.2, 4.6, 60_000)  # 5: over the limit, inside the frame
+    add(20.0, 9.0, 20_000, study_keys.ROLE_UNIFORM, uniform_amount=0.9)  # 6: the outlier
+    add(0.5, 3.0, 40_000)  # 7: the smallest within the limit
+    return study
+
+
+def _inside(value: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
+def test_first_screen_frames_the_front_and_the_constraint_and_clips_the_outlier() -> None:
+    from autoprune.report._plots import _get_front_plot
+
+    info = _data._get_front_info(_front_study())
+    assert info.x_name == "speedup" and info.note is None
+    assert info.front.numbers == [1, 2, 3, 4]  # the strict front, slowest first
+    assert info.others["reference"].numbers == [0]  # the unpruned model at 1x anchors the frame
+    fig = _get_front_plot(info)
+    x_range, y_range = tuple(fig.layout.xaxis.range), tuple(fig.layout.yaxis.range)
+    assert fig.layout.xaxis.autorange is False and fig.layout.yaxis.autorange is False
+    for x, y, (xl, xh) in zip(info.front.x, info.front.y, info.front.x_err, strict=True):
+        assert _inside(x - xl, x_range) and _inside(x + xh, x_range) and _inside(y, y_range)
+    assert _inside(1.0, y_range) and [s.y0 for s in fig.layout.shapes] == [1.0]  # the max drop line, in frame
+    # the uniform-90% reference (drop 20, 9x) is outside both axes, and so not drawn
+    assert not _inside(20.0, y_range) and not _inside(9.0, x_range)
+    assert info.outside == [6] and all(6 not in (t.customdata or ()) for t in fig.data)
+    assert 5 in info.others["infeasible"].numbers  # over the limit but inside the frame: drawn
+    assert "1 trial outside this frame" in (info.clip_note or "") and "trial 6 (uniform 90%" in (info.clip_note or "")
+    assert info.clip_note in fig.layout.title.text
+    # a looser limit moves the frame with it: the line at 3 points is drawn, the outlier still is not
+    loose = _data._get_front_info(_front_study(limit=3.0))
+    assert _inside(3.0, loose.y_range) and not _inside(20.0, loose.y_range) and loose.outside == [6]
+
+
+def test_first_screen_marks_the_picks_that_the_search_prints() -> None:
+    from autoprune.report._plots import _get_front_plot
+    from autoprune.study._recommend import recommend
+
+    study = _front_study(("accuracy", "latency", "size"))
+    picks = {p.label: p.number for p in recommend(study).picks}
+    assert picks == {"fastest": 4, "knee": 3, "smallest": 7}
+    info = _data._get_front_info(study)
+    fig = _get_front_plot(info)
+    (marked,) = [t for t in fig.data if t.name == "recommended"]
+    assert sorted(marked.customdata) == [3, 4, 7]
+    assert sorted(marked.text) == ["fastest #4", "knee #3", "smallest #7"]
+    by_number = dict(zip(info.front.numbers, zip(info.front.x, info.front.y, strict=True), strict=True))
+    assert [(x, y) for x, y in zip(marked.x, marked.y, strict=True)] == [by_number[n] for n in marked.customdata]
+
+
+def test_first_screen_in_latency_when_asked_and_the_page_opens_with_it(tmp_path: Path) -> None:
+    study = _front_study()
+    info = _data._get_front_info(study, "latency")
+    assert info.x_name == "latency" and info.front.x == pytest.approx([10.0 / 4.4, 10.0 / 4.0, 5.0, 10.0 / 1.8])
+    assert _inside(10.0, info.x_range) and _inside(10.0 / 4.4 * 0.95, info.x_range)  # the unpruned model's 10 ms
+    assert not _inside(10.0 / 9.0, info.x_range) and info.outside == [6]
+    with pytest.raises(ap.ConfigError, match="'speedup', 'latency'"):
+        _data._get_front_info(study, "ms")
+    page = write_report(study, tmp_path, model=None).page.read_text()
+    # the first section after the summary is the framed front with the picks
+    assert page.index('id="recommended"') < page.index('id="pareto"')
+    assert "fastest trial 4 (val drop 0.90, test drop 1.30)" in page

@@ -35,7 +35,7 @@ def _playwright() -> None:
         pytest.fail("the browser tests drive Chromium with Playwright: pip install playwright", pytrace=False)
 
 
-@pytest.mark.parametrize(("n_objectives", "figures"), [(2, 5), (3, 6)])
+@pytest.mark.parametrize(("n_objectives", "figures"), [(2, 6), (3, 7)])
 def test_page_renders_every_figure_offline(tmp_path: Path, cnn: Any, n_objectives: int, figures: int) -> None:
     model, x, layers = cnn
     study = make_study(n_objectives, layers=layers)
@@ -55,7 +55,7 @@ def test_page_with_missing_sections_still_renders(tmp_path: Path) -> None:
     load = load_page(page)
     assert load.console_errors == []
     assert load.requests == [page.resolve().as_uri()]
-    assert load.rendered == load.plots == 3  # Pareto front, hypervolume, schedules
+    assert load.rendered == load.plots == 4  # recommended, Pareto front, hypervolume, schedules
 
 
 def test_harness_sees_errors_and_requests(tmp_path: Path) -> None:

@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="trial whose pruning pattern is shown (default: the Pareto trial that prunes most)",
     )
     parser.add_argument(
+        "--axis",
+        choices=("speedup", "latency"),
+        default="speedup",
+        help="x axis of the first screen's front: speedup over the unpruned model (default) or latency in ms",
+    )
+    parser.add_argument(
         "--layer",
         default=None,
         metavar="NAME",
@@ -47,7 +53,14 @@ def run(args: argparse.Namespace) -> int:
 
     study = open_study(args.study, args.storage)
     out = args.out if args.out is not None else default_out_dir(args.study, args.storage)
-    files = write_report(study, out, png=args.png, pattern_trial=args.trial, pattern_layer=args.layer)
+    files = write_report(
+        study,
+        out,
+        png=args.png,
+        pattern_trial=args.trial,
+        pattern_layer=args.layer,
+        front_axis=args.axis,
+    )
     print(f"report: {files.page}")
     print(f"trials: {files.csv}")
     for path in files.pngs:

@@ -99,6 +99,7 @@ def write_report(
     pattern_layer: str | None = None,
     model: nn.Module | None = None,
     example_inputs: Any = None,
+    front_axis: str = "speedup",
 ) -> ReportFiles:
     """Write the report and say which files it wrote (:func:`report` returns the page only).
 
@@ -112,6 +113,8 @@ def write_report(
         pattern_layer: the layer shown (default: that trial's largest pruned layer).
         model, example_inputs: the unpruned model and its inputs for the pruning pattern;
             by default the task is rebuilt from the study's task spec.
+        front_axis: the first screen's x axis, ``"speedup"`` or ``"latency"`` (in ms); a study
+            without a latency objective shows compression.
     """
     import optuna
 
@@ -125,7 +128,9 @@ def write_report(
         _lm_sections(study, sections)
         pareto_count = None
     else:
-        pareto_count = _accuracy_sections(study, sections, names, pattern_trial, pattern_layer, model, example_inputs)
+        pareto_count = _accuracy_sections(
+            study, sections, names, pattern_trial, pattern_layer, model, example_inputs, front_axis
+        )
 
     table = trials_dataframe(study)
     csv_path = out / CSV_NAME
@@ -186,8 +191,10 @@ def _accuracy_sections(
     pattern_layer: str | None,
     model: nn.Module | None,
     example_inputs: Any,
+    front_axis: str = "speedup",
 ) -> int:
     """The sections of an accuracy study; returns the number of Pareto trials."""
+    sections.append(_recommended_section(study, front_axis))
     pareto = _data._get_pareto_info(study)
     has_points = any(g.numbers for g in pareto.groups.values())
     tolerance = front_tolerance(study)
@@ -249,14 +256,36 @@ def _accuracy_sections(
     return len(pareto.groups["pareto"].numbers)
 
 
+def _recommended_section(study: optuna.Study, front_axis: str) -> Section:
+    """The first screen: the strict front and the picks that ``autoprune search`` prints."""
+    from autoprune.study._recommend import recommend
+
+    info = _data._get_front_info(study, front_axis)
+    rec = recommend(study)
+    picks = "; ".join(
+        f"{p.label} trial {p.number} (val drop {rec.row(p.number).val_drop:.2f}, "
+        f"test drop {rec.row(p.number).test_drop:.2f}): {p.why}"
+        for p in rec.picks
+    )
+    intro = (
+        "The strict Pareto front on validation (red, with the drop's standard error and the speedup's 95% "
+        "interval), the picks ringed, the constraints dashed, as `autoprune search` and `autoprune trials "
+        "--recommend` print them. "
+        + (f"Picks: {picks}. " if picks else "No trial meets the constraints yet. ")
+        + f"Apply one: autoprune apply --study {study.study_name} --trial N --out DIR."
+    )
+    figure = _plots._get_front_plot(info) if info.note is None else None
+    return Section("recommended", "Recommended trials", intro, figure, info.note)
+
+
 def report(study: optuna.Study, out_dir: str | Path, **options: Any) -> Path:
     """Write the study's HTML report (``report.html``) and ``trials.csv`` into ``out_dir``.
 
     Args:
         study: a study written by :func:`autoprune.search` (see :mod:`autoprune.study.keys`).
         out_dir: folder for the page, the CSV and the PNGs (created if missing).
-        **options: ``png``, ``pattern_trial``, ``pattern_layer``, ``model`` and
-            ``example_inputs``, as in :func:`write_report`. A PNG export that cannot run
+        **options: ``png``, ``pattern_trial``, ``pattern_layer``, ``model``,
+            ``example_inputs`` and ``front_axis``, as in :func:`write_report`. A PNG export that cannot run
             logs a one-line warning; the page is still written.
 
     Returns:

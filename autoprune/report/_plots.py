@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autoprune.report._data import (
+    _FramedPoints,
+    _FrontInfo,
     _HeatmapInfo,
     _HypervolumeInfo,
     _ImportanceInfo,
@@ -124,6 +126,112 @@ def _get_pareto_2d_plot(info: _ParetoInfo) -> go.Figure:
             fig.update_yaxes(title_text=_axis_title(names[j], dirs[j]), row=1, col=col)
         fig.update_layout(title="Pareto front: pairwise views", height=460)
     fig.update_layout(template=_TEMPLATE, legend={"orientation": "h", "y": -0.18}, hovermode="closest")
+    return fig
+
+
+_PICK_COLOUR = "#111111"
+_CONSTRAINT_COLOUR = "#e0a800"
+
+
+def _framed_trace(points: _FramedPoints, key: str, *, bars: bool, **style: Any) -> go.Scatter:
+    import plotly.graph_objects as go
+
+    ex = np.asarray(points.x_err, dtype=float).reshape(-1, 2)
+    ey = np.asarray(points.y_err, dtype=float).reshape(-1, 2)
+    return go.Scatter(
+        x=points.x,
+        y=points.y,
+        customdata=points.numbers,
+        text=points.hovers,
+        hovertemplate="%{text}<extra></extra>",
+        legendgroup=key,
+        error_x=_error_bars(ex, style.get("marker", {}).get("color", "#888"), bars),
+        error_y=_error_bars(ey, style.get("marker", {}).get("color", "#888"), bars),
+        **style,
+    )
+
+
+def _get_front_plot(info: _FrontInfo) -> go.Figure:
+    """The first screen: validation drop against speedup (or latency), the strict front joined,
+    the picks ringed and labelled, the constraints dashed; the axes fixed to the frame."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for key in ("infeasible", "feasible", "reference"):
+        points = info.others.get(key)
+        if points is None or not points.numbers:
+            continue
+        label, colour, symbol, _, size, opacity = _STYLE[key]
+        fig.add_trace(
+            _framed_trace(
+                points,
+                key,
+                bars=False,
+                mode="markers",
+                name=label,
+                marker={
+                    "color": colour,
+                    "symbol": symbol,
+                    "size": size,
+                    "opacity": opacity,
+                    "line": {"width": 2 if key == "reference" else 0, "color": colour},
+                },
+            )
+        )
+    label, colour, symbol, _, size, _ = _STYLE["pareto"]
+    fig.add_trace(
+        _framed_trace(
+            info.front,
+            "pareto",
+            bars=True,
+            mode="lines+markers",
+            name="Pareto front (strict)",
+            marker={"color": colour, "symbol": symbol, "size": size - 2},
+            line={"color": colour, "width": 1, "shape": "linear"},
+        )
+    )
+    if info.picks.numbers:
+        fig.add_trace(
+            go.Scatter(
+                x=info.picks.x,
+                y=info.picks.y,
+                customdata=info.picks.numbers,
+                mode="markers+text",
+                name="recommended",
+                legendgroup="recommended",
+                text=[f"{lab} #{n}" for lab, n in zip(info.pick_labels, info.picks.numbers, strict=True)],
+                textposition="top center",
+                textfont={"size": 13, "color": _PICK_COLOUR},
+                hovertext=info.picks.hovers,
+                hovertemplate="%{hovertext}<extra></extra>",
+                marker={"symbol": "circle-open", "size": 20, "color": _PICK_COLOUR, "line": {"width": 2.5}},
+            )
+        )
+    if info.y_limit is not None:
+        fig.add_hline(
+            y=info.y_limit,
+            line={"dash": "dash", "color": _CONSTRAINT_COLOUR, "width": 2},
+            annotation_text=f"max drop {info.y_limit:g}",
+            annotation_position="top left",
+        )
+    if info.x_limit is not None:
+        fig.add_vline(
+            x=info.x_limit,
+            line={"dash": "dash", "color": _CONSTRAINT_COLOUR, "width": 2},
+            annotation_text="latency limit" if info.x_name != "compression" else "size limit",
+            annotation_position="top right",
+        )
+    subtitle = f"<br><sup>{info.clip_note}</sup>" if info.clip_note else ""
+    fig.update_layout(
+        title=f"Pareto front and recommended trials{subtitle}",
+        xaxis={"title": info.x_title, "range": list(info.x_range), "autorange": False},
+        yaxis={"title": "validation drop (lower is better)", "range": list(info.y_range), "autorange": False},
+        template=_TEMPLATE,
+        height=480,
+        legend={"orientation": "h", "y": -0.2},
+        hovermode="closest",
+        margin={"t": 80},
+    )
     return fig
 
 
