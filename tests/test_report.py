@@ -600,4 +600,4 @@ def test_first_screen_in_latency_when_asked_and_the_page_opens_with_it(tmp_path:
     page = write_report(study, tmp_path, model=None).page.read_text()
     # the first section after the summary is the framed front with the picks
     assert page.index('id="recommended"') < page.index('id="pareto"')
-    assert "fastest trial 4 (val drop 0.90, test drop 1.30)" in page
+    assert "fastest: trial 4 (val drop 0.90, test drop 1.30)" in page

@@ -263,15 +263,14 @@ def _recommended_section(study: optuna.Study, front_axis: str) -> Section:
     info = _data._get_front_info(study, front_axis)
     rec = recommend(study)
     picks = "; ".join(
-        f"{p.label} trial {p.number} (val drop {rec.row(p.number).val_drop:.2f}, "
-        f"test drop {rec.row(p.number).test_drop:.2f}): {p.why}"
+        f"{p.label}: trial {p.number} (val drop {rec.row(p.number).val_drop:.2f}, "
+        f"test drop {rec.row(p.number).test_drop:.2f})"
         for p in rec.picks
     )
     intro = (
-        "The strict Pareto front on validation (red, with the drop's standard error and the speedup's 95% "
-        "interval), the picks ringed, the constraints dashed, as `autoprune search` and `autoprune trials "
-        "--recommend` print them. "
-        + (f"Picks: {picks}. " if picks else "No trial meets the constraints yet. ")
+        "The strict Pareto front on validation (red; whiskers: the drop's standard error and the speedup's 95% "
+        "interval), the picks that autoprune search prints ringed, the drop limit dashed. "
+        + (f"{picks}. " if picks else "No trial meets the constraints yet. ")
         + f"Apply one: autoprune apply --study {study.study_name} --trial N --out DIR."
     )
     figure = _plots._get_front_plot(info) if info.note is None else None
