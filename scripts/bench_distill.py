@@ -17,18 +17,15 @@ to train (a new, empty cache folder).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _results import run_meta, write_result
 
 import autoprune as ap
 
@@ -86,27 +83,19 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"Test accuracy (%) after uniform structured pruning; unpruned test {base_test:.2f}%; seeds {args.seeds}")
-    print("| amount | fine-tune steps | plain fine-tune | with distillation | distillation gain (points) |")
-    print("|---|---|---|---|---|")
+    lines = ["| amount | fine-tune steps | plain fine-tune | with distillation | distillation gain (points) |",
+             "|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
-        print(
+        lines.append(
             f"| {row['amount']:.0%} | {row['steps']} | {_mean_sd(row['plain'])} | {_mean_sd(row['distill'])} "
             f"| {_mean_sd(row['gain'])} |"
         )
+    table = "\n".join(lines)
+    print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        record = {
-            "command": shlex.join([sys.executable, *sys.argv]),
-            "machine": platform.platform(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "task": args.task,
-            "build_s": build_s,
-            "fresh": args.fresh,
-            "unpruned": {"val": base_val, "test": base_test},
-            "rows": rows,
-        }
-        args.out.write_text(json.dumps(record, indent=2))
+        meta = {**run_meta(argv), "task": args.task, "build_s": build_s, "fresh": args.fresh}
+        write_result(args.out, rows, table=table, meta=meta, unpruned={"val": base_val, "test": base_test})
         print(f"wrote {args.out}")
     return 0
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -56,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _results import run_meta, write_result
 
 import autoprune as ap
 from autoprune.evaluation import SpeedupMeter, Target, count_macs, default_lock_path, measure_latency, training_gate
@@ -266,7 +266,7 @@ def _speedup_modes(args: argparse.Namespace, argv: list[str] | None) -> int:
     rows, table = (_drift if args.drift else _efficiency)(args, target)
     command = "python scripts/bench_latency.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     meta = {
-        "command": command.strip(),
+        **run_meta(command=command.strip()),
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
@@ -276,7 +276,7 @@ def _speedup_modes(args: argparse.Namespace, argv: list[str] | None) -> int:
     }
     out = args.out.with_name(f"{args.out.stem}_{mode}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_result(out, rows, table=table, meta=meta)
     out.with_suffix(".md").write_text(table + "\n")
     print(table)
     print(f"\nReproduce: {meta['command']}  (load average before/after: {load_before} / {meta['loadavg_after']})")
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/bench_latency.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     table = _table(rows, target, args)
     meta = {
-        "command": command.strip(),
+        **run_meta(command=command.strip()),
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "cpus": len(cpus) or os.cpu_count(),
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_s": args.budget,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_result(args.out, rows, table=table, meta=meta)
     args.out.with_suffix(".md").write_text(table + "\n")
     print(table)
     print(f"\nReproduce: {meta['command']}  (load average before/after: {load_before} / {meta['loadavg_after']})")

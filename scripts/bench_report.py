@@ -22,7 +22,6 @@ time; without them that column says why it is missing.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -38,6 +37,7 @@ from typing import Any
 
 import optuna
 import torch
+from _results import run_meta, write_result
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nReproduce: {command.strip()}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "command": command.strip(),
+        **run_meta(command=command.strip()),
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_plotlyjs_only_ms": baseline_ms,
         "work_dir": str(work) if args.keep else None,
     }
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_result(args.out, rows, table=table, meta=meta)
     args.out.with_suffix(".md").write_text(table + f"\n\nReproduce: `{command.strip()}`\n")
     if not args.keep:
         import shutil

@@ -40,6 +40,7 @@ from typing import Any
 
 import optuna
 import torch
+from _results import run_meta, write_result
 from torch import nn
 
 import autoprune as ap
@@ -270,8 +271,7 @@ def main() -> None:
           f"--drop-noise-se {args.drop_noise_se} --screen-window {args.screen_window} "
           f"--sensitivity-resource {args.sensitivity_resource} "
           f"--global-references {' '.join(str(a) for a in args.global_references)} --neighbour-share {args.neighbour_share}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_search.json").write_text(json.dumps(rows, indent=2, default=float))
+    write_result(args.out / "bench_search.json", rows, table=table, meta=run_meta())
     (args.out / "bench_search.md").write_text(table + "\n")
 
 

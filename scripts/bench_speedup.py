@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import json
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _results import run_meta, write_result
 from torch import nn
 from torch.nn.utils import prune
 
@@ -232,13 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+        **run_meta(list(argv) if argv is not None else None),
         "torch": torch.__version__,
         "threads": args.threads,
         "machine": platform.platform(),
         "processor": platform.processor(),
     }
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_result(args.out.with_suffix(".json"), rows, table=markdown(rows), meta=meta)
     with args.out.with_suffix(".csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

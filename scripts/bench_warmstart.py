@@ -13,12 +13,13 @@ enqueue), both fine-tuned with the same standard budget (the space's largest
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
+from _results import run_meta, write_result
 from torch import nn
 
 import autoprune as ap
@@ -93,20 +94,20 @@ def main() -> None:
                 r = rows[-1]
                 print(f"  target {target}: {name:11s} macs -{r['macs_removed']:.1%} acc {r['accuracy']:.2f} {r['amounts']}")
     print()
-    print("| MACs target | method | MACs removed (median) | accuracy per seed | median accuracy |")
-    print("|---|---|---|---|---|")
+    lines = ["| MACs target | method | MACs removed (median) | accuracy per seed | median accuracy |", "|---|---|---|---|---|"]
     for target in args.targets:
         for name in ("uniform", "sensitivity"):
             sel = [r for r in rows if r["target"] == target and r["method"] == name]
             accs = [r["accuracy"] for r in sel]
             macs = statistics.median(r["macs_removed"] for r in sel)
-            print(
+            lines.append(
                 f"| {target:.0%} | {name} | {macs:.1%} | {', '.join(f'{a:.2f}' for a in accs)} | "
                 f"{statistics.median(accs):.2f} |"
             )
+    table = "\n".join(lines)
+    print(table)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_result(Path(args.out), rows, table=table, meta=run_meta())
 
 
 if __name__ == "__main__":

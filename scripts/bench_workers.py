@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from _results import run_meta, write_result
 
 import autoprune as ap
 from autoprune.config import SearchConfig
@@ -127,8 +127,7 @@ def main() -> None:
     print(table)
     print(f"\nreproduce: python scripts/bench_workers.py --trials {args.trials} --workers "
           f"{' '.join(map(str, args.workers))} --storages {' '.join(args.storages)}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_workers.json").write_text(json.dumps(rows, indent=2))
+    write_result(args.out / "bench_workers.json", rows, table=table, meta=run_meta())
     (args.out / "bench_workers.md").write_text(table + "\n")
 
 
