@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from autoprune._inputs import call_model, select_output
+from autoprune.decoder import StructureError, allowed_head_amounts, decoder_layout
 from autoprune.executor import apply_schedule
+from autoprune.oneshot import prunable_linears
 from autoprune.preflight import LayerInfo, ModelAnalysis, analyse
 from autoprune.schedule import LayerPlan, Schedule
 
@@ -26,7 +28,9 @@ __all__ = ["prunable_layers"]
 _logger = logging.getLogger(__name__)
 
 
-def _surgery_error(model: nn.Module, example_inputs: Any, units: list[LayerInfo], output: str | int | None) -> str | None:
+def _surgery_error(
+    model: nn.Module, example_inputs: Any, units: list[LayerInfo], output: str | int | None
+) -> str | None:
     """Why pruning ``units`` at their largest safe amounts fails on a copy (None: it runs)."""
     schedule = Schedule(layers={i.name: LayerPlan("structured", i.max_amount) for i in units})
     try:
@@ -98,6 +102,10 @@ def prunable_layers(model: nn.Module, example_inputs: Any, *, output: str | int 
         >>> [i.name for i in ap.prunable_layers(model, x)][:2]
         ['features.0.0', 'features.1.0']
     """
+    try:
+        return _decoder_layers(model)
+    except StructureError:
+        pass  # not a decoder this module knows: trace it
     analysis = analyse(model, example_inputs, output=output)
     _keep_promises(model, example_inputs, analysis, output)
     skipped = [
@@ -116,3 +124,46 @@ def prunable_layers(model: nn.Module, example_inputs: Any, *, output: str | int 
         for n, r in analysis.skipped
     ]
     return analysis.layers + skipped
+
+
+def _decoder_layers(model: nn.Module) -> list[LayerInfo]:
+    """A decoder language model's units, read from its layout without tracing (tracing a
+    Llama with Torch-Pruning takes minutes): per block its attention (query heads, grouped-
+    query attention kept valid) and its MLP (channels), structured; every linear layer,
+    unstructured. Blocks are removed whole with ``Schedule(remove_blocks=...)``."""
+    layout = decoder_layout(model)
+    linears = prunable_linears(model)
+    found: list[LayerInfo] = []
+
+    def weights(names: list[str]) -> tuple[tuple[str, str], ...]:
+        return tuple((n, "weight") for n in names)
+
+    def params(names: list[str]) -> int:
+        total = 0
+        for n in names:
+            weight = model.get_submodule(n).weight
+            assert isinstance(weight, torch.Tensor)
+            total += weight.numel()
+        return total
+
+    for block, shape in zip(layout.block_names(model), layout.shapes(model), strict=True):
+        attention, mlp = layout.attention_name(block), layout.mlp_name(block)
+        inside = [n for n in linears if n.startswith(block + ".")]
+        attn_layers = [n for n in inside if n.startswith(attention + ".")]
+        mlp_layers = [n for n in inside if n.startswith(mlp + ".")]
+        heads_type = type(model.get_submodule(attention)).__name__
+        found.append(LayerInfo(name=attention, type=heads_type, members=tuple(attn_layers),
+                               weights=weights(attn_layers), channels=shape.heads * shape.head_dim,
+                               channel_groups=shape.head_dim, params=params(attn_layers), methods=("structured",),
+                               max_amount=max(allowed_head_amounts(shape)), heads=shape.heads))  # fmt: skip
+        found.append(LayerInfo(name=mlp, type=type(model.get_submodule(mlp)).__name__, members=tuple(mlp_layers),
+                               weights=weights(mlp_layers), channels=shape.intermediate, channel_groups=1,
+                               params=params(mlp_layers), methods=("structured",),
+                               max_amount=(shape.intermediate - 1) / shape.intermediate))  # fmt: skip
+        for name in inside:
+            module = model.get_submodule(name)
+            found.append(LayerInfo(name=name, type=type(module).__name__, members=(name,), weights=weights([name]),
+                                   channels=0, channel_groups=1, params=params([name]), methods=("unstructured",),
+                                   max_amount=0.99, reason="a projection of a decoder block: cut structurally through "
+                                   f"{attention!r} or {mlp!r}"))  # fmt: skip
+    return found

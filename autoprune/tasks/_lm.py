@@ -10,6 +10,7 @@ drawn from the **train** split at random offsets with a fixed seed.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import Sequence
@@ -209,12 +210,20 @@ def causal_lm_fields(
             train_causal_lm(m, train_tokens, steps=steps, batch=batch_size, context=context_length, lr=lr,
                             seed=calibration_seed, warmup=max(1, steps // 10))  # fmt: skip
 
+    teacher = copy.deepcopy(model).eval()  # the unpruned model, as it is now
+
+    def distill_fine_tune(m: nn.Module, steps: int) -> None:
+        if steps > 0:
+            train_causal_lm(m, train_tokens, steps=steps, batch=batch_size, context=context_length, lr=lr,
+                            seed=calibration_seed, warmup=max(1, steps // 10), teacher=teacher)  # fmt: skip
+
     return dict(
         name=name,
         model=model,
         example_inputs=example,
         evaluate=evaluate,
         fine_tune=fine_tune,
+        distill_fine_tune=distill_fine_tune,
         metric_name="perplexity",
         test=test_fn if "test" in windows else None,
         output="logits",

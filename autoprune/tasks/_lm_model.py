@@ -67,9 +67,16 @@ def train_causal_lm(
     lr: float,
     seed: int,
     warmup: int = 50,
+    teacher: nn.Module | None = None,
+    distill_weight: float = 0.5,
+    temperature: float = 1.0,
 ) -> list[float]:
     """Train ``model`` in place with AdamW on random windows of ``tokens`` (cosine schedule
-    after a linear warm-up); returns the loss of every step."""
+    after a linear warm-up); returns the loss of every step.
+
+    With a ``teacher`` (the unpruned model), the loss is ``(1 - w) * cross-entropy + w * T^2 *
+    KL(teacher || model)`` on the logits at temperature ``T`` (Hinton et al.; as Minitron's
+    recovery), ``w = distill_weight``."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
 
@@ -84,12 +91,20 @@ def train_causal_lm(
     for _ in range(steps):
         x = random_windows(tokens, batch, context, generator)
         out = model(input_ids=x, labels=x, use_cache=False)
+        loss = out.loss
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher(input_ids=x, use_cache=False).logits / temperature
+            log_p = torch.log_softmax(out.logits / temperature, dim=-1)
+            kl = torch.nn.functional.kl_div(log_p.flatten(0, 1), torch.log_softmax(target, dim=-1).flatten(0, 1),
+                                            log_target=True, reduction="batchmean")  # fmt: skip
+            loss = (1 - distill_weight) * loss + distill_weight * temperature**2 * kl
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        losses.append(out.loss.item())
+        losses.append(loss.item())
     model.eval()
     return losses
 

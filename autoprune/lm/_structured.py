@@ -1,0 +1,358 @@
+"""The structural search of a decoder language model: per block, how many query heads and MLP
+channels to keep and whether to keep the block at all (and, where size is an objective, the
+unstructured sparsity of what remains), each trial recovered by fine-tuning (by default
+distillation from the dense model's logits) within its step budget, then scored on
+validation perplexity and a measured, paired speedup in the regime the user runs.
+
+References, enqueued first: the uniform width cuts (heads and MLP together; MLP alone),
+ShortGPT's depth cuts (the blocks of least influence, one block and a quarter of them) and,
+as what unstructured sparsity buys on this machine, uniform Wanda at 50% (same fine-tuning).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import optuna
+import torch
+
+from autoprune._errors import ConfigError
+from autoprune.decoder import allowed_head_amounts, decoder_layout, removal_order, structure_scores
+from autoprune.evaluation import size_stats
+from autoprune.executor import apply_schedule
+from autoprune.lm._latency import REGIMES, RegimeMeters
+from autoprune.oneshot import prunable_linears
+from autoprune.schedule import LayerPlan, Schedule
+from autoprune.tasks import Task
+
+__all__ = ["MLP_AMOUNTS", "search_structure", "structure_schedule"]
+
+_logger = logging.getLogger(__name__)
+
+MLP_AMOUNTS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
+ROLE_SEARCH = "search"
+
+
+def structure_schedule(
+    task: Task,
+    *,
+    heads: dict[int, float] | None = None,
+    mlp: dict[int, float] | None = None,
+    remove: Sequence[int] = (),
+    sparsity: float = 0.0,
+    fine_tune_steps: int = 0,
+    distill: bool = True,
+    seed: int = 0,
+) -> Schedule:
+    """The :class:`Schedule` of one structural choice on ``task``'s decoder (block indices of
+    the unpruned model); ``sparsity`` adds Wanda on every linear layer of the kept blocks."""
+    layout = decoder_layout(task.model)
+    blocks = layout.block_names(task.model)
+    layers: dict[str, LayerPlan] = {}
+    for i, amount in (heads or {}).items():
+        if amount:
+            layers[layout.attention_name(blocks[i])] = LayerPlan("structured", float(amount))
+    for i, amount in (mlp or {}).items():
+        if amount:
+            layers[layout.mlp_name(blocks[i])] = LayerPlan("structured", float(amount))
+    if sparsity:
+        removed = {blocks[i] for i in remove}
+        for name in prunable_linears(task.model):
+            if not any(name.startswith(b + ".") for b in removed):
+                layers[name] = LayerPlan("unstructured", float(sparsity))
+    return Schedule(
+        layers=layers,
+        remove_blocks=tuple(blocks[i] for i in remove),
+        fine_tune_steps=fine_tune_steps,
+        distill=distill,
+        criterion="wanda" if sparsity else "magnitude",
+        seed=seed,
+    )
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def search_structure(
+    task: Task,
+    *,
+    n_trials: int = 24,
+    latency: str = "prefill",
+    fine_tune_steps: int = 50,
+    distill: bool = True,
+    heads: bool = True,
+    mlp: bool = True,
+    depth: bool = True,
+    max_removed: int | None = None,
+    sparsity: Sequence[float] = (),
+    timeout_s: float | None = None,
+    seed: int = 0,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    study_name: str | None = None,
+    max_metric_increase: float | None = None,
+    target: str = "cpu:threads=1",
+    budget_s: float = 1.5,
+    references: bool = True,
+    record_test: bool = True,
+    progress: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+) -> optuna.Study:
+    """Search heads, MLP channels and blocks to remove, per block of ``task``'s decoder.
+
+    Args:
+        n_trials: trials including the references.
+        latency: the speedup the search maximises: ``prefill`` (a batch of full windows) or
+            ``decode`` (tokens generated one at a time with the KV cache); both are measured
+            and stored for every trial.
+        fine_tune_steps: recovery steps of every trial (the same for all, references too).
+        distill: recover with the task's ``distill_fine_tune`` (KL to the dense model's
+            logits plus cross-entropy) instead of its plain ``fine_tune``.
+        heads, mlp, depth: which dimensions are searched.
+        max_removed: most blocks a trial removes (default: half of them).
+        sparsity: unstructured (Wanda) amounts a trial may add on top; non-empty makes
+            model size (sparse bytes) a third objective.
+        max_metric_increase: constraint on the relative validation perplexity increase.
+        target: where the speedups are measured.
+        budget_s: timing budget of each regime's paired measurement.
+        record_test: score every trial on the test split too (never seen by the sampler).
+
+    Raises:
+        ConfigError: a task that is not a perplexity task, nothing to search, a bad regime.
+        StructureError: a decoder this module cannot cut structurally (the message says to
+            prune it unstructured instead).
+    """
+    if task.higher_is_better:
+        raise ConfigError(
+            f"the structural search needs a perplexity task (Task.for_causal_lm); {task.name!r} is not one"
+        )
+    if latency not in REGIMES:
+        raise ConfigError(f"`latency` must be one of {', '.join(REGIMES)}, but got latency={latency!r}")
+    if not (heads or mlp or depth):
+        raise ConfigError("nothing to search: heads, mlp and depth are all off")
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+        raise ConfigError(f"`n_trials` must be an int >= 1, but got n_trials={n_trials!r}")
+    if not isinstance(fine_tune_steps, int) or isinstance(fine_tune_steps, bool) or fine_tune_steps < 0:
+        raise ConfigError(f"`fine_tune_steps` must be an int >= 0, but got fine_tune_steps={fine_tune_steps!r}")
+    levels = sorted({float(s) for s in sparsity})
+    if any(not 0 < s < 0.95 for s in levels):
+        raise ConfigError(f"`sparsity` amounts must be in (0, 0.95), but got sparsity={list(sparsity)!r}")
+    layout = decoder_layout(task.model)
+    shapes = layout.shapes(task.model)
+    n_blocks = len(shapes)
+    max_removed = n_blocks // 2 if max_removed is None else max_removed
+    if not isinstance(max_removed, int) or not 0 <= max_removed < n_blocks:
+        raise ConfigError(f"`max_removed` must be an int in 0..{n_blocks - 1}, but got max_removed={max_removed!r}")
+    objectives = ["perplexity", f"{latency}_speedup"] + (["size"] if levels else [])
+    directions: list[Literal["minimize", "maximize"]] = ["minimize", "maximize"]
+    if levels:
+        directions.append("minimize")
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        directions=directions,
+        sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(8, n_trials)),
+        load_if_exists=True,
+    )
+    config = {"kind": "structure", "latency": latency, "fine_tune_steps": fine_tune_steps, "distill": distill,
+              "heads": heads, "mlp": mlp, "depth": depth, "max_removed": max_removed, "sparsity": levels,
+              "max_metric_increase": max_metric_increase, "target": target}  # fmt: skip
+    old = study.user_attrs.get("config")
+    if old is not None:
+        changed = [k for k in config if k != "max_metric_increase" and old.get(k) != config[k]]
+        if changed:
+            k = changed[0]
+            raise ConfigError(
+                f"study {study.study_name!r} was searched with {k}={old.get(k)!r}; this run asks {k}={config[k]!r}: "
+                "use another study name"
+            )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(objectives)
+    study.set_user_attr("objectives", objectives)
+    study.set_user_attr("config", config)
+    study.set_user_attr("task", task.spec or {"name": task.name})
+    study.set_user_attr("metric", {"name": task.metric_name, "higher_is_better": False, "notice": task.metric_notice})
+    study.set_user_attr("blocks", [s.as_dict() for s in shapes])
+    baseline = study.user_attrs.get("baseline")
+    if baseline is None:
+        with torch.inference_mode():
+            baseline = {"perplexity": float(task.evaluate(task.model)), "params": _params(task.model),
+                        "sparse_bytes": int(size_stats(task.model)["sparse_bytes"])}  # fmt: skip
+            if task.test is not None:
+                baseline["test_perplexity"] = float(task.test(task.model))
+        study.set_user_attr("baseline", baseline)
+    head_choices = [allowed_head_amounts(s) for s in shapes]
+    scores = structure_scores(task.model, task.calibration_inputs)
+    if references and not any(t.user_attrs.get("role") not in (None, ROLE_SEARCH) for t in study.trials):
+        for role, params in _references(shapes, head_choices, scores, heads, mlp, depth, max_removed, levels):
+            study.enqueue_trial(params, user_attrs={"role": role})
+    meters = RegimeMeters(task, REGIMES, target)
+    start = time.perf_counter()
+    while len(study.trials) < n_trials:
+        if timeout_s is not None and time.perf_counter() - start > timeout_s:
+            break
+        trial = study.ask()
+        try:
+            choice = _suggest(trial, n_blocks, head_choices, heads, mlp, depth, levels)
+            if len(choice["remove"]) > max_removed:
+                raise ConfigError(f"{len(choice['remove'])} blocks removed, more than max_removed={max_removed}")
+            values = _evaluate(trial, task, choice, baseline, meters, fine_tune_steps, distill, seed, budget_s,
+                               latency, levels, max_metric_increase, record_test)  # fmt: skip
+            study.tell(trial, values)
+        except Exception as exc:  # a failing trial is recorded with its reason; the search goes on
+            trial.set_user_attr("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            _logger.warning("trial %d failed: %s", trial.number, exc)
+        if progress is not None:
+            progress(study.trials[trial.number])
+    return study
+
+
+def _references(
+    shapes: Sequence[Any],
+    head_choices: list[list[float]],
+    scores: Any,
+    heads: bool,
+    mlp: bool,
+    depth: bool,
+    max_removed: int,
+    levels: list[float],
+) -> list[tuple[str, dict[str, Any]]]:
+    n = len(shapes)
+
+    def params(
+        h: Sequence[float] = (), m: Sequence[float] = (), remove: Sequence[int] = (), s: float = 0.0
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for i in range(n):
+            if heads:
+                out[f"heads_{i}"] = h[i] if h else 0.0
+            if mlp:
+                out[f"mlp_{i}"] = m[i] if m else 0.0
+            if depth:
+                out[f"remove_{i}"] = i in remove
+        if levels:
+            out["sparsity"] = s
+        return out
+
+    refs = []
+    half = [min((a for a in c if a >= 0.5), default=0.0) for c in head_choices]
+    if heads and mlp:
+        refs.append(("uniform-heads-mlp", params(h=half, m=[0.25] * n)))
+    if mlp:
+        refs.append(("uniform-mlp", params(m=[0.375] * n)))
+    if depth and scores.influence is not None:
+        order = removal_order(scores)
+        for k in sorted({1, max(1, n // 4)}):
+            if k <= max_removed:
+                refs.append((f"shortgpt-{k}", params(remove=order[:k])))
+    if levels:
+        refs.append(("uniform-wanda", params(s=min(levels, key=lambda s: abs(s - 0.5)))))
+    return refs
+
+
+def _suggest(
+    trial: optuna.Trial,
+    n: int,
+    head_choices: list[list[float]],
+    heads: bool,
+    mlp: bool,
+    depth: bool,
+    levels: list[float],
+) -> dict[str, Any]:
+    choice: dict[str, Any] = {"heads": {}, "mlp": {}, "remove": [], "sparsity": 0.0}
+    for i in range(n):
+        if heads:
+            choice["heads"][i] = float(trial.suggest_categorical(f"heads_{i}", head_choices[i]))
+        if mlp:
+            choice["mlp"][i] = float(trial.suggest_categorical(f"mlp_{i}", MLP_AMOUNTS))
+        if depth and trial.suggest_categorical(f"remove_{i}", [False, True]):
+            choice["remove"].append(i)
+    if levels:
+        choice["sparsity"] = float(trial.suggest_categorical("sparsity", [0.0, *levels]))
+    return choice
+
+
+def _evaluate(
+    trial: optuna.Trial,
+    task: Task,
+    choice: dict[str, Any],
+    baseline: dict[str, Any],
+    meters: RegimeMeters,
+    fine_tune_steps: int,
+    distill: bool,
+    seed: int,
+    budget_s: float,
+    latency: str,
+    levels: list[float],
+    limit: float | None,
+    record_test: bool,
+) -> list[float]:
+    schedule = structure_schedule(task, heads=choice["heads"], mlp=choice["mlp"], remove=choice["remove"],
+                                  sparsity=choice["sparsity"], fine_tune_steps=fine_tune_steps, distill=distill,
+                                  seed=seed)  # fmt: skip
+    recover = task.distill_fine_tune if distill and task.distill_fine_tune is not None else task.fine_tune
+    t0 = time.perf_counter()
+    model = apply_schedule(task.model, schedule, example_inputs=task.example_inputs,
+                           calibration=task.calibration_inputs, fine_tune=recover)  # fmt: skip
+    t1 = time.perf_counter()
+    with torch.inference_mode():
+        ppl = float(task.evaluate(model))
+    if not math.isfinite(ppl):
+        raise FloatingPointError(f"validation perplexity is {ppl}")
+    t2 = time.perf_counter()
+    speedups = meters.measure(model, budget_s)
+    t3 = time.perf_counter()
+    params = _params(model)
+    size = int(size_stats(model)["sparse_bytes"])  # unstructured zeros as kept values plus a bitmap
+    attrs: dict[str, Any] = {
+        "role": trial.user_attrs.get("role", ROLE_SEARCH),
+        "schedule": schedule.to_json(),
+        "schedule_summary": schedule.summary(),
+        "kind": "unstructured"
+        if not (choice["remove"] or any(choice["heads"].values()) or any(choice["mlp"].values()))
+        else (
+            "depth"
+            if choice["remove"] and not (any(choice["heads"].values()) or any(choice["mlp"].values()))
+            else "structured"
+        ),  # fmt: skip
+        "heads_removed": {str(k): v for k, v in choice["heads"].items() if v},
+        "mlp_removed": {str(k): v for k, v in choice["mlp"].items() if v},
+        "blocks_removed": list(choice["remove"]),
+        "unstructured": choice["sparsity"],
+        "params": params,
+        "params_removed": 1.0 - params / baseline["params"],
+        "perplexity": ppl,
+        "perplexity_increase": ppl / baseline["perplexity"] - 1.0,
+        "sparse_bytes": size,
+        "compression": baseline["sparse_bytes"] / size,
+        "fine_tune_steps_spent": schedule.fine_tune_budget,
+        "time_prune_s": round(t1 - t0, 3),
+        "time_eval_s": round(t2 - t1, 3),
+        "time_latency_s": round(t3 - t2, 3),
+        "fidelity": "full",
+    }
+    for regime, s in speedups.items():
+        attrs.update({f"{regime}_speedup": s.ratio, f"{regime}_speedup_low": s.low, f"{regime}_speedup_high": s.high,
+                      f"{regime}_ms": s.model_ms})  # fmt: skip
+    attrs.update(speedup=attrs[f"{latency}_speedup"], speedup_low=attrs[f"{latency}_speedup_low"],
+                 speedup_high=attrs[f"{latency}_speedup_high"])  # fmt: skip
+    if task.test is not None and record_test and "test_perplexity" in baseline:
+        with torch.inference_mode():
+            test = float(task.test(model))  # for the user; the sampler never sees it
+        attrs["test_perplexity"] = test
+        attrs["test_perplexity_increase"] = test / baseline["test_perplexity"] - 1.0
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    feasible = True
+    if limit is not None:
+        excess = attrs["perplexity_increase"] - limit
+        trial.set_constraint("metric_increase", excess)
+        feasible = excess <= 0
+    trial.set_user_attr("feasible", feasible)
+    return [ppl, float(attrs["speedup"])] + ([float(size)] if levels else [])
