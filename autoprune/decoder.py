@@ -383,22 +383,24 @@ def _remove_blocks(model: nn.Module, layout: DecoderLayout, remove: Sequence[int
 
 
 def _update_config(model: nn.Module, layout: DecoderLayout) -> None:
-    """Record every block's widths in the config; when all blocks agree, in its own fields too."""
+    """Record every block's widths in the config; where all blocks agree (and ``transformers``'
+    config checks allow it: the hidden size a multiple of the heads), in its own fields too."""
     config = getattr(model, "config", None)
     if config is None:
         return
     shapes = layout.shapes(model)
     config.autoprune_layers = [s.as_dict() for s in shapes]
     first = shapes[0]
-    if any(s != first for s in shapes):
-        return
-    if layout.family == "llama":
+    if all(s.intermediate == first.intermediate for s in shapes):
+        if layout.family == "llama":
+            config.intermediate_size = first.intermediate
+        else:
+            config.n_inner = first.intermediate
+    same_heads = all((s.heads, s.kv_heads, s.head_dim) == (first.heads, first.kv_heads, first.head_dim) for s in shapes)
+    if layout.family == "llama" and same_heads and config.hidden_size % first.heads == 0:
         config.num_attention_heads = first.heads
         config.num_key_value_heads = first.kv_heads
         config.head_dim = first.head_dim
-        config.intermediate_size = first.intermediate
-    else:
-        config.n_inner = first.intermediate
 
 
 def prune_decoder_(
