@@ -68,7 +68,6 @@ ARCHITECTURE_FILE = "architecture.json"
 ONNX_FILE = "model.onnx"
 
 
-
 # ---------------------------------------------------------------------------- helpers
 def _count_macs(model: nn.Module, example_inputs: Any) -> int:
     """MACs of one forward pass, counted as the evaluator counts them (per sample)."""
@@ -317,6 +316,40 @@ def _check_shapes(
         raise ArchitectureMismatchError(f"tensor {extra[0]!r} of {found_name} is not in {expected_name}{hint}")
 
 
+def _decoder_widths_as_recorded(model: nn.Module, recorded: Mapping[str, list[int]]) -> None:
+    """A structurally pruned decoder: which query heads and key/value groups a block keeps
+    was chosen on calibration data (absent here), so the block widths are read from the
+    recorded tensor shapes instead (the weights then fill them)."""
+    from autoprune.decoder import StructureError, decoder_layout
+    from autoprune.lm.modeling_autoprune import resize_blocks
+
+    try:
+        layout = decoder_layout(model)
+    except StructureError:
+        return
+    layers = []
+    for block, shape in zip(layout.block_names(model), layout.shapes(model), strict=True):
+        d = shape.head_dim
+        if layout.family == "llama":
+            q, k, up = (
+                recorded.get(f"{block}.{n}.weight") for n in ("self_attn.q_proj", "self_attn.k_proj", "mlp.up_proj")
+            )
+            if not (q and k and up):
+                return
+            layers.append({"heads": q[0] // d, "kv_heads": k[0] // d, "head_dim": d, "intermediate": up[0]})
+        else:
+            qkv, fc = recorded.get(f"{block}.attn.c_attn.weight"), recorded.get(f"{block}.mlp.c_fc.weight")
+            if not (qkv and fc):
+                return
+            layers.append(
+                {"heads": qkv[1] // 3 // d, "kv_heads": qkv[1] // 3 // d, "head_dim": d, "intermediate": fc[1]}
+            )
+    resize_blocks(model, layers)
+    config = getattr(model, "config", None)
+    if config is not None:
+        config.autoprune_layers = layers
+
+
 def load_pruned(
     directory: str | Path,
     model_factory: Callable[[], nn.Module],
@@ -382,6 +415,11 @@ def load_pruned(
     pruned = apply_schedule(model, surgery, example_inputs=example_inputs)
     rebuilt = {k: list(v.shape) for k, v in pruned.state_dict().items()}
     recorded = {str(k): (v or {}).get("shape", []) for k, v in arch["tensors"].items()}
+    if rebuilt != recorded and (
+        schedule.remove_blocks or any(p.method == "structured" for p in schedule.layers.values())
+    ):
+        _decoder_widths_as_recorded(pruned, recorded)  # heads were ranked on calibration data: take the saved widths
+        rebuilt = {k: list(v.shape) for k, v in pruned.state_dict().items()}
     _check_shapes(
         recorded,
         rebuilt,

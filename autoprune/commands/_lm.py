@@ -1,4 +1,5 @@
-"""``autoprune search`` on a language-model task: the allocation search (autoprune.lm)."""
+"""``autoprune search`` on a language-model task: the allocation search, or with
+``--structure`` the structural search (heads, MLP channels, blocks; autoprune.lm)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,17 @@ def add_lm_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sparsity", help="total sparsity of the linear layers, one or comma-separated levels "
                    f"(default {','.join(map(str, _DEFAULT_LEVELS))}; several make size a second objective)")  # fmt: skip
     g.add_argument("--criterion", choices=("magnitude", "wanda", "sparsegpt"), help="default wanda")
-    g.add_argument("--granularity", choices=("block", "layer"), help="one amount per decoder block (default) or per layer")
+    g.add_argument(
+        "--granularity", choices=("block", "layer"), help="one amount per decoder block (default) or per layer"
+    )
     g.add_argument("--max-metric-increase", type=float, metavar="R",
                    help="constraint: largest relative perplexity increase on validation (0.10: +10%%)")  # fmt: skip
+    g.add_argument("--structure", action="store_true",
+                   help="search heads, MLP channels and blocks to remove (faster models) instead of sparsity")  # fmt: skip
+    g.add_argument("--latency", choices=("prefill", "decode"),
+                   help="with --structure: the speedup maximised (default prefill; both are measured)")  # fmt: skip
+    g.add_argument("--fine-tune-steps", type=int, metavar="N",
+                   help="with --structure: recovery steps of every trial (default 50; distillation)")  # fmt: skip
 
 
 def _levels(text: str | None) -> list[float]:
@@ -51,6 +60,11 @@ def run_lm_search(args: argparse.Namespace, cfg: SearchConfig, task: Task) -> in
     limit = args.max_metric_increase
     if limit is not None and (not math.isfinite(limit) or limit <= 0):
         raise ConfigError(f"--max-metric-increase must be > 0 (0.10 is +10% perplexity), but got {limit}")
+    if args.structure:
+        return _run_structure(args, cfg, task, limit)
+    given = [f for f, v in (("--latency", args.latency), ("--fine-tune-steps", args.fine_tune_steps)) if v is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to the structural search: add --structure")
     levels = _levels(args.sparsity)
     criterion = args.criterion or "wanda"
     print(f"autoprune search: study {cfg.study_name!r} in {mask_url(cfg.storage)}, task {task.name}", flush=True)
@@ -82,6 +96,53 @@ def run_lm_search(args: argparse.Namespace, cfg: SearchConfig, task: Task) -> in
         target=cfg.target if isinstance(cfg.target, str) else "cpu",
         progress=progress,
     )
+    print()
+    for line in lm_summary_lines(study, cfg.storage):
+        print(line)
+    if cfg.report:
+        from autoprune.report import default_out_dir, report
+
+        try:
+            print(f"report:  {report(study, default_out_dir(cfg.study_name, cfg.storage))}")
+        except Exception as exc:  # noqa: BLE001 - the search is stored; a report failure must not hide that
+            print(f"report:  not written ({type(exc).__name__}: {exc})")
+    return 0
+
+
+def _run_structure(args: argparse.Namespace, cfg: SearchConfig, task: Task, limit: float | None) -> int:
+    import optuna
+
+    from autoprune.lm._structured import search_structure
+    from autoprune.lm._summary import lm_summary_lines
+    from autoprune.study._storage import make_storage
+
+    if args.criterion is not None or args.granularity is not None:
+        raise ConfigError("--criterion and --granularity apply to the allocation search; --structure cuts heads, "
+                          "MLP channels and blocks (--sparsity adds Wanda on top)")  # fmt: skip
+    steps = 50 if args.fine_tune_steps is None else args.fine_tune_steps
+    if steps < 0:
+        raise ConfigError(f"--fine-tune-steps must be >= 0, but got {steps}")
+    levels = _levels(args.sparsity) if args.sparsity is not None else []
+    latency = args.latency or "prefill"
+    target = cfg.target if isinstance(cfg.target, str) else "cpu:threads=1"
+    print(f"autoprune search: study {cfg.study_name!r} in {mask_url(cfg.storage)}, task {task.name}", flush=True)
+    print(f"structural search (heads, MLP channels, blocks{', Wanda at ' + ','.join(map(str, levels)) if levels else ''})"
+          f", {cfg.trials} trials of {steps} recovery steps, objective {latency} speedup on {target}", flush=True)  # fmt: skip
+
+    def progress(trial: optuna.trial.FrozenTrial) -> None:
+        if args.quiet:
+            return
+        a = trial.user_attrs
+        if trial.state.name == "COMPLETE":
+            print(f"trial {trial.number:>3} {a.get('role', 'search')[:17]:<17} params -{a['params_removed']:.1%}  val ppl "
+                  f"{a['perplexity']:.3f} ({a['perplexity_increase']:+.1%})  prefill {a['prefill_speedup']:.2f}x  "
+                  f"decode {a['decode_speedup']:.2f}x", flush=True)  # fmt: skip
+        else:
+            print(f"trial {trial.number:>3} {trial.state.name}: {a.get('error', '')}", flush=True)
+
+    study = search_structure(task, n_trials=cfg.trials, latency=latency, fine_tune_steps=steps, sparsity=levels,
+                             seed=cfg.seed, storage=make_storage(cfg), study_name=cfg.study_name,
+                             max_metric_increase=limit, target=target, progress=progress)  # fmt: skip
     print()
     for line in lm_summary_lines(study, cfg.storage):
         print(line)

@@ -117,10 +117,14 @@ def run(args: argparse.Namespace) -> int:
         example_inputs=task.example_inputs,
         onnx=args.onnx,
     )
-    save_pretrained = getattr(model, "save_pretrained", None)
-    if callable(save_pretrained):
+    hf_note = "from_pretrained({!r}) reloads it"
+    if callable(getattr(model, "save_pretrained", None)):
         # a Hugging Face model also saves its own way: from_pretrained(out / "hf") reloads it
-        save_pretrained(out / "hf")
+        from autoprune.lm._hf import needs_autoprune_classes, save_pretrained
+
+        save_pretrained(model, out / "hf")  # blocks of differing widths: with autoprune's classes
+        if needs_autoprune_classes(model.config):
+            hf_note = "ap.lm.from_pretrained({!r}) or AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)"
     rec_acc = picked.metrics.get("perplexity" if not task.higher_is_better else "accuracy")
     rec_text = f" (trial: {rec_acc:.4g})" if isinstance(rec_acc, (int, float)) and not math.isnan(rec_acc) else ""
     print(f"applied: {task.metric_name}={accuracy:.4g}{rec_text}, params={params}, nonzero_params={nonzero}")
@@ -129,5 +133,5 @@ def run(args: argparse.Namespace) -> int:
         if path.is_file():
             print(f"  {path.name}")
         elif path.is_dir():
-            print(f"  {path.name}/ (save_pretrained: from_pretrained({str(path)!r}) reloads it)")
+            print(f"  {path.name}/ (save_pretrained: {hf_note.format(str(path))})")
     return 0

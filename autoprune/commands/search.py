@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if not task.higher_is_better:  # a perplexity task: the allocation search (autoprune.lm)
         return run_lm_search(args, cfg, task)
     lm_only = {"--sparsity": args.sparsity, "--criterion": args.criterion, "--granularity": args.granularity,
-               "--max-metric-increase": args.max_metric_increase}  # fmt: skip
+               "--max-metric-increase": args.max_metric_increase, "--structure": args.structure or None,
+               "--latency": args.latency, "--fine-tune-steps": args.fine_tune_steps}  # fmt: skip
     given = [k for k, v in lm_only.items() if v is not None]
     if given:
         raise ConfigError(f"{', '.join(given)} apply to language-model tasks (e.g. --task tinylm); task {task.name!r} "

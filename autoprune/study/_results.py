@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoprune import config as _config
 from autoprune._errors import ConfigError, NoQualifyingTrialError, StudyNotFoundError, TaskError
-from autoprune.lm._summary import is_lm_study
+from autoprune.lm._summary import is_lm_study, is_structure_study
 from autoprune.study import keys as study_keys
 from autoprune.study._picked import PickedTrial, format_value
 from autoprune.study._table import trial_metrics, trials_table
@@ -195,6 +195,8 @@ class StudyResults:
         """``pick`` in a language-model study: bounds on the relative validation-perplexity
         increase and the sparse size, then the smallest ``perplexity`` or ``size``."""
         keys = {"perplexity": "perplexity", "size": "sparse_bytes"}
+        if is_structure_study(self.study):
+            keys["latency"] = "speedup"  # the largest speedup in the study's latency regime
         if minimize not in keys:
             raise ConfigError(f"`minimize` must be one of {sorted(keys)} in a perplexity study, but got {minimize=!r}.")
         pool = [t for t in self.candidates()]
@@ -218,15 +220,22 @@ class StudyResults:
                 )
             pool = kept
             applied.append(text.format(bound))
-        best = min(pool, key=lambda t: (_finite_or_inf(t.user_attrs.get(keys[minimize])),
-                                        _finite_or_inf(t.user_attrs.get("perplexity")), t.number))  # fmt: skip
-        return self._picked(best, f"smallest {keys[minimize]}" + (f" with {' and '.join(applied)}" if applied else ""))
+        if minimize == "latency":
+            best = min(pool, key=lambda t: (-_number(t.user_attrs.get("speedup")),
+                                            _finite_or_inf(t.user_attrs.get("perplexity")), t.number))  # fmt: skip
+            rule = "largest speedup"
+        else:
+            best = min(pool, key=lambda t: (_finite_or_inf(t.user_attrs.get(keys[minimize])),
+                                            _finite_or_inf(t.user_attrs.get("perplexity")), t.number))  # fmt: skip
+            rule = f"smallest {keys[minimize]}"
+        return self._picked(best, rule + (f" with {' and '.join(applied)}" if applied else ""))
 
     def _picked(self, trial: optuna.trial.FrozenTrial, rule: str) -> PickedTrial:
         metrics = self._metrics(trial)
         if is_lm_study(self.study):
             lm_keys = ("perplexity", "perplexity_increase", "test_perplexity", "test_perplexity_increase", "sparsity",
-                       "sparse_bytes", "compression", "level")  # fmt: skip
+                       "sparse_bytes", "compression", "level", "params_removed", "speedup", "prefill_speedup",
+                       "decode_speedup")  # fmt: skip
             metrics = {k: trial.user_attrs[k] for k in lm_keys if k in trial.user_attrs}
         metrics.update({k: v for k, v in trial.user_attrs.items() if k.startswith("time_") or k == "target"})
         return PickedTrial(
@@ -310,7 +319,9 @@ class StudyResults:
                 if max_metric_increase is not None or max_size_bytes is not None:
                     raise ConfigError("give either a trial number or rules (max_metric_increase, ...), not both")
                 return self._by_number(int(trial))
-            return self._pick_lm(max_metric_increase, max_size_bytes, "perplexity" if minimize == "latency" else minimize)
+            structure = is_structure_study(self.study)  # trials timed: the fastest is what "latency" asks
+            return self._pick_lm(max_metric_increase, max_size_bytes,
+                                 "perplexity" if minimize == "latency" and not structure else minimize)  # fmt: skip
         if max_metric_increase is not None:
             raise ConfigError(
                 f"max_metric_increase applies to studies whose metric is better lower (perplexity); study "
