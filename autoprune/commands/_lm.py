@@ -10,7 +10,7 @@ from autoprune._errors import ConfigError
 from autoprune.config import SearchConfig, mask_url
 from autoprune.tasks import Task
 
-__all__ = ["add_lm_arguments", "run_lm_search"]
+__all__ = ["add_lm_arguments", "check_structure_arguments", "run_lm_search"]
 
 _DEFAULT_LEVELS = (0.5, 0.6, 0.7)
 
@@ -31,6 +31,20 @@ def add_lm_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --structure: the speedup maximised (default prefill; both are measured)")  # fmt: skip
     g.add_argument("--fine-tune-steps", type=int, metavar="N",
                    help="with --structure: recovery steps of every trial (default 50; distillation)")  # fmt: skip
+
+
+def check_structure_arguments(args: argparse.Namespace) -> None:
+    """The structural search's options, checked before any task is built."""
+    if not args.structure:
+        given = [f for f, v in (("--latency", args.latency), ("--fine-tune-steps", args.fine_tune_steps)) if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} apply to the structural search: add --structure")
+        return
+    if args.criterion is not None or args.granularity is not None:
+        raise ConfigError("--criterion and --granularity apply to the allocation search; --structure cuts heads, "
+                          "MLP channels and blocks (--sparsity adds Wanda on top)")  # fmt: skip
+    if args.fine_tune_steps is not None and args.fine_tune_steps < 0:
+        raise ConfigError(f"--fine-tune-steps must be >= 0, but got {args.fine_tune_steps}")
 
 
 def _levels(text: str | None) -> list[float]:
@@ -62,9 +76,6 @@ def run_lm_search(args: argparse.Namespace, cfg: SearchConfig, task: Task) -> in
         raise ConfigError(f"--max-metric-increase must be > 0 (0.10 is +10% perplexity), but got {limit}")
     if args.structure:
         return _run_structure(args, cfg, task, limit)
-    given = [f for f, v in (("--latency", args.latency), ("--fine-tune-steps", args.fine_tune_steps)) if v is not None]
-    if given:
-        raise ConfigError(f"{', '.join(given)} apply to the structural search: add --structure")
     levels = _levels(args.sparsity)
     criterion = args.criterion or "wanda"
     print(f"autoprune search: study {cfg.study_name!r} in {mask_url(cfg.storage)}, task {task.name}", flush=True)
@@ -116,12 +127,7 @@ def _run_structure(args: argparse.Namespace, cfg: SearchConfig, task: Task, limi
     from autoprune.lm._summary import lm_summary_lines
     from autoprune.study._storage import make_storage
 
-    if args.criterion is not None or args.granularity is not None:
-        raise ConfigError("--criterion and --granularity apply to the allocation search; --structure cuts heads, "
-                          "MLP channels and blocks (--sparsity adds Wanda on top)")  # fmt: skip
     steps = 50 if args.fine_tune_steps is None else args.fine_tune_steps
-    if steps < 0:
-        raise ConfigError(f"--fine-tune-steps must be >= 0, but got {steps}")
     levels = _levels(args.sparsity) if args.sparsity is not None else []
     latency = args.latency or "prefill"
     target = cfg.target if isinstance(cfg.target, str) else "cpu:threads=1"

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from autoprune._errors import ConfigError
-from autoprune.commands._lm import add_lm_arguments, run_lm_search
+from autoprune.commands._lm import add_lm_arguments, check_structure_arguments, run_lm_search
 from autoprune.config import DEFAULT_STORAGE, SAMPLERS, SearchConfig, load_toml, mask_url
 
 if TYPE_CHECKING:
@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     # Failed trials are recorded with their error (`autoprune trials` shows it); Optuna's own
     # warning would print a traceback per failed trial.
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.ERROR)
+    check_structure_arguments(args)
     cfg = _config_from_args(args)
     task = build_task(cfg)
     if not task.higher_is_better:  # a perplexity task: the allocation search (autoprune.lm)

@@ -198,8 +198,9 @@ def structure_summary_lines(study: optuna.Study, storage: str) -> list[str]:
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
     lines.append(
         f"{len(done)} trials ({failed} failed), {config.get('fine_tune_steps')} recovery steps each"
-        f"{' (distillation)' if config.get('distill') else ''}; objective: {regime} speedup; the search saw validation only"
+        f"{' (distillation)' if config.get('distill') else ''}; objective: {regime} speedup"
     )
+    lines.append("the search saw validation only; test perplexity is for you")
     lines.append("speedups are paired against the dense model: prefill = a batch of full windows, decode = tokens")
     lines.append("generated one at a time with the KV cache; params- = share of parameters removed")
     if not done:
@@ -220,8 +221,9 @@ def structure_summary_lines(study: optuna.Study, storage: str) -> list[str]:
     lines.append("")
     for why, t in picks:
         a = t.user_attrs
-        lines.append(f"pick: trial {t.number}, {why}: {a[f'{regime}_speedup']:.2f}x "
-                     f"[{a[f'{regime}_speedup_low']:.2f}, {a[f'{regime}_speedup_high']:.2f}], "
+        lines.append(f"pick: trial {t.number}, {why}:")
+        lines.append(f"  {regime} {a[f'{regime}_speedup']:.2f}x [{a[f'{regime}_speedup_low']:.2f}, "
+                     f"{a[f'{regime}_speedup_high']:.2f}], val perplexity {a['perplexity']:.3f}, "
                      f"test perplexity {a.get('test_perplexity', math.nan):.3f}")  # fmt: skip
     if any(t.user_attrs.get("test_perplexity_increase", 0) > t.user_attrs["perplexity_increase"] for _, t in picks):
         lines.append("selection effect: a trial picked on validation does worse on test; expect the test number")
