@@ -200,3 +200,21 @@ def test_cli_refuses_structure_options_where_they_do_not_apply(tmp_path: Path, a
 def test_cli_refuses_structure_on_an_accuracy_task(tmp_path: Path) -> None:
     done = _cli("search", "--task", "digits", "--structure", "--trials", "2", cwd=tmp_path)
     assert done.returncode == 2 and "--structure apply to language-model tasks" in done.stderr
+
+
+def test_report_plots_every_trial_against_both_speedups(study: optuna.Study, tmp_path: Path) -> None:
+    from autoprune.report import report
+    from autoprune.report._lm import structure_figures
+
+    done = {t.number: t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    sections = {key: figure for key, _, _, figure, _ in structure_figures(study)}
+    assert list(sections) == ["speed-prefill", "speed-decode", "blocks"]
+    for regime in ("prefill", "decode"):
+        traces = sections[f"speed-{regime}"].data
+        xs = sorted(x for trace in traces for x in trace.x)
+        assert xs == sorted(t.user_attrs[f"{regime}_speedup"] for t in done.values())
+        kinds = {trace.name for trace in traces}
+        assert kinds == {t.user_attrs["kind"] for t in done.values()}
+    page = report(study, tmp_path / "report")
+    text = Path(page).read_text()
+    assert "Perplexity against prefill speedup" in text and "Where each trial cuts" in text

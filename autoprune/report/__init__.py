@@ -168,7 +168,12 @@ def write_report(
 
 def _lm_sections(study: optuna.Study, sections: list[Section]) -> None:
     """A perplexity study (the allocation search): perplexity against sparsity, and where
-    each allocation puts its sparsity."""
+    each allocation puts its sparsity. A structural study: perplexity against both speedups,
+    and where each trial cuts."""
+    if study.user_attrs.get("config", {}).get("kind") == "structure":
+        for key, title, intro, figure, note in _lm.structure_figures(study):
+            sections.append(Section(key, title, intro, figure, note))
+        return
     info = _lm._get_allocation_info(study)
     metric = study.user_attrs.get("metric", {})
     intro = (

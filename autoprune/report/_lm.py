@@ -13,7 +13,7 @@ from autoprune.lm._summary import lm_rows
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-__all__ = ["AllocationInfo", "_get_allocation_info", "_get_allocation_plot", "_get_units_plot"]
+__all__ = ["AllocationInfo", "_get_allocation_info", "_get_allocation_plot", "_get_units_plot", "structure_figures"]
 
 
 class AllocationInfo(NamedTuple):
@@ -94,3 +94,86 @@ def _get_units_plot(info: AllocationInfo) -> go.Figure:
         ))  # fmt: skip
     fig.update_layout(xaxis_title="unit", yaxis_title="sparsity", height=420)
     return fig
+
+
+# ---------------------------------------------------------------------------- structural search
+_KIND_STYLE = {"structured": ("#1f77b4", "circle"), "depth": ("#2ca02c", "square"), "unstructured": ("black", "x")}
+
+
+def _structure_points(study: optuna.Study) -> list[dict[str, Any]]:
+    points = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if "params_removed" not in a:
+            continue
+        points.append({"number": t.number, "kind": a["kind"], "role": a.get("role", "search"), "val": a["perplexity"],
+                       "test": a.get("test_perplexity"), "params_removed": a["params_removed"],
+                       **{k: a[k] for k in a if k.startswith(("prefill_speedup", "decode_speedup"))},
+                       "heads": a.get("heads_removed", {}), "mlp": a.get("mlp_removed", {}),
+                       "blocks": a.get("blocks_removed", [])})  # fmt: skip
+    return points
+
+
+def _get_structure_speed_plot(points: list[dict[str, Any]], regime: str, dense_val: float) -> go.Figure:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for kind, (colour, symbol) in _KIND_STYLE.items():
+        pts = [p for p in points if p["kind"] == kind]
+        if not pts:
+            continue
+        x = [p[f"{regime}_speedup"] for p in pts]
+        fig.add_trace(go.Scatter(
+            x=x, y=[p["val"] for p in pts], mode="markers", name=kind,
+            marker={"color": colour, "symbol": symbol, "size": 9},
+            error_x={"type": "data", "symmetric": False,
+                     "array": [p[f"{regime}_speedup_high"] - v for p, v in zip(pts, x, strict=True)],
+                     "arrayminus": [v - p[f"{regime}_speedup_low"] for p, v in zip(pts, x, strict=True)]},
+            text=[f"trial {p['number']} ({p['role']}): params -{p['params_removed']:.1%}, test {p['test']}" for p in pts],
+            hovertemplate="%{text}<br>speedup %{x:.2f}x, val ppl %{y:.3f}<extra></extra>",
+        ))  # fmt: skip
+    fig.add_hline(y=dense_val, line_dash="dot", annotation_text="dense")
+    fig.add_vline(x=1.0, line_dash="dot")
+    fig.update_layout(xaxis_title=f"{regime} speedup over the dense model (paired, 95% interval)",
+                      yaxis_title="validation perplexity (lower is better)", height=460)  # fmt: skip
+    return fig
+
+
+def _get_structure_blocks_plot(points: list[dict[str, Any]], blocks: int) -> go.Figure:
+    """Per block: share of MLP channels and query heads removed (a removed block counts 1)
+    for the trials on the prefill and decode fronts."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    index = list(range(blocks))
+    for p in sorted(points, key=lambda p: p["number"])[:12]:
+        removed = set(p["blocks"])
+        mlp = [1.0 if i in removed else float(p["mlp"].get(str(i), 0.0)) for i in index]
+        heads = [1.0 if i in removed else float(p["heads"].get(str(i), 0.0)) for i in index]
+        label = f"trial {p['number']} ({p['role']})"
+        fig.add_trace(go.Scatter(x=index, y=mlp, mode="lines+markers", name=f"{label}: MLP"))
+        fig.add_trace(go.Scatter(x=index, y=heads, mode="lines+markers", name=f"{label}: heads",
+                                 line={"dash": "dot"}, visible="legendonly"))  # fmt: skip
+    fig.update_layout(xaxis_title="decoder block", yaxis_title="share removed (1 = block removed)", height=420)
+    return fig
+
+
+def structure_figures(study: optuna.Study) -> list[tuple[str, str, str, go.Figure | None, str | None]]:
+    """(id, title, intro, figure, note) of the sections of a structural study."""
+    points = _structure_points(study)
+    note = None if points else "no complete trial yet"
+    dense = float(study.user_attrs.get("baseline", {}).get("perplexity", float("nan")))
+    regime = study.user_attrs.get("config", {}).get("latency", "prefill")
+    out = []
+    for r in (regime, "decode" if regime == "prefill" else "prefill"):
+        which = "the search's objective" if r == regime else "measured too, not searched on"
+        intro = (f"Every trial's validation perplexity against its {r} speedup ({which}): blue circles cut heads "
+                 "and MLP channels, green squares remove blocks, black crosses are unstructured (Wanda): sparse "
+                 "weights run at dense cost here.")  # fmt: skip
+        out.append((f"speed-{r}", f"Perplexity against {r} speedup", intro,
+                    _get_structure_speed_plot(points, r, dense) if points else None, note))  # fmt: skip
+    blocks = len(study.user_attrs.get("blocks", []))
+    out.append(("blocks", "Where each trial cuts", "Share of each block's MLP channels removed (heads: click the "
+                "legend), a removed block at 1; the first 12 trials.",
+                _get_structure_blocks_plot(points, blocks) if points else None, note))  # fmt: skip
+    return out
