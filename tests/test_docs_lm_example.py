@@ -27,3 +27,17 @@ def test_language_model_example_runs(tmp_path: Path) -> None:
     reloaded, recorded = re.search(r"reloaded: test perplexity ([\d.]+) \(trial: ([\d.]+)\)", out).groups()  # type: ignore[union-attr]
     assert reloaded == recorded  # the saved model is the trial's model
     assert (tmp_path / "pruned" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_structure_example_runs(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "docs/lm_structure_example.py", "--workdir", str(tmp_path)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert re.search(r"width: validation perplexity [\d.]+, prefill [\d.]+x, decode [\d.]+x", out)
+    assert re.search(r"depth: block \d removed", out)
+    assert re.search(r"picked trial \d+: [\d.]+x decode", out)
+    assert "reloaded: same logits True; generate: 16 tokens" in out
+    assert (tmp_path / "pruned" / "config.json").is_file() and (tmp_path / "lms.db").is_file()

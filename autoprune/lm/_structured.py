@@ -16,6 +16,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import optuna
@@ -73,6 +74,18 @@ def structure_schedule(
         criterion="wanda" if sparsity else "magnitude",
         seed=seed,
     )
+
+
+def sqlite_folder_made(storage: object) -> None:
+    """Create the folder of a ``sqlite:///path`` storage (as the CLI does), or say why not."""
+    if isinstance(storage, str) and storage.startswith("sqlite:///"):
+        folder = Path(storage[len("sqlite:///") :]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ConfigError(
+                f"cannot create the folder of storage {storage!r}: {str(folder)!r} or a folder above it is a file"
+            ) from None
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -147,6 +160,7 @@ def search_structure(
     max_removed = n_blocks // 2 if max_removed is None else max_removed
     if not isinstance(max_removed, int) or not 0 <= max_removed < n_blocks:
         raise ConfigError(f"`max_removed` must be an int in 0..{n_blocks - 1}, but got max_removed={max_removed!r}")
+    sqlite_folder_made(storage)
     objectives = ["perplexity", f"{latency}_speedup"] + (["size"] if levels else [])
     directions: list[Literal["minimize", "maximize"]] = ["minimize", "maximize"]
     if levels:
