@@ -243,8 +243,7 @@ def main() -> None:
                       f"{row['best_speedup_1pt']:.2f}x at <= 1, {row['best_speedup_2pt']:.2f}x at <= 2, "
                       f"HV(1 pt) {row['hypervolume_1pt']:.3f}, HV {row['hypervolume']:.3f}, {row['fine_tune_steps']} fine-tune steps", flush=True)
             print(f"  (re-applying autoprune's front took {reapply_min:.1f} min, the sweeps {sweep_min:.1f} min)")
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "bench_search.json").write_text(json.dumps(rows, indent=2, default=float))  # so far
+            write_result(args.out / "bench_search.json", rows, table="", meta=run_meta())  # so far: rows, no table
 
     lines = [f"| task | method | best speedup at <= {args.max_drop:.1f} pt test drop | at <= 1 pt | at <= 2 pt "
              f"| hypervolume ({args.hv_drop:g} pt) | hypervolume (1 pt) | fine-tune steps | points | minutes |",

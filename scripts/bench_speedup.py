@@ -234,7 +234,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         **run_meta(list(argv) if argv is not None else None),
         "torch": torch.__version__,
         "threads": args.threads,
-        "machine": platform.platform(),
         "processor": platform.processor(),
     }
     write_result(args.out.with_suffix(".json"), rows, table=markdown(rows), meta=meta)
