@@ -264,3 +264,16 @@ def test_mlp_channels_are_ranked_by_activation_times_weight() -> None:
     assert model.model.layers[0].mlp.up_proj.out_features == 86
     without_calibration = structure_scores(_model("llama"))
     assert without_calibration.influence is None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decode_regime_generates_what_generate_does(family: str) -> None:
+    """The decode latency regime times real cached generation on every family."""
+    from autoprune.lm._latency import Decode
+
+    model = _model(family)
+    prune_decoder_(model, heads={0: 0.5}, remove=[2])
+    prompt = _ids()[:1, :6]
+    with torch.no_grad():
+        ours = Decode(model, 5)(prompt)
+    assert torch.equal(ours, model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False)[:, 6:])
