@@ -511,11 +511,14 @@ def test_the_front_carries_error_bars_from_the_drops_error_and_the_speedups_inte
 FRONT_BASE = {"accuracy": 99.0, "test_accuracy": 98.0, "latency_ms": 10.0, "dense_bytes": 1_000_000}
 
 
-def _front_study(objectives: tuple[str, ...] = ("accuracy", "latency"), limit: float = 1.0) -> optuna.Study:
+def _front_study(
+    objectives: tuple[str, ...] = ("accuracy", "latency"), limit: float = 1.0, storage: str | None = None
+) -> optuna.Study:
     """A digits-like study: a front bent at trial 3, a faster trial over the limit, and a
     uniform-90% reference at 79% accuracy (20 points of drop) far outside what matters."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="front", directions=[study_keys.DIRECTIONS[o] for o in objectives])
+    directions = [study_keys.DIRECTIONS[o] for o in objectives]
+    study = optuna.create_study(study_name="front", storage=storage, directions=directions)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(objectives))
@@ -601,3 +604,15 @@ def test_first_screen_in_latency_when_asked_and_the_page_opens_with_it(tmp_path:
     # the first section after the summary is the framed front with the picks
     assert page.index('id="recommended"') < page.index('id="pareto"')
     assert "fastest: trial 4 (val drop 0.90, test drop 1.30)" in page
+
+
+def test_first_screen_without_latency_shows_compression_and_the_cli_takes_the_axis(tmp_path: Path) -> None:
+    info = _data._get_front_info(_front_study(("accuracy", "size")))
+    assert info.x_name == "compression" and info.x_higher_is_better
+    # compression = 1,000,000 / size: trial 7 (40 kB) is the smallest within the limit and is picked
+    assert info.front.x == sorted(info.front.x) and 1_000_000 / 40_000 in info.front.x
+    assert "smallest" in info.pick_labels[info.picks.numbers.index(7)]
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    _front_study(storage=storage)
+    assert _run_cli(["--study", "front", "--storage", storage, "--axis", "latency", "--out", str(tmp_path / "r")]) == 0
+    assert "latency (ms, lower is better)" in (tmp_path / "r" / "report.html").read_text()
