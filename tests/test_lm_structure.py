@@ -218,3 +218,18 @@ def test_report_plots_every_trial_against_both_speedups(study: optuna.Study, tmp
     page = report(study, tmp_path / "report")
     text = Path(page).read_text()
     assert "Perplexity against prefill speedup" in text and "Where each trial cuts" in text
+
+
+def test_structure_with_two_four_keeps_mlp_widths_a_multiple_of_four(task: ap.Task) -> None:
+    schedule = ap.lm.structure_schedule(task, mlp={0: 0.3, 1: 0.1}, remove=[1], sparsity="2:4")
+    assert schedule.round_to == 4 and schedule.criterion == "wanda"
+    assert all(p.pattern == "2:4" for p in schedule.layers.values() if p.method == "unstructured")
+    assert not any(name.startswith("model.layers.1.") for name in schedule.layers)  # the removed block
+    model = ap.apply_schedule(task.model, schedule, example_inputs=task.example_inputs,
+                              calibration=task.calibration_inputs)  # fmt: skip
+    (shape,) = decoder_layout(model).shapes(model)
+    assert shape.intermediate == 44  # 64 - round(0.3 * 64) = 45, down to a multiple of 4
+    down = model.model.layers[0].mlp.down_proj.weight
+    assert ((down.reshape(-1, 4) != 0).sum(dim=1) <= 2).all() and (down == 0).float().mean().item() >= 0.5
+    with pytest.raises(ap.ConfigError, match="`sparsity` holds '2x4'"):
+        ap.lm.search_structure(task, sparsity=["2x4"])

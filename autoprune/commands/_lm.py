@@ -18,7 +18,8 @@ _DEFAULT_LEVELS = (0.5, 0.6, 0.7)
 def add_lm_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("language-model tasks (perplexity; e.g. --task tinylm)")
     g.add_argument("--sparsity", help="total sparsity of the linear layers, one or comma-separated levels "
-                   f"(default {','.join(map(str, _DEFAULT_LEVELS))}; several make size a second objective)")  # fmt: skip
+                   f"(default {','.join(map(str, _DEFAULT_LEVELS))}; several make size a second objective); with "
+                   "--structure: Wanda amounts or N:M patterns a trial may add (e.g. 0.5,2:4), size an objective")  # fmt: skip
     g.add_argument("--criterion", choices=("magnitude", "wanda", "sparsegpt"), help="default wanda")
     g.add_argument(
         "--granularity", choices=("block", "layer"), help="one amount per decoder block (default) or per layer"
@@ -128,7 +129,11 @@ def _run_structure(args: argparse.Namespace, cfg: SearchConfig, task: Task, limi
     from autoprune.study._storage import make_storage
 
     steps = 50 if args.fine_tune_steps is None else args.fine_tune_steps
-    levels = _levels(args.sparsity) if args.sparsity is not None else []
+    levels: list[float | str] = []
+    for token in (args.sparsity or "").split(","):
+        token = token.strip()
+        if token:
+            levels.append(token if ":" in token else _levels(token)[0])
     latency = args.latency or "prefill"
     target = cfg.target if isinstance(cfg.target, str) else "cpu:threads=1"
     print(f"autoprune search: study {cfg.study_name!r} in {mask_url(cfg.storage)}, task {task.name}", flush=True)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from autoprune._errors import ConfigError
+from autoprune._paths import sqlite_folder_made
 from autoprune.evaluation import measure_speedup, size_stats, tensor_bytes
 from autoprune.executor import apply_schedule
 from autoprune.lm._allocation import (
@@ -174,8 +175,6 @@ def search_allocation(
         raise ConfigError(f"the allocation search needs a perplexity task (Task.for_causal_lm); {task.name!r} is not one")
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ConfigError(f"`n_trials` must be an int >= 1, but got n_trials={n_trials!r}")
-    from autoprune.lm._structured import sqlite_folder_made
-
     sqlite_folder_made(storage)
     ctx = context or AllocationContext(task, criterion, granularity)
     multi = len(levels) > 1

@@ -16,19 +16,19 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import optuna
 import torch
 
-from autoprune._errors import ConfigError
+from autoprune._errors import ConfigError, ScheduleError
+from autoprune._paths import sqlite_folder_made
 from autoprune.decoder import allowed_head_amounts, decoder_layout, removal_order, structure_scores
-from autoprune.evaluation import size_stats
+from autoprune.evaluation import size_stats, tensor_bytes
 from autoprune.executor import apply_schedule
 from autoprune.lm._latency import REGIMES, RegimeMeters
-from autoprune.oneshot import prunable_linears
-from autoprune.schedule import LayerPlan, Schedule
+from autoprune.oneshot import prunable_linears, sparse_bytes, weight_matrix
+from autoprune.schedule import LayerPlan, Schedule, nm_pattern
 from autoprune.tasks import Task
 
 __all__ = ["MLP_AMOUNTS", "search_structure", "structure_schedule"]
@@ -45,47 +45,52 @@ def structure_schedule(
     heads: dict[int, float] | None = None,
     mlp: dict[int, float] | None = None,
     remove: Sequence[int] = (),
-    sparsity: float = 0.0,
+    sparsity: float | str = 0.0,
     fine_tune_steps: int = 0,
     distill: bool = True,
     seed: int = 0,
 ) -> Schedule:
     """The :class:`Schedule` of one structural choice on ``task``'s decoder (block indices of
-    the unpruned model); ``sparsity`` adds Wanda on every linear layer of the kept blocks."""
+    the unpruned model); ``sparsity`` adds Wanda on every linear layer of the kept blocks: an
+    amount, or an ``"N:M"`` pattern (MLP widths then kept a multiple of M)."""
     layout = decoder_layout(task.model)
     blocks = layout.block_names(task.model)
     layers: dict[str, LayerPlan] = {}
     for i, amount in (heads or {}).items():
-        if amount:
+        if amount and i not in remove:  # a removed block's widths do not matter
             layers[layout.attention_name(blocks[i])] = LayerPlan("structured", float(amount))
     for i, amount in (mlp or {}).items():
-        if amount:
+        if amount and i not in remove:
             layers[layout.mlp_name(blocks[i])] = LayerPlan("structured", float(amount))
     if sparsity:
         removed = {blocks[i] for i in remove}
         for name in prunable_linears(task.model):
             if not any(name.startswith(b + ".") for b in removed):
-                layers[name] = LayerPlan("unstructured", float(sparsity))
+                if isinstance(sparsity, str):
+                    n, m = nm_pattern(sparsity)
+                    layers[name] = LayerPlan("unstructured", 1 - n / m, pattern=sparsity)
+                else:
+                    layers[name] = LayerPlan("unstructured", float(sparsity))
     return Schedule(
         layers=layers,
         remove_blocks=tuple(blocks[i] for i in remove),
         fine_tune_steps=fine_tune_steps,
         distill=distill,
         criterion="wanda" if sparsity else "magnitude",
+        round_to=nm_pattern(sparsity)[1] if isinstance(sparsity, str) else None,
         seed=seed,
     )
 
 
-def sqlite_folder_made(storage: object) -> None:
-    """Create the folder of a ``sqlite:///path`` storage (as the CLI does), or say why not."""
-    if isinstance(storage, str) and storage.startswith("sqlite:///"):
-        folder = Path(storage[len("sqlite:///") :]).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise ConfigError(
-                f"cannot create the folder of storage {storage!r}: {str(folder)!r} or a folder above it is a file"
-            ) from None
+def _size(model: torch.nn.Module, sparsity: float | str) -> int:
+    """Sparse bytes: zeros as kept values plus a bitmap; under an N:M pattern every pruned
+    linear layer as kept values plus index bits."""
+    total = int(size_stats(model)["sparse_bytes"])
+    if isinstance(sparsity, str):
+        for module in prunable_linears(model).values():
+            weight = weight_matrix(module)
+            total += sparse_bytes(weight.numel(), int((weight == 0).sum()), sparsity) - tensor_bytes(weight)[1]
+    return total
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -103,7 +108,7 @@ def search_structure(
     mlp: bool = True,
     depth: bool = True,
     max_removed: int | None = None,
-    sparsity: Sequence[float] = (),
+    sparsity: Sequence[float | str] = (),
     timeout_s: float | None = None,
     seed: int = 0,
     storage: str | optuna.storages.BaseStorage | None = None,
@@ -127,8 +132,9 @@ def search_structure(
             logits plus cross-entropy) instead of its plain ``fine_tune``.
         heads, mlp, depth: which dimensions are searched.
         max_removed: most blocks a trial removes (default: half of them).
-        sparsity: unstructured (Wanda) amounts a trial may add on top; non-empty makes
-            model size (sparse bytes) a third objective.
+        sparsity: unstructured (Wanda) amounts or ``"N:M"`` patterns a trial may add on top
+            of its structure (or not: 0 is always a choice); non-empty makes model size
+            (sparse bytes; N:M as kept values plus index bits) a third objective.
         max_metric_increase: constraint on the relative validation perplexity increase.
         target: where the speedups are measured.
         budget_s: timing budget of each regime's paired measurement.
@@ -151,9 +157,19 @@ def search_structure(
         raise ConfigError(f"`n_trials` must be an int >= 1, but got n_trials={n_trials!r}")
     if not isinstance(fine_tune_steps, int) or isinstance(fine_tune_steps, bool) or fine_tune_steps < 0:
         raise ConfigError(f"`fine_tune_steps` must be an int >= 0, but got fine_tune_steps={fine_tune_steps!r}")
-    levels = sorted({float(s) for s in sparsity})
-    if any(not 0 < s < 0.95 for s in levels):
-        raise ConfigError(f"`sparsity` amounts must be in (0, 0.95), but got sparsity={list(sparsity)!r}")
+    levels: list[float | str] = []
+    for s in sparsity:
+        if isinstance(s, str):
+            try:
+                nm_pattern(s)
+            except ScheduleError:
+                raise ConfigError(
+                    f"`sparsity` holds {s!r}: give amounts in (0, 0.95) or 'N:M' patterns such as '2:4'"
+                ) from None
+        elif isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < 0.95:
+            raise ConfigError(f"`sparsity` amounts must be in (0, 0.95) or 'N:M', but got sparsity={list(sparsity)!r}")
+        if s not in levels:
+            levels.append(s if isinstance(s, str) else float(s))
     layout = decoder_layout(task.model)
     shapes = layout.shapes(task.model)
     n_blocks = len(shapes)
@@ -235,12 +251,12 @@ def _references(
     mlp: bool,
     depth: bool,
     max_removed: int,
-    levels: list[float],
+    levels: list[float | str],
 ) -> list[tuple[str, dict[str, Any]]]:
     n = len(shapes)
 
     def params(
-        h: Sequence[float] = (), m: Sequence[float] = (), remove: Sequence[int] = (), s: float = 0.0
+        h: Sequence[float] = (), m: Sequence[float] = (), remove: Sequence[int] = (), s: float | str = 0.0
     ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for i in range(n):
@@ -266,7 +282,8 @@ def _references(
             if k <= max_removed:
                 refs.append((f"shortgpt-{k}", params(remove=order[:k])))
     if levels:
-        refs.append(("uniform-wanda", params(s=min(levels, key=lambda s: abs(s - 0.5)))))
+        amounts = [v for v in levels if not isinstance(v, str)]
+        refs.append(("uniform-wanda", params(s=min(amounts, key=lambda s: abs(s - 0.5)) if amounts else levels[0])))
     return refs
 
 
@@ -277,7 +294,7 @@ def _suggest(
     heads: bool,
     mlp: bool,
     depth: bool,
-    levels: list[float],
+    levels: list[float | str],
 ) -> dict[str, Any]:
     choice: dict[str, Any] = {"heads": {}, "mlp": {}, "remove": [], "sparsity": 0.0}
     for i in range(n):
@@ -288,7 +305,8 @@ def _suggest(
         if depth and trial.suggest_categorical(f"remove_{i}", [False, True]):
             choice["remove"].append(i)
     if levels:
-        choice["sparsity"] = float(trial.suggest_categorical("sparsity", [0.0, *levels]))
+        picked: Any = trial.suggest_categorical("sparsity", [0.0, *levels])
+        choice["sparsity"] = picked if isinstance(picked, str) else float(picked)
     return choice
 
 
@@ -303,7 +321,7 @@ def _evaluate(
     seed: int,
     budget_s: float,
     latency: str,
-    levels: list[float],
+    levels: list[float | str],
     limit: float | None,
     record_test: bool,
 ) -> list[float]:
@@ -323,7 +341,7 @@ def _evaluate(
     speedups = meters.measure(model, budget_s)
     t3 = time.perf_counter()
     params = _params(model)
-    size = int(size_stats(model)["sparse_bytes"])  # unstructured zeros as kept values plus a bitmap
+    size = _size(model, choice["sparsity"])
     attrs: dict[str, Any] = {
         "role": trial.user_attrs.get("role", ROLE_SEARCH),
         "schedule": schedule.to_json(),
