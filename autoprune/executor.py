@@ -536,6 +536,12 @@ def _is_linear_oneshot(schedule: Schedule, model: nn.Module) -> bool:
         return True
     get_head = getattr(model, "get_output_embeddings", None)
     is_lm = callable(get_head) and get_head() is not None
+    if not is_lm:  # a decoder autoprune.decoder knows (GPT-2 for classification too): no tracing either
+        try:
+            decoder_layout(model)
+            is_lm = True
+        except StructureError:
+            pass
     active = schedule.active_layers()
     return (
         is_lm
@@ -597,19 +603,18 @@ def _apply_linear_oneshot(
 
 # ---------------------------------------------------------------------------- decoder structure
 def _is_decoder_structure(schedule: Schedule, model: nn.Module) -> bool:
-    """Schedules that cut a decoder language model's heads, MLP channels or blocks
-    (:mod:`autoprune.decoder`, no tracing): blocks to remove, or a structured plan on a
-    block's attention or MLP module."""
+    """Schedules applied by :mod:`autoprune.decoder` (no tracing: a decoder's couplings are
+    known, and tracing a Llama with Torch-Pruning takes minutes): blocks to remove, or, on a
+    decoder it knows, any structured plan or no plan at all (unstructured-only schedules go
+    to :mod:`autoprune.oneshot`)."""
     if schedule.remove_blocks:
         return True
     try:
-        layout = decoder_layout(model)
+        decoder_layout(model)
     except StructureError:
         return False
-    targets = set()
-    for block in layout.block_names(model):
-        targets |= {layout.attention_name(block), layout.mlp_name(block)}
-    return any(p.method == "structured" and n in targets for n, p in schedule.active_layers().items())
+    active = schedule.active_layers()
+    return not active or any(p.method == "structured" for p in active.values())
 
 
 def _decoder_targets(
