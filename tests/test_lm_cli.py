@@ -125,3 +125,8 @@ def test_layers_of_a_language_model_lists_blocks_without_tracing(capsys):
     # q 32x32, k 16x32, v 16x32, o 32x32, gate/up 64x32, down 32x64: 9,216 weights
     assert block.split()[1] == "9,216" and "q 32x32, k 16x32" in block and "down 32x64" in block
     assert "search space: one sparsity per block (2 dimensions; --granularity layer: 14)" in out
+    structural = [line for line in out.splitlines() if line.startswith("model.layers.") and "heads in" in line]
+    assert structural == [
+        f"model.layers.{i}           4 heads in 2 groups of 8 dims (amounts 0, 0.5, 0.75); 64 MLP channels"
+        for i in range(2)
+    ]

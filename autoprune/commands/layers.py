@@ -143,3 +143,17 @@ def _lm_layers(name: str, task: Task) -> None:
     print()
     print(f"not pruned: {untouched:,} parameters (embeddings, the tied output layer, norms)")
     print(f"search space: one sparsity per block ({len(units)} dimensions; --granularity layer: {len(linears)})")
+    from autoprune.decoder import StructureError, allowed_head_amounts, decoder_layout
+
+    try:
+        layout = decoder_layout(model)
+    except StructureError as exc:
+        print(f"structural pruning (--structure): not offered: {exc}")
+        return
+    block_shapes = layout.shapes(model)
+    print()
+    print("structural pruning (--structure), per block: query heads (in key/value groups), MLP channels, the block")
+    for block, shape in zip(layout.block_names(model), block_shapes, strict=True):
+        amounts = ", ".join(f"{a:g}" for a in allowed_head_amounts(shape))
+        print(f"{block:<24} {shape.heads} heads in {shape.kv_heads} groups of {shape.head_dim} dims (amounts "
+              f"{amounts}); {shape.intermediate} MLP channels")  # fmt: skip
