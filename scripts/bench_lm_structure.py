@@ -29,16 +29,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import subprocess
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
+from _results import run_meta, write_result
 
 import autoprune as ap
 from autoprune.decoder import decoder_layout, removal_order, structure_scores
@@ -211,21 +208,16 @@ def main() -> None:
     torch.set_num_threads(1)
     started = time.perf_counter()
     result = run(args.width, args.steps, args.trials, args.search_steps, args.budget_s)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     command = (f"python scripts/bench_lm_structure.py --width {args.width} --steps {args.steps} --trials {args.trials} "
                f"--search-steps {args.search_steps} --budget-s {args.budget_s}")  # fmt: skip
+    meta = run_meta(command=command)
     header = (
-        f"`{command}` at {commit}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()} 1 thread, "
-        f"{time.perf_counter() - started:.0f} s"
+        f"`{command}` at {meta['commit']}, {meta['date']}, {meta['machine']}, {time.perf_counter() - started:.0f} s"
     )
-    meta = {"command": command, "commit": commit, "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip()}  # fmt: skip
     text = f"{header}\n\n{table(result)}\n"
     print("\n" + text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_lm_structure.json").write_text(json.dumps({**result, "header": header, **meta}, indent=1))
-    (out / "bench_lm_structure.md").write_text(text)
+    write_result(Path(args.out) / "bench_lm_structure.json", result, table=table(result), meta=meta)
+    (Path(args.out) / "bench_lm_structure.md").write_text(text)
 
 
 if __name__ == "__main__":

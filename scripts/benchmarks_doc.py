@@ -31,6 +31,8 @@ ABOUT = {
     "bench_latency_drift": "Paired against unpaired speedups while a disturber process works and rests.",
     "bench_latency_efficiency": "Paired speedup over MACs reduction, per latency backend.",
     "bench_lm": "Language models: the searched sparsity allocation against uniform and OWL allocations.",
+    "bench_lm_structure": "Language models: heads, MLP channels and blocks removed (by hand and searched) against "
+    "unstructured sparsity, with recovery; paired prefill and decode speedups.",
     "bench_report": "The HTML report of a large synthetic study: time to compute and write it, page size, "
     "load time in headless Chromium.",
     "bench_search": "The search against uniform and global sweeps at equal budget, each chosen on validation "
