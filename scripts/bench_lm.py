@@ -23,7 +23,6 @@ Numbers are written to results/bench_lm.json and results/bench_lm.md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _results import run_meta, write_result
 
 import autoprune as ap
 from autoprune.lm._allocation import owl_allocation
@@ -71,7 +71,11 @@ def run(seeds: list[int], levels: list[float], trials: int, minutes: float, gran
             dense = (float(task.evaluate(task.model)), float(task.test(task.model)))
         print(f"calibration seed {seed}: dense val {dense[0]:.3f} test {dense[1]:.3f}", flush=True)
         blocks = AllocationContext(task, "wanda", "block")  # OWL allocates per decoder block
-        ctx = blocks if (granularity, criterion) == ("block", "wanda") else AllocationContext(task, criterion, granularity)
+        ctx = (
+            blocks
+            if (granularity, criterion) == ("block", "wanda")
+            else AllocationContext(task, criterion, granularity)
+        )
         for level in levels:
             for method in ("magnitude", "wanda", "sparsegpt"):
                 add(f"{level:.0%} uniform {method}", *score(task, uniform_schedule(task, method, level)))
@@ -136,7 +140,9 @@ def main() -> None:
         flag = "--" + key.replace("_", "-")
         if key == "out" or value is False:
             continue
-        parts.append(flag if value is True else f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}")
+        parts.append(
+            flag if value is True else f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+        )
     command = "python scripts/bench_lm.py " + " ".join(parts)
     header = (
         f"`{command}` at {commit}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()} "
@@ -147,7 +153,9 @@ def main() -> None:
     print("\n" + text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_lm.json").write_text(json.dumps({**result, "header": header}, indent=1))
+    meta = run_meta(command=command)
+    rest = {k: v for k, v in result.items() if k != "rows"}
+    write_result(out / "bench_lm.json", result["rows"], table=table(result), meta=meta, **rest, header=header)
     (out / "bench_lm.md").write_text(text)
 
 
