@@ -25,6 +25,7 @@ from autoprune.evaluation import (
     Target,
     _backends,
     _evaluate,
+    _latency,
     architecture_signature,
     count_macs,
     derived_metrics,
@@ -246,12 +247,43 @@ def _conv_net(width: int) -> nn.Module:
     return zoo.PlainCNN(width=width).eval()
 
 
-def test_latency_of_the_same_model_twice_agrees() -> None:
-    model, x = zoo.get("cnn", batch_size=2)
-    a = measure_latency(model, x, "cpu:threads=1", time_budget_s=BUDGET)
-    b = measure_latency(model, x, "cpu:threads=1", time_budget_s=BUDGET)
-    assert a.median_ms > 0 and a.repeats >= 3 and a.spread >= 0
-    assert 0.5 < a.median_ms / b.median_ms < 2.0  # loose: the machine is shared
+class _Clock:
+    """Stands in for ``time`` in the latency module: its clock moves only when a model runs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class _Costs(nn.Module):
+    """Each forward pass takes ``ms`` on the clock."""
+
+    def __init__(self, clock: _Clock, ms: float) -> None:
+        super().__init__()
+        self.clock, self.ms = clock, ms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.clock.now += self.ms / 1e3
+        return x
+
+
+def test_latency_is_the_median_time_of_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a clock that moves only when the model runs, the method is checked exactly, not the
+    # machine: warm-up for 15% of the budget, repeats of budget/50 in back-to-back calls, the
+    # median per call, repeats until min_repeats agree, the same result for the same model.
+    clock = _Clock()
+    monkeypatch.setattr(_latency, "time", clock)
+    x = torch.randn(2, 3)
+    a, b, c = (measure_latency(_Costs(clock, ms), x, "cpu:threads=1", time_budget_s=0.5) for ms in (2.0, 2.0, 7.0))
+    assert a.median_ms == pytest.approx(2.0, rel=1e-9) and c.median_ms == pytest.approx(7.0, rel=1e-9)
+    assert a.median_ms == pytest.approx(b.median_ms, rel=1e-12) and a.spread == b.spread < 1e-9
+    assert (a.calls_per_repeat, c.calls_per_repeat) == (5, 1)  # 10 ms a repeat: 5 x 2 ms, 1 x 7 ms
+    assert a.repeats == b.repeats == c.repeats == 10  # they agree at once: min_repeats
+    # warm-up (38 x 2 ms, 11 x 7 ms: the first calls past 75 ms), then 10 repeats
+    assert a.seconds == pytest.approx(0.076 + 10 * 5 * 0.002, abs=1e-9)
+    assert c.seconds == pytest.approx(0.077 + 10 * 1 * 0.007, abs=1e-9)
 
 
 def test_half_the_channels_measures_faster() -> None:
