@@ -122,7 +122,8 @@ def test_your_own_model_blocks_run_as_written() -> None:
     exec(compile(loaders_block, "your-own-model.md: from_loaders", "exec"), ns)  # noqa: S102
     task = ns["make_task"]()
     assert isinstance(task, ap.Task) and task.test is not None
-    assert 0.0 <= task.evaluate(task.model) <= 100.0
+    # the default metric: top-1 in percent on val_loader (the reader's own function agrees)
+    assert task.evaluate(task.model) == pytest.approx(ns["my_accuracy"](task.model, ns["val_data"]), abs=1e-9)
 
     exec(compile(by_hand_block, "your-own-model.md: by hand", "exec"), ns)  # noqa: S102
     mine = ns["make_task"]()

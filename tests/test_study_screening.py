@@ -152,10 +152,16 @@ def test_scan_warm_starts_and_screening_in_a_search(tmp_path: Path, tiny_task: a
     assert roles[0] == ROLE_UNPRUNED and roles[1] == ROLE_UNIFORM
     assert ROLE_WARM in roles[2:4]
     S = optuna.trial.TrialState
+    # digits has a test split: each full trial's model scored on it, the unpruned one as is
+    baseline = study.user_attrs["baseline"]
+    assert baseline["test_accuracy"] == tiny_task.test(tiny_task.model) != baseline["accuracy"]  # type: ignore[misc]
+    tests = [t.user_attrs["test_accuracy"] for t in study.trials if t.state == S.COMPLETE]
+    assert len(set(tests)) >= 2, tests  # it follows the model
     for t in study.trials:
         if t.state == S.COMPLETE:
             assert t.user_attrs["fidelity"] == FIDELITY_FULL
-            assert 0 <= t.user_attrs["test_accuracy"] <= 100  # digits has a test split
+            drop = baseline["test_accuracy"] - t.user_attrs["test_accuracy"]
+            assert t.user_attrs["test_accuracy_drop"] == pytest.approx(drop)
             assert t.user_attrs["speedup"] > 0 and "speedup_low" in t.user_attrs
             if t.user_attrs["role"] != ROLE_UNPRUNED:
                 assert "screen_accuracy" in t.user_attrs  # every reference is screened too

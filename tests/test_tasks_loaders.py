@@ -384,7 +384,9 @@ def test_bad_scale_names_the_allowed_values() -> None:
 def test_a_fraction_task_from_loaders_gets_the_notice() -> None:
     task = _task(metric=lambda o, t: float((o.argmax(1) == t).float().mean()))
     score = task.evaluate(task.model)
-    assert 0.0 <= score <= 1.0
+    x, y = _data(40, seed=1).tensors  # the validation split, as a fraction
+    with torch.no_grad():
+        assert score == pytest.approx(float((task.model.eval()(x).argmax(1) == y).double().mean()), abs=1e-6)
     scaled, notice = in_percent(task, score)
     assert notice is not None
     assert scaled.evaluate(task.model) == pytest.approx(100 * score)
