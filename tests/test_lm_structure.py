@@ -233,3 +233,27 @@ def test_structure_with_two_four_keeps_mlp_widths_a_multiple_of_four(task: ap.Ta
     assert ((down.reshape(-1, 4) != 0).sum(dim=1) <= 2).all() and (down == 0).float().mean().item() >= 0.5
     with pytest.raises(ap.ConfigError, match="`sparsity` holds '2x4'"):
         ap.lm.search_structure(task, sparsity=["2x4"])
+
+
+def test_local_moves_change_one_choice_of_the_fastest_trial_within_the_limit(study: optuna.Study, storage: str) -> None:
+    import random
+
+    from autoprune.lm._structured import _enqueue_neighbour
+
+    copy_ = optuna.create_study(directions=study.directions)
+    for t in study.trials:
+        copy_.add_trial(t)
+    done = [t for t in copy_.trials if t.state == optuna.trial.TrialState.COMPLETE
+            and t.user_attrs["perplexity_increase"] <= 0.5]  # fmt: skip
+    base = max(done, key=lambda t: (t.user_attrs["speedup"], -t.number))
+    head_choices = [[0.0, 0.5, 0.75]] * 2
+    for seed in range(6):
+        _enqueue_neighbour(copy_, random.Random(seed), head_choices, max_removed=1, limit=0.5)
+    waiting = [t for t in copy_.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert waiting
+    for t in waiting:
+        assert t.user_attrs == {"role": "local", "neighbour_of": base.number}
+        params = t.system_attrs["fixed_params"]  # what the next ask() will evaluate
+        changed = [k for k in base.params if params[k] != base.params[k]]
+        assert len(changed) == 1
+        assert sum(bool(v) for k, v in params.items() if k.startswith("remove_")) <= 1

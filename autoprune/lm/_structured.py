@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -117,6 +118,7 @@ def search_structure(
     target: str = "cpu:threads=1",
     budget_s: float = 1.5,
     references: bool = True,
+    local_share: float = 0.5,
     record_test: bool = True,
     progress: Callable[[optuna.trial.FrozenTrial], None] | None = None,
 ) -> optuna.Study:
@@ -138,6 +140,10 @@ def search_structure(
         max_metric_increase: constraint on the relative validation perplexity increase.
         target: where the speedups are measured.
         budget_s: timing budget of each regime's paired measurement.
+        local_share: share of the trials after the references that are a neighbour of the
+            fastest trial within the perplexity limit (``max_metric_increase``, else +10% on
+            validation): one block's MLP or heads one step further or back, or a block removed
+            or restored (EvoPress-style mutation); the rest are TPE's.
         record_test: score every trial on the test split too (never seen by the sampler).
 
     Raises:
@@ -222,10 +228,14 @@ def search_structure(
         for role, params in _references(shapes, head_choices, scores, heads, mlp, depth, max_removed, levels):
             study.enqueue_trial(params, user_attrs={"role": role})
     meters = RegimeMeters(task, REGIMES, target)
+    rng = random.Random(seed)
     start = time.perf_counter()
     while len(study.trials) < n_trials:
         if timeout_s is not None and time.perf_counter() - start > timeout_s:
             break
+        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        if not waiting and rng.random() < local_share:
+            _enqueue_neighbour(study, rng, head_choices, max_removed, max_metric_increase)
         trial = study.ask()
         try:
             choice = _suggest(trial, n_blocks, head_choices, heads, mlp, depth, levels)
@@ -241,6 +251,41 @@ def search_structure(
         if progress is not None:
             progress(study.trials[trial.number])
     return study
+
+
+def _enqueue_neighbour(
+    study: optuna.Study,
+    rng: random.Random,
+    head_choices: list[list[float]],
+    max_removed: int,
+    limit: float | None,
+) -> None:
+    """One step from the fastest trial within the limit: a block's MLP or heads one notch
+    (more often further than back), or a block removed or restored."""
+    bound = 0.10 if limit is None else limit
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "speedup" in t.user_attrs and t.user_attrs["perplexity_increase"] <= bound]  # fmt: skip
+    if not done:
+        return
+    base = max(done, key=lambda t: (t.user_attrs["speedup"], -t.number))
+    params = dict(base.params)
+    for _ in range(20):
+        key = rng.choice(sorted(k for k in params if k != "sparsity"))
+        kind, _, index = key.rpartition("_")
+        step = 1 if rng.random() < 0.7 else -1
+        moved = dict(params)
+        if kind == "remove":
+            moved[key] = not params[key]
+            if sum(bool(moved[k]) for k in moved if k.startswith("remove_")) > max_removed:
+                continue
+        else:
+            choices = list(MLP_AMOUNTS) if kind == "mlp" else head_choices[int(index)]
+            at = choices.index(params[key]) + step
+            if not 0 <= at < len(choices):
+                continue
+            moved[key] = choices[at]
+        study.enqueue_trial(moved, user_attrs={"role": "local", "neighbour_of": base.number}, skip_if_exists=True)
+        return
 
 
 def _references(
