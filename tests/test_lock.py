@@ -1,6 +1,6 @@
 """The machine lock: busy blocks, exclusive measurements and training-step boundaries.
 
-(measure_latency's use of it is tested in test_evaluation.py.)
+(measure_latency's use of it is tested in tests/evaluation/test_evaluate.py.)
 """
 
 from __future__ import annotations

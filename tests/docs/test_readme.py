@@ -16,7 +16,7 @@ import pytest
 
 from autoprune.cli import COMMANDS, build_parser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 
@@ -92,7 +92,7 @@ def test_every_command_line_shown_parses(doc: Path) -> None:
 
 
 def test_readme_from_loaders_is_the_worked_example_s_code() -> None:
-    # The excerpt is docs/examples_module.py's, which tests/test_docs_byo_model.py runs.
+    # The excerpt is docs/examples_module.py's, which tests/docs/test_byo_model.py runs.
     (block,) = _blocks(_section(README, "Your own model"), "python")
     source = (ROOT / "docs" / "examples_module.py").read_text()
     assert "ap.Task.from_loaders(" in block and block in source

@@ -4,9 +4,9 @@ data, which the page leaves to the reader), the `autoprune trials | apply | repo
 lines of docs/cli.md on a small digits study, and every `python scripts/...` or
 `python docs/...` line of a docs/ page names a file that exists and options it takes.
 
-docs/byo_model.py (tests/test_docs_byo_model.py), README's blocks and every `autoprune` line's
-parsing (tests/test_docs_readme.py) and docs/language-models.md with docs/lm_example.py
-(tests/test_docs_lm_example.py, tests/test_lm*.py) are tested elsewhere.
+docs/byo_model.py (tests/docs/test_byo_model.py), README's blocks and every `autoprune` line's
+parsing (tests/docs/test_readme.py) and docs/language-models.md with docs/lm_example.py
+(tests/docs/test_lm_example.py, tests/lm/) are tested elsewhere.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 # Pages of the language-model work, tested with it.
 OTHERS = {"language-models.md"}
@@ -179,7 +179,7 @@ def test_python_lines_name_a_script_and_options_it_takes(page: str, script: str,
 
 # ---------------------------------------------------------------------------- cli.md
 CLI_RUN = ("trials", "apply", "report", "layers")
-# Parsed (tests/test_docs_readme.py) but not run: the ResNet-18 sensitivity scan alone took 9 min
+# Parsed (tests/docs/test_readme.py) but not run: the ResNet-18 sensitivity scan alone took 9 min
 # here with one thread; docs/byo_model.py's test already runs that task at a small scale.
 CLI_NOT_RUN = ("autoprune layers --task docs.examples_module:make_task --sensitivity",)
 
@@ -188,7 +188,7 @@ CLI_NOT_RUN = ("autoprune layers --task docs.examples_module:make_task --sensiti
 def test_cli_page_lines_run_on_a_small_digits_study(tmp_path: Path) -> None:
     """Every `autoprune trials | apply | report | layers` line of docs/cli.md but CLI_NOT_RUN, as
     written, in a folder whose default storage holds a small `digits` study (the `search` lines
-    are parsed by tests/test_docs_readme.py; a real search of each would take an hour)."""
+    are parsed by tests/docs/test_readme.py; a real search of each would take an hour)."""
     import autoprune as ap
 
     small = {"width": 16, "batch_size": 32}

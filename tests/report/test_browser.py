@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 import torch
-from test_report import make_study
 
 import autoprune as ap
 from autoprune.testing import models as zoo
 from autoprune.testing.browser import find_chromium, load_page
+from tests.report.test_report import make_study
 
 pytestmark = [
     pytest.mark.browser,

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import torch
-from test_study_results import make_real_study
 
 import autoprune as ap
 from autoprune.evaluation import count_macs, size_stats
+from tests.study.test_results import make_real_study
 
 
 @pytest.fixture(scope="module")
