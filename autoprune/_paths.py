@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["CACHE_ENV", "cache_dir"]
+__all__ = ["CACHE_ENV", "SQLITE_PREFIX", "cache_dir", "sqlite_folder_made", "sqlite_path"]
 
 CACHE_ENV = "AUTOPRUNE_CACHE_DIR"
 
@@ -17,12 +17,25 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+SQLITE_PREFIX = "sqlite:///"
+
+
+def sqlite_path(storage: object) -> Path | None:
+    """The file of a ``sqlite:///path`` storage URL; None for other storages, a bare path and
+    in-memory SQLite. The one place a SQLite URL is taken apart."""
+    if not isinstance(storage, str) or not storage.startswith(SQLITE_PREFIX):
+        return None
+    path = storage[len(SQLITE_PREFIX) :]
+    return None if path in ("", ":memory:") or path.startswith(":memory:") else Path(path)
+
+
 def sqlite_folder_made(storage: object) -> None:
     """Create the folder of a ``sqlite:///path`` storage (as the CLI does), or say why not."""
     from autoprune._errors import ConfigError
 
-    if isinstance(storage, str) and storage.startswith("sqlite:///"):
-        folder = Path(storage[len("sqlite:///") :]).parent
+    path = sqlite_path(storage)
+    if path is not None:
+        folder = path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):

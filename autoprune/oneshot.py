@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from autoprune._errors import ScheduleError
 from autoprune._inputs import call_model
@@ -345,3 +346,27 @@ def sparse_bytes(weight_numel: int, zeros: int, pattern: str | None, value_bytes
         _, m = parse_pattern(pattern)
         return kept * value_bytes + math.ceil(kept * math.ceil(math.log2(m)) / 8)
     return kept * value_bytes + math.ceil(weight_numel / 8)
+
+
+# ---------------------------------------------------------------------------- masks
+def masked_params(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """The (module, parameter name) pairs that carry a ``torch.nn.utils.prune`` mask."""
+    out = []
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                names = (
+                    [h._tensor_name for h in hook._pruning_methods]
+                    if isinstance(hook, prune.PruningContainer)
+                    else [hook._tensor_name]
+                )
+                out += [(module, n) for n in dict.fromkeys(names)]
+    return out
+
+
+def make_permanent(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Fold every prune mask into its weight (no ``weight_orig``/hooks left); the pairs it folded."""
+    params = masked_params(model)
+    for module, name in params:
+        prune.remove(module, name)
+    return params

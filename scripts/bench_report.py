@@ -42,7 +42,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 import autoprune as ap
-from autoprune.report import _data, open_study, trials_dataframe
+from autoprune.report import _data, _pattern, trials_table
 from autoprune.study import keys as study_keys
 from autoprune.testing import models as zoo
 
@@ -142,7 +142,7 @@ def bench(args: argparse.Namespace, n_objectives: int, work: Path, model: Any, x
     storage = f"sqlite:///{work / 'bench.db'}"
     name = f"bench-{n_objectives}obj-{args.trials}"
     _, t_build = _timed(build_study, storage, name, args.trials, n_objectives, layers)
-    study, t_open = _timed(open_study, name, storage)
+    study, t_open = _timed(lambda n, s: ap.load_study(n, s).study, name, storage)
     row: dict[str, Any] = {
         "objectives": n_objectives,
         "trials": len(study.trials),
@@ -155,14 +155,14 @@ def bench(args: argparse.Namespace, n_objectives: int, work: Path, model: Any, x
         ("hypervolume_s", _data._get_hypervolume_info),
         ("heatmap_s", _data._get_heatmap_info),
         ("importance_s", _data._get_importance_info),
-        ("table_s", trials_dataframe),
+        ("table_s", trials_table),
     ):
         _, row[key] = _timed(fn, study)
-    _, row["pattern_s"] = _timed(_data._get_pattern_info, study, model=model, example_inputs=x)
+    _, row["pattern_s"] = _timed(_pattern._get_pattern_info, study, model=model, example_inputs=x)
     out = work / f"report-{n_objectives}"
     # The whole report on a freshly opened study (trials read from SQLite again).
     start = time.perf_counter()
-    page = ap.report(open_study(name, storage), out, model=model, example_inputs=x)
+    page = ap.report(ap.load_study(name, storage).study, out, model=model, example_inputs=x)
     row["report_s"] = time.perf_counter() - start
     from plotly.offline import get_plotlyjs
 

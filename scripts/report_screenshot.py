@@ -73,13 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=860)
     args = parser.parse_args(argv)
 
-    from autoprune.report import open_study, write_report
+    from autoprune.report import write_report
+    from autoprune.study import load_study
 
     with tempfile.TemporaryDirectory(prefix="autoprune-shot-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         storage = search(work, args.trials, args.target)
-        files = write_report(open_study(STUDY, storage), work / "report", front_axis=args.axis)
+        files = write_report(load_study(STUDY, storage).study, work / "report", front_axis=args.axis)
         screenshot(files.page, args.png, width=args.width, height=args.height)
     print(f"report: {files.page}" if args.work else "report: (temporary, gone)")
     print(f"screenshot: {args.png} ({args.png.stat().st_size / 1024:.0f} KB)")

@@ -19,7 +19,7 @@ from optuna.trial import TrialState, create_trial
 
 import autoprune as ap
 from autoprune.config import IDENTITY_KEYS, SearchConfig
-from autoprune.study import check_joinable, open_study, stored_config
+from autoprune.study import check_joinable, create_or_join_study, stored_config
 from autoprune.study.keys import ROLE_UNPRUNED
 
 # A task factory the CLI can import from the working folder: a tiny MLP, nothing trained.
@@ -199,13 +199,13 @@ SUFFIX = " use the same settings (or just --study/--storage to join), or a new -
 @pytest.mark.parametrize("change,message", CHANGES, ids=[next(iter(c)) + "=" + str(next(iter(c.values()))) for c, _ in CHANGES])
 def test_a_run_that_contradicts_the_study_is_refused(tmp_path: Path, change: dict[str, Any], message: str) -> None:
     cfg = _base(tmp_path)
-    study = open_study(cfg)  # made and its config stored; no trial needed to be joined
+    study = create_or_join_study(cfg)  # made and its config stored; no trial needed to be joined
     stored = json.dumps(study.user_attrs["config"], sort_keys=True)
     with pytest.raises(ap.ConfigError) as err:
         check_joinable(_base(tmp_path, **change))
     assert str(err.value) == message + SUFFIX
     with pytest.raises(ap.ConfigError, match="was created with"):
-        open_study(_base(tmp_path, **change))  # what run_search and every worker call
+        create_or_join_study(_base(tmp_path, **change))  # what run_search and every worker call
     check_joinable(cfg)  # the same settings still join
     again = optuna.load_study(study_name="s", storage=cfg.storage)
     assert json.dumps(again.user_attrs["config"], sort_keys=True) == stored  # nothing stored changed
@@ -217,7 +217,7 @@ def test_every_identity_setting_is_checked() -> None:
 
 
 def test_same_values_written_differently_still_join(tmp_path: Path) -> None:
-    open_study(_base(tmp_path, latency_budget_s=2.0, target="cpu:threads=1,batch=8"))
+    create_or_join_study(_base(tmp_path, latency_budget_s=2.0, target="cpu:threads=1,batch=8"))
     # a TOML integer is the stored float; target options in another order are the same target
     check_joinable(_base(tmp_path, latency_budget_s=2, target="cpu:batch=8,threads=1"))
 
@@ -230,7 +230,7 @@ def test_same_values_written_differently_still_join(tmp_path: Path) -> None:
 def test_cli_resume_that_contradicts_the_study_exits_2(tmp_path: Path, cli_args: list[str], fragment: str) -> None:
     (tmp_path / "tinytask.py").write_text(TINY_TASK)
     cfg = _base(tmp_path, sampler="tpe", population_size=None)
-    open_study(cfg)
+    create_or_join_study(cfg)
     # just --study/--storage takes the stored config; the flag contradicts it
     proc = _cli("search", "--study", "s", "--storage", cfg.storage, "--quiet", *cli_args, cwd=tmp_path)
     line = _one_line_exit_2(proc)
@@ -241,7 +241,7 @@ def test_cli_resume_that_contradicts_the_study_exits_2(tmp_path: Path, cli_args:
 
 def test_studies_stored_before_a_setting_was_identity_still_resume(tmp_path: Path) -> None:
     cfg = _base(tmp_path, sampler="tpe", population_size=None, space={"fine_tune_steps": [1]})
-    study = open_study(cfg)
+    study = create_or_join_study(cfg)
     # as an older autoprune stored it: without the settings added to the identity since,
     # with a population size its sampler ignored, a latency_cache name taken as a file, and
     # true for one fine-tune step
@@ -285,18 +285,18 @@ def _unpruned_only_study(url: str) -> None:
 
 
 def test_report_layer_is_refused_when_no_trial_prunes(tmp_path: Path) -> None:
-    from autoprune.report import _data
+    from autoprune.report import _pattern
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     _unpruned_only_study(url)
     study = optuna.load_study(study_name="r", storage=url)
-    assert _data._get_pattern_info(study).note == "no Pareto trial prunes anything yet"  # not named: a note
+    assert _pattern._get_pattern_info(study).note == "no Pareto trial prunes anything yet"  # not named: a note
     message = (
         "cannot show layer 'conv1': no Pareto trial of study 'r' prunes anything yet; "
         "name a trial with --trial N, or leave out --layer"
     )
     with pytest.raises(ap.ConfigError) as err:
-        _data._get_pattern_info(study, layer="conv1")
+        _pattern._get_pattern_info(study, layer="conv1")
     assert str(err.value) == message
     proc = _cli("report", "--study", "r", "--storage", url, "--layer", "conv1", "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert _one_line_exit_2(proc) == f"autoprune report: error: {message}"
@@ -319,6 +319,6 @@ def test_a_resume_with_more_trials_keeps_the_samplers_sizes(tmp_path: Path, samp
     # trials), not by the resume's 200 (50 and 10): the sampler stays the study's sampler
     first, fresh = {"nsga2": (8, 50), "tpe": (5, 10)}[sampler]
     cfg = _base(tmp_path, sampler=sampler, population_size=None, trials=20)
-    assert getattr(open_study(cfg).sampler, attr) == first
-    assert getattr(open_study(cfg.merged(trials=200)).sampler, attr) == first
-    assert getattr(open_study(cfg.merged(trials=200, study="other")).sampler, attr) == fresh
+    assert getattr(create_or_join_study(cfg).sampler, attr) == first
+    assert getattr(create_or_join_study(cfg.merged(trials=200)).sampler, attr) == first
+    assert getattr(create_or_join_study(cfg.merged(trials=200, study="other")).sampler, attr) == fresh

@@ -33,7 +33,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
                  "autoprune._attention", "autoprune.schedule")),  # fmt: skip
     ("tasks", ("autoprune.tasks",)),  # the model, its data and how it is judged (perplexity tasks too)
     ("preflight", ("autoprune.preflight",)),  # the dependency graph: prunable groups, read only
-    ("executor", ("autoprune.oneshot", "autoprune.decoder", "autoprune.executor", "autoprune.prunable")),  # surgery; its check
+    ("executor", ("autoprune.oneshot", "autoprune.decoder", "autoprune.untraced", "autoprune.executor", "autoprune.prunable")),  # surgery; its check
     ("evaluation", ("autoprune.evaluation",)),  # metrics, size, MACs, latency and speedup
     ("config", ("autoprune.config",)),  # the search's settings (checks a target by parsing it)
     ("space", ("autoprune.space",)),  # units -> trial parameters -> Schedule

@@ -13,7 +13,8 @@ import argparse
 import math
 from typing import Any
 
-from autoprune.study import DEFAULT_STORAGE, MINIMIZE_KEYS
+from autoprune.config import DEFAULT_STORAGE
+from autoprune.study import MINIMIZE_KEYS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

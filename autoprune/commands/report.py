@@ -12,7 +12,7 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from autoprune.report import DEFAULT_STORAGE
+    from autoprune.config import DEFAULT_STORAGE
 
     parser.add_argument("--study", required=True, metavar="NAME", help="study name")
     parser.add_argument(
@@ -49,9 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoprune.report import default_out_dir, open_study, write_report
+    from autoprune.report import default_out_dir, write_report
+    from autoprune.study import load_study
 
-    study = open_study(args.study, args.storage)
+    study = load_study(args.study, args.storage).study
     out = args.out if args.out is not None else default_out_dir(args.study, args.storage)
     files = write_report(
         study,

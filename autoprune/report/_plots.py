@@ -13,9 +13,9 @@ from autoprune.report._data import (
     _HypervolumeInfo,
     _ImportanceInfo,
     _ParetoInfo,
-    _PatternInfo,
     _SensitivityInfo,
 )
+from autoprune.report._pattern import _PatternInfo
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go

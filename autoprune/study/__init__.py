@@ -4,6 +4,7 @@ In the order of the data flow, one job per module:
 
 - :mod:`~autoprune.study.keys`: the contract of what a study stores (user attributes,
   roles, objectives, metric names); every reader goes through it.
+- ``_front``: :func:`pareto_front`, the trials a user picks from.
 - ``_storage``: the Optuna storage, creating or joining a study, counting its trials.
 - ``_setup``: what every trial of a process shares, built once (:class:`SearchSetup`:
   the preflight and the SearchSpace), the space that can pay and the study's target.
@@ -20,18 +21,18 @@ In the order of the data flow, one job per module:
 from __future__ import annotations
 
 from autoprune.study import keys
+from autoprune.study._front import pareto_front, sure_speedup
 from autoprune.study._objective import Objective
 from autoprune.study._picked import PickedTrial
 from autoprune.study._references import scan_task
-from autoprune.study._results import DEFAULT_STORAGE, MINIMIZE_KEYS, StudyResults, load_study
+from autoprune.study._results import MINIMIZE_KEYS, StudyResults, load_study
 from autoprune.study._run import build_task, run_search, search
 from autoprune.study._setup import SearchSetup, paying_space, study_target
-from autoprune.study._storage import check_joinable, counted_trials, make_storage, open_study, stored_config
+from autoprune.study._storage import check_joinable, counted_trials, create_or_join_study, make_storage, stored_config
 from autoprune.study._table import trials_table
 
 __all__ = [
     "scan_task",
-    "DEFAULT_STORAGE",
     "MINIMIZE_KEYS",
     "Objective",
     "PickedTrial",
@@ -43,11 +44,13 @@ __all__ = [
     "keys",
     "load_study",
     "make_storage",
-    "open_study",
+    "create_or_join_study",
+    "pareto_front",
     "paying_space",
     "run_search",
     "search",
     "stored_config",
     "study_target",
+    "sure_speedup",
     "trials_table",
 ]

@@ -33,14 +33,13 @@ import optuna
 
 from autoprune._errors import AutopruneError
 from autoprune.sensitivity import Sensitivity
+from autoprune.study._front import pareto_front, sure_speedup
 from autoprune.study.keys import (
     FIDELITY_FULL,
     FIDELITY_REPEAT,
     ROLE_SEARCH,
     ROLE_UNPRUNED,
     is_feasible,
-    pareto_front,
-    sure_speedup,
     trial_schedule,
 )
 

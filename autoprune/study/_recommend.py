@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from autoprune.config import DEFAULT_STORAGE, mask_url
 from autoprune.study import keys as study_keys
+from autoprune.study._front import pareto_front
 from autoprune.study._table import trial_metrics
 
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ def recommend(study: optuna.Study) -> Recommendation:
     baseline = dict(study.user_attrs.get("baseline") or {})
     objectives = study_keys.objective_names(study)
     constraints = _study_constraints(study)
-    front = study_keys.pareto_front(study, 0.0)
+    front = pareto_front(study, 0.0)
     rows = sorted((trial_row(t, baseline) for t in front), key=lambda r: (r.val_drop, -r.speedup, r.number))
     full = [
         t

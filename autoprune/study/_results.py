@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from autoprune import config as _config
 from autoprune._errors import ConfigError, NoQualifyingTrialError, StudyNotFoundError, TaskError
+from autoprune._paths import sqlite_path
 from autoprune.lm._summary import is_lm_study, is_structure_study
 from autoprune.study import keys as study_keys
+from autoprune.study._front import pareto_front
 from autoprune.study._picked import PickedTrial, format_value
 from autoprune.study._table import trial_metrics, trials_table
 from autoprune.tasks import Task, from_spec, in_percent
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "DEFAULT_STORAGE",
     "MINIMIZE_KEYS",
     "NoQualifyingTrialError",
     "StudyNotFoundError",
@@ -42,8 +43,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-# One default for every command: the search writes there, results read from there.
-DEFAULT_STORAGE = _config.DEFAULT_STORAGE
+DEFAULT_STORAGE = _config.DEFAULT_STORAGE  # the one default (autoprune.config); not re-exported
 
 # pick(minimize=...) name -> the trial user_attr it reads (smaller is better for all).
 MINIMIZE_KEYS: dict[str, str] = {
@@ -57,12 +57,6 @@ _UNITS = {"accuracy_drop": " points", "latency_ms": " ms", "sparse_bytes": " byt
 
 
 # ---------------------------------------------------------------------------- loading
-def _sqlite_path(storage: str) -> Path | None:
-    if storage.startswith("sqlite:///") and ":memory:" not in storage:
-        return Path(storage[len("sqlite:///") :])
-    return None
-
-
 def _normalise_storage(storage: str | Path) -> str:
     """A storage URL; a bare file path means a SQLite file."""
     return _config.driver_url(str(storage))
@@ -88,7 +82,7 @@ def load_study(study_name: str, storage: str | Path = DEFAULT_STORAGE) -> StudyR
     import optuna
 
     url = _normalise_storage(storage)
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     # Optuna would create an empty database for a mistyped path; say it is missing instead.
     if path is not None and not path.is_file():
         raise StudyNotFoundError(f"no study database at {str(path)!r} (storage {url!r}); run `autoprune search` first")
@@ -176,8 +170,8 @@ class StudyResults:
         """Feasible, complete, fully run trials on the study's front: those no other such trial
         beats by more than ``tolerance`` points of accuracy (default: the study's
         ``front_tolerance``; 0 gives the strict Pareto front). See
-        :func:`autoprune.study.keys.pareto_front`."""
-        return study_keys.pareto_front(self.study, tolerance)
+        :func:`autoprune.study.pareto_front`."""
+        return pareto_front(self.study, tolerance)
 
     def pareto(self, tolerance: float | None = None) -> pd.DataFrame:
         """The front's trials (:meth:`pareto_trials`) as a DataFrame indexed by trial number, with the columns of

@@ -31,7 +31,7 @@ from autoprune.study._references import (
     unpruned_trials,
     wait_for_baseline,
 )
-from autoprune.study._storage import counted_trials, fail_interrupted_leftovers, open_study
+from autoprune.study._storage import counted_trials, create_or_join_study, fail_interrupted_leftovers
 from autoprune.study._workers import run_in_workers
 from autoprune.study.keys import FIDELITY_REPEAT, ROLE_UNPRUNED
 from autoprune.tasks import Task
@@ -104,7 +104,7 @@ def run_search(cfg: SearchConfig, task: Task, *, progress: bool = False) -> optu
     """Run (or resume) the search described by ``cfg`` on ``task``."""
     lock = machine_lock()
     setup = SearchSetup.build(task, cfg, lock)
-    study = open_study(cfg, on_create=lambda new: enqueue_unpruned(new, setup))
+    study = create_or_join_study(cfg, on_create=lambda new: enqueue_unpruned(new, setup))
     fail_interrupted_leftovers(study, cfg)
     extra = _ensure_references(study, setup, lock)
     if cfg.worker_trials is not None:
@@ -141,7 +141,7 @@ def run_worker(cfg_data: dict[str, Any], n_trials: int, worker: int) -> int:
     with lock.busy():  # starting up (building the task) is busy work too
         task = build_task(cfg)
     setup = SearchSetup.build(task, cfg, lock)
-    study = open_study(cfg, seed_offset=worker)  # may wait for the study's creator: not busy
+    study = create_or_join_study(cfg, seed_offset=worker)  # may wait for the study's creator: not busy
     return optimize(study, setup, n_trials, lock)
 
 

@@ -32,7 +32,8 @@ from typing import Any
 import optuna
 
 from autoprune.config import SearchConfig
-from autoprune.study.keys import FIDELITY_FULL, FIDELITY_SCREEN, ROLE_SEARCH, is_feasible, is_within_noise, sure_speedup
+from autoprune.study._front import sure_speedup
+from autoprune.study.keys import FIDELITY_FULL, FIDELITY_SCREEN, ROLE_SEARCH, is_feasible, is_within_noise
 
 __all__ = ["Decision", "Screening", "screening_pays"]
 

@@ -20,7 +20,7 @@ import optuna
 
 from autoprune import __version__
 from autoprune._errors import AutopruneError, ConfigError
-from autoprune._paths import cache_dir
+from autoprune._paths import cache_dir, sqlite_path
 from autoprune.config import SearchConfig, driver_url, mask_url
 from autoprune.evaluation import Target
 from autoprune.study.keys import FIDELITY_REPEAT, OBJECTIVES, ROLE_UNPRUNED
@@ -33,7 +33,7 @@ __all__ = [
     "first_line",
     "latency_cache_path",
     "make_storage",
-    "open_study",
+    "create_or_join_study",
     "stored_config",
 ]
 
@@ -47,18 +47,11 @@ def first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _sqlite_folder(url: str) -> Path | None:
-    """The folder of a SQLite file URL (None for other storages and in-memory SQLite)."""
-    if not url.startswith("sqlite:///"):
-        return None
-    path = url[len("sqlite:///") :]
-    return None if path in ("", ":memory:") else Path(path).parent
-
-
 def make_storage(cfg: SearchConfig) -> optuna.storages.BaseStorage:
     """An Optuna RDB storage for ``cfg.storage`` (SQLite folders are created)."""
     url = driver_url(cfg.storage)
-    folder = _sqlite_folder(url)
+    db = sqlite_path(url)
+    folder = db.parent if db is not None else None
     if folder is not None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -125,7 +118,7 @@ def _make_sampler(cfg: SearchConfig, seed: int, trials: int | None = None) -> op
     return optuna.samplers.GPSampler(seed=seed)
 
 
-def open_study(
+def create_or_join_study(
     cfg: SearchConfig,
     *,
     create: bool = True,
@@ -349,7 +342,8 @@ def latency_cache_path(cfg: SearchConfig) -> Path | None:
         path = Path(choice).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
-    folder = Path(cfg.storage[len("sqlite:///") :]).parent if cfg.storage.startswith("sqlite:///") else cache_dir()
+    db = sqlite_path(cfg.storage)
+    folder = db.parent if db is not None else cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     if choice == "study":
         return folder / f"{cfg.study_name}.latency-{host}.sqlite"

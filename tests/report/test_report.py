@@ -26,7 +26,7 @@ from optuna.trial import TrialState, create_trial
 
 import autoprune as ap
 from autoprune.commands import report as report_cmd
-from autoprune.report import _data, _png, default_out_dir, hypervolume, open_study, trials_dataframe, write_report
+from autoprune.report import _data, _pattern, _png, default_out_dir, hypervolume, trials_table, write_report
 from autoprune.study import keys as study_keys
 from autoprune.testing import models as zoo
 
@@ -245,7 +245,7 @@ def test_importances_say_why_they_are_missing() -> None:
 # ---------------------------------------------------------------------------- trials table
 def test_trials_table_has_one_row_per_trial() -> None:
     study = make_study(3)
-    table = trials_dataframe(study)
+    table = trials_table(study)
     assert len(table) == len(study.trials)
     assert list(table["number"]) == [t.number for t in study.trials]
     for column in ("state", "accuracy", "latency", "size", "role", "feasible", "schedule", "error"):
@@ -264,7 +264,7 @@ def test_match_kept_recovers_removed_rows_and_columns() -> None:
     rng = np.random.default_rng(0)
     before = rng.normal(size=(6, 5, 3))
     rows, cols = np.array([0, 2, 3, 5]), np.array([0, 1, 3, 4])
-    kept = _data._match_kept(before, before[np.ix_(rows, cols)])
+    kept = _pattern._match_kept(before, before[np.ix_(rows, cols)])
     assert kept is not None
     np.testing.assert_array_equal(kept[0], rows)
     np.testing.assert_array_equal(kept[1], cols)
@@ -274,7 +274,7 @@ def test_pattern_structured_removes_rows_at_their_places(cnn: Any) -> None:
     model, x, layers = cnn
     target = layers[1].name  # its input channels stay: only rows go
     schedule = ap.Schedule(layers={target: ap.LayerPlan("structured", 0.5)})
-    info = _data._pattern_from_weights(
+    info = _pattern._pattern_from_weights(
         model.get_submodule(target).weight.detach().numpy().astype(float),
         ap.apply_schedule(model, schedule, example_inputs=x)
         .get_submodule(target)
@@ -306,26 +306,26 @@ def test_pattern_of_study_rebuilds_the_digits_task(digits_task: ap.Task) -> None
         study.add_trial(create_trial(values=values, user_attrs={**attrs, "feasible": True}))
     s_num, u_num = len(study.trials) - 2, len(study.trials) - 1
 
-    info = _data._get_pattern_info(study, trial_number=s_num)
+    info = _pattern._get_pattern_info(study, trial_number=s_num)
     assert info.note is None, info.note
     assert (info.layer, info.method, info.removed_rows) == ("features.3", "structured", 16)
     assert info.after is not None and int((~_kept_rows(info.after)).sum()) == 16
 
-    info = _data._get_pattern_info(study, trial_number=u_num)
+    info = _pattern._get_pattern_info(study, trial_number=u_num)
     assert info.note is None and info.after is not None and info.before is not None
     assert (info.layer, info.method, info.removed_rows, info.removed_cols) == ("features.7", "unstructured", 0, 0)
     assert not np.isnan(info.after).any()
     assert info.zeros == pytest.approx(info.before.size * 0.5, abs=2)  # scattered zeros, no rows gone
 
     # By default: the Pareto trial that prunes most and its largest pruned layer.
-    default = _data._get_pattern_info(study)
+    default = _pattern._get_pattern_info(study)
     assert default.trial_number in {t.number for t in study.best_trials}
     assert default.note is None
 
 
 def test_pattern_without_task_is_a_note_not_a_crash(tmp_path: Path) -> None:
     study = make_study(2, 12)  # no task spec
-    info = _data._get_pattern_info(study)
+    info = _pattern._get_pattern_info(study)
     assert info.before is None and info.note is not None and "no task spec" in info.note
     page = ap.report(study, tmp_path).read_text(encoding="utf-8")
     assert "no task spec" in page
@@ -335,9 +335,9 @@ def test_pattern_bad_trial_or_layer_is_a_config_error(cnn: Any) -> None:
     model, x, layers = cnn
     study = make_study(2, 12, layers=layers)
     with pytest.raises(ap.ConfigError, match="trial 999 is not in study"):
-        _data._get_pattern_info(study, trial_number=999, model=model, example_inputs=x)
+        _pattern._get_pattern_info(study, trial_number=999, model=model, example_inputs=x)
     with pytest.raises(ap.ConfigError, match="layer 'nope' has no 2D"):
-        _data._get_pattern_info(study, layer="nope", model=model, example_inputs=x)
+        _pattern._get_pattern_info(study, layer="nope", model=model, example_inputs=x)
 
 
 # ---------------------------------------------------------------------------- the page
@@ -424,7 +424,7 @@ def test_cli_missing_study_lists_the_studies(tmp_path: Path) -> None:
     make_study(2, 3, storage=storage, name="alpha")
     make_study(2, 3, storage=storage, name="beta")
     with pytest.raises(ap.AutopruneError) as err:
-        open_study("gamma", storage)
+        ap.load_study("gamma", storage)
     message = str(err.value)
     assert "\n" not in message and "'gamma'" in message and "alpha" in message and "beta" in message
     assert not (tmp_path / "nope.db").exists()

@@ -19,7 +19,7 @@ import torch
 import autoprune as ap
 from autoprune import NoQualifyingTrialError, StudyNotFoundError
 from autoprune.evaluation import count_macs, size_stats
-from autoprune.study import StudyResults
+from autoprune.study import StudyResults, pareto_front
 from autoprune.study import keys as study_keys
 
 TASK_SPEC = {"name": "digits", "width": 16, "batch_size": 32}
@@ -212,12 +212,12 @@ def test_front_tolerance_keeps_trials_the_validation_split_cannot_tell_apart(tmp
     strict = _tolerance_study(storage, None)  # an older study: no front_tolerance stored
     # 0 (99.0 at 10 ms) ties 1 on accuracy and is slower: off the strict front; so are 2 and 3.
     # 4 (98.63 at 4 ms) is faster than all; 1 and 5 tie exactly (both kept); 6 is infeasible.
-    assert [t.number for t in study_keys.pareto_front(strict)] == [1, 4, 5]
-    assert [t.number for t in study_keys.pareto_front(strict)] == [t.number for t in strict.best_trials]
+    assert [t.number for t in pareto_front(strict)] == [1, 4, 5]
+    assert [t.number for t in pareto_front(strict)] == [t.number for t in strict.best_trials]
     # Within 0.5 points only 3 (1.0 point below 1, and slower) is beaten.
-    assert [t.number for t in study_keys.pareto_front(strict, 0.5)] == [0, 1, 2, 4, 5]
+    assert [t.number for t in pareto_front(strict, 0.5)] == [0, 1, 2, 4, 5]
     # 0.2: 2 (0.2 below 1, slower) is beaten too, 0 is not (a tie).
-    assert [t.number for t in study_keys.pareto_front(strict, 0.2)] == [0, 1, 4, 5]
+    assert [t.number for t in pareto_front(strict, 0.2)] == [0, 1, 4, 5]
     noisy = _tolerance_study(storage, 0.5)  # the study's config sets the default
     assert study_keys.front_tolerance(noisy) == 0.5
     results = StudyResults(noisy)
@@ -241,15 +241,15 @@ def test_a_timing_the_machine_scattered_does_not_hide_a_tight_one(tmp_path: Path
     for acc, speedup, halfwidth in rows:
         metrics = {"accuracy": acc, "latency_ms": 10.0 / speedup, "sparse_bytes": 1000, "dense_bytes": 1000}
         _add(study, schedule, metrics, constraints=feasible, speedup_low=speedup * (1 - halfwidth))
-    assert [t.number for t in study_keys.pareto_front(study)] == [1, 2]
-    assert [t.number for t in study_keys.pareto_front(study, 0)] == [1]  # strict: the values alone
+    assert [t.number for t in pareto_front(study)] == [1, 2]
+    assert [t.number for t in pareto_front(study, 0)] == [1]  # strict: the values alone
     only = _new_study(storage, "wide-2", base)  # without 2, the scattered 1 does not hide 0
     only.set_user_attr("config", {"front_tolerance": 0.5})
     for acc, speedup, halfwidth in rows[:2]:
         metrics = {"accuracy": acc, "latency_ms": 10.0 / speedup, "sparse_bytes": 1000, "dense_bytes": 1000}
         _add(only, schedule, metrics, constraints=feasible, speedup_low=speedup * (1 - halfwidth))
-    assert [t.number for t in study_keys.pareto_front(only)] == [0, 1]
-    assert [t.number for t in study_keys.pareto_front(only, 0)] == [1]
+    assert [t.number for t in pareto_front(only)] == [0, 1]
+    assert [t.number for t in pareto_front(only, 0)] == [1]
 
 
 def test_the_front_shows_trials_within_the_noise_of_the_accuracy_limit(tmp_path: Path) -> None:
@@ -264,8 +264,8 @@ def test_the_front_shows_trials_within_the_noise_of_the_accuracy_limit(tmp_path:
     for acc, speedup, excess, within in rows:
         metrics = {"accuracy": acc, "latency_ms": 10.0 / speedup, "sparse_bytes": 1000, "dense_bytes": 1000}
         _add(study, schedule, metrics, constraints={"accuracy_drop": excess}, within_noise=within, accuracy_drop_se=0.5)
-    assert [t.number for t in study_keys.pareto_front(study)] == [0, 1]
-    assert [t.number for t in study_keys.pareto_front(study, 0)] == [0] == [t.number for t in study.best_trials]
+    assert [t.number for t in pareto_front(study)] == [0, 1]
+    assert [t.number for t in pareto_front(study, 0)] == [0] == [t.number for t in study.best_trials]
     results = StudyResults(study)
     assert [t.number for t in results.candidates()] == [0]  # pick() chooses among feasible trials only
     table = results.pareto()

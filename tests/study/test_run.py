@@ -576,10 +576,10 @@ def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
 
 
 def test_resume_fails_trials_left_running_by_a_stopped_run(tmp_path: Path) -> None:
-    from autoprune.study._storage import fail_interrupted_leftovers, open_study
+    from autoprune.study._storage import create_or_join_study, fail_interrupted_leftovers
 
     cfg = _cfg(tmp_path)
-    study = open_study(cfg)
+    study = create_or_join_study(cfg)
     study.enqueue_trial({}, user_attrs={"role": ROLE_SEARCH})
     left = study.ask()  # RUNNING, as a killed process leaves it
     fail_interrupted_leftovers(study, cfg)

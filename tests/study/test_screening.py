@@ -15,7 +15,7 @@ import autoprune as ap
 from autoprune._lock import machine_lock
 from autoprune.config import SearchConfig
 from autoprune.sensitivity import Sensitivity, macs_meter, warm_starts
-from autoprune.study import counted_trials, run_search
+from autoprune.study import counted_trials, run_search, sure_speedup
 from autoprune.study._neighbours import NEIGHBOUR_OF, WINDOW, incumbents, neighbour_amounts, stalled
 from autoprune.study._objective import SearchSetup
 from autoprune.study._references import REFERENCE_FAMILIES, bracket
@@ -30,7 +30,6 @@ from autoprune.study.keys import (
     ROLE_UNPRUNED,
     ROLE_WARM,
     is_feasible,
-    sure_speedup,
 )
 
 TINY = {"width": 8, "batch_size": 16}
@@ -108,7 +107,7 @@ def test_a_trial_dominated_by_the_front_is_screened_out() -> None:
 
 
 def test_the_front_dominates_with_the_slow_end_of_its_speedup_interval() -> None:
-    from autoprune.study.keys import sure_speedup as _sure_speedup
+    _sure_speedup = sure_speedup
 
     assert _sure_speedup({"speedup": 1.6, "speedup_low": 0.2}) == 0.2  # a loaded machine's scatter
     assert _sure_speedup({"speedup": 1.3}) == 1.3  # no interval stored: the speedup
