@@ -428,7 +428,7 @@ def apply_schedule(
     Example:
         >>> import autoprune as ap
         >>> from autoprune.testing import models as zoo
-        >>> model, x = zoo.get("cnn")
+        >>> model, x = zoo.get_model("cnn")
         >>> plan = ap.Schedule(layers={"features.0.0": ap.LayerPlan("structured", 0.5)})
         >>> ap.apply_schedule(model, plan, example_inputs=x).features[0][0].out_channels
         32

@@ -379,7 +379,7 @@ def load_pruned(
         ExportError: a file is missing or malformed.
 
     Example:
-        >>> model = load_pruned("out/digits-t12", lambda: ap.tasks.get("digits").fresh_model())  # doctest: +SKIP
+        >>> model = load_pruned("out/digits-t12", lambda: ap.tasks.get_task("digits").fresh_model())  # doctest: +SKIP
     """
     root = Path(directory)
     if not root.is_dir():

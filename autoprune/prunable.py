@@ -98,7 +98,7 @@ def prunable_layers(model: nn.Module, example_inputs: Any, *, output: str | int 
     Example:
         >>> import autoprune as ap
         >>> from autoprune.testing import models as zoo
-        >>> model, x = zoo.get("cnn")
+        >>> model, x = zoo.get_model("cnn")
         >>> [i.name for i in ap.prunable_layers(model, x)][:2]
         ['features.0.0', 'features.1.0']
     """

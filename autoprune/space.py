@@ -67,7 +67,7 @@ def uniform_schedule(
     Example:
         >>> import autoprune as ap
         >>> from autoprune.testing import models as zoo
-        >>> model, x = zoo.get("cnn")
+        >>> model, x = zoo.get_model("cnn")
         >>> uniform_schedule(model, x, amount=0.5).layers["features.0.0"]
         LayerPlan(method='structured', amount=0.5, norm=1)
     """
@@ -207,7 +207,7 @@ class SearchSpace:
         Example:
             >>> import autoprune as ap
             >>> from autoprune.testing import models as zoo
-            >>> model, x = zoo.get("cnn")
+            >>> model, x = zoo.get_model("cnn")
             >>> space = SearchSpace(ap.prunable_layers(model, x), ap.SpaceConfig(methods=["structured", "none"]))
             >>> params = space.params_for({"features.0.0": 0.5})
             >>> params["features.0.0:amount"], params["features.1.0:method"]

@@ -23,7 +23,7 @@ workdir = Path(tempfile.mkdtemp(prefix="autoprune-example-"))
 storage = f"sqlite:///{workdir}/demo.db"
 
 # 1. Search: a few pruning schedules of the digits CNN, accuracy against latency.
-task = ap.tasks.get("digits")
+task = ap.tasks.get_task("digits")
 ap.search(task, objectives=["accuracy", "latency"], n_trials=12, storage=storage, study_name="demo", report=False)
 
 # 2. Read the results: the Pareto front as a DataFrame, then pick the fastest trial that

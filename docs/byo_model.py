@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     trials, max_drop = (3, 100.0) if args.small else (20, 2.0)
 
     # 1. The task: a trained model, validation scores for the search, a held-out test split.
-    task = ap.tasks.get(factory)
+    task = ap.tasks.get_task(factory)
     print(f"unpruned: validation {task.evaluate(task.model):.2f}%, test {task.test(task.model):.2f}%")  # type: ignore[misc]
 
     # 2. Search from the command line (the same as `autoprune search ...` in a shell).

@@ -63,7 +63,7 @@ def scan_sensitivity(
     Example:
         >>> import autoprune as ap
         >>> from autoprune.testing import models as zoo
-        >>> model, x = zoo.get("cnn")
+        >>> model, x = zoo.get_model("cnn")
         >>> sens = scan_sensitivity(model, x, ap.prunable_layers(model, x),
         ...                         evaluate=lambda m: 0.0, amounts=(0.5,))
         >>> sens.curve("classifier.3") is None  # the output layer: no structured curve

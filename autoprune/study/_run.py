@@ -34,8 +34,7 @@ from autoprune.study._references import (
 from autoprune.study._storage import counted_trials, create_or_join_study, fail_interrupted_leftovers
 from autoprune.study._workers import run_in_workers
 from autoprune.study.keys import FIDELITY_REPEAT, ROLE_UNPRUNED
-from autoprune.tasks import Task
-from autoprune.tasks import get as get_task
+from autoprune.tasks import Task, get_task
 
 __all__ = ["build_task", "run_search", "run_worker", "search"]
 

@@ -1,8 +1,12 @@
 """Built-in tasks by name, and user tasks from ``"package.module:factory"``.
 
+The registry follows the package's one idiom (as latency backends do: ``register_backend``,
+``get_backend``, ``backend_names``): :func:`register_task`, :func:`get_task`, :func:`task_names`.
+The shorter ``register``, ``get`` and ``names`` of earlier versions are the same functions.
+
 Example:
     >>> import autoprune as ap
-    >>> task = ap.tasks.get("digits")  # doctest: +SKIP
+    >>> task = ap.tasks.get_task("digits")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -33,18 +37,21 @@ __all__ = [
     "from_loaders",
     "from_spec",
     "get",
+    "get_task",
     "in_percent",
     "load",
     "names",
     "reestimate_batchnorm",
     "register",
+    "register_task",
+    "task_names",
 ]
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 
 
-def register(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
-    """Decorator: register a task factory under ``name``."""
+def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+    """Decorator: register a task factory under ``name`` (then ``get_task(name, **options)``)."""
 
     def deco(factory: Callable[..., Task]) -> Callable[..., Task]:
         _REGISTRY[name] = factory
@@ -53,22 +60,23 @@ def register(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
     return deco
 
 
-register("digits")(make_digits)
-register("shapes-resnet")(make_shapes_resnet)
-register("tinylm")(make_tinylm)
+register_task("digits")(make_digits)
+register_task("shapes-resnet")(make_shapes_resnet)
+register_task("tinylm")(make_tinylm)
 
 
-def names() -> list[str]:
+def task_names() -> list[str]:
+    """The registered tasks' names, sorted."""
     return sorted(_REGISTRY)
 
 
-def get(name: str, **options: Any) -> Task:
+def get_task(name: str, **options: Any) -> Task:
     """A built-in task by name, or a user task by ``"package.module:factory"``."""
     if ":" in name:
         return load(name, **options)
     if name not in _REGISTRY:
         raise TaskError(
-            f"unknown task {name!r}; built-in tasks: {', '.join(names())}, or give 'package.module:factory'"
+            f"unknown task {name!r}; built-in tasks: {', '.join(task_names())}, or give 'package.module:factory'"
         )
     task = _REGISTRY[name](**options)
     task.spec.setdefault("name", name)
@@ -124,4 +132,10 @@ def from_spec(spec: dict[str, Any]) -> Task:
     name = options.pop("name", None)
     if not isinstance(name, str):
         raise TaskError(f"task spec {spec!r} has no 'name'")
-    return get(name, **options)
+    return get_task(name, **options)
+
+
+# The names of earlier versions (README examples and user code call ap.tasks.get): the same functions.
+register = register_task
+get = get_task
+names = task_names

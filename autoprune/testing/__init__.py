@@ -3,7 +3,7 @@
 Not part of the user API, and not imported by ``import autoprune``:
 
 - :mod:`~autoprune.testing.models`: small reference models, one per architecture family
-  that pruning tools tend to break on (``models.get("resnet")``).
+  that pruning tools tend to break on (``models.get_model("resnet")``).
 - :mod:`~autoprune.testing.postgres`: a throw-away PostgreSQL server on 127.0.0.1.
 - :mod:`~autoprune.testing.browser`: opens a report page in headless Chromium.
 """

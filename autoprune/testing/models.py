@@ -6,10 +6,22 @@ they make good starting points for trying autoprune on something bigger than ``d
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-__all__ = ["PlainCNN", "ResNetLike", "MobileNetV2Like", "TinyTransformer", "get", "names"]
+__all__ = [
+    "MobileNetV2Like",
+    "PlainCNN",
+    "ResNetLike",
+    "TinyTransformer",
+    "get",
+    "get_model",
+    "model_names",
+    "names",
+    "register_model",
+]
 
 
 def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -153,7 +165,7 @@ class TinyTransformer(nn.Module):
         return self.head(x.mean(dim=1))
 
 
-_REGISTRY = {
+_REGISTRY: dict[str, tuple[type[nn.Module], tuple[int, ...]]] = {
     "cnn": (PlainCNN, (3, 32, 32)),
     "resnet": (ResNetLike, (3, 32, 32)),
     "mobilenetv2": (MobileNetV2Like, (3, 32, 32)),
@@ -161,12 +173,23 @@ _REGISTRY = {
 }
 
 
-def names() -> list[str]:
-    """Names of the reference models, for :func:`get`."""
+def register_model(name: str, input_shape: tuple[int, ...]) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Decorator: register a reference model class (built without arguments) under ``name``,
+    with the shape of one example input (without the batch dimension)."""
+
+    def deco(cls: type[nn.Module]) -> type[nn.Module]:
+        _REGISTRY[name] = (cls, input_shape)
+        return cls
+
+    return deco
+
+
+def model_names() -> list[str]:
+    """Names of the reference models, for :func:`get_model`."""
     return list(_REGISTRY)
 
 
-def get(name: str, *, batch_size: int = 1, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+def get_model(name: str, *, batch_size: int = 1, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     """Build a reference model (in eval mode) and a random example input batch for it."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown reference model {name!r}; choose from {', '.join(_REGISTRY)}")
@@ -176,3 +199,8 @@ def get(name: str, *, batch_size: int = 1, seed: int = 0) -> tuple[nn.Module, to
         torch.manual_seed(seed)
         model = cls().eval()
     return model, torch.randn(batch_size, *shape, generator=gen)
+
+
+# The names of earlier versions: the same functions.
+get = get_model
+names = model_names

@@ -106,8 +106,41 @@ def test_from_spec_rebuilds_the_task(digits_task: ap.Task) -> None:
 
 def test_unknown_built_in_task_lists_the_known_ones() -> None:
     with pytest.raises(ap.TaskError, match=r"unknown task 'digitz'; built-in tasks: digits"):
-        ap.tasks.get("digitz")
-    assert "digits" in ap.tasks.names()
+        ap.tasks.get_task("digitz")
+    assert ap.tasks.task_names() == ["digits", "shapes-resnet", "tinylm"]
+
+
+def test_registries_share_one_idiom(monkeypatch: pytest.MonkeyPatch) -> None:
+    """register_x / get_x / x_names, for tasks, latency backends and the reference models;
+    the older short names of tasks and models are the same functions."""
+    from autoprune import tasks as tasks_module
+    from autoprune.evaluation import _backends
+    from autoprune.testing import models as zoo
+
+    monkeypatch.setattr(tasks_module, "_REGISTRY", dict(tasks_module._REGISTRY))
+    made: list[dict[str, int]] = []
+
+    @ap.tasks.register_task("made-here")
+    def _factory(width: int = 3) -> ap.Task:
+        made.append({"width": width})
+        return ap.Task(name="made-here", model=torch.nn.Linear(width, 2), example_inputs=torch.zeros(1, width), evaluate=lambda m: 1.0)
+
+    task = ap.tasks.get_task("made-here", width=5)
+    assert made == [{"width": 5}] and task.spec["name"] == "made-here" and task.model.in_features == 5
+    assert "made-here" in ap.tasks.task_names()
+    assert (ap.tasks.get, ap.tasks.names, ap.tasks.register) == (ap.tasks.get_task, ap.tasks.task_names, ap.tasks.register_task)
+    assert {"dense", "torchscript", "onnxruntime", "compile"} <= set(_backends.backend_names())
+    assert type(_backends.get_backend("dense")).__name__ == "DenseBackend"
+
+    monkeypatch.setattr(zoo, "_REGISTRY", dict(zoo._REGISTRY))
+    @zoo.register_model("tiny-mlp", (6,))
+    class _TinyMLP(torch.nn.Sequential):
+        def __init__(self) -> None:
+            super().__init__(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+
+    model, x = zoo.get_model("tiny-mlp", batch_size=3)
+    assert isinstance(model, _TinyMLP) and x.shape == (3, 6) and model(x).shape == (3, 2)
+    assert zoo.model_names()[-1] == "tiny-mlp" and (zoo.get, zoo.names) == (zoo.get_model, zoo.model_names)
 
 
 # ---------------------------------------------------------------------------- user tasks
