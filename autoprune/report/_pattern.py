@@ -14,7 +14,7 @@ from autoprune.report._data import _schedule_or_none
 from autoprune.schedule import Schedule
 from autoprune.study import keys as study_keys
 from autoprune.study._front import pareto_front
-from autoprune.tasks import from_spec
+from autoprune.study._results import rebuild_task
 
 if TYPE_CHECKING:
     import optuna
@@ -212,7 +212,7 @@ def _get_pattern_info(
         if not isinstance(spec, dict):
             return _skipped_pattern("the study carries no task spec, so its model cannot be rebuilt", chosen.number)
         try:
-            task = from_spec(spec)
+            task = rebuild_task(study)
         except Exception as exc:  # noqa: BLE001 - any failure means the section is skipped
             return _skipped_pattern(f"cannot rebuild task {spec.get('name')!r}: {exc}", chosen.number)
         model, example_inputs = task.model, task.example_inputs

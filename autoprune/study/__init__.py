@@ -25,7 +25,7 @@ from autoprune.study._front import pareto_front, sure_speedup
 from autoprune.study._objective import Objective
 from autoprune.study._picked import PickedTrial
 from autoprune.study._references import scan_task
-from autoprune.study._results import MINIMIZE_KEYS, StudyResults, load_study
+from autoprune.study._results import MINIMIZE_KEYS, StudyResults, load_study, rebuild_task
 from autoprune.study._run import build_task, run_search, search
 from autoprune.study._setup import SearchSetup, paying_space, study_target
 from autoprune.study._storage import check_joinable, counted_trials, create_or_join_study, make_storage, stored_config
@@ -47,6 +47,7 @@ __all__ = [
     "create_or_join_study",
     "pareto_front",
     "paying_space",
+    "rebuild_task",
     "run_search",
     "search",
     "stored_config",

@@ -39,6 +39,7 @@ __all__ = [
     "StudyNotFoundError",
     "StudyResults",
     "load_study",
+    "rebuild_task",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -57,6 +58,19 @@ _UNITS = {"accuracy_drop": " points", "latency_ms": " ms", "sparse_bytes": " byt
 
 
 # ---------------------------------------------------------------------------- loading
+def rebuild_task(study: optuna.Study) -> Task:
+    """A study's task, rebuilt from the spec it stored (the one place a reader does this): in
+    percent when the search reported a fraction-valued task x100 (``scale_notice``)."""
+    spec = study.user_attrs.get("task")
+    if not isinstance(spec, dict):
+        raise TaskError(f"study {study.study_name!r} records no task spec; pass `task=` or a model")
+    task = from_spec(spec)
+    if study.user_attrs.get("scale_notice"):
+        # the search reported this fraction-valued task in percent; so do its readers
+        task, _ = in_percent(replace(task, scale="fraction"), 0.0)
+    return task
+
+
 def _normalise_storage(storage: str | Path) -> str:
     """A storage URL; a bare file path means a SQLite file."""
     return _config.driver_url(str(storage))
@@ -145,14 +159,7 @@ class StudyResults:
     def task(self) -> Task:
         """The study's task, rebuilt from its spec once and cached."""
         if self._task is None:
-            spec = self.study.user_attrs.get("task")
-            if not isinstance(spec, dict):
-                raise TaskError(f"study {self.study.study_name!r} records no task spec; pass `task=` or a model")
-            task = from_spec(spec)
-            if self.study.user_attrs.get("scale_notice"):
-                # the search reported this fraction-valued task in percent; so do its readers
-                task, _ = in_percent(replace(task, scale="fraction"), 0.0)
-            self._task = task
+            self._task = rebuild_task(self.study)
         return self._task
 
     # ------------------------------------------------------------------ tables

@@ -1,29 +1,11 @@
-"""The search space: a model's prunable groups turned into Optuna parameters.
-
-Parameter names are layer paths (``features.0:amount``, ``features.0:method``) so that
-Optuna's own tools (dashboard, importances) stay readable. With ``granularity = "block"``
-layers sharing a path prefix are tied together; with ``"global"`` one amount and one
-method apply everywhere. A fixed choice (a single value in the config) is not a parameter.
-
-Every sampled parameter changes the schedule (define-by-run conditionals): no amount when a
-unit's method is ``none``; ``steps`` only with fine-tuning between the steps; ``shape`` only
-with several steps, and then never ``oneshot`` (several steps of one-shot would fine-tune the
-unpruned model before pruning it); ``importance``, ``norm`` and ``round_to`` only when
-something is pruned structurally; ``global_unstructured`` only with at least two unstructured
-weights. A parameter that does not apply takes the config's first choice in the Schedule.
-
-One source of truth: :meth:`SearchSpace.suggest` (an Optuna trial),
-:meth:`SearchSpace.schedule_from_params` (a params dict) and :meth:`SearchSpace.params_for`
-(a Schedule or per-unit amounts -> params) all run the same sampling code, so a trial
-enqueued with ``params_for(x)`` samples exactly ``schedule_from_params(params_for(x))``.
-"""
+"""The search space proper: units -> Optuna parameters -> Schedule, and back (one sampling code
+for a trial, a params dict and a Schedule; the package docstring has the rules)."""
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -31,52 +13,17 @@ import optuna
 from autoprune._errors import ScheduleError
 from autoprune.config import SpaceConfig
 from autoprune.preflight import LayerInfo
-from autoprune.prunable import prunable_layers
-from autoprune.schedule import LayerPlan, Method, Schedule, Shape, register_preflight
+from autoprune.schedule import LayerPlan, Schedule, Shape
+from autoprune.space._answers import _Ask, _on_grid, _Prefer, _TrialAsk
+from autoprune.space._units import Unit
 
 if TYPE_CHECKING:
     from autoprune.sensitivity import Sensitivity
 
-__all__ = ["SearchSpace", "Unit", "uniform_schedule"]
+__all__ = ["SearchSpace"]
 
 _UNSTRUCTURED_MAX = 0.99
 _SPREAD_STEP = 0.25
-
-
-@dataclass(frozen=True)
-class Unit:
-    """Layers that share one amount and one method in the search."""
-
-    key: str
-    layers: tuple[LayerInfo, ...]
-    methods: tuple[str, ...]
-    max_amount: float
-
-    def supports(self, method: str) -> bool:
-        """Whether ``method`` is a choice of this unit and reaches at least one of its layers."""
-        return method in self.methods and any(method in info.methods for info in self.layers)
-
-
-def uniform_schedule(
-    model: Any, example_inputs: Any, *, method: Method = "structured", amount: float = 0.5, **options: Any
-) -> Schedule:
-    """The same plan on every layer of ``model`` that supports ``method`` (the hand-made
-    baseline): the preflight, then :meth:`Schedule.uniform`. ``ap.uniform_schedule(model, x,
-    amount=0.5)`` and ``ap.Schedule.uniform(model, x, amount=0.5)`` give the same Schedule.
-
-    Example:
-        >>> import autoprune as ap
-        >>> from autoprune.testing import models as zoo
-        >>> model, x = zoo.get_model("cnn")
-        >>> uniform_schedule(model, x, amount=0.5).layers["features.0.0"]
-        LayerPlan(method='structured', amount=0.5, norm=1)
-    """
-    return Schedule.uniform(prunable_layers(model, example_inputs), method=method, amount=amount, **options)
-
-
-# Schedule.uniform(model, example_inputs) runs the preflight through this hook: the Schedule is
-# upstream of the preflight and must not import it; this module, which imports both, connects them.
-register_preflight(prunable_layers)
 
 
 class SearchSpace:
@@ -475,92 +422,6 @@ class SearchSpace:
             diff = _first_difference(schedule, rebuilt)
             raise ScheduleError(f"the schedule is not in this search space: {diff}.")
         return ask.params
-
-
-# ---------------------------------------------------------------------------- answering the sampler
-class _Ask:
-    """What the sampling code asks: Optuna's three suggest calls, answered by a trial or a dict."""
-
-    def categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        raise NotImplementedError
-
-    def floating(self, name: str, low: float, high: float, step: float) -> float:
-        raise NotImplementedError
-
-    def integer(self, name: str, low: int, high: int) -> int:
-        raise NotImplementedError
-
-
-class _TrialAsk(_Ask):
-    def __init__(self, trial: optuna.trial.BaseTrial) -> None:
-        self.trial = trial
-
-    def categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        if len(choices) == 1:
-            return choices[0]  # a fixed choice is not a parameter
-        return self.trial.suggest_categorical(name, list(choices))
-
-    def floating(self, name: str, low: float, high: float, step: float) -> float:
-        if high <= low:
-            return low
-        return round(self.trial.suggest_float(name, low, high, step=step), 6)
-
-    def integer(self, name: str, low: int, high: int) -> int:
-        return self.trial.suggest_int(name, low, high)
-
-
-class _Prefer(_Ask):
-    """Answers from ``prefs`` and records the parameters a trial would hold. Lenient: a
-    missing value takes the first choice (the lowest number), a number goes on the grid.
-    Strict: missing, off-grid or unknown values are errors."""
-
-    def __init__(self, prefs: Mapping[str, Any], *, strict: bool) -> None:
-        self.prefs = prefs
-        self.strict = strict
-        self.params: dict[str, Any] = {}
-
-    def _value(self, name: str, default: Any) -> Any:
-        if name in self.prefs:
-            return self.prefs[name]
-        if self.strict:
-            raise ScheduleError(f"parameter {name!r} applies to this schedule but is missing from the params.")
-        return default
-
-    def categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        if len(choices) == 1:
-            return choices[0]
-        value = self._value(name, choices[0])
-        # True == 1 in Python: compare types too, or `round_to=True` would pass as 1
-        if not any(value == c and type(value) is type(c) for c in choices):
-            raise ScheduleError(f"`{name}` must be one of {list(choices)} in this search space, but got {value!r}.")
-        self.params[name] = value
-        return value
-
-    def floating(self, name: str, low: float, high: float, step: float) -> float:
-        if high <= low:
-            return low
-        value = self._value(name, low)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ScheduleError(f"`{name}` must be a number, but got {value!r}.")
-        snapped = round(low + round((value - low) / step) * step, 6)
-        snapped = round(min(max(snapped, low), high), 6)
-        if self.strict and abs(snapped - value) > 1e-6:
-            raise ScheduleError(
-                f"`{low} <= {name} <= {high}` in steps of {step} must hold in this search space, but got {value!r}."
-            )
-        self.params[name] = snapped
-        return snapped
-
-    def integer(self, name: str, low: int, high: int) -> int:
-        value = self._value(name, low)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ScheduleError(f"`{low} <= {name} <= {high}` must hold in this search space, but got {value!r}.")
-        self.params[name] = value
-        return value
-
-
-def _on_grid(value: float, step: float) -> float:
-    return round(round(value / step) * step, 6)
 
 
 def _first_difference(wanted: Schedule, got: Schedule) -> str:
