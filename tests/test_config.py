@@ -322,3 +322,16 @@ def test_a_resume_with_more_trials_keeps_the_samplers_sizes(tmp_path: Path, samp
     assert getattr(create_or_join_study(cfg).sampler, attr) == first
     assert getattr(create_or_join_study(cfg.merged(trials=200)).sampler, attr) == first
     assert getattr(create_or_join_study(cfg.merged(trials=200, study="other")).sampler, attr) == fresh
+
+
+def test_search_refuses_an_optuna_name_and_its_config_name_together(tmp_path: Path) -> None:
+    """``n_trials``/``study_name`` (Optuna's names) and ``trials``/``study`` (the config's) are
+    one setting each: both at once is refused before anything is built or stored."""
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    with pytest.raises(ap.ConfigError) as err:
+        ap.search("digits", n_trials=3, trials=5, storage=storage)
+    assert str(err.value) == "`n_trials=3` and `trials=5` name the same setting; give one of them"
+    with pytest.raises(ap.ConfigError) as err:
+        ap.search("digits", study_name="a", study="b", storage=storage)
+    assert str(err.value) == "`study_name='a'` and `study='b'` name the same setting; give one of them"
+    assert not (tmp_path / "db.sqlite").exists()

@@ -65,13 +65,20 @@ def search(
 
     Running it again with the same study runs only the trials still missing. Options not
     named here are fields of :class:`autoprune.config.SearchConfig` (``workers``,
-    ``sampler``, ``seed``, ``target``, ``constraints``, ``space``...).
+    ``sampler``, ``seed``, ``target``, ``constraints``, ``space``...). ``n_trials`` and
+    ``study_name`` are Optuna's names for the config's ``trials`` and ``study`` (the TOML
+    keys and ``--trials``/``--study`` of the CLI); give one of each pair, not both.
 
     Example:
         >>> import autoprune as ap
         >>> study = ap.search("digits", objectives=["accuracy", "latency"], n_trials=20,
         ...                   storage="sqlite:///studies/demo.db", study_name="demo")  # doctest: +SKIP
     """
+    for optuna_name, value, config_name in (("n_trials", n_trials, "trials"), ("study_name", study_name, "study")):
+        if value is not None and options.get(config_name) is not None:
+            raise ConfigError(
+                f"`{optuna_name}={value!r}` and `{config_name}={options[config_name]!r}` name the same setting; give one of them"
+            )
     if isinstance(task, str):  # built once here: its metric decides which search runs
         task = get_task(task, **(config.task_options if config is not None else {}))
     if isinstance(task, Task) and not task.higher_is_better:
