@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from autoprune._errors import ConfigError
+
 __all__ = ["CACHE_ENV", "SQLITE_PREFIX", "cache_dir", "sqlite_folder_made", "sqlite_path"]
 
 CACHE_ENV = "AUTOPRUNE_CACHE_DIR"
@@ -31,8 +33,6 @@ def sqlite_path(storage: object) -> Path | None:
 
 def sqlite_folder_made(storage: object) -> None:
     """Create the folder of a ``sqlite:///path`` storage (as the CLI does), or say why not."""
-    from autoprune._errors import ConfigError
-
     path = sqlite_path(storage)
     if path is not None:
         folder = path.parent

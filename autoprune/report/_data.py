@@ -19,6 +19,7 @@ from autoprune.schedule import Schedule
 from autoprune.sensitivity import Sensitivity
 from autoprune.study import keys as study_keys
 from autoprune.study._front import pareto_front
+from autoprune.study._recommend import recommend, trial_row
 from autoprune.study.keys import objective_names, schedule_summary
 
 if TYPE_CHECKING:
@@ -215,7 +216,6 @@ def _front_point(
     trial: FrozenTrial, baseline: dict[str, Any], x_name: str
 ) -> tuple[FrozenTrial, float, float, tuple[float, float], tuple[float, float]] | None:
     """(trial, x, validation drop, x interval, drop interval), or None when not measured."""
-    from autoprune.study._recommend import trial_row
 
     row = trial_row(trial, baseline)
     se = float(trial.user_attrs.get("accuracy_drop_se", math.nan))
@@ -253,7 +253,6 @@ def _get_front_info(study: optuna.Study, axis: str = "speedup") -> _FrontInfo:
     each constraint line, plus a margin;
     the complete trials outside that frame (a uniform 90% reference at 20 points of drop) are
     left out and counted in ``clip_note``."""
-    from autoprune.study._recommend import recommend
 
     if axis not in FRONT_AXES:
         raise ConfigError(f"the front's axis must be one of {list(FRONT_AXES)}, but got {axis!r}")
@@ -346,7 +345,6 @@ def _get_front_info(study: optuna.Study, axis: str = "speedup") -> _FrontInfo:
     clip_note = None
     if outside:
         outside.sort(key=lambda o: (-o[0], o[1][0].number))
-        from autoprune.study._recommend import trial_row
 
         named = []
         for _, (t, x, y, _, _) in outside[:MAX_NAMED_OUTLIERS]:

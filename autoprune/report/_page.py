@@ -20,6 +20,7 @@ from autoprune.report import _data, _lm, _pattern, _plots
 from autoprune.report._html import Section, render_page
 from autoprune.report._png import export_pngs
 from autoprune.study import trials_table
+from autoprune.study._recommend import recommend
 from autoprune.study.keys import front_tolerance
 
 if TYPE_CHECKING:
@@ -226,7 +227,6 @@ def _accuracy_sections(
 
 def _recommended_section(study: optuna.Study, front_axis: str) -> Section:
     """The first screen: the strict front and the picks that ``autoprune search`` prints."""
-    from autoprune.study._recommend import recommend
 
     info = _data._get_front_info(study, front_axis)
     rec = recommend(study)
