@@ -1,6 +1,7 @@
 """The HTML report of a study: Pareto front, hypervolume, schedules, pattern, importances.
 
-Modules: ``_data`` (what each figure shows, from the study), ``_pattern`` (the pruning-pattern
+Modules: ``_data`` (what each figure shows, from the study), ``_first_screen`` (the framed
+front and the picks), ``_pattern`` (the pruning-pattern
 panel: re-prunes one layer of one trial), ``_plots`` and ``_lm`` (Plotly figures), ``_html``
 (the page's markup), ``_png`` (static images), ``_page`` (the page: sections, files).
 

@@ -16,7 +16,7 @@ import optuna
 from autoprune._paths import sqlite_path
 from autoprune.config import DEFAULT_STORAGE
 from autoprune.lm._summary import is_lm_study
-from autoprune.report import _data, _lm, _pattern, _plots
+from autoprune.report import _data, _first_screen, _lm, _pattern, _plots
 from autoprune.report._html import Section, render_page
 from autoprune.report._png import export_pngs
 from autoprune.study import trials_table
@@ -228,7 +228,7 @@ def _accuracy_sections(
 def _recommended_section(study: optuna.Study, front_axis: str) -> Section:
     """The first screen: the strict front and the picks that ``autoprune search`` prints."""
 
-    info = _data._get_front_info(study, front_axis)
+    info = _first_screen._get_front_info(study, front_axis)
     rec = recommend(study)
     picks = "; ".join(
         f"{p.label}: trial {p.number} (val drop {rec.row(p.number).val_drop:.2f}, "

@@ -7,14 +7,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autoprune.report._data import (
-    _FramedPoints,
-    _FrontInfo,
     _HeatmapInfo,
     _HypervolumeInfo,
     _ImportanceInfo,
     _ParetoInfo,
     _SensitivityInfo,
 )
+from autoprune.report._first_screen import _FramedPoints, _FrontInfo
 from autoprune.report._pattern import _PatternInfo
 
 if TYPE_CHECKING:

@@ -26,7 +26,16 @@ from optuna.trial import TrialState, create_trial
 
 import autoprune as ap
 from autoprune.commands import report as report_cmd
-from autoprune.report import _data, _pattern, _png, default_out_dir, hypervolume, trials_table, write_report
+from autoprune.report import (
+    _data,
+    _first_screen,
+    _pattern,
+    _png,
+    default_out_dir,
+    hypervolume,
+    trials_table,
+    write_report,
+)
 from autoprune.study import keys as study_keys
 from autoprune.testing import models as zoo
 
@@ -555,7 +564,7 @@ def _inside(value: float, bounds: tuple[float, float]) -> bool:
 def test_first_screen_frames_the_front_and_the_constraint_and_clips_the_outlier() -> None:
     from autoprune.report._plots import _get_front_plot
 
-    info = _data._get_front_info(_front_study())
+    info = _first_screen._get_front_info(_front_study())
     assert info.x_name == "speedup" and info.note is None
     assert info.front.numbers == [1, 2, 3, 4]  # the strict front, slowest first
     assert info.others["reference"].numbers == [0]  # the unpruned model at 1x anchors the frame
@@ -572,7 +581,7 @@ def test_first_screen_frames_the_front_and_the_constraint_and_clips_the_outlier(
     assert "1 trial outside this frame" in (info.clip_note or "") and "trial 6 (uniform 90%" in (info.clip_note or "")
     assert info.clip_note in fig.layout.title.text
     # a looser limit moves the frame with it: the line at 3 points is drawn, the outlier still is not
-    loose = _data._get_front_info(_front_study(limit=3.0))
+    loose = _first_screen._get_front_info(_front_study(limit=3.0))
     assert _inside(3.0, loose.y_range) and not _inside(20.0, loose.y_range) and loose.outside == [6]
 
 
@@ -583,7 +592,7 @@ def test_first_screen_marks_the_picks_that_the_search_prints() -> None:
     study = _front_study(("accuracy", "latency", "size"))
     picks = {p.label: p.number for p in recommend(study).picks}
     assert picks == {"fastest": 4, "knee": 3, "smallest": 7}
-    info = _data._get_front_info(study)
+    info = _first_screen._get_front_info(study)
     fig = _get_front_plot(info)
     (marked,) = [t for t in fig.data if t.name == "recommended"]
     assert sorted(marked.customdata) == [3, 4, 7]
@@ -594,12 +603,12 @@ def test_first_screen_marks_the_picks_that_the_search_prints() -> None:
 
 def test_first_screen_in_latency_when_asked_and_the_page_opens_with_it(tmp_path: Path) -> None:
     study = _front_study()
-    info = _data._get_front_info(study, "latency")
+    info = _first_screen._get_front_info(study, "latency")
     assert info.x_name == "latency" and info.front.x == pytest.approx([10.0 / 4.4, 10.0 / 4.0, 5.0, 10.0 / 1.8])
     assert _inside(10.0, info.x_range) and _inside(10.0 / 4.4 * 0.95, info.x_range)  # the unpruned model's 10 ms
     assert not _inside(10.0 / 9.0, info.x_range) and info.outside == [6]
     with pytest.raises(ap.ConfigError, match="'speedup', 'latency'"):
-        _data._get_front_info(study, "ms")
+        _first_screen._get_front_info(study, "ms")
     page = write_report(study, tmp_path, model=None).page.read_text()
     # the first section after the summary is the framed front with the picks
     assert page.index('id="recommended"') < page.index('id="pareto"')
@@ -607,7 +616,7 @@ def test_first_screen_in_latency_when_asked_and_the_page_opens_with_it(tmp_path:
 
 
 def test_first_screen_without_latency_shows_compression_and_the_cli_takes_the_axis(tmp_path: Path) -> None:
-    info = _data._get_front_info(_front_study(("accuracy", "size")))
+    info = _first_screen._get_front_info(_front_study(("accuracy", "size")))
     assert info.x_name == "compression" and info.x_higher_is_better
     # compression = 1,000,000 / size: trial 7 (40 kB) is the smallest within the limit and is picked
     assert info.front.x == sorted(info.front.x) and 1_000_000 / 40_000 in info.front.x
