@@ -5,11 +5,14 @@ so many trials of a search share an architecture. The cache key is
 :func:`architecture_signature`; the cache is in-process (a dict) or a SQLite file that the
 workers of a study share.
 
-It holds latencies (:class:`LatencyResult`) and speedups (:class:`Speedup`, with their
-interval). A speedup's key (:func:`speedup_key`) names the model's architecture, the
-reference's, the target (device, backend, threads, batch, dtype) and the budget;
-:func:`cached_speedup` reuses an entry only when its interval is as tight as asked, and
-measures again otherwise.
+It holds latencies (:class:`LatencyResult`, with their spread, when and where they were
+measured) and speedups (:class:`Speedup`, with their interval). A speedup's key
+(:func:`speedup_key`) names the model's architecture, the reference's, the target (device,
+backend, threads, batch, dtype) and the budget. An entry is reused only when it is as tight
+as asked now, and measured again otherwise: a speedup when its interval lies within the
+``rel_tol`` asked (:func:`cached_speedup`), a latency when its relative interquartile range
+is within the ``max_spread`` asked (:func:`reusable_latency`, read by
+:func:`~autoprune.evaluate`). Of the two, the tighter is kept.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -32,7 +36,7 @@ from autoprune.evaluation._latency import LatencyResult
 from autoprune.evaluation._signature import architecture_signature
 from autoprune.evaluation._speedup import Speedup, SpeedupMeter
 
-__all__ = ["LatencyCache", "architecture_signature", "cached_speedup", "speedup_key"]  # the signature: re-exported
+__all__ = ["LatencyCache", "architecture_signature", "cached_speedup", "reusable_latency", "speedup_key"]  # the signature: re-exported
 
 
 class LatencyCache:
@@ -100,7 +104,9 @@ class LatencyCache:
         if self.path is None:
             return self._memory.get(key)
         row = self._read("latency", key)
-        return None if row is None else LatencyResult(**row)
+        # Only the fields this version knows: an entry from an older version lacks the
+        # newer ones (their defaults say "unknown"), one from a newer version may add some.
+        return None if row is None else LatencyResult(**{k: v for k, v in row.items() if k in LatencyResult._fields})
 
     def put(self, key: str, result: LatencyResult) -> None:
         """Store ``result`` for ``key`` on this host (a later put replaces it)."""
@@ -178,7 +184,7 @@ def cached_speedup(
     Example:
         >>> import autoprune as ap
         >>> from autoprune.testing import models as zoo
-        >>> model, x = zoo.get("cnn")
+        >>> model, x = zoo.get_model("cnn")
         >>> meter, cache = ap.SpeedupMeter(model, x, "cpu:threads=1"), LatencyCache()
         >>> first = cached_speedup(meter, model, cache, budget_s=0.3, rel_tol=0.5)
         >>> cached_speedup(meter, model, cache, budget_s=0.3, rel_tol=0.5).cached
@@ -203,3 +209,18 @@ def cached_speedup(
     if stored is None or fresh.rel_halfwidth <= stored.rel_halfwidth:
         cache.put_speedup(key, fresh)
     return fresh
+
+
+def reusable_latency(entry: LatencyResult | None, max_spread: float) -> bool:
+    """Whether a stored latency may stand for a measurement asked with ``max_spread``: it
+    says when and where it was measured, and the relative interquartile range of its repeats
+    (``spread``, ``(Q3 - Q1) / median``: what :func:`measure_latency` stops on) is at most
+    ``max_spread``. An entry without a date (stored by an older version, with no check of its
+    spread) counts as too wide."""
+    return (
+        entry is not None
+        and bool(entry.measured_at)
+        and math.isfinite(entry.spread)
+        and 0 <= entry.spread <= max_spread
+    )
+

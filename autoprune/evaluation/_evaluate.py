@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from autoprune._errors import TargetError
-from autoprune.evaluation._cache import LatencyCache, cached_speedup
+from autoprune.evaluation._cache import LatencyCache, cached_speedup, reusable_latency
 from autoprune.evaluation._latency import LatencyResult
 from autoprune.evaluation._latency import measure_latency as _measure_latency
 from autoprune.evaluation._macs import count_macs
@@ -45,6 +45,7 @@ def evaluate(
     speedup_meter: SpeedupMeter | None = None,
     rel_tol: float = 0.02,
     max_time_budget_s: float | None = None,
+    max_spread: float = 0.05,
 ) -> Metrics:
     """Measure accuracy, size, MACs and latency of a model.
 
@@ -55,10 +56,13 @@ def evaluate(
             is NaN).
         target: where latency is measured, a :class:`Target` or its text form (default:
             ``"cpu"``, or the meter's target; with a meter it must be the meter's target).
-        cache: a :class:`LatencyCache`; an architecture already in it is not measured again
-            (``latency_cached`` is then True and ``time_latency_s`` is 0). With a meter, a
-            stored speedup is reused only when its interval is within ``rel_tol``
-            (:func:`cached_speedup`).
+        cache: a :class:`LatencyCache`; an architecture already in it, measured as tightly
+            as asked now, is not measured again (``latency_cached`` is then True and
+            ``time_latency_s`` is 0). With a meter, a stored speedup is reused only when its
+            interval is within ``rel_tol`` (:func:`cached_speedup`); without one, a stored
+            latency only when it carries its date and its spread is within ``max_spread``
+            (``reusable_latency`` of :mod:`autoprune.evaluation._cache`). A looser entry is measured
+            again, and the cache keeps the tighter of the two.
         measure_latency: False skips latency (``latency_ms`` is NaN), for quick checks.
         time_budget_s: time budget of one latency measurement.
         lock: take the machine-wide measurement lock (see :func:`measure_latency`).
@@ -74,6 +78,9 @@ def evaluate(
         max_time_budget_s: with a meter, the most a speedup may take when its interval comes
             out wide (a loaded machine): it is measured again with more time, up to this in all
             (see :func:`cached_speedup`). None: ``time_budget_s``.
+        max_spread: without a meter, the relative interquartile range of the repeats
+            (``(Q3 - Q1) / median``) a latency measurement stops at, and the most a cached
+            latency may have to be reused (:func:`measure_latency`).
 
     Raises:
         TargetError: the target is invalid or not available here (checked before anything runs).
@@ -81,7 +88,7 @@ def evaluate(
     Example:
         >>> import autoprune as ap
         >>> from autoprune.testing import models as zoo
-        >>> model, x = zoo.get("cnn")
+        >>> model, x = zoo.get_model("cnn")
         >>> m = ap.evaluate(model, x, target="cpu:threads=1", time_budget_s=0.2)
         >>> m.params == sum(p.numel() for p in model.parameters())
         True
@@ -133,13 +140,16 @@ def evaluate(
         latency = LatencyResult(paired.model_ms, paired.rel_halfwidth, paired.rounds, paired.seconds, paired.wait_s)
     elif measure_latency:
         key = architecture_signature(model, target, inputs) if cache is not None else ""
-        hit = cache.get(key) if cache is not None else None
-        if hit is not None:
-            latency, cached = hit, True
+        stored = cache.get(key) if cache is not None else None
+        if stored is not None and reusable_latency(stored, max_spread):
+            latency, cached = stored, True
         else:
             with around_latency() if around_latency is not None else contextlib.nullcontext():
-                latency = _measure_latency(model, inputs, target, time_budget_s=time_budget_s, lock=lock)
-            if cache is not None:
+                latency = _measure_latency(
+                    model, inputs, target, time_budget_s=time_budget_s, max_spread=max_spread, lock=lock
+                )
+            # Keep the narrower of the two; an entry that cannot be checked (no date) is replaced.
+            if cache is not None and (stored is None or not stored.measured_at or not latency.spread > stored.spread):
                 cache.put(key, latency)
     time_latency_s = 0.0 if cached else time.perf_counter() - start
 
@@ -154,7 +164,7 @@ def evaluate(
         latency_spread=latency.spread,
         latency_repeats=latency.repeats,
         target=str(target),
-        host=socket.gethostname(),
+        host=latency.host or socket.gethostname(),
         latency_cached=cached,
         time_eval_s=time_eval_s,
         time_latency_s=time_latency_s,

@@ -39,9 +39,11 @@ import gc
 import logging
 import math
 import os
+import socket
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import torch
@@ -76,6 +78,10 @@ class LatencyResult(NamedTuple):
         seconds: wall time the measurement took (warm-up and timing, not the lock wait).
         wait_s: seconds spent waiting for the measurement lock.
         calls_per_repeat: forward passes averaged in each repeat.
+        measured_at: when it was measured (UTC, ISO 8601, to the second); ``""`` when not
+            known (a result stored before this field existed: the latency cache measures
+            such an entry again).
+        host: the machine that measured it (``""`` when not known).
     """
 
     median_ms: float
@@ -84,6 +90,8 @@ class LatencyResult(NamedTuple):
     seconds: float
     wait_s: float = 0.0
     calls_per_repeat: int = 1
+    measured_at: str = ""
+    host: str = ""
 
 
 def make_timer(target: Target) -> Callable[[Callable[[], object], int], float]:
@@ -175,7 +183,7 @@ def measure_latency(
     Example:
         >>> import autoprune as ap
         >>> from autoprune.testing import models as zoo
-        >>> m, x = zoo.get("cnn")
+        >>> m, x = zoo.get_model("cnn")
         >>> r = measure_latency(m, x, "cpu:threads=1", time_budget_s=0.2)
         >>> r.median_ms > 0
         True
@@ -201,9 +209,13 @@ def measure_latency(
     finally:
         for module, training in modes.items():
             module.training = training
-    result = LatencyResult(median_s * 1e3, spread, repeats, seconds, wait_s, calls)
+    result = LatencyResult(median_s * 1e3, spread, repeats, seconds, wait_s, calls, _now(), socket.gethostname())
     _logger.debug("latency on %s: %s", target, result)
     return result
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @contextlib.contextmanager

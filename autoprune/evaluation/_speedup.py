@@ -167,6 +167,11 @@ class SpeedupMeter:
     A search worker keeps one and calls :meth:`measure` for every trial, so the reference is
     not prepared again (which matters for the ``compile`` and ``onnxruntime`` backends).
 
+    Every measurement times the reference too; the first one this meter makes fixes
+    :meth:`reference_ms`, the reference's time per call on this host in this process, which
+    a search scales its trials' speedups by (one number per sitting, so the drift between
+    trials cancels, and never another host's or another day's).
+
     Args:
         reference: the model speedups are measured against (usually the unpruned model).
             A copy is kept, in eval mode; later changes to ``reference`` do not reach it.
@@ -180,7 +185,7 @@ class SpeedupMeter:
     Example:
         >>> import autoprune as ap
         >>> from autoprune.testing import models as zoo
-        >>> model, x = zoo.get("cnn")
+        >>> model, x = zoo.get_model("cnn")
         >>> meter = SpeedupMeter(model, x, "cpu:threads=1")
         >>> s = meter.measure(model, budget_s=0.3)
         >>> s.low <= s.ratio <= s.high
@@ -199,6 +204,7 @@ class SpeedupMeter:
             )
             self._reference_run = self.backend.prepare(self.reference, self.inputs, self.target)
         self._reference_signature: str | None = None
+        self._first: Speedup | None = None  # the first measurement this meter made
 
     def __repr__(self) -> str:
         return f"SpeedupMeter({type(self.reference).__name__}, target={str(self.target)!r})"
@@ -209,6 +215,25 @@ class SpeedupMeter:
         if self._reference_signature is None:
             self._reference_signature = architecture_signature(self.reference, self.target, self.example_inputs)
         return self._reference_signature
+
+    @property
+    def first_measurement(self) -> Speedup | None:
+        """The first measurement this meter made (in this process, on this host), or None."""
+        return self._first
+
+    def reference_ms(self, *, budget_s: float = 1.0, **measure_options: Any) -> float:
+        """The reference's time per call, in ms, as this meter timed it: the ``reference_ms``
+        of its first measurement (every measurement times the reference in its rounds). A
+        meter that has measured nothing yet times the reference against itself now
+        (``budget_s`` and ``measure_options`` as in :meth:`measure`).
+
+        One number for the meter's life: a search worker divides it by each trial's paired
+        speedup, so its trials' latencies share one reference time, measured where they ran.
+        """
+        if self._first is None:
+            self.measure(self.reference, budget_s=budget_s, **measure_options)
+        assert self._first is not None
+        return self._first.reference_ms
 
     def _context(self) -> contextlib.AbstractContextManager[Any]:
         stack = contextlib.ExitStack()
@@ -265,7 +290,12 @@ class SpeedupMeter:
         try:
             model.eval()
             with self._context():
-                run = self.backend.prepare(model, self.inputs, self.target)
+                # the reference itself is prepared already (reference_ms times it alone)
+                run = (
+                    self._reference_run
+                    if model is self.reference
+                    else self.backend.prepare(model, self.inputs, self.target)
+                )
                 with measuring(self.target, lock=lock, lock_path=lock_path) as wait_s:
                     started = time.perf_counter()
                     if clock == "auto":
@@ -277,7 +307,7 @@ class SpeedupMeter:
             for module, training in modes.items():
                 module.training = training
         ratio, low, high, _ = median_interval(rounds.ratios)
-        return Speedup(
+        result = Speedup(
             ratio=ratio,
             low=low,
             high=high,
@@ -294,6 +324,9 @@ class SpeedupMeter:
             reference_calls=rounds.reference_calls,
             clock=rounds.clock,
         )
+        if self._first is None:
+            self._first = result
+        return result
 
 
 def _converged(ratios: Sequence[float], rel_tol: float) -> bool:
@@ -412,7 +445,7 @@ def measure_speedup(
     Example:
         >>> import autoprune as ap
         >>> from autoprune.testing import models as zoo
-        >>> model, x = zoo.get("cnn")
+        >>> model, x = zoo.get_model("cnn")
         >>> s = ap.measure_speedup(model, model, x, target="cpu:threads=1", budget_s=0.3)
         >>> s.rounds >= 3
         True
