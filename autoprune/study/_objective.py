@@ -69,8 +69,9 @@ class Objective:
 
     Speed is a ratio measured in one sitting: every trial's model is timed in alternation
     with the unpruned reference, which this process keeps prepared (a
-    :class:`~autoprune.evaluation.SpeedupMeter`), and ``latency_ms`` is the study's unpruned
-    latency divided by that speedup, so machine drift between trials cancels.
+    :class:`~autoprune.evaluation.SpeedupMeter`), and ``latency_ms`` is this process's
+    unpruned latency (timed here, on this host) divided by that speedup, so machine drift
+    between trials cancels and no host's milliseconds are another's.
 
     Search trials are screened first (:mod:`autoprune.study._screening`): pruned with a
     short fine-tune and BatchNorm re-estimated; only those that could reach the front get
@@ -207,14 +208,15 @@ class Objective:
 
     def _scan_speedup(self, model: nn.Module) -> float:
         """The sensitivity scan's timing of one unit pruned alone: a paired speedup with half a
-        trial's budget (the scan ranks units by it; the trials are timed in full). A timing
-        already in the latency cache is reused however wide, so a rerun on this machine
-        enqueues the same warm starts (same seed, same schedules)."""
+        trial's budget (the scan ranks units by it; the trials are timed in full).
+
+        A timing in the latency cache is reused only when its interval is within
+        ``latency_rel_tol`` (:func:`cached_speedup`; the cache keeps the narrower of the two).
+        The scan runs once per study and is stored in it (``sensitivity``), so resuming or
+        joining a study never times it again. A new study with the same seed on this machine
+        gets the same warm starts when every scan timing it reads from the cache met the
+        tolerance; one that did not is timed again, and its warm starts can differ."""
         budget = self.cfg.latency_budget_s / 2
-        if self.cache is not None:
-            stored = self.cache.get_speedup(speedup_key(model, self.meter, budget))
-            if stored is not None:
-                return stored.ratio
         return cached_speedup(self.meter, model, self.cache, budget_s=budget, rel_tol=self.cfg.latency_rel_tol).ratio
 
     def _screen_pays(self, trial: optuna.Trial, role: str) -> bool:
@@ -259,6 +261,8 @@ class Objective:
         timings["screen"] = time.perf_counter() - t0
         trial.set_user_attr("screen_accuracy", accuracy)
         trial.set_user_attr("screen_speedup", speedup.ratio)
+        trial.set_user_attr("screen_speedup_low", speedup.low)  # its interval: the full stage reuses it
+        trial.set_user_attr("screen_speedup_high", speedup.high)  # only within latency_rel_tol
         trial.set_user_attr("screen_fine_tune_steps", steps * schedule.steps)
         trial.set_user_attr("time_screen_s", round(timings["screen"], 4))
         screened = (speedup_key(cheap, self.meter, self.cfg.latency_budget_s), speedup)
@@ -298,14 +302,24 @@ class Objective:
         timed in alternation with the unpruned reference under the machine lock.
 
         ``screened``: the screen's speedup of this trial and its cache key. The screen timed
-        the same architecture with the full budget, so it is this trial's one measurement
-        (timing it again doubled the search's latency time for a slightly narrower interval:
-        26 of 41 trials of a digits search). A different architecture is measured."""
+        the same architecture with the full budget; when its interval is within
+        ``latency_rel_tol`` it is this trial's one measurement (timing it again doubled the
+        search's latency time for a slightly narrower interval: 26 of 41 trials of a digits
+        search), and ``latency_from_screen`` says so. A wider one, or a different
+        architecture, is measured again.
+
+        ``latency_ms`` is this process's reference latency (:meth:`SpeedupMeter.reference_ms`:
+        the unpruned model timed on this host in this sitting) over the trial's speedup;
+        ``reference_latency_ms`` and ``latency_host`` record which, so trials timed by other
+        workers, hosts or resumes each carry their own."""
         cache, rel_tol = self.cache, self.cfg.latency_rel_tol
-        if screened is not None and screened[0] == speedup_key(pruned, self.meter, self.cfg.latency_budget_s):
+        if (
+            screened is not None
+            and screened[1].rel_halfwidth <= rel_tol
+            and screened[0] == speedup_key(pruned, self.meter, self.cfg.latency_budget_s)
+        ):
             cache = LatencyCache()  # this trial's hand-over (the study's cache holds the narrower of the two)
             cache.put_speedup(screened[0], screened[1])
-            rel_tol = max(rel_tol, screened[1].rel_halfwidth)
             trial.set_user_attr("latency_from_screen", True)
         task, drop_se = self._scored(pruned)
         metrics = evaluate(
@@ -322,11 +336,16 @@ class Objective:
         if not math.isfinite(metrics["accuracy"]):
             raise FloatingPointError(f"accuracy is {metrics['accuracy']} (NaN/inf weights after fine-tuning?)")
         metrics["accuracy_drop_se"] = drop_se
-        # Drift-free latency: the study's one unpruned latency over this trial's paired speedup.
+        # Drift-free latency: this process's one reference latency over the trial's paired
+        # speedup. Its own, timed here: a reference timed by another host, or on another day,
+        # would turn this host's ratio into milliseconds it never measured.
         metrics["measured_latency_ms"] = metrics["latency_ms"]
-        base_ms = float((self.baseline or metrics)["reference_latency_ms"])
+        metrics["measured_reference_ms"] = metrics["reference_latency_ms"]
+        reference_ms = self.meter.reference_ms(budget_s=self.cfg.latency_budget_s, rel_tol=self.cfg.latency_rel_tol)
+        metrics["reference_latency_ms"] = reference_ms
+        metrics["latency_host"] = self.host
         speedup = float(metrics["speedup"])
-        metrics["latency_ms"] = base_ms / speedup if speedup > 0 else math.inf
+        metrics["latency_ms"] = reference_ms / speedup if speedup > 0 else math.inf
         trial.set_user_attr("time_eval_s", round(float(metrics.get("time_eval_s", 0.0)), 4))
         trial.set_user_attr("time_latency_s", round(float(metrics.get("time_latency_s", 0.0)), 4))
         if self.task.test is not None:

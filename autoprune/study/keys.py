@@ -7,7 +7,8 @@ Study ``user_attrs``:
     ``config``: the resolved study config (dict; storage URL with password masked).
     ``objectives``: objective metric names in the order of ``trial.values``
         (also set with ``study.set_metric_names``); directions are ``study.directions``.
-    ``baseline``: the unpruned model's ``BASELINE_METRICS`` (trial 0 carries the same).
+    ``baseline``: the unpruned model's ``BASELINE_METRICS`` (trial 0 carries the same; its
+        ``reference_latency_ms`` is the reference time of the process that ran trial 0).
     ``baseline_trial``: number of the trial that measured it.
     ``layers``: preflight of the task model, a list of ``LayerInfo.as_dict()``.
     ``task``: the task spec (``Task.spec``), enough to rebuild the task.
@@ -52,12 +53,25 @@ Trial ``user_attrs``:
     ``fidelity``: ``FIDELITY_FULL``, or ``FIDELITY_SCREEN`` for a search trial that got only the
         cheap screening (state PRUNED; ``screen_accuracy``, ``screen_speedup``,
         ``screen_reason``); ``fine_tune_steps_spent``: optimiser steps the trial used.
+        ``screen_speedup_low`` and ``screen_speedup_high``: the screen's 95% interval (absent
+        in older studies); the full stage reuses the screen's timing (``latency_from_screen``)
+        only when that interval lies within ``config["latency_rel_tol"]``, and times the
+        trial again otherwise.
     ``screen_skipped``: why a search trial went straight to the full fine-tune (screening had
         stopped paying for itself: ``screening_pays``).
     ``speedup``, ``speedup_low``, ``speedup_high``, ``speedup_converged``: the paired ratio
-        against the unpruned model and its 95% interval; ``reference_latency_ms`` and
-        ``measured_latency_ms``: both sides' milliseconds from those rounds; ``latency_ms``
-        is the study's unpruned latency over the speedup (drift-free).
+        against the unpruned model and its 95% interval; ``measured_reference_ms`` and
+        ``measured_latency_ms``: both sides' milliseconds from those rounds (a cached
+        speedup's: from the sitting that timed it). ``latency_ms`` is
+        ``reference_latency_ms / speedup``, where ``reference_latency_ms`` is the unpruned
+        model's time per call as the worker process that ran the trial timed it, on its own
+        host (its meter's first measurement: one number per sitting, so drift between the
+        trials of a sitting cancels) and ``latency_host`` names that host. Trials run by
+        other workers, hosts or resumes each carry their own; ``max_latency_ms`` and the
+        front compare what each trial's host measured. Studies made before these existed
+        lack ``latency_host`` and ``measured_reference_ms``, and their ``reference_latency_ms``
+        is the rounds' reference time: there every ``latency_ms`` is the baseline's
+        ``reference_latency_ms`` over the speedup (the fallback for readers).
     ``test_accuracy`` and ``test_accuracy_drop``: the task's held-out ``test`` score of a
         full-fidelity trial (tasks with a test split only); ``accuracy`` is validation.
     ``duplicate_of``: a search trial that would only repeat an earlier trial (the same

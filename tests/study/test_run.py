@@ -226,7 +226,14 @@ def test_same_seed_same_schedules_with_the_default_sampler(tmp_path: Path, tiny_
     b = run_search(_cfg(tmp_path, study="b", seed=5, trials=10, sampler="tpe", **REUSABLE), tiny_task)
     assert len(_run(a)) == len(_run(b)) == 11 and len(a.trials) == len(b.trials)
     assert _schedules(a) == _schedules(b)
-    assert [t.values for t in a.trials] == [t.values for t in b.trials]
+    # the same accuracies and speedups; each run's latencies are its own sitting's reference
+    # time over them (so they differ by one factor, which changes no Pareto rank TPE sees)
+    for ta, tb in zip(a.trials, b.trials, strict=True):
+        assert (ta.values is None) == (tb.values is None)
+        if ta.values is not None:
+            assert ta.values[0] == tb.values[0] and ta.user_attrs["speedup"] == tb.user_attrs["speedup"]
+            for t in (ta, tb):
+                assert t.values[1] == t.user_attrs["reference_latency_ms"] / t.user_attrs["speedup"]
     assert (tmp_path / f"latency-{socket.gethostname()}.sqlite").is_file()
     # a per-study cache is a file of its own; "off" writes none
     run_search(_cfg(tmp_path, study="c", trials=1, latency_cache="study"), tiny_task)
