@@ -93,9 +93,10 @@ class Objective:
 
     @property
     def meter(self) -> SpeedupMeter:
-        """The unpruned reference, prepared once per process by the target's backend."""
+        """The unpruned reference, prepared once per process by the target's backend (the
+        setup's: the Objectives of one process share it, and its reference time)."""
         if self._meter is None:
-            self._meter = SpeedupMeter(self.task.model, self.task.example_inputs, self.target)
+            self._meter = self.setup.meter(self.target)
         return self._meter
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:

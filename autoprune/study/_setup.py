@@ -18,7 +18,7 @@ import torch
 from autoprune._errors import AutopruneError, ConfigError
 from autoprune._lock import MachineLock
 from autoprune.config import SearchConfig, SpaceConfig
-from autoprune.evaluation import Target, get_backend
+from autoprune.evaluation import SpeedupMeter, Target, get_backend
 from autoprune.preflight import LayerInfo
 from autoprune.prunable import prunable_layers
 from autoprune.sensitivity import Sensitivity
@@ -48,6 +48,16 @@ class SearchSetup:
     scale_notice: str | None = None  # set when the task scores fractions and is reported x100
     space_notice: str | None = None  # set when a configured method is left out (it cannot pay)
     _searched: dict[str, SearchSpace] = field(default_factory=dict, compare=False, repr=False)
+    _meters: dict[str, SpeedupMeter] = field(default_factory=dict, compare=False, repr=False)
+
+    def meter(self, target: Target) -> SpeedupMeter:
+        """The unpruned model prepared on ``target`` to time trials against, once per process:
+        every trial this process runs shares it, and with it one reference time
+        (:meth:`SpeedupMeter.reference_ms`), measured on this host in this sitting."""
+        key = str(target)
+        if key not in self._meters:
+            self._meters[key] = SpeedupMeter(self.task.model, self.task.example_inputs, target)
+        return self._meters[key]
 
     def search_space(self, study: optuna.Study) -> SearchSpace:
         """The space the study's trials sample: ``space``, or with the sensitivity

@@ -212,3 +212,20 @@ def test_a_cached_speedup_is_scaled_by_the_reference_timed_in_this_process(
     metrics = objective.measure(optuna.create_study(directions=["maximize", "minimize"]).ask(), other)
     assert metrics["speedup"] == 4.0 and metrics["reference_latency_ms"] == 3.0 and metrics["latency_ms"] == 0.75
     assert not math.isnan(metrics["measured_latency_ms"]) and _Rounds.script == []
+
+
+@pytest.mark.slow
+def test_a_search_scales_every_trial_by_one_reference_time_of_its_sitting(tmp_path: Path, tiny_task: ap.Task) -> None:
+    from autoprune.study import run_search
+
+    cfg = _cfg(tmp_path, trials=3, reference_amounts=[0.5], latency_budget_s=0.05, latency_rel_tol=0.5)
+    study = run_search(cfg, tiny_task)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) >= 3
+    references = {t.user_attrs["reference_latency_ms"] for t in done}
+    assert len(references) == 1  # one worker, one sitting: one reference time for every trial
+    assert study.user_attrs["baseline"]["reference_latency_ms"] in references
+    for t in done:
+        assert t.user_attrs["latency_host"] == t.user_attrs["host"]
+        assert t.user_attrs["latency_ms"] == t.user_attrs["reference_latency_ms"] / t.user_attrs["speedup"]
+        assert t.values[1] == t.user_attrs["latency_ms"]
