@@ -23,15 +23,10 @@ from autoprune.lm import search_allocation
 from autoprune.study._neighbours import enqueue_neighbour
 from autoprune.study._objective import Objective, SearchSetup
 from autoprune.study._progress import progress_bar
-from autoprune.study._references import (
-    DUPLICATE,
-    REFERENCE_FAMILIES,
-    enqueue_unpruned,
-    refine_references,
-    unpruned_trials,
-    wait_for_baseline,
-)
+from autoprune.study._references import REFERENCE_FAMILIES
+from autoprune.study._refine import refine_references
 from autoprune.study._storage import counted_trials, create_or_join_study, fail_interrupted_leftovers
+from autoprune.study._unpruned import DUPLICATE, enqueue_unpruned, unpruned_metrics, unpruned_trials, wait_for_unpruned
 from autoprune.study._workers import run_in_workers
 from autoprune.study.keys import FIDELITY_REPEAT, ROLE_UNPRUNED
 from autoprune.tasks import Task, get_task
@@ -154,11 +149,11 @@ def run_worker(cfg_data: dict[str, Any], n_trials: int, worker: int) -> int:
 def _ensure_references(study: optuna.Study, setup: SearchSetup, lock: MachineLock) -> int:
     """Evaluate the unpruned model first: accuracy drops and speedups are measured against it.
     The worker that evaluates it also enqueues the uniform warm-start schedules. Workers that
-    start while another one evaluates it wait for the baseline. Returns how many other
+    start while another one evaluates it wait for its metrics. Returns how many other
     trials ran here (another worker may pop the unpruned trial first; ours is then a search
     trial, and it counts toward this worker's share)."""
     S = optuna.trial.TrialState
-    if "baseline" in study.user_attrs:
+    if unpruned_metrics(study):
         return 0
     if not unpruned_trials(study, S.WAITING, S.RUNNING, S.COMPLETE):
         # The creator enqueued it with the study; it is missing only when it failed before
@@ -168,10 +163,10 @@ def _ensure_references(study: optuna.Study, setup: SearchSetup, lock: MachineLoc
     if unpruned_trials(study, S.WAITING):
         # pops the oldest waiting trial: the unpruned one, unless another worker was faster
         optimize(study, setup, 1, lock, callbacks=[lambda _study, trial: ran.append(trial)])
-    if "baseline" not in study.user_attrs and not unpruned_trials(study, S.RUNNING):
+    if not unpruned_metrics(study) and not unpruned_trials(study, S.RUNNING):
         errors = [t.user_attrs.get("error") for t in unpruned_trials(study, S.FAIL) if t.user_attrs.get("error")]
         raise AutopruneError(f"evaluating the unpruned model failed: {errors[-1] if errors else 'unknown error'}")
-    wait_for_baseline(study)
+    wait_for_unpruned(study)
     return sum(t.user_attrs.get("role") != ROLE_UNPRUNED for t in ran)
 
 
@@ -196,7 +191,7 @@ def optimize(
     """Run ``n_trials`` trials of ``study`` in this process; returns ``n_trials``."""
     if n_trials <= 0:
         return 0
-    objective = Objective(setup, study.user_attrs.get("baseline"), lock)
+    objective = Objective(setup, unpruned_metrics(study) or None, lock)
     duplicates: list[int] = []
     repeats: list[int] = []
 

@@ -18,7 +18,8 @@ from autoprune.sensitivity import Sensitivity, macs_meter, warm_starts
 from autoprune.study import counted_trials, run_search, sure_speedup
 from autoprune.study._neighbours import NEIGHBOUR_OF, WINDOW, incumbents, neighbour_amounts, stalled
 from autoprune.study._objective import SearchSetup
-from autoprune.study._references import REFERENCE_FAMILIES, bracket
+from autoprune.study._references import REFERENCE_FAMILIES
+from autoprune.study._refine import bracket
 from autoprune.study._screening import Screening, screening_pays
 from autoprune.study.keys import (
     FIDELITY_FULL,
