@@ -336,7 +336,7 @@ class Schedule:
         amount: float = 0.5,
         **options: Any,
     ) -> Schedule:
-        """The same plan on every layer that supports ``method`` (the hand-made baseline).
+        """The same plan on every layer that supports ``method`` (what a person tries by hand).
 
         Args:
             layers: the model itself (then ``example_inputs`` too: the preflight runs on it),

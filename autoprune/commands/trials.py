@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     picks = {p.number: p.label for p in recommend(results.study).picks}
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
-        row = trial_row(t, results.baseline)
+        row = trial_row(t, results.unpruned)
         if t.number in picks:
             row = row._replace(note=picks[t.number] + (f"; {row.note}" if row.note else ""))
         rows.append(row)

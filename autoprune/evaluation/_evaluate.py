@@ -186,11 +186,11 @@ def _speedup_fields(paired: Speedup | None) -> dict[str, Any]:
     }
 
 
-def derived_metrics(metrics: Mapping[str, Any] | Metrics, baseline: Mapping[str, Any] | Metrics) -> dict[str, float]:
+def derived_metrics(metrics: Mapping[str, Any] | Metrics, unpruned: Mapping[str, Any] | Metrics) -> dict[str, float]:
     """``accuracy_drop``, ``speedup`` and ``compression`` of a model against the unpruned one.
 
-    ``accuracy_drop`` is the baseline accuracy minus the model's (task units: points for
-    percentages); ``compression`` the baseline dense bytes over the model's sparse bytes;
+    ``accuracy_drop`` is the unpruned model's accuracy minus the model's (task units: points for
+    percentages); ``compression`` the unpruned model's dense bytes over the model's sparse bytes;
     ``speedup`` the model's paired ratio (``metrics["speedup"]``, timed in alternation with
     the unpruned model: :func:`~autoprune.evaluate` with a ``speedup_meter``, or
     :func:`~autoprune.measure_speedup`). Two latencies timed apart are never divided into a
@@ -206,7 +206,7 @@ def derived_metrics(metrics: Mapping[str, Any] | Metrics, baseline: Mapping[str,
         nan
     """
     m = metrics.as_dict() if isinstance(metrics, Metrics) else metrics
-    b = baseline.as_dict() if isinstance(baseline, Metrics) else baseline
+    b = unpruned.as_dict() if isinstance(unpruned, Metrics) else unpruned
 
     def number(value: Any) -> float:
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan

@@ -30,6 +30,7 @@ from torch import nn
 
 from autoprune._errors import ConfigError
 from autoprune._paths import sqlite_folder_made
+from autoprune._stored import UNPRUNED, unpruned_metrics
 from autoprune.evaluation import measure_speedup, size_stats, tensor_bytes
 from autoprune.executor import apply_schedule
 from autoprune.lm._allocation import (
@@ -190,7 +191,7 @@ def search_allocation(
         study.set_metric_names(["perplexity", "size"] if multi else ["perplexity"])
     study.set_user_attr("objectives", ["perplexity", "size"] if multi else ["perplexity"])
     _store_setup(study, task, ctx, levels, max_metric_increase)
-    baseline = _baseline(study, task)
+    unpruned = _unpruned(study, task)
     rng = random.Random(seed)
     units = list(ctx.units)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -215,7 +216,7 @@ def search_allocation(
             level = float(trial.suggest_categorical("level", levels)) if multi else levels[0]
             raw = {u: trial.suggest_float(u, max(0.0, level - spread), min(0.95, level + spread)) for u in units}
             amounts = project_to_budget(raw, ctx.sizes, level)
-            values = _evaluate(trial, ctx, task, amounts, level, baseline, max_metric_increase, seed, role, record_test)
+            values = _evaluate(trial, ctx, task, amounts, level, unpruned, max_metric_increase, seed, role, record_test)
             if measure_latency and role == ROLE_UNIFORM and level not in timed:  # each level's uniform reference
                 _time(trial, ctx, task, amounts, target, seed)
                 timed.add(level)
@@ -253,15 +254,15 @@ def _store_setup(study: optuna.Study, task: Task, ctx: AllocationContext, levels
     study.set_user_attr("units", ctx.units)
 
 
-def _baseline(study: optuna.Study, task: Task) -> dict[str, Any]:
-    stored = study.user_attrs.get("baseline")
+def _unpruned(study: optuna.Study, task: Task) -> dict[str, Any]:
+    stored = unpruned_metrics(study) or None
     if stored is not None:
         return dict(stored)
     with torch.inference_mode():
         base = {"perplexity": float(task.evaluate(task.model)), "sparse_bytes": int(size_stats(task.model)["sparse_bytes"])}
         if task.test is not None:
             base["test_perplexity"] = float(task.test(task.model))
-    study.set_user_attr("baseline", base)
+    study.set_user_attr(UNPRUNED, base)
     return base
 
 
@@ -271,7 +272,7 @@ def _evaluate(
     task: Task,
     amounts: dict[str, float],
     level: float,
-    baseline: dict[str, Any],
+    unpruned: dict[str, Any],
     limit: float | None,
     seed: int,
     role: str,
@@ -294,9 +295,9 @@ def _evaluate(
         "amounts": amounts,
         "sparsity": round(total_sparsity(amounts, ctx.sizes), 6),
         "perplexity": ppl,
-        "perplexity_increase": ppl / baseline["perplexity"] - 1.0,
+        "perplexity_increase": ppl / unpruned["perplexity"] - 1.0,
         "sparse_bytes": size,
-        "compression": baseline["sparse_bytes"] / size,
+        "compression": unpruned["sparse_bytes"] / size,
         "time_prune_s": round(t1 - t0, 4),
         "time_eval_s": round(t2 - t1, 4),
         "fidelity": "full",
@@ -305,7 +306,7 @@ def _evaluate(
     if task.test is not None and record_test:
         test = float(task.test(model))  # recorded for the user; the sampler never sees it
         attrs["test_perplexity"] = test
-        attrs["test_perplexity_increase"] = test / baseline["test_perplexity"] - 1.0
+        attrs["test_perplexity_increase"] = test / unpruned["test_perplexity"] - 1.0
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     feasible = True

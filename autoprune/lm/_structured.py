@@ -24,6 +24,7 @@ import torch
 
 from autoprune._errors import ConfigError, ScheduleError
 from autoprune._paths import sqlite_folder_made
+from autoprune._stored import UNPRUNED, unpruned_metrics
 from autoprune.decoder import allowed_head_amounts, decoder_layout, removal_order, structure_scores
 from autoprune.evaluation import size_stats, tensor_bytes
 from autoprune.executor import apply_schedule
@@ -214,14 +215,14 @@ def search_structure(
     study.set_user_attr("task", task.spec or {"name": task.name})
     study.set_user_attr("metric", {"name": task.metric_name, "higher_is_better": False, "notice": task.metric_notice})
     study.set_user_attr("blocks", [s.as_dict() for s in shapes])
-    baseline = study.user_attrs.get("baseline")
-    if baseline is None:
+    unpruned = unpruned_metrics(study) or None
+    if unpruned is None:
         with torch.inference_mode():
-            baseline = {"perplexity": float(task.evaluate(task.model)), "params": _params(task.model),
+            unpruned = {"perplexity": float(task.evaluate(task.model)), "params": _params(task.model),
                         "sparse_bytes": int(size_stats(task.model)["sparse_bytes"])}  # fmt: skip
             if task.test is not None:
-                baseline["test_perplexity"] = float(task.test(task.model))
-        study.set_user_attr("baseline", baseline)
+                unpruned["test_perplexity"] = float(task.test(task.model))
+        study.set_user_attr(UNPRUNED, unpruned)
     head_choices = [allowed_head_amounts(s) for s in shapes]
     scores = structure_scores(task.model, task.calibration_inputs)
     if references and not any(t.user_attrs.get("role") not in (None, ROLE_SEARCH) for t in study.trials):
@@ -241,7 +242,7 @@ def search_structure(
             choice = _suggest(trial, n_blocks, head_choices, heads, mlp, depth, levels)
             if len(choice["remove"]) > max_removed:
                 raise ConfigError(f"{len(choice['remove'])} blocks removed, more than max_removed={max_removed}")
-            values = _evaluate(trial, task, choice, baseline, meters, fine_tune_steps, distill, seed, budget_s,
+            values = _evaluate(trial, task, choice, unpruned, meters, fine_tune_steps, distill, seed, budget_s,
                                latency, levels, max_metric_increase, record_test)  # fmt: skip
             study.tell(trial, values)
         except Exception as exc:  # a failing trial is recorded with its reason; the search goes on
@@ -359,7 +360,7 @@ def _evaluate(
     trial: optuna.Trial,
     task: Task,
     choice: dict[str, Any],
-    baseline: dict[str, Any],
+    unpruned: dict[str, Any],
     meters: RegimeMeters,
     fine_tune_steps: int,
     distill: bool,
@@ -403,11 +404,11 @@ def _evaluate(
         "blocks_removed": list(choice["remove"]),
         "unstructured": choice["sparsity"],
         "params": params,
-        "params_removed": 1.0 - params / baseline["params"],
+        "params_removed": 1.0 - params / unpruned["params"],
         "perplexity": ppl,
-        "perplexity_increase": ppl / baseline["perplexity"] - 1.0,
+        "perplexity_increase": ppl / unpruned["perplexity"] - 1.0,
         "sparse_bytes": size,
-        "compression": baseline["sparse_bytes"] / size,
+        "compression": unpruned["sparse_bytes"] / size,
         "fine_tune_steps_spent": schedule.fine_tune_budget,
         "time_prune_s": round(t1 - t0, 3),
         "time_eval_s": round(t2 - t1, 3),
@@ -419,11 +420,11 @@ def _evaluate(
                       f"{regime}_ms": s.model_ms})  # fmt: skip
     attrs.update(speedup=attrs[f"{latency}_speedup"], speedup_low=attrs[f"{latency}_speedup_low"],
                  speedup_high=attrs[f"{latency}_speedup_high"])  # fmt: skip
-    if task.test is not None and record_test and "test_perplexity" in baseline:
+    if task.test is not None and record_test and "test_perplexity" in unpruned:
         with torch.inference_mode():
             test = float(task.test(model))  # for the user; the sampler never sees it
         attrs["test_perplexity"] = test
-        attrs["test_perplexity_increase"] = test / baseline["test_perplexity"] - 1.0
+        attrs["test_perplexity_increase"] = test / unpruned["test_perplexity"] - 1.0
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     feasible = True

@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 
+from autoprune._stored import unpruned_metrics
 from autoprune.config import DEFAULT_STORAGE, mask_url
 
 __all__ = [
@@ -74,13 +75,13 @@ def _fmt_ppl(value: Any, increase: Any) -> str:
 def lm_summary_lines(study: optuna.Study, storage: str) -> list[str]:
     if is_structure_study(study):
         return structure_summary_lines(study, storage)
-    baseline = study.user_attrs.get("baseline", {})
+    dense = unpruned_metrics(study)
     metric = study.user_attrs.get("metric", {})
     config = study.user_attrs.get("config", {})
     done = _complete(study)
     lines = [
-        f"dense model: validation perplexity {baseline.get('perplexity', math.nan):.3f}, "
-        f"test {baseline.get('test_perplexity', math.nan):.3f}",
+        f"dense model: validation perplexity {dense.get('perplexity', math.nan):.3f}, "
+        f"test {dense.get('test_perplexity', math.nan):.3f}",
     ]
     if metric.get("notice"):
         lines.append(f"({metric['notice']})")
@@ -184,14 +185,14 @@ _STRUCTURE_HEADER = f"{'trial':>5}  {'kind':<17} {'params-':>8} {'val ppl (+%)':
 
 def structure_summary_lines(study: optuna.Study, storage: str) -> list[str]:
     """The structural search's ending: its front and up to two picks, within 100 columns."""
-    baseline = study.user_attrs.get("baseline", {})
+    dense = unpruned_metrics(study)
     metric = study.user_attrs.get("metric", {})
     config = study.user_attrs.get("config", {})
     done = _complete(study)
     regime = config.get("latency", "prefill")
     lines = [
-        f"dense model: validation perplexity {baseline.get('perplexity', math.nan):.3f}, "
-        f"test {baseline.get('test_perplexity', math.nan):.3f}",
+        f"dense model: validation perplexity {dense.get('perplexity', math.nan):.3f}, "
+        f"test {dense.get('test_perplexity', math.nan):.3f}",
     ]
     if metric.get("notice"):
         lines.append(f"({metric['notice']})")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from autoprune._errors import ConfigError
+from autoprune._stored import unpruned_metrics
 from autoprune.report._data import REFERENCE_ROLES, _complete_trials, _hover
 from autoprune.study import keys as study_keys
 from autoprune.study._recommend import recommend, trial_row
@@ -80,11 +81,11 @@ def _framed(
 
 
 def _front_point(
-    trial: FrozenTrial, baseline: dict[str, Any], x_name: str
+    trial: FrozenTrial, base: dict[str, Any], x_name: str
 ) -> tuple[FrozenTrial, float, float, tuple[float, float], tuple[float, float]] | None:
     """(trial, x, validation drop, x interval, drop interval), or None when not measured."""
 
-    row = trial_row(trial, baseline)
+    row = trial_row(trial, base)
     se = float(trial.user_attrs.get("accuracy_drop_se", math.nan))
     y_err = (se, se) if math.isfinite(se) and se > 0 else (0.0, 0.0)
     x_err = (0.0, 0.0)
@@ -124,7 +125,7 @@ def _get_front_info(study: optuna.Study, axis: str = "speedup") -> _FrontInfo:
     if axis not in FRONT_AXES:
         raise ConfigError(f"the front's axis must be one of {list(FRONT_AXES)}, but got {axis!r}")
     names = objective_names(study)
-    baseline = dict(study.user_attrs.get("baseline") or {})
+    base = unpruned_metrics(study)
     rec = recommend(study)
     x_name = axis if "latency" in names else "compression"
     x_title, higher = {
@@ -138,10 +139,10 @@ def _get_front_info(study: optuna.Study, axis: str = "speedup") -> _FrontInfo:
     x_limit = None
     if x_name == "latency":
         x_limit = constraints.get("max_latency_ms")
-    elif x_name == "speedup" and constraints.get("max_latency_ms") and baseline.get("latency_ms"):
-        x_limit = float(baseline["latency_ms"]) / constraints["max_latency_ms"]
-    elif x_name == "compression" and constraints.get("max_size_bytes") and baseline.get("dense_bytes"):
-        x_limit = float(baseline["dense_bytes"]) / constraints["max_size_bytes"]
+    elif x_name == "speedup" and constraints.get("max_latency_ms") and base.get("latency_ms"):
+        x_limit = float(base["latency_ms"]) / constraints["max_latency_ms"]
+    elif x_name == "compression" and constraints.get("max_size_bytes") and base.get("dense_bytes"):
+        x_limit = float(base["dense_bytes"]) / constraints["max_size_bytes"]
 
     def info(**kw: Any) -> _FrontInfo:
         base: dict[str, Any] = {
@@ -165,7 +166,7 @@ def _get_front_info(study: optuna.Study, axis: str = "speedup") -> _FrontInfo:
     if "accuracy" not in names or len(names) < 2:
         return info(note="the study does not trade accuracy against another objective")
     by_number = {t.number: t for t in _complete_trials(study)}
-    front_points = [p for r in rec.rows if (p := _front_point(by_number[r.number], baseline, x_name)) is not None]
+    front_points = [p for r in rec.rows if (p := _front_point(by_number[r.number], base, x_name)) is not None]
     if not front_points:
         return info(note="no feasible trial has finished its schedule yet")
     front_points.sort(key=lambda p: (p[1], p[2]))
@@ -174,7 +175,7 @@ def _get_front_info(study: optuna.Study, axis: str = "speedup") -> _FrontInfo:
     ys = [v for _, _, y, _, (lo, hi) in front_points for v in (y - lo, y + hi)]
     xs += [x_limit] if x_limit is not None else []
     # The unpruned model's place (1x, or its latency) anchors the frame: speed is read against it.
-    unpruned = float(baseline.get("latency_ms", math.nan)) if x_name == "latency" else 1.0
+    unpruned = float(base.get("latency_ms", math.nan)) if x_name == "latency" else 1.0
     xs += [unpruned] if math.isfinite(unpruned) else []
     ys += [y_limit] if y_limit is not None else []
     # A band over the drop limit: what a little more drop would buy is worth seeing.
@@ -192,7 +193,7 @@ def _get_front_info(study: optuna.Study, axis: str = "speedup") -> _FrontInfo:
     for t in by_number.values():
         if t.number in on_front or "schedule" not in t.user_attrs:
             continue
-        point = _front_point(t, baseline, x_name)
+        point = _front_point(t, base, x_name)
         if point is None:
             continue
         _, x, y, _, _ = point
@@ -215,7 +216,7 @@ def _get_front_info(study: optuna.Study, axis: str = "speedup") -> _FrontInfo:
 
         named = []
         for _, (t, x, y, _, _) in outside[:MAX_NAMED_OUTLIERS]:
-            kind = trial_row(t, baseline).kind
+            kind = trial_row(t, base).kind
             x_text = f"{x:.3g} ms" if x_name == "latency" else f"{x:.2f}x"
             named.append(f"trial {t.number} ({kind}: val drop {y:.2f}, {x_text})")
         more = len(outside) - len(named)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import optuna
 
+from autoprune._stored import unpruned_metrics
 from autoprune.lm._summary import lm_rows
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ class AllocationInfo(NamedTuple):
 
 
 def _get_allocation_info(study: optuna.Study) -> AllocationInfo:
-    baseline = study.user_attrs.get("baseline", {})
+    dense_metrics = unpruned_metrics(study)
     points: dict[str, list[dict[str, Any]]] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         a = t.user_attrs
@@ -48,7 +49,7 @@ def _get_allocation_info(study: optuna.Study) -> AllocationInfo:
     units = list(study.user_attrs.get("units", {}))
     note = None if points else "no complete trial yet"
     return AllocationInfo(
-        float(baseline.get("perplexity", float("nan"))), baseline.get("test_perplexity"), points, chosen, references,
+        float(dense_metrics.get("perplexity", float("nan"))), dense_metrics.get("test_perplexity"), points, chosen, references,
         units, note,
     )  # fmt: skip
 
@@ -162,7 +163,7 @@ def structure_figures(study: optuna.Study) -> list[tuple[str, str, str, go.Figur
     """(id, title, intro, figure, note) of the sections of a structural study."""
     points = _structure_points(study)
     note = None if points else "no complete trial yet"
-    dense = float(study.user_attrs.get("baseline", {}).get("perplexity", float("nan")))
+    dense = float(unpruned_metrics(study).get("perplexity", float("nan")))
     regime = study.user_attrs.get("config", {}).get("latency", "prefill")
     out = []
     for r in (regime, "decode" if regime == "prefill" else "prefill"):

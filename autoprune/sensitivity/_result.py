@@ -70,18 +70,18 @@ class Sensitivity:
 
     Attributes:
         curves: one :class:`Curve` per scanned unit, in the space's order.
-        baseline_score: ``evaluate`` of the unpruned model as it is.
+        unpruned_score: ``evaluate`` of the unpruned model as it is.
         reference_score: the unpruned model scored the way the curves are (calibrated when
             ``calibrate`` was given); drops are measured from it.
-        baseline_macs: MACs of the unpruned model (one sample).
+        unpruned_macs: MACs of the unpruned model (one sample).
         seconds: how long the scan took.
         calibrated: whether BatchNorm statistics were re-estimated before scoring.
     """
 
     curves: tuple[Curve, ...]
-    baseline_score: float
+    unpruned_score: float
     reference_score: float
-    baseline_macs: int
+    unpruned_macs: int
     seconds: float
     calibrated: bool
 
@@ -117,7 +117,7 @@ class Sensitivity:
         through those that saved measurable time)."""
         curve = self._curve(unit, "structured")
         if resource == "macs":
-            saved = [m / self.baseline_macs if self.baseline_macs else 0.0 for m in curve.macs_removed]
+            saved = [m / self.unpruned_macs if self.unpruned_macs else 0.0 for m in curve.macs_removed]
         elif resource == "latency":
             if curve.speedups is None:
                 raise ScheduleError("resource='latency' needs a scan with a `speedup` callable; this one has none.")
@@ -175,7 +175,7 @@ class Sensitivity:
                         "score": c.scores[i],
                         "drop": self.reference_score - c.scores[i],
                         "macs_removed": c.macs_removed[i],
-                        "macs_fraction": c.macs_removed[i] / self.baseline_macs if self.baseline_macs else 0.0,
+                        "macs_fraction": c.macs_removed[i] / self.unpruned_macs if self.unpruned_macs else 0.0,
                         "speedup": c.speedups[i] if c.speedups is not None else math.nan,
                     }
                 )
@@ -186,9 +186,9 @@ class Sensitivity:
         """Plain JSON-serialisable data (e.g. for a study's user attributes)."""
         return {
             "version": SENSITIVITY_VERSION,
-            "baseline_score": self.baseline_score,
+            "unpruned_score": self.unpruned_score,
             "reference_score": self.reference_score,
-            "baseline_macs": self.baseline_macs,
+            "unpruned_macs": self.unpruned_macs,
             "seconds": self.seconds,
             "calibrated": self.calibrated,
             "curves": [c.to_dict() for c in self.curves],
@@ -201,9 +201,9 @@ class Sensitivity:
             raise ScheduleError(f"sensitivity `version` must be {SENSITIVITY_VERSION}, but got version={version!r}.")
         return cls(
             curves=tuple(Curve.from_dict(c) for c in data["curves"]),
-            baseline_score=float(data["baseline_score"]),
+            unpruned_score=float(data["unpruned_score"] if "unpruned_score" in data else data["baseline_score"]),
             reference_score=float(data["reference_score"]),
-            baseline_macs=int(data["baseline_macs"]),
+            unpruned_macs=int(data["unpruned_macs"] if "unpruned_macs" in data else data["baseline_macs"]),
             seconds=float(data["seconds"]),
             calibrated=bool(data["calibrated"]),
         )
@@ -279,7 +279,7 @@ def allocate(
         >>> from autoprune.sensitivity import Curve, Sensitivity
         >>> sens = Sensitivity(curves=(Curve("a", "structured", (0.5,), (90.0,), (50,)),
         ...                            Curve("b", "structured", (0.5,), (60.0,), (50,))),
-        ...                    baseline_score=100.0, reference_score=100.0, baseline_macs=100,
+        ...                    unpruned_score=100.0, reference_score=100.0, unpruned_macs=100,
         ...                    seconds=0.0, calibrated=False)
         >>> allocate(sens, 0.5, step=0.25)  # b is the more sensitive unit
         {'a': 0.5, 'b': 0.0}

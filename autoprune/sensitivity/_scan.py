@@ -74,8 +74,8 @@ def scan_sensitivity(
     start = time.perf_counter()
     space = unit_space(space_or_layers)
     base_macs = count_macs(model, example_inputs)
-    baseline_score = float(evaluate(model))
-    reference_score = baseline_score
+    unpruned_score = float(evaluate(model))
+    reference_score = unpruned_score
     if calibrate is not None:
         unpruned = copy.deepcopy(model)
         calibrate(unpruned)
@@ -94,9 +94,9 @@ def scan_sensitivity(
     _logger.info("sensitivity scan: %d units in %.1f s", len(curves), seconds)
     return Sensitivity(
         curves=tuple(curves),
-        baseline_score=baseline_score,
+        unpruned_score=unpruned_score,
         reference_score=reference_score,
-        baseline_macs=base_macs,
+        unpruned_macs=base_macs,
         seconds=round(seconds, 3),
         calibrated=calibrate is not None,
     )

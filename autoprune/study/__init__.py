@@ -9,7 +9,8 @@ In the order of the data flow, one job per module:
 - ``_setup``: what every trial of a process shares, built once (:class:`SearchSetup`:
   the preflight and the SearchSpace), the space that can pay and the study's target.
 - ``_objective``: one trial (schedule, prune, measure, record).
-- ``_references``: the unpruned baseline, the uniform references, the sensitivity scan and its warm starts.
+- ``_unpruned``: the unpruned model's trial and its stored metrics; ``_references``: the reference
+  trials (uniform, sensitivity, global); ``_refine``: more references where each family crosses the constraints.
 - ``_run``: :func:`search` and :func:`run_search`: references first, then the trial loop.
 - ``_workers``: local worker processes.
 - ``_progress``: the progress bar.

@@ -23,6 +23,7 @@ from torch import nn
 
 from autoprune._errors import AutopruneError
 from autoprune._lock import MachineLock
+from autoprune._stored import unpruned_metrics, unpruned_trial_number
 from autoprune.evaluation import (
     LatencyCache,
     Speedup,
@@ -37,10 +38,11 @@ from autoprune.evaluation import (
 from autoprune.executor import apply_schedule
 from autoprune.schedule import Schedule
 from autoprune.sensitivity import screen
-from autoprune.study._references import DUPLICATE, publish_references, wait_for_baseline
+from autoprune.study._references import publish_references
 from autoprune.study._screening import Screening, screening_pays
 from autoprune.study._setup import SearchSetup, paying_space, study_target
 from autoprune.study._storage import first_line, latency_cache_path
+from autoprune.study._unpruned import DUPLICATE, wait_for_unpruned
 from autoprune.study.keys import (
     FIDELITY_FULL,
     FIDELITY_REPEAT,
@@ -78,12 +80,12 @@ class Objective:
     the full fine-tune. The rest end PRUNED with ``fidelity = "screen"``.
     """
 
-    def __init__(self, setup: SearchSetup, baseline: dict[str, Any] | None, lock: MachineLock) -> None:
+    def __init__(self, setup: SearchSetup, unpruned: dict[str, Any] | None, lock: MachineLock) -> None:
         self.setup = setup
         self.cfg = setup.cfg
         self.task = setup.task
         self.lock = lock
-        self.baseline = baseline
+        self.unpruned = unpruned
         self.target = study_target(self.cfg)
         cache_path = latency_cache_path(self.cfg)
         self.cache = LatencyCache(cache_path) if cache_path is not None else None
@@ -102,10 +104,10 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         role = trial.user_attrs.get("role", ROLE_SEARCH)
         try:
-            if role != ROLE_UNPRUNED and self.baseline is None:
+            if role != ROLE_UNPRUNED and self.unpruned is None:
                 # Never wait for another worker while busy: its measurement of the unpruned
                 # model would wait for us in turn.
-                self.baseline = wait_for_baseline(trial.study)
+                self.unpruned = wait_for_unpruned(trial.study)
             with self.lock.busy():
                 return self._run(trial, role)
         except optuna.TrialPruned:
@@ -135,18 +137,18 @@ class Objective:
         trial.set_user_attr("fidelity", FIDELITY_FULL)
         values = self.record(trial, metrics)
         if role == ROLE_UNPRUNED:
-            self.baseline = dict(metrics)
+            self.unpruned = dict(metrics)
             publish_references(trial.study, self.setup, metrics, trial.number, speedup=self._scan_speedup)
         return values
 
     # ------------------------------------------------------------------ the steps
     def _refuse_duplicate(self, trial: optuna.Trial) -> None:
-        if "baseline" not in trial.study.user_attrs:
+        if not unpruned_metrics(trial.study):
             return
         # A second unpruned trial: a heartbeat retry of one whose worker died after
-        # publishing, or two workers resuming a failed baseline at once. Measuring again
+        # publishing, or two workers resuming a failed unpruned at once. Measuring again
         # would only publish the references twice.
-        first = trial.study.user_attrs.get("baseline_trial")
+        first = unpruned_trial_number(trial.study)
         raise AutopruneError(
             f"{DUPLICATE}: the unpruned model was already measured"
             + (f" in trial {first}" if first is not None else "")
@@ -187,7 +189,7 @@ class Objective:
         SearchSpace turns enqueued parameters into exactly the Schedule they describe)."""
         seed = self.cfg.seed
         if role == ROLE_UNPRUNED:
-            # No parameters: the baseline is not a candidate. With its (all "none") parameters
+            # No parameters: the unpruned is not a candidate. With its (all "none") parameters
             # recorded, it is the most accurate trial, always in TPE's good group, and TPE kept
             # proposing schedules that prune nothing (repeats).
             schedule = Schedule(seed=seed)
@@ -269,8 +271,8 @@ class Objective:
         screened = (speedup_key(cheap, self.meter, self.cfg.latency_budget_s), speedup)
         if role != ROLE_SEARCH:
             return screened
-        assert self.baseline is not None
-        decision = Screening.from_study(trial.study, self.cfg, self.baseline).decide(accuracy, speedup.ratio)
+        assert self.unpruned is not None
+        decision = Screening.from_study(trial.study, self.cfg, self.unpruned).decide(accuracy, speedup.ratio)
         trial.set_user_attr("screen_reason", decision.reason)
         if not decision.promote:
             trial.set_user_attr("fidelity", FIDELITY_SCREEN)
@@ -358,7 +360,7 @@ class Objective:
 
     def record(self, trial: optuna.Trial, metrics: dict[str, Any]) -> tuple[float, ...]:
         """Store the metrics and the derived ones, set the constraints; the objective values."""
-        derived = derived_metrics(metrics, self.baseline or metrics)
+        derived = derived_metrics(metrics, self.unpruned or metrics)
         for key, value in {**metrics, **derived}.items():
             trial.set_user_attr(key, value)
         feasible = True

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import optuna
 
+from autoprune._stored import unpruned_metrics
 from autoprune.config import SearchConfig
 from autoprune.study._recommend import trial_row
 from autoprune.study._storage import counted_trials
@@ -77,17 +78,17 @@ def _lines(study: optuna.Study, total: int, out: TextIO) -> _Show:
     seen = {t.number for t in counted_trials(study)}
     began = time.monotonic()
     done = 0
-    baseline = dict(study.user_attrs.get("baseline") or {})
+    unpruned = unpruned_metrics(study)
 
     def update() -> None:
-        nonlocal done, baseline
-        if not baseline:  # the unpruned model's metrics: written before the first trial
-            baseline = dict(study.user_attrs.get("baseline") or {})
+        nonlocal done, unpruned
+        if not unpruned:  # the unpruned model's metrics: written before the first trial
+            unpruned = unpruned_metrics(study)
         new = sorted((t for t in counted_trials(study) if t.number not in seen), key=_finish_order)
         for t in new:
             seen.add(t.number)
             done += 1
-            out.write(trial_line(t, baseline, done=done, total=total, elapsed_s=time.monotonic() - began) + "\n")
+            out.write(trial_line(t, unpruned, done=done, total=total, elapsed_s=time.monotonic() - began) + "\n")
         if new:
             out.flush()
 
@@ -105,14 +106,14 @@ def _elapsed(seconds: float) -> str:
 
 
 def trial_line(
-    trial: optuna.trial.FrozenTrial, baseline: dict[str, Any], *, done: int, total: int, elapsed_s: float
+    trial: optuna.trial.FrozenTrial, unpruned: dict[str, Any], *, done: int, total: int, elapsed_s: float
 ) -> str:
     """One finished trial: how many of ``total`` are done, its number, kind, validation drop,
     speedup and the time since the search started.
 
     Example: ``[ 5/40 0:48] trial 12 search    drop 0.37  4.66x faster``
     """
-    row = trial_row(trial, baseline)
+    row = trial_row(trial, unpruned)
     width = len(str(total))
     head = f"[{done:>{width}}/{total} {_elapsed(elapsed_s)}] trial {trial.number:<3} {row.kind:<15}"
     if row.state in ("ok", "infeasible"):

@@ -25,6 +25,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from autoprune._stored import unpruned_metrics
 from autoprune.config import DEFAULT_STORAGE, mask_url
 from autoprune.study import keys as study_keys
 from autoprune.study._front import pareto_front
@@ -137,9 +138,9 @@ def _state(trial: optuna.trial.FrozenTrial) -> tuple[str, str]:
     return name.lower(), ""
 
 
-def trial_row(trial: optuna.trial.FrozenTrial, baseline: dict[str, Any]) -> TrialRow:
+def trial_row(trial: optuna.trial.FrozenTrial, unpruned: dict[str, Any]) -> TrialRow:
     """The trial as the narrow tables show it."""
-    metrics = trial_metrics(trial, baseline)
+    metrics = trial_metrics(trial, unpruned)
     attrs = trial.user_attrs
     speedup = _number(metrics.get("speedup"))
     state, note = _state(trial)
@@ -215,11 +216,11 @@ def recommend(study: optuna.Study) -> Recommendation:
     """The strict front of ``study`` and at most three picks (see the module's docstring)."""
     from optuna.trial import TrialState
 
-    baseline = dict(study.user_attrs.get("baseline") or {})
+    unpruned = unpruned_metrics(study)
     objectives = study_keys.objective_names(study)
     constraints = _study_constraints(study)
     front = pareto_front(study, 0.0)
-    rows = sorted((trial_row(t, baseline) for t in front), key=lambda r: (r.val_drop, -r.speedup, r.number))
+    rows = sorted((trial_row(t, unpruned) for t in front), key=lambda r: (r.val_drop, -r.speedup, r.number))
     full = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from autoprune import executor  # global_amounts looked up per call (tests replace it)
+from autoprune._stored import UNPRUNED, UNPRUNED_TRIAL, unpruned_metrics
 from autoprune.sensitivity import Sensitivity, macs_meter, scan_sensitivity, warm_starts
 from autoprune.study._setup import SearchSetup
-from autoprune.study._unpruned import DUPLICATE, unpruned_metrics, wait_for_baseline  # noqa: F401  (re-exported for _objective)
 from autoprune.study.keys import (
-    BASELINE_METRICS,
     ROLE_GLOBAL,
     ROLE_UNIFORM,
     ROLE_WARM,
+    UNPRUNED_METRICS,
 )
 
 if TYPE_CHECKING:
@@ -82,12 +82,9 @@ def publish_references(
     # of the study, outside the budget it was asked for.
     for params, attrs in _in_turn(families)[: cfg.trials]:
         study.enqueue_trial(params, user_attrs=attrs)
-    study.set_user_attr("unpruned_trial", number)
-    study.set_user_attr("baseline_trial", number)  # the older name, still read by _objective until it moves
-    unpruned = {k: metrics[k] for k in BASELINE_METRICS if k in metrics}
-    study.set_user_attr("baseline", unpruned)
+    study.set_user_attr(UNPRUNED_TRIAL, number)
     # Last: a worker waiting for the unpruned metrics may start as soon as they appear.
-    study.set_user_attr("unpruned", unpruned)
+    study.set_user_attr(UNPRUNED, {k: metrics[k] for k in UNPRUNED_METRICS if k in metrics})
 
 
 def scan_task(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from autoprune import config as _config
 from autoprune._errors import ConfigError, NoQualifyingTrialError, StudyNotFoundError, TaskError
 from autoprune._paths import sqlite_path
+from autoprune._stored import unpruned_metrics
 from autoprune.lm._summary import is_lm_study, is_structure_study
 from autoprune.study import keys as study_keys
 from autoprune.study._front import pareto_front
@@ -147,10 +148,14 @@ class StudyResults:
 
     def __init__(self, study: optuna.Study) -> None:
         self.study = study
-        attrs = study.user_attrs
-        self.baseline: dict[str, Any] = dict(attrs.get("baseline") or {})
+        self.unpruned: dict[str, Any] = unpruned_metrics(self.study)  # the unpruned model's metrics
         self.objectives: list[str] = study_keys.objective_names(study)
         self._task: Task | None = None
+
+    @property
+    def baseline(self) -> dict[str, Any]:
+        """The older name of :attr:`unpruned`, kept for code that reads it."""
+        return self.unpruned
 
     def __repr__(self) -> str:
         return f"StudyResults(study_name={self.study.study_name!r}, objectives={self.objectives})"
@@ -164,7 +169,7 @@ class StudyResults:
 
     # ------------------------------------------------------------------ tables
     def _metrics(self, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-        return trial_metrics(trial, self.baseline)
+        return trial_metrics(trial, self.unpruned)
 
     def _table(self, trials: list[optuna.trial.FrozenTrial]) -> pd.DataFrame:
         return trials_table(self.study, trials).set_index("number")

@@ -57,7 +57,7 @@ class Screening:
         pairs: ``(cheap accuracy, full accuracy)`` of trials that ran both stages.
         front: ``(number, accuracy, speedup)`` of full-fidelity trials that are feasible or
             within noise of the accuracy limit (the slow end of the speedup's interval).
-        baseline_accuracy: the unpruned model's validation accuracy.
+        unpruned_accuracy: the unpruned model's validation accuracy.
         max_drop: the accuracy constraint in points, if the study has one.
         margin: points of noise allowed on the cheap and on the full score (``screen_margin``).
         speed_only: whether the front check applies (objectives accuracy and latency only).
@@ -70,14 +70,14 @@ class Screening:
 
     pairs: Sequence[tuple[float, float]]
     front: Sequence[tuple[int, float, float]]
-    baseline_accuracy: float
+    unpruned_accuracy: float
     max_drop: float | None
     margin: float
     speed_only: bool = True
     drop_allowance: float = 0.0
 
     @classmethod
-    def from_study(cls, study: optuna.Study, cfg: SearchConfig, baseline: Mapping[str, Any]) -> Screening:
+    def from_study(cls, study: optuna.Study, cfg: SearchConfig, unpruned: Mapping[str, Any]) -> Screening:
         done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         full = [t for t in done if t.user_attrs.get("fidelity") == FIDELITY_FULL and "accuracy" in t.user_attrs]
         pairs = [
@@ -98,7 +98,7 @@ class Screening:
         return cls(
             pairs=pairs,
             front=front,
-            baseline_accuracy=float(baseline["accuracy"]),
+            unpruned_accuracy=float(unpruned["accuracy"]),
             max_drop=float(max_drop) if max_drop is not None else None,
             margin=cfg.screen_margin,
             speed_only=set(cfg.objectives) == {"accuracy", "latency"},
@@ -111,7 +111,7 @@ class Screening:
         m = self.margin
         above = [cheap for cheap, _ in self.pairs if cheap >= accuracy + m]
         if not above:
-            return max(self.baseline_accuracy, accuracy) + m, f"cheap {accuracy:.2f}, no pair at or above it"
+            return max(self.unpruned_accuracy, accuracy) + m, f"cheap {accuracy:.2f}, no pair at or above it"
         nearest = min(above)
         cheap, full = max(((c, f) for c, f in self.pairs if c <= nearest), key=lambda pair: pair[1])
         return full + m, f"cheap {accuracy:.2f}; pairs up to {nearest:.2f} reached at most {full:.2f}"
@@ -121,12 +121,12 @@ class Screening:
         if len(self.pairs) < _MIN_PAIRS:
             return Decision(True, f"promoted: fewer than {_MIN_PAIRS} calibration pairs")
         reachable, why = self.reachable(accuracy)
-        if self.max_drop is not None and self.baseline_accuracy - reachable > self.max_drop + self.drop_allowance:
+        if self.max_drop is not None and self.unpruned_accuracy - reachable > self.max_drop + self.drop_allowance:
             noise = f" (with {self.drop_allowance:.2f} points of validation noise)" if self.drop_allowance else ""
             return Decision(
                 False,
                 f"screened out: at most {reachable:.2f} reachable ({why}; margin {self.margin:.2f}), "
-                f"the constraint needs {self.baseline_accuracy - self.max_drop - self.drop_allowance:.2f}{noise}",
+                f"the constraint needs {self.unpruned_accuracy - self.max_drop - self.drop_allowance:.2f}{noise}",
             )
         if self.speed_only:
             for number, full_accuracy, full_speedup in self.front:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from autoprune._stored import unpruned_metrics
 from autoprune.evaluation import derived_metrics
 from autoprune.study import keys as study_keys
 
@@ -15,11 +16,11 @@ if TYPE_CHECKING:
 __all__ = ["trial_metrics", "trials_table"]
 
 
-def trial_metrics(trial: optuna.trial.FrozenTrial, baseline: dict[str, Any]) -> dict[str, Any]:
+def trial_metrics(trial: optuna.trial.FrozenTrial, unpruned: dict[str, Any]) -> dict[str, Any]:
     """The trial's ``TABLE_METRICS``; derived ones an older study lacks are computed here."""
     attrs = trial.user_attrs
     out = {key: attrs.get(key) for key in study_keys.TABLE_METRICS}
-    derived = derived_metrics(attrs, baseline)
+    derived = derived_metrics(attrs, unpruned)
     for key in study_keys.DERIVED_METRICS:
         if out[key] is None:
             out[key] = derived[key]
@@ -40,7 +41,7 @@ def trials_table(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | N
     import pandas as pd
 
     names = study_keys.objective_names(study)
-    baseline = dict(study.user_attrs.get("baseline") or {})
+    unpruned = unpruned_metrics(study)
     metrics = [k for k in study_keys.TABLE_METRICS if k not in names]
     rows = []
     chosen = study.get_trials(deepcopy=False) if trials is None else trials
@@ -48,7 +49,7 @@ def trials_table(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | N
         row: dict[str, Any] = {"number": t.number, "state": t.state.name, "role": study_keys.trial_role(t)}
         values = t.values if t.values is not None else [math.nan] * len(names)
         row.update(zip(names, values, strict=False))
-        measured = trial_metrics(t, baseline)
+        measured = trial_metrics(t, unpruned)
         row.update({k: measured[k] for k in metrics})
         row["feasible"] = study_keys.is_feasible(t) if t.state.name == "COMPLETE" else None
         row["within_noise"] = study_keys.is_within_noise(t) if t.state.name == "COMPLETE" else None

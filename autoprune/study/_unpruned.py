@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from autoprune._errors import AutopruneError
+from autoprune._stored import unpruned_metrics
 from autoprune.study.keys import ROLE_UNPRUNED
 
 if TYPE_CHECKING:
@@ -19,14 +20,6 @@ __all__ = ["DUPLICATE", "enqueue_unpruned", "unpruned_metrics", "unpruned_trials
 
 DUPLICATE = "duplicate unpruned reference"
 UNPRUNED_WAIT_S = 900.0
-
-
-def unpruned_metrics(study: optuna.Study) -> dict[str, Any]:
-    """The unpruned model's metrics as the study stored them (``{}`` until they are measured):
-    ``unpruned``, or ``baseline`` in studies made before that name."""
-    attrs = study.user_attrs
-    stored = attrs.get("unpruned", attrs.get("baseline"))
-    return dict(stored) if isinstance(stored, dict) else {}
 
 
 def enqueue_unpruned(study: optuna.Study, setup: SearchSetup) -> None:
@@ -53,5 +46,3 @@ def wait_for_unpruned(study: optuna.Study) -> dict[str, Any]:
             )
         time.sleep(1.0)
 
-
-wait_for_baseline = wait_for_unpruned  # the name _objective still calls; removed with it

@@ -7,9 +7,11 @@ Study ``user_attrs``:
     ``config``: the resolved study config (dict; storage URL with password masked).
     ``objectives``: objective metric names in the order of ``trial.values``
         (also set with ``study.set_metric_names``); directions are ``study.directions``.
-    ``baseline``: the unpruned model's ``BASELINE_METRICS`` (trial 0 carries the same; its
+    ``unpruned``: the unpruned model's ``UNPRUNED_METRICS`` (trial 0 carries the same; its
         ``reference_latency_ms`` is the reference time of the process that ran trial 0).
-    ``baseline_trial``: number of the trial that measured it.
+    ``unpruned_trial``: number of the trial that measured it. (Studies made before these names
+        store them as ``baseline`` and ``baseline_trial``; :func:`autoprune._stored.unpruned_metrics`
+        reads either.)
     ``layers``: preflight of the task model, a list of ``LayerInfo.as_dict()``.
     ``task``: the task spec (``Task.spec``), enough to rebuild the task.
     ``scale_notice``: present when the task scores fractions: every accuracy in the study is
@@ -36,9 +38,9 @@ Trial ``user_attrs``:
     ``neighbour_of``: on a search trial of the local search (``neighbour_share``), the number
         of the trial whose schedule it moved (the fastest that met the constraints then).
     every key of ``Metrics.as_dict()``, plus the ``DERIVED_METRICS`` of
-        :func:`autoprune.evaluation.derived_metrics`: ``accuracy_drop`` (baseline minus
+        :func:`autoprune.evaluation.derived_metrics`: ``accuracy_drop`` (unpruned minus
         accuracy, in the task's units: percentage points for the built-in tasks),
-        ``speedup`` (baseline latency / latency) and ``compression`` (baseline dense bytes /
+        ``speedup`` (unpruned latency / latency) and ``compression`` (unpruned dense bytes /
         sparse bytes); NaN where one cannot be computed.
     ``time_prune_s``, ``time_finetune_s``, ``time_eval_s``, ``time_latency_s``.
     ``accuracy_drop_se``: the standard error of ``accuracy_drop`` on the validation split
@@ -70,7 +72,7 @@ Trial ``user_attrs``:
         other workers, hosts or resumes each carry their own; ``max_latency_ms`` and the
         front compare what each trial's host measured. Studies made before these existed
         lack ``latency_host`` and ``measured_reference_ms``, and their ``reference_latency_ms``
-        is the rounds' reference time: there every ``latency_ms`` is the baseline's
+        is the rounds' reference time: there every ``latency_ms`` is the unpruned record's
         ``reference_latency_ms`` over the speedup (the fallback for readers).
     ``test_accuracy`` and ``test_accuracy_drop``: the task's held-out ``test`` score of a
         full-fidelity trial (tasks with a test split only); ``accuracy`` is validation.
@@ -95,7 +97,7 @@ from autoprune.evaluation import METRIC_NAMES
 from autoprune.schedule import Schedule
 
 __all__ = [
-    "BASELINE_METRICS",
+    "UNPRUNED_METRICS",
     "DERIVED_METRICS",
     "TABLE_METRICS",
     "ROLE_UNPRUNED",
@@ -131,9 +133,9 @@ FIDELITY_REPEAT = "repeat"  # a search trial not run: it would repeat an earlier
 # Objective name -> (trial user_attr it reads, direction), defined with the config that validates it.
 DIRECTIONS = {name: direction for name, (_, direction) in OBJECTIVES.items()}
 
-# The one list of metric names: what the baseline keeps, what is derived from it, and the
+# The one list of metric names: what the unpruned record keeps, what is derived from it, and the
 # metrics (in this order) of every trials table, Pareto table and picked trial.
-BASELINE_METRICS: tuple[str, ...] = (*METRIC_NAMES, "reference_latency_ms", "test_accuracy")
+UNPRUNED_METRICS: tuple[str, ...] = (*METRIC_NAMES, "reference_latency_ms", "test_accuracy")
 DERIVED_METRICS = ("accuracy_drop", "test_accuracy_drop", "speedup", "compression")
 TABLE_METRICS = (
     "accuracy",

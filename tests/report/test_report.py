@@ -532,7 +532,7 @@ def _front_study(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(objectives))
     study.set_user_attr("objectives", list(objectives))
-    study.set_user_attr("baseline", FRONT_BASE)
+    study.set_user_attr("unpruned", FRONT_BASE)
     study.set_user_attr("config", {"constraints": {"max_accuracy_drop": limit}})
 
     def add(drop: float, speedup: float, size: float, role: str = study_keys.ROLE_SEARCH, **extra: Any) -> None:

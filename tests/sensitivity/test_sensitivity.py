@@ -77,7 +77,7 @@ def test_scan_covers_every_unit_once_per_amount(
     scanned: tuple[SearchSpace, Sensitivity, dict[str, int]], digits_task: ap.Task
 ) -> None:
     space, sens, calls = scanned
-    assert sens.baseline_score == digits_task.evaluate(digits_task.model)
+    assert sens.unpruned_score == digits_task.evaluate(digits_task.model)
     assert sens.units == [u.key for u in space.units]
     structured = [u.key for u in space.units if u.supports("structured")]
     assert [c.unit for c in sens.curves if c.method == "structured"] == structured
@@ -97,7 +97,7 @@ def test_macs_removed_are_exact(scanned: tuple[SearchSpace, Sensitivity, dict[st
     space, sens, _ = scanned
     model, x = digits_task.model, digits_task.example_inputs
     base = count_macs(model, x)
-    assert sens.baseline_macs == base
+    assert sens.unpruned_macs == base
     for curve in sens.curves:
         if curve.method != "structured":
             continue
@@ -139,7 +139,7 @@ def test_drop_at_interpolates_the_scanned_drops() -> None:
     curve = Curve(unit="u", method="structured", amounts=(0.25, 0.5, 0.75), scores=(91.0, 80.0, 84.0),
                   macs_removed=(10, 20, 30), speedups=None)  # fmt: skip
     sens = Sensitivity(
-        curves=(curve,), baseline_score=89.0, reference_score=90.0, baseline_macs=100, seconds=0.0, calibrated=True
+        curves=(curve,), unpruned_score=89.0, reference_score=90.0, unpruned_macs=100, seconds=0.0, calibrated=True
     )
     at = {a: sens.drop_at("u", a) for a in (0.0, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9)}
     assert at == pytest.approx({0.0: 0.0, 0.1: 0.0, 0.25: 0.0, 0.4: 6.0, 0.5: 10.0, 0.6: 10.0, 0.75: 10.0, 0.9: 10.0})
@@ -158,7 +158,7 @@ def test_json_round_trip_and_table(scanned: tuple[SearchSpace, Sensitivity, dict
     curve = sens.curve("features.3")
     assert curve is not None
     assert row.score == curve.scores[1] and row.macs_removed == curve.macs_removed[1]
-    assert row.macs_fraction == pytest.approx(curve.macs_removed[1] / sens.baseline_macs)
+    assert row.macs_fraction == pytest.approx(curve.macs_removed[1] / sens.unpruned_macs)
     assert table[table.method == "unstructured"].speedup.isna().all()
     with pytest.raises(ap.ScheduleError, match="version"):
         Sensitivity.from_dict({**sens.to_dict(), "version": 9})
@@ -190,9 +190,9 @@ def _synthetic() -> Sensitivity:
             Curve("c", "structured", (0.25, 0.5, 0.75), (100.0, 99.9, 99.0), (20, 40, 60)),
             Curve("out", "unstructured", (0.25, 0.5, 0.75), (100.0, 99.0, 90.0), (0, 0, 0)),
         ),
-        baseline_score=100.0,
+        unpruned_score=100.0,
         reference_score=100.0,
-        baseline_macs=1000,
+        unpruned_macs=1000,
         seconds=0.0,
         calibrated=True,
     )
@@ -278,7 +278,7 @@ def test_measured_allocation_reaches_the_real_macs_target(
         schedule = space.schedule_from_params(params)
         assert {n: p.amount for n, p in schedule.layers.items()} == {u: a for u, a in amounts.items() if a > 0}
         pruned = ap.apply_schedule(model, schedule, example_inputs=x)
-        assert 1 - count_macs(pruned, x) / sens.baseline_macs == pytest.approx(real)
+        assert 1 - count_macs(pruned, x) / sens.unpruned_macs == pytest.approx(real)
         study = optuna.create_study()
         study.enqueue_trial(params, user_attrs={"role": "reference-sensitivity"})
         assert space.suggest(study.ask()) == schedule
@@ -333,3 +333,15 @@ def test_screen_is_cheap_and_keeps_the_architecture(digits_task: ap.Task) -> Non
     # The score is the returned model's, fine-tuned (the plain schedule's weights differ).
     assert score == digits_task.evaluate(pruned)
     assert any(not torch.equal(a, b) for a, b in zip(pruned.parameters(), full.parameters(), strict=True))
+
+
+def test_a_scan_stored_by_an_older_version_still_reads() -> None:
+    """``Sensitivity.to_dict`` now writes ``unpruned_score``/``unpruned_macs``; scans stored in
+    studies before that carry ``baseline_score``/``baseline_macs`` and load the same."""
+    curve = Curve(unit="u", method="structured", amounts=(0.5,), scores=(80.0,), macs_removed=(40,))
+    sens = Sensitivity(curves=(curve,), unpruned_score=90.0, reference_score=90.0, unpruned_macs=100, seconds=0.0,
+                       calibrated=True)  # fmt: skip
+    data = sens.to_dict()
+    assert data["unpruned_score"] == 90.0 and data["unpruned_macs"] == 100 and "baseline_score" not in data
+    older = {("baseline" + k[len("unpruned"):] if k.startswith("unpruned") else k): v for k, v in data.items()}
+    assert Sensitivity.from_dict(older) == sens == Sensitivity.from_dict(data)

@@ -66,9 +66,9 @@ def _study(url: str, name: str) -> optuna.Study | None:
         return None
 
 
-def _has_baseline(url: str, name: str) -> bool:
+def _has_unpruned(url: str, name: str) -> bool:
     s = _study(url, name)
-    return s is not None and "baseline" in s.user_attrs
+    return s is not None and "unpruned" in s.user_attrs
 
 
 def test_three_workers_give_exactly_3m_trials(tmp_path: Path, postgres_url: str) -> None:

@@ -92,10 +92,10 @@ class _FakeMeter:
         return getattr(self._meter, name)
 
 
-def _objective(tmp_path: Path, task: ap.Task, baseline: dict[str, Any] | None = None, **kw: object) -> Objective:
+def _objective(tmp_path: Path, task: ap.Task, unpruned: dict[str, Any] | None = None, **kw: object) -> Objective:
     cfg = _cfg(tmp_path, **kw)
     lock = MachineLock(str(tmp_path / "lock"))
-    return Objective(SearchSetup.build(task, cfg, lock), baseline, lock)
+    return Objective(SearchSetup.build(task, cfg, lock), unpruned, lock)
 
 
 def _fake(objective: Objective, script: list[tuple[float, float, float]], reference_ms: float = 2.0) -> _FakeMeter:
@@ -147,7 +147,7 @@ def test_the_screens_timing_is_handed_over_only_within_the_tolerance(
 
 # ---------------------------------------------------------------------------- each host its own reference
 def test_each_host_scales_its_trials_by_its_own_reference(tmp_path: Path, tiny_task: ap.Task) -> None:
-    # Two workers of one study on two hosts: the study's baseline was timed elsewhere (1 ms);
+    # Two workers of one study on two hosts: the study's unpruned was timed elsewhere (1 ms);
     # each host times the unpruned model itself (2 ms here, 5 ms there) and both measure 2x.
     study = optuna.create_study(directions=["maximize", "minimize"])
     got = {}
@@ -224,7 +224,7 @@ def test_a_search_scales_every_trial_by_one_reference_time_of_its_sitting(tmp_pa
     assert len(done) >= 3
     references = {t.user_attrs["reference_latency_ms"] for t in done}
     assert len(references) == 1  # one worker, one sitting: one reference time for every trial
-    assert study.user_attrs["baseline"]["reference_latency_ms"] in references
+    assert study.user_attrs["unpruned"]["reference_latency_ms"] in references
     for t in done:
         assert t.user_attrs["latency_host"] == t.user_attrs["host"]
         assert t.user_attrs["latency_ms"] == t.user_attrs["reference_latency_ms"] / t.user_attrs["speedup"]

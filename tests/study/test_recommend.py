@@ -34,7 +34,7 @@ def _study(storage: str, name: str, objectives: list[str], limit: float = 1.0) -
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(objectives)
     study.set_user_attr("objectives", objectives)
-    study.set_user_attr("baseline", BASE)
+    study.set_user_attr("unpruned", BASE)
     study.set_user_attr("config", {"constraints": {"max_accuracy_drop": limit}, "front_tolerance": 0.5})
     study.set_user_attr("task", {"name": "digits", "width": 16, "batch_size": 32})
     return study

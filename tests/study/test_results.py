@@ -27,7 +27,7 @@ OBJECTIVES = ["accuracy", "latency"]
 
 
 # ---------------------------------------------------------------------------- builders
-def _new_study(storage: str, name: str, baseline: dict[str, Any]) -> optuna.Study:
+def _new_study(storage: str, name: str, unpruned: dict[str, Any]) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=name, storage=storage, directions=[study_keys.DIRECTIONS[o] for o in OBJECTIVES]
@@ -37,7 +37,7 @@ def _new_study(storage: str, name: str, baseline: dict[str, Any]) -> optuna.Stud
         study.set_metric_names(OBJECTIVES)
     study.set_user_attr("objectives", OBJECTIVES)
     study.set_user_attr("task", TASK_SPEC)
-    study.set_user_attr("baseline", baseline)
+    study.set_user_attr("unpruned", unpruned)
     return study
 
 
@@ -51,7 +51,7 @@ def _add(
     state: optuna.trial.TrialState = optuna.trial.TrialState.COMPLETE,
     **extra: Any,
 ) -> None:
-    base = study.user_attrs["baseline"]
+    base = study.user_attrs["unpruned"]
     attrs: dict[str, Any] = {"role": role, **metrics, **extra}
     if schedule is not None:
         attrs["schedule"] = schedule.to_json()
@@ -104,7 +104,7 @@ def make_real_study(storage: str, name: str, task: ap.Task) -> dict[str, Any]:
     """A study of real pruned digits models; returns {label: (trial number, model, metrics)}."""
     schedules = real_schedules(task)
     measured = {label: measure(task, s) for label, s in schedules.items()}
-    study = _new_study(storage, name, baseline=measured["unpruned"][1])
+    study = _new_study(storage, name, unpruned=measured["unpruned"][1])
     out: dict[str, Any] = {}
     roles = {"unpruned": study_keys.ROLE_UNPRUNED, "uniform": study_keys.ROLE_UNIFORM}
     for number, (label, schedule) in enumerate(schedules.items()):
@@ -124,7 +124,7 @@ SYNTHETIC = {
     2: (0.8, 4.0, 700, 300, 2500),
     3: (2.0, 2.0, 200, 100, 1000),
     4: (0.1, 1.0, 100, 50, 400),  # infeasible: would win every rule
-    5: (5.0, 10.0, 1000, 1000, 5000),  # early-rejected (baseline size, as the search records)
+    5: (5.0, 10.0, 1000, 1000, 5000),  # early-rejected (unpruned size, as the search records)
     6: None,  # failed
     7: (0.44, 5.0, 300, 200, 2000),
     8: (1.0, 7.0, 650, 400, 500),  # off the front (dominated by 1) but the fewest MACs
@@ -174,7 +174,7 @@ def synthetic(synthetic_storage: str) -> StudyResults:
 # ---------------------------------------------------------------------------- loading
 def test_load_study_reads_contract(synthetic: StudyResults) -> None:
     assert synthetic.objectives == OBJECTIVES
-    assert synthetic.baseline["accuracy"] == 99.0
+    assert synthetic.unpruned["accuracy"] == 99.0
     assert synthetic.study.study_name == "synthetic"
 
 
@@ -468,7 +468,25 @@ def test_cli_trials_shows_the_one_trials_table(synthetic: StudyResults, syntheti
         csv = tmp_path / "t.csv"
         args = ["trials", "--study", "synthetic", "--storage", synthetic_storage, "--csv", str(csv), *flag]
         proc = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True, timeout=300)
+
         assert proc.returncode == 0, proc.stderr
         table = pd.read_csv(csv)
         assert list(table["number"]) == list(expected.index)  # --pareto: the front pareto() gives
         assert list(table.columns) == ["number", *expected.columns]
+
+
+def test_older_studies_read_the_unpruned_metrics_under_their_old_name(tmp_path: Path) -> None:
+    """Studies made before ``unpruned``/``unpruned_trial`` stored ``baseline``/``baseline_trial``:
+    every reader gets the same metrics through either name, and a new name wins over an old one."""
+    from autoprune._stored import unpruned_metrics, unpruned_trial_number
+
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(study_name="old", storage=storage, directions=["maximize", "minimize"])
+    assert unpruned_metrics(old) == {} and unpruned_trial_number(old) is None
+    old.set_user_attr("baseline", {"accuracy": 97.5, "latency_ms": 4.0})
+    old.set_user_attr("baseline_trial", 0)
+    assert unpruned_metrics(old) == {"accuracy": 97.5, "latency_ms": 4.0} and unpruned_trial_number(old) == 0
+    assert StudyResults(old).unpruned == {"accuracy": 97.5, "latency_ms": 4.0} == StudyResults(old).baseline
+    old.set_user_attr("unpruned", {"accuracy": 98.0})
+    old.set_user_attr("unpruned_trial", 3)
+    assert unpruned_metrics(old) == {"accuracy": 98.0} and unpruned_trial_number(old) == 3

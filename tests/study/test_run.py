@@ -77,7 +77,7 @@ def test_trial_count_objectives_and_records(tmp_path: Path, tiny_task: ap.Task) 
     assert ap.Schedule.from_json(first.user_attrs["schedule"]).active_layers() == {}
     assert study.trials[1].user_attrs["role"] == ROLE_UNIFORM
     assert {t.user_attrs["role"] for t in study.trials[2:]} == {ROLE_SEARCH}
-    base = study.user_attrs["baseline"]
+    base = study.user_attrs["unpruned"]
     assert base["params"] == sum(p.numel() for p in tiny_task.model.parameters())
     for t in study.trials:
         assert t.state == optuna.trial.TrialState.COMPLETE
@@ -265,10 +265,10 @@ def test_constant_liar_changes_nothing_for_one_worker(
 
 def test_a_second_unpruned_trial_is_not_evaluated(tmp_path: Path, tiny_task: ap.Task) -> None:
     # e.g. a heartbeat retry of the unpruned trial whose worker died after publishing the
-    # baseline: it must not measure again and enqueue the uniform references a second time
+    # unpruned: it must not measure again and enqueue the uniform references a second time
     cfg = _cfg(tmp_path, study="dup", trials=1)
     study = run_search(cfg, tiny_task)
-    assert study.user_attrs["baseline_trial"] == 0
+    assert study.user_attrs["unpruned_trial"] == 0 and "unpruned" not in study.user_attrs
     space = SearchSpace(ap.prunable_layers(tiny_task.model, tiny_task.example_inputs), cfg.space)
     study.enqueue_trial(space.uniform_params(0.0), user_attrs={"role": ROLE_UNPRUNED})
     study = run_search(cfg.merged(trials=2), tiny_task)
@@ -616,8 +616,8 @@ def test_a_drop_over_the_limit_by_less_than_the_splits_noise_is_within_noise(
 
     cfg = _cfg(tmp_path, drop_noise_se=noise_se, constraints={"max_accuracy_drop": 1.0})
     lock = MachineLock(str(tmp_path / "lock"))
-    baseline = {"accuracy": 99.0, "latency_ms": 2.0, "reference_latency_ms": 2.0, "dense_bytes": 1000, "sparse_bytes": 1000}
-    objective = Objective(SearchSetup.build(tiny_task, cfg, lock), baseline, lock)
+    unpruned = {"accuracy": 99.0, "latency_ms": 2.0, "reference_latency_ms": 2.0, "dense_bytes": 1000, "sparse_bytes": 1000}
+    objective = Objective(SearchSetup.build(tiny_task, cfg, lock), unpruned, lock)
     trial = optuna.create_study(directions=["maximize", "minimize"]).ask()
     metrics = {"accuracy": 99.0 - drop, "latency_ms": 1.0, "sparse_bytes": 500, "accuracy_drop_se": se}
     assert objective.record(trial, metrics) == (99.0 - drop, 1.0)

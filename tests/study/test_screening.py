@@ -61,7 +61,7 @@ def _cfg(tmp_path: Path, **kw: object) -> SearchConfig:
 
 # ---------------------------------------------------------------------------- the promotion rule
 def _rule(pairs: list[tuple[float, float]], front: list[tuple[int, float, float]] | None = None) -> Screening:
-    return Screening(pairs=pairs, front=front or [], baseline_accuracy=99.0, max_drop=1.0, margin=0.5)
+    return Screening(pairs=pairs, front=front or [], unpruned_accuracy=99.0, max_drop=1.0, margin=0.5)
 
 
 def test_without_calibration_pairs_everything_is_promoted() -> None:
@@ -153,14 +153,14 @@ def test_scan_warm_starts_and_screening_in_a_search(tmp_path: Path, tiny_task: a
     assert ROLE_WARM in roles[2:4]
     S = optuna.trial.TrialState
     # digits has a test split: each full trial's model scored on it, the unpruned one as is
-    baseline = study.user_attrs["baseline"]
-    assert baseline["test_accuracy"] == tiny_task.test(tiny_task.model) != baseline["accuracy"]  # type: ignore[misc]
+    unpruned = study.user_attrs["unpruned"]
+    assert unpruned["test_accuracy"] == tiny_task.test(tiny_task.model) != unpruned["accuracy"]  # type: ignore[misc]
     tests = [t.user_attrs["test_accuracy"] for t in study.trials if t.state == S.COMPLETE]
     assert len(set(tests)) >= 2, tests  # it follows the model
     for t in study.trials:
         if t.state == S.COMPLETE:
             assert t.user_attrs["fidelity"] == FIDELITY_FULL
-            drop = baseline["test_accuracy"] - t.user_attrs["test_accuracy"]
+            drop = unpruned["test_accuracy"] - t.user_attrs["test_accuracy"]
             assert t.user_attrs["test_accuracy_drop"] == pytest.approx(drop)
             assert t.user_attrs["speedup"] > 0 and "speedup_low" in t.user_attrs
             if t.user_attrs["role"] != ROLE_UNPRUNED:
@@ -183,7 +183,7 @@ def test_scan_warm_starts_and_screening_in_a_search(tmp_path: Path, tiny_task: a
     # the screening's constraint check allows the split's noise: the median error of full trials
     errors = sorted(t.user_attrs["accuracy_drop_se"] for t in study.trials
                     if t.state == S.COMPLETE and t.user_attrs["accuracy_drop_se"] > 0)  # fmt: skip
-    rule = Screening.from_study(study, _cfg(tmp_path), study.user_attrs["baseline"])
+    rule = Screening.from_study(study, _cfg(tmp_path), study.user_attrs["unpruned"])
     assert rule.drop_allowance == (pytest.approx(statistics.median(errors)) if errors else 0.0)
 
 

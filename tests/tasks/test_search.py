@@ -64,13 +64,13 @@ def test_a_search_records_test_accuracy_but_never_optimises_it(tmp_path: Path) -
     assert all(t.params for t in sampled)  # parameters the sampler chose
     tests = [t.user_attrs["test_accuracy"] for t in sampled]
     assert len(set(tests)) >= 2, tests  # the test score follows the model (not a constant)
-    baseline = study.user_attrs["baseline"]
+    unpruned = study.user_attrs["unpruned"]
     for trial in done:
         a = trial.user_attrs
         assert 10.0 <= a["test_accuracy"] <= 15.0 and 50.0 <= a["accuracy"] <= 90.0
         # the sampler sees validation only: its objective, its constraint, no intermediate value
         assert trial.values[0] == a["accuracy"]
-        assert trial.constraints["accuracy_drop"] == pytest.approx(baseline["accuracy"] - a["accuracy"] - MAX_DROP)
+        assert trial.constraints["accuracy_drop"] == pytest.approx(unpruned["accuracy"] - a["accuracy"] - MAX_DROP)
         assert not trial.intermediate_values
-        assert a["test_accuracy_drop"] == pytest.approx(baseline["test_accuracy"] - a["test_accuracy"])
+        assert a["test_accuracy_drop"] == pytest.approx(unpruned["test_accuracy"] - a["test_accuracy"])
     assert calls.count("test") == len(done) and calls.count("evaluate") >= len(done)
