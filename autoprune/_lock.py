@@ -43,7 +43,7 @@ try:  # shared locks for busy blocks; without fcntl the lock is a barrier only
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_ENV", "MachineLock", "TrainingGate", "default_lock_path", "machine_lock", "measurement_lock", "training_gate"]
+__all__ = ["LOCK_ENV", "MachineLock", "TrainingGate", "default_lock_path", "machine_lock", "training_gate"]
 
 LOCK_ENV = "AUTOPRUNE_LATENCY_LOCK"
 _LOCKS: dict[str, MachineLock] = {}
@@ -167,14 +167,6 @@ def _flock(path: str, operation: int) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------- for training loops
-def measurement_lock(lock_path: str | os.PathLike[str] | None = None) -> contextlib.AbstractContextManager[float]:
-    """``machine_lock(lock_path).measuring()``: hold the machine's lock while timing a model.
-
-    Yields the seconds spent waiting (for other measurements and for running busy blocks).
-    """
-    return machine_lock(lock_path).measuring()
-
-
 class TrainingGate:
     """What :func:`training_gate` returns: the wait is over; as a context it marks a step busy.
 
@@ -201,7 +193,8 @@ class TrainingGate:
 
 
 def training_gate(lock_path: str | os.PathLike[str] | None = None) -> TrainingGate:
-    """A step boundary of a training loop (:meth:`MachineLock.step`); as a context, a busy step.
+    """The machine lock's step for a training loop: ``machine_lock(lock_path).step()``; as a
+    context, also a busy block (``busy()``) around the step.
 
     Called between training steps, it returns once no measurement holds the lock. Used as a
     context manager around a step, it also keeps a measurement from starting until that

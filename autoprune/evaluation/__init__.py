@@ -33,8 +33,7 @@ from autoprune.evaluation._latency import (
     TrainingGate,
     default_lock_path,
     measure_latency,
-    measurement_lock,
-    measuring,
+    timing_conditions,
     training_gate,
 )
 from autoprune.evaluation._macs import count_macs
@@ -72,8 +71,7 @@ __all__ = [
     "get_backend",
     "measure_latency",
     "measure_speedup",
-    "measurement_lock",
-    "measuring",
+    "timing_conditions",
     "median_interval",
     "register_backend",
     "sample_mean",

@@ -50,19 +50,18 @@ import torch
 from torch import nn
 
 from autoprune._inputs import resize_batch, to_target
-from autoprune._lock import LOCK_ENV, TrainingGate, default_lock_path, measurement_lock, training_gate
+from autoprune._lock import LOCK_ENV, TrainingGate, default_lock_path, machine_lock, training_gate
 from autoprune.evaluation._backends import get_backend
 from autoprune.evaluation._target import Target
 
 __all__ = [
     "LatencyResult",
     "measure_latency",
-    "measurement_lock",
     "training_gate",
     "TrainingGate",
     "default_lock_path",
     "LOCK_ENV",
-    "measuring",
+    "timing_conditions",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -202,7 +201,7 @@ def measure_latency(
         with device_ctx, torch.inference_mode():
             inputs = to_target(resize_batch(example_inputs, target.batch_size), target.torch_device, target.torch_dtype)
             run = backend.prepare(model, inputs, target)
-            with measuring(target, lock=lock, lock_path=lock_path) as wait_s:
+            with timing_conditions(target, lock=lock, lock_path=lock_path) as wait_s:
                 started = time.perf_counter()
                 median_s, spread, repeats, calls = _time(run, target, time_budget_s, max_spread, min_repeats)
                 seconds = time.perf_counter() - started
@@ -219,17 +218,19 @@ def _now() -> str:
 
 
 @contextlib.contextmanager
-def measuring(target: Target, *, lock: bool = True, lock_path: str | os.PathLike[str] | None = None) -> Iterator[float]:
+def timing_conditions(
+    target: Target, *, lock: bool = True, lock_path: str | os.PathLike[str] | None = None
+) -> Iterator[float]:
     """The conditions every timing in the evaluator runs under, for latency and speedup alike.
 
-    It holds the machine-wide measurement lock (:func:`measurement_lock`; this is the one
+    It holds the machine lock for a measurement (``machine_lock(lock_path).measuring()``; the one
     place the evaluator takes it), sets the target's thread count and pauses the garbage
     collector; all three are restored on exit. Yields the seconds spent waiting for the lock.
     """
     threads = torch.get_num_threads()
     gc_enabled = gc.isenabled()
     try:
-        with measurement_lock(lock_path) if lock else contextlib.nullcontext(0.0) as wait_s:
+        with machine_lock(lock_path).measuring() if lock else contextlib.nullcontext(0.0) as wait_s:
             if target.threads is not None and target.threads != threads:
                 torch.set_num_threads(target.threads)
             gc.disable()

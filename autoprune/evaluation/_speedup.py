@@ -48,7 +48,7 @@ from torch import nn
 
 from autoprune._inputs import resize_batch, to_target
 from autoprune.evaluation._backends import get_backend
-from autoprune.evaluation._latency import make_timer, measuring
+from autoprune.evaluation._latency import make_timer, timing_conditions
 from autoprune.evaluation._signature import architecture_signature
 from autoprune.evaluation._target import Target
 
@@ -296,7 +296,7 @@ class SpeedupMeter:
                     if model is self.reference
                     else self.backend.prepare(model, self.inputs, self.target)
                 )
-                with measuring(self.target, lock=lock, lock_path=lock_path) as wait_s:
+                with timing_conditions(self.target, lock=lock, lock_path=lock_path) as wait_s:
                     started = time.perf_counter()
                     if clock == "auto":
                         clock = "thread" if self.target.threads == 1 and not self.target.is_cuda else "wall"

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import autoprune as ap
+from autoprune._lock import machine_lock
 from autoprune.evaluation import (
     METRIC_NAMES,
     LatencyBackend,
@@ -30,7 +31,6 @@ from autoprune.evaluation import (
     count_macs,
     derived_metrics,
     measure_latency,
-    measurement_lock,
     register_backend,
     size_stats,
     tensor_bytes,
@@ -349,7 +349,7 @@ def test_dtype_cast_reaches_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _hold_lock(lock_path: Path, seconds: float, held: threading.Event) -> None:
-    with measurement_lock(lock_path):
+    with machine_lock(lock_path).measuring():
         held.set()
         time.sleep(seconds)
 
@@ -541,6 +541,7 @@ def _twin_classes() -> tuple[type[nn.Module], type[nn.Module]]:
     return first, Net
 
 
+@pytest.mark.slow
 def test_signature_sees_forward_code_and_is_the_same_in_every_process() -> None:
     # A latency cache file is shared by the studies of a folder: two model classes with
     # the same name and layers but different forward code must not share a latency.
