@@ -27,6 +27,25 @@ def digits_task():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
+def tiny_task():  # type: ignore[no-untyped-def]
+    """The smallest digits task (width 8), the searches' task in tests/study and tests/cli."""
+    import autoprune as ap
+
+    return ap.tasks.get("digits", width=8, batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def real_study(tmp_path_factory: pytest.TempPathFactory, digits_task):  # type: ignore[no-untyped-def]
+    """A study of real pruned digits models, built once for the results and CLI tests:
+    ``(storage, study name, {label: (trial number, pruned model, metrics)})`` as
+    ``tests.study.test_results.make_real_study`` returns them. Read it; don't add to it."""
+    from tests.study.test_results import make_real_study
+
+    storage = f"sqlite:///{tmp_path_factory.mktemp('real')}/s.db"
+    return storage, "real", make_real_study(storage, "real", digits_task)
+
+
+@pytest.fixture(scope="session")
 def postgres_url():  # type: ignore[no-untyped-def]
     """A real PostgreSQL server on 127.0.0.1 for the session (Debian's postgresql package)."""
     from autoprune.testing.postgres import temporary_postgres

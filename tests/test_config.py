@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import autoprune as ap
 from autoprune.config import IDENTITY_KEYS, SearchConfig
 from autoprune.study import check_joinable, create_or_join_study, stored_config
 from autoprune.study.keys import ROLE_UNPRUNED
+from autoprune.testing.cli import CliRun, run_cli
 
 # A task factory the CLI can import from the working folder: a tiny MLP, nothing trained.
 TINY_TASK = '''
@@ -37,14 +36,7 @@ def make():
 '''
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(cwd), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run(
-        [sys.executable, "-m", "autoprune.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
-    )
-
-
-def _one_line_exit_2(proc: subprocess.CompletedProcess[str]) -> str:
+def _one_line_exit_2(proc: CliRun) -> str:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -104,7 +96,7 @@ def test_bad_value_is_one_line_in_python_and_exit_2_in_the_cli(
         SearchConfig.from_dict(data)
     assert str(err.value) == message
     (tmp_path / "bad.toml").write_text(toml + "\n")
-    line = _one_line_exit_2(_cli("search", "bad.toml", "--quiet", cwd=tmp_path))
+    line = _one_line_exit_2(run_cli("search", "bad.toml", "--quiet", cwd=tmp_path))
     assert line == f"autoprune search: error: {message}"
     assert sorted(os.listdir(tmp_path)) == ["bad.toml"]  # refused before anything was made (no study, no cache file)
 
@@ -232,7 +224,7 @@ def test_cli_resume_that_contradicts_the_study_exits_2(tmp_path: Path, cli_args:
     cfg = _base(tmp_path, sampler="tpe", population_size=None)
     create_or_join_study(cfg)
     # just --study/--storage takes the stored config; the flag contradicts it
-    proc = _cli("search", "--study", "s", "--storage", cfg.storage, "--quiet", *cli_args, cwd=tmp_path)
+    proc = run_cli("search", "--study", "s", "--storage", cfg.storage, "--quiet", *cli_args, cwd=tmp_path)
     line = _one_line_exit_2(proc)
     assert line.startswith("autoprune search: error: study 's' was created with ")
     assert fragment in line and line.endswith(SUFFIX)
@@ -298,7 +290,8 @@ def test_report_layer_is_refused_when_no_trial_prunes(tmp_path: Path) -> None:
     with pytest.raises(ap.ConfigError) as err:
         _pattern._get_pattern_info(study, layer="conv1")
     assert str(err.value) == message
-    proc = _cli("report", "--study", "r", "--storage", url, "--layer", "conv1", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    proc = run_cli("report", "--study", "r", "--storage", url, "--layer", "conv1", "--out", str(tmp_path / "o"),
+                   cwd=tmp_path)  # fmt: skip
     assert _one_line_exit_2(proc) == f"autoprune report: error: {message}"
     assert not (tmp_path / "o" / "report.html").exists()
 
@@ -306,7 +299,7 @@ def test_report_layer_is_refused_when_no_trial_prunes(tmp_path: Path) -> None:
 def test_toml_and_cli_messages_agree(tmp_path: Path) -> None:
     # the message in the CLI is the library's, after the command's name
     (tmp_path / "p.toml").write_text(textwrap.dedent('sampler = "random"\npopulation_size = 9\n'))
-    line = _one_line_exit_2(_cli("search", "p.toml", cwd=tmp_path))
+    line = _one_line_exit_2(run_cli("search", "p.toml", cwd=tmp_path))
     assert line == (
         "autoprune search: error: invalid population_size = 9; allowed: only with sampler 'nsga2' or 'nsga3' "
         "(sampler is 'random', which has no population; leave population_size out)"

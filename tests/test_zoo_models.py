@@ -212,6 +212,12 @@ SLOW = {
     "tv_swin",
     "tv_maxvit",
 }
+# The fast subset (-m "not slow") keeps one cheap model of each kind, about a second each for
+# the three matrix tests: a densely connected and a squeeze CNN, an untraceable one, ViTs
+# (torchvision, timm, Hugging Face) and Hugging Face text encoders and a decoder. The rest of
+# the matrix is marked slow.
+FAST = {"tv_densenet", "tv_squeezenet", "tv_shufflenet_v2", "tv_vit", "timm_vit_tiny", "hf_vit", "hf_bert",
+        "hf_distilbert", "hf_gpt2"}  # fmt: skip
 
 # save_pruned writes a plain dict of tensors, without the state dict's `_metadata`.
 # (MNASNet's _load_from_state_dict needs the state dict's version metadata, which the plain
@@ -243,7 +249,7 @@ def _cut_as_expected(name: str, pruned: nn.Module) -> None:
 
 
 def _params() -> list[Any]:
-    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in MODELS]
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW or n not in FAST else n for n in MODELS]
 
 
 def _build(name: str) -> tuple[nn.Module, Any]:
@@ -404,6 +410,7 @@ def test_untraceable_shufflenet_is_unstructured_with_the_reason() -> None:
     assert all(i.reason and "Torch-Pruning cannot trace ShuffleNetV2" in i.reason for i in weighted)
 
 
+@pytest.mark.slow
 def test_functionally_called_layers_block_their_width() -> None:
     model, x = _build("tv_swin")  # calls F.linear(x, self.qkv.weight)
     infos = {i.name: i for i in ap.prunable_layers(model, x)}

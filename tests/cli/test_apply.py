@@ -14,13 +14,13 @@ import torch
 
 import autoprune as ap
 from autoprune.evaluation import count_macs, size_stats
-from tests.study.test_results import make_real_study
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory, digits_task: ap.Task) -> tuple[str, dict[str, Any]]:
-    storage = f"sqlite:///{tmp_path_factory.mktemp('cli')}/s.db"
-    return storage, make_real_study(storage, "cli", digits_task)
+def study(real_study: tuple[str, str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    storage, name, trials = real_study  # tests/conftest.py: the study "real", built once per session
+    assert name == "real"
+    return storage, trials
 
 
 def autoprune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -35,13 +35,14 @@ def autoprune(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # the installed command in a subprocess
 def test_apply_by_trial_writes_a_reloadable_model(
     study: tuple[str, dict[str, Any]], digits_task: ap.Task, tmp_path: Path
 ) -> None:
     storage, trials = study
     number, in_memory, recorded = trials["mixed"]
     out = tmp_path / "out"
-    proc = autoprune("--study", "cli", "--storage", storage, "--trial", str(number), "--out", str(out), cwd=tmp_path)
+    proc = autoprune("--study", "real", "--storage", storage, "--trial", str(number), "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert f"picked trial {number}" in proc.stdout
     assert ap.Schedule.from_json((out / "schedule.json").read_text()).summary() in proc.stdout
@@ -49,7 +50,7 @@ def test_apply_by_trial_writes_a_reloadable_model(
         assert (out / name).is_file() and name in proc.stdout
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["trial"] == number and metrics["study"] == "cli"
+    assert metrics["trial"] == number and metrics["study"] == "real"
     assert metrics["recorded"]["params"] == recorded["params"]
     assert metrics["applied"]["params"] == recorded["params"]
     # same software and seeds in the subprocess: the same weights (checked below), so the same accuracy
@@ -65,19 +66,6 @@ def test_apply_by_trial_writes_a_reloadable_model(
         torch.testing.assert_close(model(digits_task.example_inputs), in_memory(digits_task.example_inputs))
 
 
-def test_no_qualifying_trial_exits_2_with_one_line(study: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
-    storage, _ = study
-    out = tmp_path / "out"
-    proc = autoprune(
-        "--study", "cli", "--storage", storage, "--max-accuracy-drop", "-50", "--out", str(out), cwd=tmp_path
-    )
-    assert proc.returncode == 2
-    assert (
-        proc.stderr == "autoprune apply: error: no trial has accuracy_drop <= -50 points; the smallest is 0 (trial 0)\n"
-    )
-    assert not out.exists()
-
-
 # The remaining cases run the same entry point in-process (a subprocess each would add
 # seconds of start-up for nothing they test).
 def main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -91,12 +79,25 @@ def main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     return code, captured.out, captured.err
 
 
+def test_no_qualifying_trial_exits_2_with_one_line(
+    study: tuple[str, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage, _ = study
+    out = tmp_path / "out"
+    code, _, stderr = main(
+        ["--study", "real", "--storage", storage, "--max-accuracy-drop", "-50", "--out", str(out)], capsys
+    )
+    assert code == 2
+    assert stderr == "autoprune apply: error: no trial has accuracy_drop <= -50 points; the smallest is 0 (trial 0)\n"
+    assert not out.exists()
+
+
 def test_apply_by_rule_with_final_fine_tune(
     study: tuple[str, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     storage, trials = study
     out = tmp_path / "rule"
-    args = ["--study", "cli", "--storage", storage, "--max-accuracy-drop", "100", "--minimize", "macs"]
+    args = ["--study", "real", "--storage", storage, "--max-accuracy-drop", "100", "--minimize", "macs"]
     code, stdout, stderr = main([*args, "--final-fine-tune", "5", "--out", str(out)], capsys)
     assert code == 0, stderr
     fewest = min(trials.values(), key=lambda t: (t[2]["macs"], t[0]))
@@ -132,7 +133,7 @@ def test_bad_input_exits_2_with_one_line(
         )
     storage, _ = study
     out = tmp_path / "out"
-    code, _, stderr = main(["--study", "cli", "--storage", storage, *args, "--out", str(out)], capsys)
+    code, _, stderr = main(["--study", "real", "--storage", storage, *args, "--out", str(out)], capsys)
     assert code == 2
     assert stderr.startswith("autoprune apply: error: ") and stderr.count("\n") == 1 and message in stderr, stderr
     assert not out.exists()
@@ -147,11 +148,11 @@ def test_missing_study_and_usage_errors(
     storage, _ = study
     code, _, stderr = main(["--study", "nope", "--storage", storage, "--trial", "1", "--out", "o"], capsys)
     assert code == 2
-    assert "no study 'nope'" in stderr and "'cli'" in stderr and stderr.count("\n") == 1
-    code, _, stderr = main(["--study", "cli", "--storage", storage, "--trial", "1"], capsys)  # no --out
+    assert "no study 'nope'" in stderr and "'real'" in stderr and stderr.count("\n") == 1
+    code, _, stderr = main(["--study", "real", "--storage", storage, "--trial", "1"], capsys)  # no --out
     assert code == 2 and "--out" in stderr
     # The default storage is relative to the working directory and reading never creates it.
     monkeypatch.chdir(tmp_path)
-    code, _, stderr = main(["--study", "cli", "--trial", "1", "--out", "o"], capsys)
+    code, _, stderr = main(["--study", "real", "--trial", "1", "--out", "o"], capsys)
     assert code == 2 and "no study database" in stderr
     assert not (tmp_path / "studies").exists()

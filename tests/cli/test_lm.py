@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import autoprune as ap
+from autoprune.testing.cli import run_cli
 
 transformers = pytest.importorskip("transformers")
 TASK = "autoprune.testing.lm:tiny"
@@ -90,13 +91,14 @@ def test_pick_by_metric_increase(searched):
         results.pick(max_metric_increase=-0.5)
 
 
+@pytest.mark.slow  # builds and trains the language-model task first (tens of seconds)
 def test_accuracy_options_on_a_language_model_exit_2(tmp_path):
-    done = autoprune("search", "--task", TASK, "--max-accuracy-drop", "1", "--storage", f"sqlite:///{tmp_path}/x.db",
-                     cwd=tmp_path)  # fmt: skip
+    done = run_cli("search", "--task", TASK, "--max-accuracy-drop", "1", "--storage", f"sqlite:///{tmp_path}/x.db",
+                   cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2
     assert "scores perplexity (lower is better): use --max-metric-increase" in done.stderr
     assert "Traceback" not in done.stderr
-    done = autoprune("search", "--sparsity", "0.5", "--storage", f"sqlite:///{tmp_path}/y.db", cwd=tmp_path)
+    done = run_cli("search", "--sparsity", "0.5", "--storage", f"sqlite:///{tmp_path}/y.db", cwd=tmp_path)
     assert done.returncode == 2 and "--sparsity apply to language-model tasks" in done.stderr
 
 

@@ -11,6 +11,7 @@ parsing (tests/docs/test_readme.py) and docs/language-models.md with docs/lm_exa
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -110,6 +111,7 @@ STAND_INS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_your_own_model_blocks_run_as_written() -> None:
     import torch
 
@@ -169,12 +171,19 @@ def test_python_lines_name_a_script_and_options_it_takes(page: str, script: str,
     options = {a.split("=")[0] for a in args if a.startswith("--")}
     if not options:
         return
+    returncode, stdout, stderr = _help(script)
+    assert returncode == 0, stderr[-2000:]
+    for option in options:
+        assert re.search(rf"{re.escape(option)}\b", stdout), f"{page}: {script} takes no {option}"
+
+
+@functools.cache
+def _help(script: str) -> tuple[int, str, str]:
+    """``python SCRIPT --help``, run once per script however many lines name it (seconds each)."""
     done = subprocess.run(
         [sys.executable, script, "--help"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    for option in options:
-        assert re.search(rf"{re.escape(option)}\b", done.stdout), f"{page}: {script} takes no {option}"
+    return done.returncode, done.stdout, done.stderr
 
 
 # ---------------------------------------------------------------------------- cli.md

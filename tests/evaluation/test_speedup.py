@@ -123,6 +123,7 @@ def test_a_model_against_itself_is_one_within_its_interval() -> None:
     assert s.target == TARGET and not s.cached
 
 
+@pytest.mark.slow
 def test_k_times_the_work_is_k_times_slower() -> None:
     torch.manual_seed(0)
     one, three = MatmulChain(1), MatmulChain(3)
@@ -134,6 +135,7 @@ def test_k_times_the_work_is_k_times_slower() -> None:
     assert s.reference_calls < s.model_calls  # each block lasts about as long on either side
 
 
+@pytest.mark.slow
 def test_the_interval_narrows_with_more_rounds() -> None:
     model, x = zoo.get("cnn", batch_size=2)
     meter = SpeedupMeter(model, x, TARGET)
@@ -152,6 +154,7 @@ def test_a_tiny_budget_is_flagged_as_not_converged() -> None:
     assert s.rounds >= 3 and s.low <= s.ratio <= s.high
 
 
+@pytest.mark.slow
 def test_a_loose_tolerance_converges_and_stops_early() -> None:
     model, x = zoo.get("cnn", batch_size=2)
     s = measure_speedup(model, model, x, target=TARGET, budget_s=30.0, rel_tol=1.0, block_s=0.005)
@@ -172,6 +175,7 @@ def test_meter_keeps_its_own_reference_and_restores_the_model() -> None:
     assert all(m.training for m in model.modules())
 
 
+@pytest.mark.slow
 def test_the_clock_is_thread_cpu_time_on_one_cpu_thread_and_wall_time_otherwise() -> None:
     model, x = zoo.get("cnn", batch_size=2)
     assert measure_speedup(model, model, x, target=TARGET, budget_s=0.05).clock == "thread"

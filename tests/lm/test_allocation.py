@@ -153,6 +153,7 @@ def test_owl_gives_outlier_heavy_blocks_less_sparsity(lm_task):
     assert max(owl.values()) - min(owl.values()) == pytest.approx(0.16, abs=1e-4)  # 2 * lambda
 
 
+@pytest.mark.slow  # a whole allocation search
 def test_search_allocation_records_references_on_budget(lm_task, tmp_path):
     ctx = AllocationContext(lm_task, "wanda", "block")
     study = search_allocation(lm_task, sparsity=0.6, n_trials=8, seed=0, storage=f"sqlite:///{tmp_path}/lm.db",
@@ -179,6 +180,7 @@ def test_search_allocation_records_references_on_budget(lm_task, tmp_path):
     assert [t.user_attrs["schedule"] for t in again.trials] == [t.user_attrs["schedule"] for t in study.trials]
 
 
+@pytest.mark.slow  # a whole allocation search
 def test_search_refuses_a_changed_setting(lm_task, tmp_path):
     url = f"sqlite:///{tmp_path}/lm.db"
     search_allocation(lm_task, sparsity=0.5, n_trials=2, storage=url, study_name="lm", measure_latency=False)
@@ -188,6 +190,7 @@ def test_search_refuses_a_changed_setting(lm_task, tmp_path):
         search_allocation(lm_task, sparsity=1.2, n_trials=2, storage=url, study_name="lm2")
 
 
+@pytest.mark.slow  # a whole allocation search
 def test_ap_search_runs_the_allocation_search_for_a_perplexity_task(lm_task, tmp_path):
     study = ap.search(lm_task, n_trials=3, storage=f"sqlite:///{tmp_path}/s.db", study_name="s", sparsity=0.5,
                       measure_latency=False)  # fmt: skip
@@ -198,6 +201,7 @@ def test_ap_search_runs_the_allocation_search_for_a_perplexity_task(lm_task, tmp
         ap.search(lm_task, objectives=["accuracy", "latency"], n_trials=1, storage=f"sqlite:///{tmp_path}/t.db")
 
 
+@pytest.mark.slow  # a whole allocation search
 def test_report_of_a_perplexity_study(lm_task, tmp_path):
     from autoprune.report import _lm, write_report
 
@@ -217,6 +221,7 @@ def test_report_of_a_perplexity_study(lm_task, tmp_path):
     assert "Perplexity against sparsity" in page and "Allocations" in page and "Sensitivity per unit" not in page
 
 
+@pytest.mark.slow  # a whole allocation search
 def test_progress_reports_each_trial_once_when_it_ends(lm_task, tmp_path):
     seen: list[tuple[int, str]] = []
     search_allocation(lm_task, sparsity=[0.4, 0.6], n_trials=5, storage=f"sqlite:///{tmp_path}/p.db", study_name="p",

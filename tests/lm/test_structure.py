@@ -16,6 +16,7 @@ import torch
 import autoprune as ap
 from autoprune.decoder import decoder_layout, removal_order, structure_scores
 from autoprune.lm._latency import Decode
+from autoprune.testing.cli import run_cli
 from autoprune.testing.lm import tiny
 
 transformers = pytest.importorskip("transformers")
@@ -77,6 +78,7 @@ def test_distillation_keeps_a_pruned_model_closer_to_the_dense_one(task: ap.Task
     assert kl(distilled) < kl(plain)
 
 
+@pytest.mark.slow  # the module's structural search
 def test_search_records_every_trial_with_both_speedups(study: optuna.Study, task: ap.Task) -> None:
     assert len(study.trials) == 7
     roles = [t.user_attrs.get("role") for t in study.trials]
@@ -99,6 +101,7 @@ def test_search_records_every_trial_with_both_speedups(study: optuna.Study, task
     assert study.directions[1] == optuna.study.StudyDirection.MAXIMIZE
 
 
+@pytest.mark.slow  # the module's structural search
 def test_reapplying_a_trial_reproduces_its_architecture_and_perplexity(study: optuna.Study, task: ap.Task) -> None:
     trial = next(t for t in study.trials if t.user_attrs.get("role") == "uniform-heads-mlp")
     schedule = ap.Schedule.from_json(trial.user_attrs["schedule"])
@@ -115,6 +118,7 @@ def test_reapplying_a_trial_reproduces_its_architecture_and_perplexity(study: op
     assert (sparse.model.layers[0].mlp.up_proj.weight == 0).float().mean().item() == pytest.approx(0.5)
 
 
+@pytest.mark.slow  # the module's structural search
 def test_pick_fastest_and_summary(study: optuna.Study, storage: str) -> None:
     results = ap.load_study("s", storage)
     picked = results.pick(minimize="latency")
@@ -189,8 +193,8 @@ def test_cli_structure_search_apply_reload(tmp_path: Path, task: ap.Task) -> Non
     ],
 )
 def test_cli_refuses_structure_options_where_they_do_not_apply(tmp_path: Path, args: list[str], message: str) -> None:
-    done = _cli("search", "--task", TASK, *args, "--trials", "2", "--storage", f"sqlite:///{tmp_path}/x.db",
-                cwd=tmp_path)  # fmt: skip
+    done = run_cli("search", "--task", TASK, *args, "--trials", "2", "--storage", f"sqlite:///{tmp_path}/x.db",
+                   cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.db").exists() or not optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/x.db")
@@ -202,6 +206,7 @@ def test_cli_refuses_structure_on_an_accuracy_task(tmp_path: Path) -> None:
     assert done.returncode == 2 and "--structure apply to language-model tasks" in done.stderr
 
 
+@pytest.mark.slow  # the module's structural search
 def test_report_plots_every_trial_against_both_speedups(study: optuna.Study, tmp_path: Path) -> None:
     from autoprune.report import report
     from autoprune.report._lm import structure_figures
@@ -235,6 +240,7 @@ def test_structure_with_two_four_keeps_mlp_widths_a_multiple_of_four(task: ap.Ta
         ap.lm.search_structure(task, sparsity=["2x4"])
 
 
+@pytest.mark.slow  # the module's structural search
 def test_local_moves_change_one_choice_of_the_fastest_trial_within_the_limit(study: optuna.Study, storage: str) -> None:
     import random
 

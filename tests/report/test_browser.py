@@ -16,6 +16,7 @@ from tests.report.test_report import make_study
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,  # seconds each: Chromium starts per page
     pytest.mark.skipif(find_chromium() is None, reason="needs Chromium: apt-get install chromium"),
 ]
 

@@ -20,6 +20,7 @@ from autoprune.commands.search import summary_lines
 from autoprune.study import keys as study_keys
 from autoprune.study._progress import progress_bar, trial_line
 from autoprune.study._recommend import TrialRow, front_lines, knee, pick_lines, recommend, trial_lines
+from autoprune.testing.cli import CliRun, run_cli
 
 SCHEDULE = ap.Schedule(layers={"a": ap.LayerPlan("structured", 0.5)}, fine_tune_steps=10)
 BASE = {"accuracy": 99.0, "test_accuracy": 98.0, "latency_ms": 10.0, "dense_bytes": 1_000_000, "sparse_bytes": 1_000_000}
@@ -218,9 +219,8 @@ def test_cli_trials_prints_the_narrow_table_and_recommend_the_search_summary(tmp
     storage = f"sqlite:///{tmp_path}/r.db"
     study = _digits_like(storage)
 
-    def trials(*flags: str) -> subprocess.CompletedProcess[str]:
-        args = [sys.executable, "-m", "autoprune.cli", "trials", "--study", "demo", "--storage", storage, *flags]
-        return subprocess.run(args, capture_output=True, text=True, timeout=300)
+    def trials(*flags: str) -> CliRun:
+        return run_cli("trials", "--study", "demo", "--storage", storage, *flags)
 
     every = trials()
     assert every.returncode == 0, every.stderr

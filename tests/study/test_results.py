@@ -278,17 +278,15 @@ def test_the_front_shows_trials_within_the_noise_of_the_accuracy_limit(tmp_path:
 
 
 def test_cli_trials_pareto_tolerance(tmp_path: Path) -> None:
-    import subprocess
-    import sys
+    from autoprune.testing.cli import CliRun, run_cli
 
     storage = f"sqlite:///{tmp_path}/t.db"
     _tolerance_study(storage, 0.5)
 
-    def trials(*flags: str) -> subprocess.CompletedProcess[str]:
-        args = [sys.executable, "-m", "autoprune.cli", "trials", "--study", "tol-0.5", "--storage", storage, *flags]
-        return subprocess.run(args, capture_output=True, text=True, timeout=300)
+    def trials(*flags: str) -> CliRun:
+        return run_cli("trials", "--study", "tol-0.5", "--storage", storage, *flags)
 
-    def numbers(proc: subprocess.CompletedProcess[str]) -> list[int]:
+    def numbers(proc: CliRun) -> list[int]:
         assert proc.returncode == 0, proc.stderr
         return [int(line.split()[0]) for line in proc.stdout.splitlines()[1:]]
 
@@ -397,10 +395,9 @@ def test_the_accuracy_drop_winner_is_on_the_front(synthetic: StudyResults) -> No
 
 # ---------------------------------------------------------------------------- apply
 @pytest.fixture(scope="module")
-def real(tmp_path_factory: pytest.TempPathFactory, digits_task: ap.Task) -> tuple[StudyResults, dict[str, Any]]:
-    storage = f"sqlite:///{tmp_path_factory.mktemp('real')}/s.db"
-    trials = make_real_study(storage, "real", digits_task)
-    return ap.load_study("real", storage), trials
+def real(real_study: tuple[str, str, dict[str, Any]]) -> tuple[StudyResults, dict[str, Any]]:
+    storage, name, trials = real_study  # tests/conftest.py: make_real_study, once per session
+    return ap.load_study(name, storage), trials
 
 
 # Same machine, same software, same process: fine-tuning is seeded, so the accuracy is
@@ -459,16 +456,14 @@ def test_pick_rule_on_real_study(real: tuple[StudyResults, dict[str, Any]]) -> N
 
 
 def test_cli_trials_shows_the_one_trials_table(synthetic: StudyResults, synthetic_storage: str, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     import pandas as pd
+
+    from autoprune.testing.cli import run_cli
 
     for flag, expected in (([], synthetic.trials_table()), (["--pareto"], synthetic.pareto())):
         csv = tmp_path / "t.csv"
         args = ["trials", "--study", "synthetic", "--storage", synthetic_storage, "--csv", str(csv), *flag]
-        proc = subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True, timeout=300)
-
+        proc = run_cli(*args, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         table = pd.read_csv(csv)
         assert list(table["number"]) == list(expected.index)  # --pareto: the front pareto() gives

@@ -1,12 +1,9 @@
-"""Search: trial counts, objectives, constraints, resume, workers, failures, seeds, CLI."""
+"""Search: trial counts, objectives, constraints, resume, workers, failures, seeds (the CLI:
+tests/cli/test_search.py). Whole searches are marked slow."""
 
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import optuna
@@ -45,11 +42,6 @@ def _cfg(tmp_path: Path, **kw: object) -> SearchConfig:
     return SearchConfig.from_dict(data)
 
 
-@pytest.fixture(scope="module")
-def tiny_task():  # type: ignore[no-untyped-def]
-    return ap.tasks.get("digits", **TINY)
-
-
 def _run(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The trials that ran (repeats end at once, without running, and do not count)."""
     return [t for t in study.trials if t.user_attrs.get("fidelity") != "repeat"]
@@ -59,6 +51,7 @@ def _schedules(study: optuna.Study) -> list[str]:
     return [t.user_attrs["schedule"] for t in sorted(study.trials, key=lambda t: t.number)]
 
 
+@pytest.mark.slow
 def test_trial_count_objectives_and_records(tmp_path: Path, tiny_task: ap.Task) -> None:
     cfg = _cfg(tmp_path, objectives=["accuracy", "latency", "size"])
     study = run_search(cfg, tiny_task)
@@ -112,6 +105,7 @@ def test_trial_count_objectives_and_records(tmp_path: Path, tiny_task: ap.Task) 
     assert study.user_attrs["config"]["trials"] == 6
 
 
+@pytest.mark.slow
 def test_constraints_keep_infeasible_trials_off_the_front(tmp_path: Path, tiny_task: ap.Task) -> None:
     cfg = _cfg(
         tmp_path,
@@ -149,6 +143,7 @@ def test_constraints_keep_infeasible_trials_off_the_front(tmp_path: Path, tiny_t
     assert all(t.user_attrs["feasible"] or t.user_attrs["within_noise"] for t in shown)
 
 
+@pytest.mark.slow
 def test_resume_runs_only_missing_trials(tmp_path: Path, tiny_task: ap.Task) -> None:
     study = run_search(_cfg(tmp_path, trials=3), tiny_task)
     assert len(counted_trials(study)) == 3
@@ -161,6 +156,7 @@ def test_resume_runs_only_missing_trials(tmp_path: Path, tiny_task: ap.Task) -> 
     assert len(_run(study)) == 6  # nothing missing: nothing runs
 
 
+@pytest.mark.slow
 def test_interrupted_trials_do_not_count(tmp_path: Path, tiny_task: ap.Task) -> None:
     study = run_search(_cfg(tmp_path, trials=2), tiny_task)
     # a run killed mid-trial leaves a RUNNING trial behind
@@ -172,6 +168,7 @@ def test_interrupted_trials_do_not_count(tmp_path: Path, tiny_task: ap.Task) -> 
     assert len(counted_trials(study)) == 3
 
 
+@pytest.mark.slow
 def test_two_workers_give_exactly_n_unique_trials(tmp_path: Path) -> None:
     study = ap.search(
         "digits",
@@ -195,6 +192,7 @@ def test_two_workers_give_exactly_n_unique_trials(tmp_path: Path) -> None:
     assert all(t.state == S.COMPLETE or t.user_attrs.get("fidelity") in ("repeat", "screen") for t in study.trials)
 
 
+@pytest.mark.slow
 def test_same_seed_same_schedules(tmp_path: Path, tiny_task: ap.Task) -> None:
     a = run_search(_cfg(tmp_path, study="a", seed=3, sampler="random"), tiny_task)
     b = run_search(_cfg(tmp_path, study="b", seed=3, sampler="random"), tiny_task)
@@ -218,6 +216,7 @@ def test_same_seed_same_schedules(tmp_path: Path, tiny_task: ap.Task) -> None:
 REUSABLE: dict[str, object] = {"latency_budget_s": 0.5, "latency_rel_tol": 0.99, "target": "cpu:threads=1"}
 
 
+@pytest.mark.slow
 def test_same_seed_same_schedules_with_the_default_sampler(tmp_path: Path, tiny_task: ap.Task) -> None:
     # TPE learns from measured latencies, which are noisy; the latency cache shared by the
     # studies of a folder hands the rerun the same latencies, so it suggests the same schedules
@@ -245,6 +244,7 @@ def test_same_seed_same_schedules_with_the_default_sampler(tmp_path: Path, tiny_
     assert custom.is_file()
 
 
+@pytest.mark.slow
 def test_constant_liar_changes_nothing_for_one_worker(
     tmp_path: Path, tiny_task: ap.Task, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -263,6 +263,7 @@ def test_constant_liar_changes_nothing_for_one_worker(
     assert _schedules(liar) == _schedules(honest)
 
 
+@pytest.mark.slow
 def test_a_second_unpruned_trial_is_not_evaluated(tmp_path: Path, tiny_task: ap.Task) -> None:
     # e.g. a heartbeat retry of the unpruned trial whose worker died after publishing the
     # unpruned: it must not measure again and enqueue the uniform references a second time
@@ -280,6 +281,7 @@ def test_a_second_unpruned_trial_is_not_evaluated(tmp_path: Path, tiny_task: ap.
     assert len(counted_trials(study)) == 2
 
 
+@pytest.mark.slow
 def test_failing_trial_is_recorded_and_search_goes_on(tmp_path: Path, tiny_task: ap.Task) -> None:
     calls = {"n": 0}
     real = tiny_task.fine_tune
@@ -334,136 +336,7 @@ def test_bad_config_values(data: dict[str, object], fragment: str) -> None:
     assert "\n" not in str(err.value)
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "autoprune.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-
-
-@pytest.mark.parametrize(
-    "args,fragment",
-    [
-        (["search", "--trials", "0"], "trials = 0"),
-        (["search", "--trials", "x"], "invalid int value"),
-        (["search", "--objectives", "accuracy,colour"], "colour"),
-        (["search", "--sampler", "grid"], "invalid choice"),
-        (["search", "missing.toml"], "missing.toml"),
-        (["search", "--task", "nope"], "unknown task 'nope'"),
-        (["search", "--task", "no_such_module:make"], "cannot import module 'no_such_module'"),
-        (["trials", "--study", "absent", "--storage", "sqlite:///x.db"], "no study database at 'x.db'"),
-        (["frobnicate"], "invalid choice"),
-    ],
-)
-def test_cli_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], fragment: str) -> None:
-    proc = _cli(*args, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert fragment in lines[0]
-    assert "Traceback" not in proc.stderr
-
-
-@pytest.mark.parametrize("args", [["--study", "s"], ["t.toml"]])
-def test_cli_storage_folder_that_is_a_file_is_one_line(tmp_path: Path, args: list[str]) -> None:
-    (tmp_path / "afile").write_text("not a folder")
-    (tmp_path / "t.toml").write_text('task = "digits"\n[task_options]\nwidth = 8\nbatch_size = 16\n')
-    proc = _cli("search", *args, "--storage", "sqlite:///afile/x.db", cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
-    assert "'afile' or a folder above it is a file" in proc.stderr
-
-
-def test_cli_join_never_creates_a_study(tmp_path: Path) -> None:
-    url = "sqlite:///studies/j.db"
-    proc = _cli("search", "--study", "nope", "--storage", url, "--join", "1", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert "study 'nope' does not exist" in proc.stderr and "after waiting 1 s" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/studies/j.db", include_best_trial=False) == []
-    proc = _cli("search", "--join", "5", cwd=tmp_path)
-    assert proc.returncode == 2 and "--join needs --study" in proc.stderr
-
-
-def test_cli_layers_shows_the_preflight_and_the_space(tmp_path: Path, tiny_task: ap.Task) -> None:
-    (tmp_path / "l.toml").write_text('task = "digits"\n[task_options]\nwidth = 8\nbatch_size = 16\n[space]\nsteps = 1\n')
-    proc = _cli("layers", "l.toml", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    layers = ap.prunable_layers(tiny_task.model, tiny_task.example_inputs)
-    for info in layers:
-        row = next(line for line in lines if line.startswith(info.name + " "))
-        assert f" {info.channels} " in row and ",".join(info.methods) in row
-    assert "  classifier.3: its output channels are the model's output" in lines
-    from autoprune.study import paying_space
-
-    # the space the search samples: accuracy and latency on a dense backend leave unstructured out
-    space_cfg, notice = paying_space(SearchConfig.from_dict({"space": {"steps": 1}}))
-    space = SearchSpace(layers, space_cfg)
-    assert lines[-2] == notice
-    assert lines[-1] == (
-        f"search space (layer granularity): {len(space.units)} units, at most {space.dimension} parameters per trial"
-    )
-    proc = _cli("layers", "l.toml", "--sensitivity", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("sensitivity (BatchNorm re-estimated"))
-    rows = [line.split() for line in lines[start + 2 :]]
-    structured = [r for r in rows if r[1] == "structured"]
-    # every structured unit at the three default amounts; the output layer (unstructured only)
-    # is not in the space the search samples, so it is not scanned
-    assert {r[0] for r in structured} == {u.key for u in space.units if u.supports("structured")}
-    assert sorted({float(r[2]) for r in structured}) == [0.25, 0.5, 0.75]
-    assert all(float(r[5]) > 0 for r in structured) and not any(r[0] == "classifier.3" for r in rows)
-    proc = _cli("layers", "--task", "nowhere.module:make", cwd=tmp_path)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "nowhere.module" in proc.stderr
-
-
-def test_cli_bad_toml(tmp_path: Path) -> None:
-    (tmp_path / "bad.toml").write_text("trials = 5\n[space]\nsteps = [3, 1]\n")
-    proc = _cli("search", "bad.toml", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert "space.steps = [3, 1]" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-
-
-def test_cli_search_then_trials(tmp_path: Path) -> None:
-    cfg = textwrap.dedent(
-        """
-        task = "digits"
-        trials = 4
-        study = "cli"
-        latency_budget_s = 0.05
-        reference_amounts = [0.5]
-        report = false
-        sensitivity = false
-        screening = false
-        [task_options]
-        width = 8
-        batch_size = 16
-        [space]
-        fine_tune_steps = [0, 10]
-        steps = [1, 2]
-        """
-    )
-    (tmp_path / "s.toml").write_text(cfg)
-    proc = _cli("search", "s.toml", "--quiet", "--storage", "sqlite:///studies/x.db", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "Pareto front" in proc.stdout
-    saved = json.loads((tmp_path / "studies" / "cli-report" / "config.json").read_text())
-    assert saved["trials"] == 4 and saved["task_options"] == {"width": 8, "batch_size": 16}
-    proc = _cli("trials", "--study", "cli", "--storage", "sqlite:///studies/x.db", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    rows = [line for line in proc.stdout.splitlines()[1:] if line.strip()]
-    assert len(rows) == 5
-    # joining with just --study/--storage reuses the stored config; contradicting it is refused
-    proc = _cli("search", "--study", "cli", "--storage", "sqlite:///studies/x.db", "--quiet", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    proc = _cli(
-        "search", "s.toml", "--storage", "sqlite:///studies/x.db", "--objectives", "accuracy,size", cwd=tmp_path
-    )
-    assert proc.returncode == 2
-    assert "objectives" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-
-
+@pytest.mark.slow
 def test_check_joinable_never_creates_the_study(tmp_path: Path, tiny_task: ap.Task) -> None:
     # The CLI checks a joining run before it prints anything. That check must not create the
     # study: the creator alone enqueues the unpruned reference with it, so workers that start
@@ -517,69 +390,6 @@ def test_storage_without_postgres_driver_says_what_to_install(monkeypatch: pytes
     with pytest.raises(ap.ConfigError) as err:
         driver_url("postgresql://u:secret@h/db")
     assert "pip install psycopg2-binary" in str(err.value) and "secret" not in str(err.value)
-
-
-def test_ctrl_c_leaves_a_resumable_study(tmp_path: Path) -> None:
-    import signal
-    import time
-
-    (tmp_path / "s.toml").write_text(
-        textwrap.dedent(
-            """
-            task = "digits"
-            trials = 6
-            study = "int"
-            latency_budget_s = 0.05
-            reference_amounts = []
-            global_reference_amounts = []
-            report = false
-            sensitivity = false
-            screening = false
-            [task_options]
-            width = 8
-            batch_size = 16
-            [space]
-            steps = [1, 1]
-            fine_tune_steps = [400]
-            """
-        )
-    )
-    url = "sqlite:///studies/i.db"
-    # A shell that starts pytest in the background (nohup cmd &) makes it ignore SIGINT, its
-    # children inherit that, and Python then installs no KeyboardInterrupt handler: the search
-    # would ignore the signal and finish (exit 0). The child gets the default back, as a
-    # terminal's Ctrl-C would find it.
-    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", "s.toml", "--quiet", "--storage", url],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-    def running() -> list[optuna.trial.FrozenTrial]:
-        try:
-            study = optuna.load_study(study_name="int", storage=f"sqlite:///{tmp_path}/studies/i.db")
-        except Exception:  # noqa: BLE001 - not created yet
-            return []
-        return [t for t in study.trials if t.user_attrs.get("role") == ROLE_SEARCH
-                and t.state == optuna.trial.TrialState.RUNNING]
-
-    end = time.monotonic() + 300
-    while not running() and time.monotonic() < end:
-        time.sleep(0.2)
-    assert running(), "no search trial started"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err and "interrupted" in err
-    study = optuna.load_study(study_name="int", storage=f"sqlite:///{tmp_path}/studies/i.db")
-    cut = [t for t in study.trials if t.user_attrs.get("interrupted")]
-    assert len(cut) == 1 and cut[0].state == optuna.trial.TrialState.FAIL
-    # the same command resumes and runs only what is missing
-    done_before = len(counted_trials(study))
-    proc = subprocess.run([sys.executable, "-m", "autoprune.cli", "search", "s.toml", "--quiet", "--storage", url,
-                           "--trials", str(done_before + 1)], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    study = optuna.load_study(study_name="int", storage=f"sqlite:///{tmp_path}/studies/i.db")
-    assert len(counted_trials(study)) == done_before + 1
 
 
 def test_resume_fails_trials_left_running_by_a_stopped_run(tmp_path: Path) -> None:

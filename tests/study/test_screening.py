@@ -36,11 +36,6 @@ from autoprune.study.keys import (
 TINY = {"width": 8, "batch_size": 16}
 
 
-@pytest.fixture(scope="module")
-def tiny_task() -> ap.Task:
-    return ap.tasks.get("digits", **TINY)
-
-
 def _cfg(tmp_path: Path, **kw: object) -> SearchConfig:
     data: dict[str, object] = {
         "task": "digits",
@@ -221,6 +216,7 @@ def _loader_task(distill: tuple[float, float] | None) -> ap.Task:
     return ap.Task.from_loaders(model.eval(), train=loader, val=loader, distill=distill, name="toy")
 
 
+@pytest.mark.slow
 def test_distillation_is_searched_where_the_task_can_distill(tmp_path: Path) -> None:
     space = {"fine_tune_steps": [2], "steps": [1, 1], "distill": [False, True], "round_to": None}
     cfg = SearchConfig.from_dict(
@@ -308,6 +304,7 @@ def test_the_sensitivity_parametrization_needs_the_scan() -> None:
         SearchConfig.from_dict({"sensitivity": False, "space": {"parametrization": "sensitivity"}})
 
 
+@pytest.mark.slow  # a sensitivity scan of latency
 def test_layers_command_shows_the_space_the_search_samples(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from autoprune.cli import main
 
@@ -384,6 +381,7 @@ def test_references_are_refined_where_each_family_turns_infeasible(tmp_path: Pat
     ]
 
 
+@pytest.mark.slow
 def test_refinements_fit_in_the_trial_budget(tmp_path: Path, tiny_task: ap.Task) -> None:
     # 2 uniform references and 2 warm starts count 4 of the 5 trials: room for one refinement
     cfg = _cfg(tmp_path, trials=5, reference_amounts=[0.3, 0.9], warm_start_targets=[0.5, 0.95])
@@ -397,6 +395,7 @@ def test_refinements_fit_in_the_trial_budget(tmp_path: Path, tiny_task: ap.Task)
     assert len(study.user_attrs["references_refined"]) == 1
 
 
+@pytest.mark.slow
 def test_global_references_run_torch_prunings_global_allocation(tmp_path: Path, tiny_task: ap.Task) -> None:
     from autoprune.executor import global_amounts
 
@@ -423,6 +422,7 @@ def test_global_references_run_torch_prunings_global_allocation(tmp_path: Path, 
     assert sum(planned[1].values()) > sum(planned[0].values())
 
 
+@pytest.mark.slow
 def test_references_beyond_the_budget_are_not_enqueued(tmp_path: Path, tiny_task: ap.Task) -> None:
     # 1 uniform, 2 warm starts and 1 global reference for a budget of 3: one of each family
     # in turn, and nothing left waiting for a later search of the study
@@ -433,6 +433,7 @@ def test_references_beyond_the_budget_are_not_enqueued(tmp_path: Path, tiny_task
     assert roles == [ROLE_UNPRUNED, ROLE_UNIFORM, ROLE_WARM, ROLE_GLOBAL]
     assert len(counted_trials(study)) == 3
 
+@pytest.mark.slow
 def test_global_references_can_be_left_out_or_fail_without_stopping_the_search(
     tmp_path: Path, tiny_task: ap.Task, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -527,6 +528,7 @@ def test_screen_window_is_checked(tmp_path: Path, bad: object) -> None:
         _cfg(tmp_path, screen_window=bad)
 
 
+@pytest.mark.slow
 def test_a_search_stops_screening_where_it_does_not_pay(tmp_path: Path, tiny_task: ap.Task) -> None:
     cfg = _cfg(tmp_path, trials=12, screen_window=2, screen_fraction=0.6, constraints={"max_accuracy_drop": 100.0})
     study = run_search(cfg, tiny_task)
@@ -554,6 +556,7 @@ def test_sensitivity_resource_is_checked(tmp_path: Path, bad: object) -> None:
         _cfg(tmp_path, sensitivity_resource=bad)
 
 
+@pytest.mark.slow
 def test_a_macs_ranked_scan_is_not_timed(tmp_path: Path, tiny_task: ap.Task) -> None:
     assert _cfg(tmp_path).sensitivity_resource == "latency"  # the default
     cfg = _cfg(tmp_path, trials=4, sensitivity_resource="macs")

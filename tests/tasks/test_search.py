@@ -38,6 +38,7 @@ def _spy_task(calls: list[str]) -> ap.Task:
     )
 
 
+@pytest.mark.slow  # a whole search
 def test_a_search_records_test_accuracy_but_never_optimises_it(tmp_path: Path) -> None:
     calls: list[str] = []
     study = ap.search(
