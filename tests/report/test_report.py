@@ -1,4 +1,5 @@
-"""The HTML report: the data behind each figure, the page, the CSV, PNG export and the CLI.
+"""The HTML report: the data behind each figure, the page, the CSV and PNG export (the
+command: tests/cli/test_report.py).
 
 Studies are built with Optuna directly, following the contract in autoprune.study.keys, so
 these tests do not depend on the search.
@@ -6,11 +7,9 @@ these tests do not depend on the search.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import random
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -25,7 +24,6 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 import autoprune as ap
-from autoprune.commands import report as report_cmd
 from autoprune.report import (
     _data,
     _first_screen,
@@ -38,6 +36,7 @@ from autoprune.report import (
 )
 from autoprune.study import keys as study_keys
 from autoprune.testing import models as zoo
+from autoprune.testing.cli import run_cli
 
 TASK_SPEC = {"name": "digits", "width": 16, "batch_size": 32}
 OBJECTIVE_SETS = {2: ["accuracy", "latency"], 3: ["accuracy", "latency", "size"]}
@@ -406,66 +405,10 @@ def test_png_export_with_kaleido_and_chromium(tmp_path: Path) -> None:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-# ---------------------------------------------------------------------------- CLI
-def _run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    report_cmd.add_arguments(parser)
-    return report_cmd.run(parser.parse_args(argv))
-
-
-def test_cli_writes_the_report_next_to_the_database(tmp_path: Path, capsys: Any) -> None:
-    storage = f"sqlite:///{tmp_path / 'studies.db'}"
-    make_study(2, 12, storage=storage, name="demo")
-    assert _run_cli(["--study", "demo", "--storage", storage]) == 0
-    assert (tmp_path / "demo-report" / "report.html").is_file()  # where the search writes it
-    assert (tmp_path / "demo-report" / "trials.csv").is_file()
-    assert "report.html" in capsys.readouterr().out
-
-
 def test_default_out_dir() -> None:
     assert default_out_dir("digits") == Path("studies/digits-report")
     assert default_out_dir("x", "sqlite:////data/s.db") == Path("/data/x-report")
     assert default_out_dir("x", "postgresql://u@h/db") == Path("studies/x-report")
-
-
-def test_cli_missing_study_lists_the_studies(tmp_path: Path) -> None:
-    storage = f"sqlite:///{tmp_path / 'studies.db'}"
-    make_study(2, 3, storage=storage, name="alpha")
-    make_study(2, 3, storage=storage, name="beta")
-    with pytest.raises(ap.AutopruneError) as err:
-        ap.load_study("gamma", storage)
-    message = str(err.value)
-    assert "\n" not in message and "'gamma'" in message and "alpha" in message and "beta" in message
-    assert not (tmp_path / "nope.db").exists()
-    with pytest.raises(ap.AutopruneError, match="no study database"):
-        _run_cli(["--study", "x", "--storage", f"sqlite:///{tmp_path / 'nope.db'}", "--out", str(tmp_path / "o")])
-    assert not (tmp_path / "nope.db").exists()  # a mistyped path creates no database
-
-
-def test_cli_main_exits_2_with_one_line(tmp_path: Path, capsys: Any) -> None:
-    from autoprune.cli import main
-
-    storage = f"sqlite:///{tmp_path / 'studies.db'}"
-    make_study(2, 3, storage=storage, name="alpha")
-    assert main(["report", "--study", "gamma", "--storage", storage, "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("autoprune report: error:") and "alpha" in err and "\n" not in err
-
-
-@pytest.mark.slow
-def test_installed_cli_in_a_subprocess(tmp_path: Path) -> None:
-    storage = f"sqlite:///{tmp_path / 'studies.db'}"
-    make_study(2, 12, storage=storage, name="demo")
-    out = tmp_path / "out"
-    ok = subprocess.run(
-        [sys.executable, "-m", "autoprune.cli", "report", "--study", "demo", "--storage", storage, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert ok.returncode == 0, ok.stderr
-    assert (out / "report.html").is_file() and (out / "trials.csv").is_file()
-    assert ok.stderr == ""
 
 
 def test_sensitivity_info_reads_the_scan_stored_with_the_study() -> None:
@@ -623,5 +566,6 @@ def test_first_screen_without_latency_shows_compression_and_the_cli_takes_the_ax
     assert "smallest" in info.pick_labels[info.picks.numbers.index(7)]
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     _front_study(storage=storage)
-    assert _run_cli(["--study", "front", "--storage", storage, "--axis", "latency", "--out", str(tmp_path / "r")]) == 0
+    done = run_cli("report", "--study", "front", "--storage", storage, "--axis", "latency", "--out", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
     assert "latency (ms, lower is better)" in (tmp_path / "r" / "report.html").read_text()

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import math
-import subprocess
-import sys
 import warnings
 from typing import Any
 
@@ -277,33 +275,6 @@ def test_trial_line_counts_and_times(tmp_path: Any) -> None:
     _add(study, 0.37, 5.0, 100_000, role=study_keys.ROLE_GLOBAL, global_amount=0.5)
     line = trial_line(study.get_trials()[0], BASE, done=7, total=40, elapsed_s=83.4)
     assert line == "[ 7/40 1:23] trial 0   global 50%      val drop 0.37  5.00x faster"
-
-
-# ---------------------------------------------------------------------------- end to end
-@pytest.mark.slow
-def test_cli_search_to_a_pipe_prints_one_line_per_trial_then_the_summary(tmp_path: Any) -> None:
-    (tmp_path / "s.toml").write_text(
-        'task = "digits"\ntrials = 4\nstudy = "pipe"\nlatency_budget_s = 0.05\nreference_amounts = [0.5]\n'
-        "report = false\nsensitivity = false\nscreening = false\nneighbour_share = 0\n"
-        "[task_options]\nwidth = 8\nbatch_size = 16\n[space]\nfine_tune_steps = [0, 10]\nsteps = [1, 2]\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-m", "autoprune.cli", "search", "s.toml", "--storage", "sqlite:///s.db"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr
-    progress = [line for line in proc.stderr.splitlines() if line.startswith("[")]
-    assert [line[: len("[1/4")] for line in progress] == ["[1/4", "[2/4", "[3/4", "[4/4"]
-    assert "\r" not in proc.stderr and "trial/s" not in proc.stderr  # no bar redraws
-    out = proc.stdout.splitlines()
-    front = next(i for i, line in enumerate(out) if line.startswith("Pareto front (strict; max_accuracy_drop = 1"))
-    assert out[front + 1].split()[:3] == ["trial", "kind", "val"]
-    assert all(len(line) <= 100 for line in out[front:] if "--storage" not in line and "load_study" not in line)
-    study = optuna.load_study(study_name="pipe", storage=f"sqlite:///{tmp_path}/s.db")
-    assert out[front:front + 2 + len(recommend(study).rows)] == summary_lines(study, "sqlite:///s.db")[:2 + len(
-        recommend(study).rows)]
-    assert any(line.startswith("Recommended (chosen on validation") for line in out)
-    assert out[-1] == "trials:  autoprune trials --study pipe --storage sqlite:///s.db    (every trial; --csv FILE: every column)"
 
 
 def test_wide_trials_tables_narrow_their_columns_before_cutting_a_pick() -> None:

@@ -20,6 +20,7 @@ def _started_at() -> float:
     return time.time()
 
 
+@pytest.mark.slow  # starts worker processes, each importing torch
 def test_worker_start_up_holds_measurements_until_workers_are_ready(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -84,6 +85,7 @@ def _pid_and_threads() -> tuple[int, int]:
     return os.getpid(), torch.get_num_threads()
 
 
+@pytest.mark.slow  # starts worker processes, each importing torch
 def test_run_in_workers_runs_each_call_in_a_warmed_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOPRUNE_LATENCY_LOCK", str(tmp_path / "latency.lock"))
     results = run_in_workers(_pid_and_threads, [(), ()], threads=1, lock=machine_lock())
