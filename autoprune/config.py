@@ -38,11 +38,11 @@ __all__ = [
 DEFAULT_STORAGE = "sqlite:///studies/autoprune.db"
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "qmc", "gp")
 GRANULARITIES = ("layer", "block", "global")
-# What the warm starts spread pruning by: accuracy lost per latency saved (the scan timed on
+# What the sensitivity references spread pruning by: accuracy lost per latency saved (the scan timed on
 # the target; only when latency is an objective) or per MACs saved (no timing)
 SENSITIVITY_RESOURCES = ("latency", "macs")
 # unit: an amount (and method) per unit; sensitivity: a uniform level, blended (spread) toward
-# the sensitivity-greedy allocation that saves the same MACs, plus a small offset per unit
+# the sensitivity allocation that saves the same MACs, plus a small offset per unit
 # (structured only; needs the study's sensitivity scan)
 PARAMETRIZATIONS = ("unit", "sensitivity")
 # Keys that define what a study *is*: what its trials are, how each was measured and how
@@ -223,7 +223,7 @@ class SearchConfig:
     reference_amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9])
     sensitivity: bool = True
     sensitivity_amounts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
-    warm_start_targets: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.9, 0.95])
+    sensitivity_targets: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.9, 0.95])
     global_reference_amounts: list[float] = field(default_factory=list)
     sensitivity_resource: str = "latency"
     reference_refinements: int = 2
@@ -246,7 +246,7 @@ class SearchConfig:
     # ------------------------------------------------------------------ building
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> SearchConfig:
-        data = dict(data)
+        data = _renamed(dict(data), source)
         data.pop("early_reject_margin", None)  # studies made before screening replaced early rejection
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -307,6 +307,7 @@ class SearchConfig:
     def merged(self, **overrides: Any) -> SearchConfig:
         """A copy with the given (non-None) values replaced, validated."""
         data = self.to_dict(mask=False)
+        overrides = _renamed(dict(overrides), "command line")
         for key, value in overrides.items():
             if value is not None:
                 data[key] = value
@@ -375,7 +376,7 @@ class SearchConfig:
             not _num(a) or not 0 < a < 1 for a in self.reference_amounts
         ):
             raise _fail("reference_amounts", self.reference_amounts, "a list of numbers in (0, 1)")
-        for key in ("sensitivity_amounts", "warm_start_targets", "global_reference_amounts"):
+        for key in ("sensitivity_amounts", "sensitivity_targets", "global_reference_amounts"):
             values = getattr(self, key)
             if not isinstance(values, list) or any(not _num(a) or not 0 < a < 1 for a in values):
                 raise _fail(key, values, "a list of numbers in (0, 1)")
@@ -448,6 +449,21 @@ def _check_latency_cache(value: Any) -> None:
     close = difflib.get_close_matches(choice.lower(), LATENCY_CACHES, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise _fail("latency_cache", value, allowed + hint)
+
+
+# Keys renamed since a study could store them: old name -> new name. Both read; not both at once.
+RENAMED_KEYS = {"warm_start_targets": "sensitivity_targets"}
+
+
+def _renamed(data: dict[str, Any], source: str) -> dict[str, Any]:
+    for old, new in RENAMED_KEYS.items():
+        if old in data:
+            if data.get(new) is not None and data.get(old) is not None:
+                raise ConfigError(f"`{old}` is the older name of `{new}`; give `{new}` only (in {source})")
+            value = data.pop(old)
+            if data.get(new) is None:
+                data[new] = value
+    return data
 
 
 def load_toml(path: str | os.PathLike[str]) -> SearchConfig:

@@ -1,7 +1,7 @@
-"""Does a sensitivity warm start beat the uniform reference at the same MACs?
+"""Does a sensitivity reference beat the uniform reference at the same MACs?
 
 For each MACs-reduction target: the uniform structured schedule (the smallest amount on the
-space's grid that reaches the target), and the sensitivity-greedy allocation
+space's grid that reaches the target), and the sensitivity allocation
 (``autoprune.sensitivity.allocate`` with MACs counted for real) at the MACs reduction the
 uniform one reached; both through the SearchSpace's params (exactly what a study would
 enqueue), both fine-tuned with the same standard budget (the space's largest

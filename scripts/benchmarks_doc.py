@@ -38,7 +38,7 @@ ABOUT = {
     "bench_search": "The search against uniform and global sweeps at equal budget, each chosen on validation "
     "and reported on test.",
     "bench_speedup": "Measured CPU speedup of structured pruning against its MACs reduction.",
-    "bench_warmstart": "Sensitivity-greedy warm starts against uniform schedules at equal MACs.",
+    "bench_warmstart": "Sensitivity references against uniform schedules at equal MACs.",
     "bench_workers": "Trials per minute with several worker processes, SQLite and PostgreSQL.",
 }
 

@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 import autoprune as ap
-from autoprune.config import IDENTITY_KEYS, SearchConfig
+from autoprune.config import IDENTITY_KEYS, SearchConfig, load_toml
 from autoprune.study import check_joinable, create_or_join_study, stored_config
 from autoprune.study.keys import ROLE_UNPRUNED
 from autoprune.testing.cli import CliRun, run_cli
@@ -328,3 +328,22 @@ def test_search_refuses_an_optuna_name_and_its_config_name_together(tmp_path: Pa
         ap.search("digits", study_name="a", study="b", storage=storage)
     assert str(err.value) == "`study_name='a'` and `study='b'` name the same setting; give one of them"
     assert not (tmp_path / "db.sqlite").exists()
+
+
+def test_a_renamed_key_still_reads_under_its_old_name(tmp_path: Path) -> None:
+    """``warm_start_targets`` became ``sensitivity_targets``: a TOML file, ``ap.search`` options
+    and a study's stored config with the old name read as the new one; both at once is refused."""
+    old = tmp_path / "old.toml"
+    old.write_text("warm_start_targets = [0.5, 0.8]\n")
+    assert load_toml(old).sensitivity_targets == [0.5, 0.8]
+    assert SearchConfig().merged(warm_start_targets=[0.6]).sensitivity_targets == [0.6]
+    stored = {**SearchConfig().to_dict(), "warm_start_targets": [0.7]}
+    del stored["sensitivity_targets"]
+    assert SearchConfig.from_stored(stored, storage="sqlite:///x.db").sensitivity_targets == [0.7]
+    both = tmp_path / "both.toml"
+    both.write_text("warm_start_targets = [0.5]\nsensitivity_targets = [0.6]\n")
+    with pytest.raises(ap.ConfigError) as err:
+        load_toml(both)
+    assert str(err.value) == (
+        f"`warm_start_targets` is the older name of `sensitivity_targets`; give `sensitivity_targets` only (in {both})"
+    )

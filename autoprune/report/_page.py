@@ -196,7 +196,7 @@ def _accuracy_sections(
     sens = _data._get_sensitivity_info(study)
     sens_fig = _plots._get_sensitivity_plot(sens) if sens.note is None else None
     sens_intro = (
-        "Where pruning costs accuracy: the scan the search starts with. Its warm starts prune first where the "
+        "Where pruning costs accuracy: the scan the search starts with. Its sensitivity references prune first where the "
         "least accuracy is lost per latency saved (each point's hover gives its paired speedup; per MAC saved "
         "when latency is not an objective)."
     )

@@ -17,7 +17,7 @@ it returns become a warm-start trial with :meth:`SearchSpace.params_for`.
 a study can spend the full fine-tune only on promising candidates.
 """
 
-from autoprune.sensitivity._allocate import allocate, allocations, greedy_path, macs_meter, warm_starts
+from autoprune.sensitivity._allocate import allocate, allocations, greedy_path, macs_meter, sensitivity_allocations
 from autoprune.sensitivity._result import RESOURCES, SENSITIVITY_VERSION, Curve, Sensitivity
 from autoprune.sensitivity._scan import pruning_only, scan_sensitivity, schedule_alone
 from autoprune.sensitivity._screen import screen
@@ -33,7 +33,7 @@ __all__ = [
     "scan_sensitivity",
     "schedule_alone",
     "screen",
-    "warm_starts",
+    "sensitivity_allocations",
     "RESOURCES",
     "SENSITIVITY_VERSION",
 ]

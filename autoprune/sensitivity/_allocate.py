@@ -1,4 +1,4 @@
-"""Allocation on a space: warm starts (the sensitivity-greedy allocations as trial params) and
+"""Allocation on a space: the sensitivity allocations at MACs targets as trial params (the study's sensitivity references) and
 real MAC counts for :func:`allocate` (which, reading only a :class:`Sensitivity`, lives with it)."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from autoprune.sensitivity._result import Sensitivity, allocate, allocations, gr
 from autoprune.sensitivity._scan import pruning_only, unit_space
 from autoprune.space import SearchSpace
 
-__all__ = ["allocate", "allocations", "greedy_path", "macs_meter", "warm_starts"]
+__all__ = ["allocate", "allocations", "greedy_path", "macs_meter", "sensitivity_allocations"]
 
 
-def warm_starts(
+def sensitivity_allocations(
     space: SearchSpace,
     sensitivity: Sensitivity,
     targets: Sequence[float] = (0.25, 0.5, 0.75),
@@ -27,7 +27,7 @@ def warm_starts(
     **options: Any,
 ) -> list[dict[str, Any]]:
     """Trial params for ``study.enqueue_trial``, one per target (duplicates dropped): the
-    sensitivity-greedy allocation of each target, capped at the space's units, on its grid.
+    sensitivity allocation of each target, capped at the space's units, on its grid.
 
     Args:
         space: the study's SearchSpace (its units were scanned).

@@ -305,7 +305,7 @@ def allocations(
     targets: Sequence[float] = (0.25, 0.5, 0.75),
     **options: Any,
 ) -> list[dict[str, float]]:
-    """:func:`allocate` for several targets (the warm starts of a study)."""
+    """:func:`allocate` for several targets (a study's sensitivity references)."""
     return [allocate(sensitivity, t, **options) for t in targets]
 
 

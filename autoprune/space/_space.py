@@ -64,7 +64,7 @@ class SearchSpace:
             for info in unit.layers
         )
         self._head_choices: list[bool] = list(config.attention_heads) if reachable else [False]
-        # the sensitivity-greedy path and each step's estimated saving, computed once
+        # the sensitivity path and each step's estimated saving, computed once
         self._path: list[tuple[float, dict[str, float]]] | None = None
         if config.parametrization == "sensitivity":
             self._check_sensitivity()
@@ -186,7 +186,7 @@ class SearchSpace:
         return ask.params
 
     def uniform_params(self, amount: float, *, method: str = "structured") -> dict[str, Any]:
-        """Parameter values of :meth:`uniform_schedule`, to enqueue as a warm start. Units
+        """Parameter values of :meth:`uniform_schedule`, to enqueue as a reference. Units
         that ``method`` cannot reach (the output layer for structured) say ``none``;
         ``amount=0`` is the unpruned model, with the smallest fine-tuning choice."""
         if amount <= 0:
@@ -263,7 +263,7 @@ class SearchSpace:
         )
 
     def _sample_sensitivity(self, ask: _Ask) -> dict[str, tuple[str, float]]:
-        """``level`` (the uniform amount), ``spread`` (0: uniform, 1: the sensitivity-greedy
+        """``level`` (the uniform amount), ``spread`` (0: uniform, 1: the sensitivity
         allocation that saves the same MACs, in between: a blend) and a per-unit offset."""
         c = self.config
         level = ask.floating("level", 0.0, c.max_amount, c.amount_step)
@@ -296,7 +296,7 @@ class SearchSpace:
         return {k: (1.0 - spread) * a + spread * allocated.get(k, 0.0) for k, a in uniform.items()}
 
     def _allocation(self, target: float) -> dict[str, float]:
-        """The first allocation on the sensitivity-greedy path whose estimated saving
+        """The first allocation on the sensitivity path whose estimated saving
         reaches ``target`` (the path and its savings are computed once per space; the
         savings grow along the path, so a bisection finds it)."""
         sens = self.sensitivity

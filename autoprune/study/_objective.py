@@ -217,8 +217,8 @@ class Objective:
         ``latency_rel_tol`` (:func:`cached_speedup`; the cache keeps the narrower of the two).
         The scan runs once per study and is stored in it (``sensitivity``), so resuming or
         joining a study never times it again. A new study with the same seed on this machine
-        gets the same warm starts when every scan timing it reads from the cache met the
-        tolerance; one that did not is timed again, and its warm starts can differ."""
+        gets the same sensitivity references when every scan timing it reads from the cache met the
+        tolerance; one that did not is timed again, and its sensitivity references can differ."""
         budget = self.cfg.latency_budget_s / 2
         return cached_speedup(self.meter, model, self.cache, budget_s=budget, rel_tol=self.cfg.latency_rel_tol).ratio
 

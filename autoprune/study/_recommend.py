@@ -53,11 +53,9 @@ _SIZE_OBJECTIVES = {"size": ("sparse_bytes", "size"), "params": ("nonzero_params
 _SHORT_ROLES = {
     study_keys.ROLE_UNPRUNED: "unpruned",
     study_keys.ROLE_UNIFORM: "uniform",
-    study_keys.ROLE_WARM: "sensitivity",
+    study_keys.ROLE_SENSITIVITY: "sensitivity",
     study_keys.ROLE_GLOBAL: "global",
 }
-_FAMILY_AMOUNT = {study_keys.ROLE_UNIFORM: "uniform_amount", study_keys.ROLE_WARM: "warm_target",
-                  study_keys.ROLE_GLOBAL: "global_amount"}
 
 
 class TrialRow(NamedTuple):
@@ -116,7 +114,8 @@ def _kind(trial: optuna.trial.FrozenTrial) -> str:
     if role == study_keys.ROLE_SEARCH:
         return "local" if "neighbour_of" in trial.user_attrs else "search"
     kind = _SHORT_ROLES.get(role, role)
-    amount = _number(trial.user_attrs.get(_FAMILY_AMOUNT.get(role, ""), math.nan))
+    value = study_keys.reference_value(trial)
+    amount = math.nan if value is None else value
     return f"{kind} {amount:.0%}" if math.isfinite(amount) else kind
 
 

@@ -18,12 +18,12 @@ import optuna
 
 from autoprune import executor  # global_amounts looked up per call (tests replace it)
 from autoprune._stored import UNPRUNED, UNPRUNED_TRIAL, unpruned_metrics
-from autoprune.sensitivity import Sensitivity, macs_meter, scan_sensitivity, warm_starts
+from autoprune.sensitivity import Sensitivity, macs_meter, scan_sensitivity, sensitivity_allocations
 from autoprune.study._setup import SearchSetup
 from autoprune.study.keys import (
     ROLE_GLOBAL,
+    ROLE_SENSITIVITY,
     ROLE_UNIFORM,
-    ROLE_WARM,
     UNPRUNED_METRICS,
 )
 
@@ -39,7 +39,7 @@ __all__ = ["REFERENCE_FAMILIES", "publish_references", "scan_task"]
 _logger = logging.getLogger(__name__)
 
 # The reference families the refinement brackets: role -> the attribute holding its value.
-REFERENCE_FAMILIES = {ROLE_UNIFORM: "uniform_amount", ROLE_WARM: "warm_target", ROLE_GLOBAL: "global_amount"}
+REFERENCE_FAMILIES = {ROLE_UNIFORM: "uniform_amount", ROLE_SENSITIVITY: "sensitivity_target", ROLE_GLOBAL: "global_amount"}
 
 
 def publish_references(
@@ -57,7 +57,7 @@ def publish_references(
     atomic on a server database), so the references are enqueued exactly once. The
     sensitivity scan runs here too, once per study, and is stored with it; with ``speedup``
     (``model -> ratio`` on the study's target) it times every structured point, and the
-    warm starts spread pruning by accuracy lost per latency saved.
+    sensitivity references spread pruning by accuracy lost per latency saved.
     """
     if unpruned_metrics(study):
         return  # a second run of the unpruned trial (a heartbeat retry): references exist
@@ -67,14 +67,14 @@ def publish_references(
         study.set_user_attr("scale_notice", setup.scale_notice)  # readers rebuild the task x100 too
     if setup.space_notice is not None:
         study.set_user_attr("space_notice", setup.space_notice)
-    warm = _warm_starts(study, setup, speedup)  # the scan first: the sensitivity space is built on it
+    by_sensitivity = _sensitivity_references(study, setup, speedup)  # the scan first: the sensitivity space is built on it
     space = setup.search_space(study)
     cfg = setup.cfg
     uniform = [(space.uniform_params(a), {"role": ROLE_UNIFORM, "uniform_amount": a}) for a in cfg.reference_amounts]
-    taken = [p for p, _ in uniform] + [p for _, p in warm]
+    taken = [p for p, _ in uniform] + [p for _, p in by_sensitivity]
     families = [
         uniform,
-        [(params, {"role": ROLE_WARM, "warm_target": target}) for target, params in warm],
+        [(params, {"role": ROLE_SENSITIVITY, "sensitivity_target": target}) for target, params in by_sensitivity],
         [(params, {"role": ROLE_GLOBAL, "global_amount": ratio})
          for ratio, params in _global_references(setup, study, cfg.global_reference_amounts, taken)],
     ]  # fmt: skip
@@ -105,7 +105,7 @@ def scan_task(
     )
 
 
-def _warm_starts(
+def _sensitivity_references(
     study: optuna.Study, setup: SearchSetup, speedup: Callable[[nn.Module], float] | None = None
 ) -> list[tuple[float, dict[str, Any]]]:
     """Scan every unit's sensitivity (pruned alone, BatchNorm re-estimated, no fine-tune;
@@ -121,7 +121,7 @@ def _warm_starts(
     study.set_user_attr("sensitivity", sens.to_dict())
     searched = setup.search_space(study)
     taken = [searched.uniform_params(a) for a in cfg.reference_amounts]
-    return _allocations(setup, study, cfg.warm_start_targets, taken)
+    return _allocations(setup, study, cfg.sensitivity_targets, taken)
 
 
 def _allocations(
@@ -137,7 +137,7 @@ def _allocations(
     measure = macs_meter(task.model, task.example_inputs, space)
     out: list[tuple[float, dict[str, Any]]] = []
     for target in targets:
-        for params in warm_starts(searched, sens, [target], resource=sens.path_resource, measure=measure):
+        for params in sensitivity_allocations(searched, sens, [target], resource=sens.path_resource, measure=measure):
             if params not in taken:
                 taken.append(params)
                 out.append((target, params))

@@ -10,7 +10,7 @@ import optuna
 
 from autoprune.study._references import REFERENCE_FAMILIES, _allocations, _global_references, _in_turn, _Reference
 from autoprune.study._setup import SearchSetup
-from autoprune.study.keys import ROLE_GLOBAL, ROLE_UNIFORM, ROLE_WARM, is_feasible
+from autoprune.study.keys import ROLE_GLOBAL, ROLE_SENSITIVITY, ROLE_UNIFORM, is_feasible, reference_value
 
 __all__ = ["bracket", "refine_references"]
 
@@ -47,8 +47,8 @@ def refine_references(study: optuna.Study, setup: SearchSetup, room: int) -> lis
     """Once every reference has finished, add references where each family crosses the
     study's constraints, and return what was added (once per study; ``[]`` otherwise).
 
-    The uniform references (``reference_amounts``), the sensitivity warm starts
-    (``warm_start_targets``) and the global references (``global_reference_amounts``) are
+    The uniform references (``reference_amounts``), the sensitivity references
+    (``sensitivity_targets``) and the global references (``global_reference_amounts``) are
     three coarse sweeps. Where each turns infeasible lies the fastest schedule it can offer,
     and a grid of 3 or 4 rarely lands on it: this adds
     ``reference_refinements`` evenly spaced values inside that bracket, for each family, at
@@ -67,9 +67,9 @@ def refine_references(study: optuna.Study, setup: SearchSetup, room: int) -> lis
     finished = [t for t in refs if t.state == S.COMPLETE]
     space = setup.search_space(study)
     points = {
-        role: [(float(t.user_attrs[key]), is_feasible(t))
-               for t in finished if t.user_attrs.get("role") == role and key in t.user_attrs]
-        for role, key in REFERENCE_FAMILIES.items()
+        role: [(value, is_feasible(t))
+               for t in finished if t.user_attrs.get("role") == role and (value := reference_value(t)) is not None]
+        for role in REFERENCE_FAMILIES
     }  # fmt: skip
     taken = [dict(t.params) for t in refs]
     families: list[list[_Reference]] = [[], [], []]
@@ -79,9 +79,9 @@ def refine_references(study: optuna.Study, setup: SearchSetup, room: int) -> lis
             taken.append(params)
             families[0].append((params, {"role": ROLE_UNIFORM, "uniform_amount": amount}))
     if "sensitivity" in study.user_attrs:
-        targets = bracket(points[ROLE_WARM], cfg.reference_refinements, 0.01)
+        targets = bracket(points[ROLE_SENSITIVITY], cfg.reference_refinements, 0.01)
         for target, params in _allocations(setup, study, targets, taken):
-            families[1].append((params, {"role": ROLE_WARM, "warm_target": target}))
+            families[1].append((params, {"role": ROLE_SENSITIVITY, "sensitivity_target": target}))
     ratios = bracket(points[ROLE_GLOBAL], cfg.reference_refinements, cfg.space.amount_step)
     for ratio, params in _global_references(setup, study, ratios, taken):
         families[2].append((params, {"role": ROLE_GLOBAL, "global_amount": ratio}))

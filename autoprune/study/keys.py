@@ -21,7 +21,7 @@ Study ``user_attrs``:
     ``config["front_tolerance"]``: points of accuracy within which the front does not tell
         trials apart (:func:`autoprune.study.pareto_front`); absent in older studies (strict front).
     ``references_refined``: the references added where each family turns infeasible
-        (``[{"role", "uniform_amount", "warm_target" or "global_amount"}]``; ``[]`` while
+        (``[{"role", "uniform_amount", "sensitivity_target" or "global_amount"}]``; ``[]`` while
         none were added),
         set once every first reference finished.
     ``sensitivity``: the sensitivity scan (``Sensitivity.to_dict()``), when it ran; its
@@ -30,9 +30,9 @@ Study ``user_attrs``:
 
 Trial ``user_attrs``:
     ``schedule``: the Schedule as JSON; ``schedule_summary``: one line for humans.
-    ``role``: ``ROLE_UNPRUNED``, ``ROLE_UNIFORM``, ``ROLE_WARM``, ``ROLE_GLOBAL`` or
-        ``ROLE_SEARCH``; ``uniform_amount`` (uniform references), ``warm_target`` (the MACs
-        share a warm start saves) and ``global_amount`` (the ratio of Torch-Pruning's global
+    ``role``: ``ROLE_UNPRUNED``, ``ROLE_UNIFORM``, ``ROLE_SENSITIVITY``, ``ROLE_GLOBAL`` or
+        ``ROLE_SEARCH``; ``uniform_amount`` (uniform references), ``sensitivity_target`` (the
+        MACs share a sensitivity reference saves; ``warm_target`` in older studies) and ``global_amount`` (the ratio of Torch-Pruning's global
         pruning whose per-unit amounts a global reference runs); ``refined``: a reference
         added by the refinement.
     ``neighbour_of``: on a search trial of the local search (``neighbour_share``), the number
@@ -103,7 +103,7 @@ __all__ = [
     "ROLE_UNPRUNED",
     "ROLE_UNIFORM",
     "ROLE_SEARCH",
-    "ROLE_WARM",
+    "ROLE_SENSITIVITY",
     "ROLE_GLOBAL",
     "FIDELITY_SCREEN",
     "FIDELITY_FULL",
@@ -113,6 +113,7 @@ __all__ = [
     "constraint_values",
     "is_feasible",
     "is_within_noise",
+    "reference_value",
     "front_tolerance",
     "objective_names",
     "schedule_summary",
@@ -123,7 +124,7 @@ __all__ = [
 ROLE_UNPRUNED = "reference-unpruned"
 ROLE_UNIFORM = "reference-uniform"
 ROLE_SEARCH = "search"
-ROLE_WARM = "reference-sensitivity"  # a sensitivity allocation enqueued as a warm start
+ROLE_SENSITIVITY = "reference-sensitivity"  # a sensitivity reference: the scan's allocation at a MACs target
 ROLE_GLOBAL = "reference-global"  # Torch-Pruning's global magnitude allocation at one ratio
 # How far a trial went: screened only (short fine-tune, ended PRUNED) or the full schedule.
 FIDELITY_SCREEN = "screen"
@@ -209,3 +210,22 @@ def front_tolerance(study: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         return 0.0
     return float(value)
+
+
+# A reference trial's family value (a uniform amount, a MACs target, a global ratio), by role;
+# sensitivity references stored it as ``warm_target`` before they had their name.
+REFERENCE_VALUE_KEYS = {
+    ROLE_UNIFORM: ("uniform_amount",),
+    ROLE_SENSITIVITY: ("sensitivity_target", "warm_target"),
+    ROLE_GLOBAL: ("global_amount",),
+}
+
+
+def reference_value(trial: Any) -> float | None:
+    """The value a reference trial's family varies (``uniform_amount``, ``sensitivity_target``
+    or ``global_amount``), or None for other trials."""
+    for key in REFERENCE_VALUE_KEYS.get(trial_role(trial), ()):
+        value = trial.user_attrs.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None

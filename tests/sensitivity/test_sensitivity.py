@@ -25,7 +25,7 @@ from autoprune.sensitivity import (
     scan_sensitivity,
     schedule_alone,
     screen,
-    warm_starts,
+    sensitivity_allocations,
 )
 from autoprune.space import SearchSpace
 
@@ -292,7 +292,7 @@ def test_measured_allocation_reaches_the_real_macs_target(
 
 def test_warm_starts_are_enqueue_ready(scanned: tuple[SearchSpace, Sensitivity, dict[str, int]]) -> None:
     space, sens, _ = scanned
-    starts = warm_starts(space, sens, (0.25, 0.5, 0.75, 0.75))
+    starts = sensitivity_allocations(space, sens, (0.25, 0.5, 0.75, 0.75))
     assert len(starts) == 3  # the repeated target gives the same params once
     study = optuna.create_study()
     macs = []
@@ -307,7 +307,7 @@ def test_warm_starts_are_enqueue_ready(scanned: tuple[SearchSpace, Sensitivity, 
         macs.append(sens.saved_fraction(amounts))
         study.tell(trial, 0.0)
     assert macs[0] >= 0.25 and macs[1] >= 0.5 and macs[2] >= 0.75 and macs == sorted(macs)
-    cheap = warm_starts(space, sens, (0.5,), fine_tune_steps=25)
+    cheap = sensitivity_allocations(space, sens, (0.5,), fine_tune_steps=25)
     assert cheap[0]["fine_tune_steps"] == 25
 
 

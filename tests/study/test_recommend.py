@@ -286,3 +286,19 @@ def test_wide_trials_tables_narrow_their_columns_before_cutting_a_pick() -> None
     assert lines[2].endswith(" fastest")
     assert lines[1].split() == ["32", "sensitivity", "50%", "infeasible", "23.33", "22.44", "12.74x", "(12.23-13.41)",
                                 "13", "kB", "(89.5x)"]
+
+
+def test_reference_value_reads_each_family_and_the_older_sensitivity_name() -> None:
+    """The value a reference family varies, by role; sensitivity references stored it as
+    ``warm_target`` before they had their name, and both read the same."""
+    from autoprune.study.keys import ROLE_GLOBAL, ROLE_SEARCH, ROLE_SENSITIVITY, ROLE_UNIFORM, reference_value
+
+    def trial(role: str, **attrs: object) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(values=[1.0], user_attrs={"role": role, **attrs})
+
+    assert reference_value(trial(ROLE_UNIFORM, uniform_amount=0.5)) == 0.5
+    assert reference_value(trial(ROLE_SENSITIVITY, sensitivity_target=0.75)) == 0.75
+    assert reference_value(trial(ROLE_SENSITIVITY, warm_target=0.9)) == 0.9
+    assert reference_value(trial(ROLE_GLOBAL, global_amount=0.3)) == 0.3
+    assert reference_value(trial(ROLE_SEARCH, uniform_amount=0.5)) is None
+    assert reference_value(trial(ROLE_UNIFORM)) is None

@@ -269,7 +269,7 @@ def test_a_second_unpruned_trial_is_not_evaluated(tmp_path: Path, tiny_task: ap.
     # unpruned: it must not measure again and enqueue the uniform references a second time
     cfg = _cfg(tmp_path, study="dup", trials=1)
     study = run_search(cfg, tiny_task)
-    assert study.user_attrs["unpruned_trial"] == 0 and "unpruned" not in study.user_attrs
+    assert study.user_attrs["unpruned_trial"] == 0 and "baseline" not in study.user_attrs  # the older name is not written
     space = SearchSpace(ap.prunable_layers(tiny_task.model, tiny_task.example_inputs), cfg.space)
     study.enqueue_trial(space.uniform_params(0.0), user_attrs={"role": ROLE_UNPRUNED})
     study = run_search(cfg.merged(trials=2), tiny_task)

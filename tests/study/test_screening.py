@@ -14,7 +14,7 @@ import pytest
 import autoprune as ap
 from autoprune._lock import machine_lock
 from autoprune.config import SearchConfig
-from autoprune.sensitivity import Sensitivity, macs_meter, warm_starts
+from autoprune.sensitivity import Sensitivity, macs_meter, sensitivity_allocations
 from autoprune.study import counted_trials, run_search, sure_speedup
 from autoprune.study._neighbours import NEIGHBOUR_OF, WINDOW, incumbents, neighbour_amounts, stalled
 from autoprune.study._objective import SearchSetup
@@ -27,9 +27,9 @@ from autoprune.study.keys import (
     FIDELITY_SCREEN,
     ROLE_GLOBAL,
     ROLE_SEARCH,
+    ROLE_SENSITIVITY,
     ROLE_UNIFORM,
     ROLE_UNPRUNED,
-    ROLE_WARM,
     is_feasible,
 )
 
@@ -45,7 +45,7 @@ def _cfg(tmp_path: Path, **kw: object) -> SearchConfig:
         "study": "t",
         "latency_budget_s": 0.05,
         "reference_amounts": [0.5],
-        "warm_start_targets": [0.4, 0.8],
+        "sensitivity_targets": [0.4, 0.8],
         "global_reference_amounts": [],
         "report": False,
         "space": {"fine_tune_steps": [10], "steps": [1, 2]},
@@ -134,18 +134,18 @@ def test_scan_warm_starts_and_screening_in_a_search(tmp_path: Path, tiny_task: a
     assert structured and all(len(c["speedups"]) == len(c["amounts"]) and min(c["speedups"]) > 0 for c in structured)
     scan = Sensitivity.from_dict(sens)
     assert scan.path_resource == "latency"
-    warm = [t for t in sorted(study.trials, key=lambda t: t.number) if t.user_attrs.get("role") == ROLE_WARM]
+    warm = [t for t in sorted(study.trials, key=lambda t: t.number) if t.user_attrs.get("role") == ROLE_SENSITIVITY]
     cfg = _cfg(tmp_path, trials=10, sensitivity_resource="latency")
     searched = SearchSetup.build(tiny_task, cfg, machine_lock()).search_space(study)
     meter = macs_meter(tiny_task.model, tiny_task.example_inputs, searched)
     first = [t for t in warm if not t.user_attrs.get("refined")]
     assert first
     for t in first:
-        expected = warm_starts(searched, scan, [t.user_attrs["warm_target"]], resource="latency", measure=meter)
+        expected = sensitivity_allocations(searched, scan, [t.user_attrs["sensitivity_target"]], resource="latency", measure=meter)
         assert t.params == expected[0]
     roles = [t.user_attrs.get("role") for t in sorted(study.trials, key=lambda t: t.number)]
     assert roles[0] == ROLE_UNPRUNED and roles[1] == ROLE_UNIFORM
-    assert ROLE_WARM in roles[2:4]
+    assert ROLE_SENSITIVITY in roles[2:4]
     S = optuna.trial.TrialState
     # digits has a test split: each full trial's model scored on it, the unpruned one as is
     unpruned = study.user_attrs["unpruned"]
@@ -293,7 +293,7 @@ def test_a_search_in_the_sensitivity_parametrization(tmp_path: Path, tiny_task: 
     assert uniform.params["level"] == 0.5 and uniform.params["spread"] == 0.0
     schedule = ap.Schedule.from_json(uniform.user_attrs["schedule"])
     assert {p.amount for p in schedule.layers.values()} == {0.5}  # exactly the uniform schedule
-    assert all(t.params["spread"] > 0 for t in by_role[ROLE_WARM])
+    assert all(t.params["spread"] > 0 for t in by_role[ROLE_SENSITIVITY])
     for t in study.trials:
         if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("role") != ROLE_UNPRUNED:
             assert set(t.params) >= {"level", "spread"}
@@ -346,14 +346,14 @@ def test_bracket_lands_between_the_last_feasible_and_the_first_infeasible_value(
 
 @pytest.mark.slow
 def test_references_are_refined_where_each_family_turns_infeasible(tmp_path: Path, tiny_task: ap.Task) -> None:
-    cfg = _cfg(tmp_path, trials=15, reference_amounts=[0.3, 0.9], warm_start_targets=[0.5, 0.95],
+    cfg = _cfg(tmp_path, trials=15, reference_amounts=[0.3, 0.9], sensitivity_targets=[0.5, 0.95],
                global_reference_amounts=[0.3, 0.9])  # fmt: skip
     study = run_search(cfg, tiny_task)
     assert len(counted_trials(study)) == 15
     S = optuna.trial.TrialState
     refs = [t for t in study.trials if t.user_attrs.get("role") in REFERENCE_FAMILIES]
     first = [t for t in refs if not t.user_attrs.get("refined")]
-    assert {t.user_attrs["role"] for t in first} == {ROLE_UNIFORM, ROLE_WARM, ROLE_GLOBAL}
+    assert {t.user_attrs["role"] for t in first} == {ROLE_UNIFORM, ROLE_SENSITIVITY, ROLE_GLOBAL}
     refined = [t for t in refs if t.user_attrs.get("refined")]
     assert all(t.state == S.COMPLETE for t in first)
     # The refinements come right after the first references, before any searched trial.
@@ -369,8 +369,8 @@ def test_references_are_refined_where_each_family_turns_infeasible(tmp_path: Pat
         if t.user_attrs["role"] == ROLE_UNIFORM and t.state == S.COMPLETE:
             schedule = ap.Schedule.from_json(t.user_attrs["schedule"])
             assert {p.amount for p in schedule.layers.values()} == {t.user_attrs["uniform_amount"]}
-    warm = [(t.user_attrs["warm_target"], t.user_attrs["feasible"]) for t in first if t.user_attrs["role"] == ROLE_WARM]
-    targets = sorted(t.user_attrs["warm_target"] for t in refined if t.user_attrs["role"] == ROLE_WARM)
+    warm = [(t.user_attrs["sensitivity_target"], t.user_attrs["feasible"]) for t in first if t.user_attrs["role"] == ROLE_SENSITIVITY]
+    targets = sorted(t.user_attrs["sensitivity_target"] for t in refined if t.user_attrs["role"] == ROLE_SENSITIVITY)
     assert set(targets) <= set(bracket(warm, 2, 0.01))  # an allocation that repeats a reference is left out
     ratios = [(t.user_attrs["global_amount"], t.user_attrs["feasible"]) for t in first if t.user_attrs["role"] == ROLE_GLOBAL]
     refined_ratios = sorted(t.user_attrs["global_amount"] for t in refined if t.user_attrs["role"] == ROLE_GLOBAL)
@@ -384,7 +384,7 @@ def test_references_are_refined_where_each_family_turns_infeasible(tmp_path: Pat
 @pytest.mark.slow
 def test_refinements_fit_in_the_trial_budget(tmp_path: Path, tiny_task: ap.Task) -> None:
     # 2 uniform references and 2 warm starts count 4 of the 5 trials: room for one refinement
-    cfg = _cfg(tmp_path, trials=5, reference_amounts=[0.3, 0.9], warm_start_targets=[0.5, 0.95])
+    cfg = _cfg(tmp_path, trials=5, reference_amounts=[0.3, 0.9], sensitivity_targets=[0.5, 0.95])
     study = run_search(cfg, tiny_task)
     S = optuna.trial.TrialState
     assert not [t for t in study.trials if t.state == S.WAITING]  # nothing enqueued is left unrun
@@ -399,7 +399,7 @@ def test_refinements_fit_in_the_trial_budget(tmp_path: Path, tiny_task: ap.Task)
 def test_global_references_run_torch_prunings_global_allocation(tmp_path: Path, tiny_task: ap.Task) -> None:
     from autoprune.executor import global_amounts
 
-    cfg = _cfg(tmp_path, trials=4, reference_amounts=[0.5], warm_start_targets=[], global_reference_amounts=[0.3, 0.6],
+    cfg = _cfg(tmp_path, trials=4, reference_amounts=[0.5], sensitivity_targets=[], global_reference_amounts=[0.3, 0.6],
                reference_refinements=0)  # fmt: skip
     study = run_search(cfg, tiny_task)
     S = optuna.trial.TrialState
@@ -430,14 +430,14 @@ def test_references_beyond_the_budget_are_not_enqueued(tmp_path: Path, tiny_task
     S = optuna.trial.TrialState
     assert not [t for t in study.trials if t.state == S.WAITING]
     roles = [t.user_attrs.get("role") for t in sorted(study.trials, key=lambda t: t.number)]
-    assert roles == [ROLE_UNPRUNED, ROLE_UNIFORM, ROLE_WARM, ROLE_GLOBAL]
+    assert roles == [ROLE_UNPRUNED, ROLE_UNIFORM, ROLE_SENSITIVITY, ROLE_GLOBAL]
     assert len(counted_trials(study)) == 3
 
 @pytest.mark.slow
 def test_global_references_can_be_left_out_or_fail_without_stopping_the_search(
     tmp_path: Path, tiny_task: ap.Task, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cfg = _cfg(tmp_path, trials=3, warm_start_targets=[], reference_refinements=0)  # none by default
+    cfg = _cfg(tmp_path, trials=3, sensitivity_targets=[], reference_refinements=0)  # none by default
     study = run_search(cfg, tiny_task)
     assert not [t for t in study.trials if t.user_attrs.get("role") == ROLE_GLOBAL]
 
@@ -445,7 +445,7 @@ def test_global_references_can_be_left_out_or_fail_without_stopping_the_search(
         raise RuntimeError("no global ranking for this graph")
 
     monkeypatch.setattr("autoprune.executor.global_amounts", broken)
-    cfg = _cfg(tmp_path, study="v", trials=3, warm_start_targets=[], global_reference_amounts=[0.5],
+    cfg = _cfg(tmp_path, study="v", trials=3, sensitivity_targets=[], global_reference_amounts=[0.5],
                reference_refinements=0)  # fmt: skip
     with caplog.at_level("WARNING"):
         study = run_search(cfg, tiny_task)
@@ -480,7 +480,7 @@ def test_screening_runs_until_its_window_is_full(tmp_path: Path) -> None:
     cfg, study = _cfg(tmp_path, screen_window=4), _pays_study()
     for _ in range(3):
         _ran(study, FIDELITY_FULL)
-    for role in (ROLE_UNIFORM, ROLE_WARM):  # references do not count
+    for role in (ROLE_UNIFORM, ROLE_SENSITIVITY):  # references do not count
         _ran(study, FIDELITY_FULL, role=role)
     _ran(study, FIDELITY_REPEAT)  # nor repeats
     decision = screening_pays(study, cfg)
@@ -565,10 +565,10 @@ def test_a_macs_ranked_scan_is_not_timed(tmp_path: Path, tiny_task: ap.Task) -> 
     assert all(c.speedups is None for c in scan.curves) and scan.path_resource == "macs"
     searched = SearchSetup.build(tiny_task, cfg, machine_lock()).search_space(study)
     meter = macs_meter(tiny_task.model, tiny_task.example_inputs, searched)
-    warm = [t for t in study.trials if t.user_attrs.get("role") == ROLE_WARM and not t.user_attrs.get("refined")]
+    warm = [t for t in study.trials if t.user_attrs.get("role") == ROLE_SENSITIVITY and not t.user_attrs.get("refined")]
     assert warm
     for t in warm:
-        assert t.params == warm_starts(searched, scan, [t.user_attrs["warm_target"]], measure=meter)[0]
+        assert t.params == sensitivity_allocations(searched, scan, [t.user_attrs["sensitivity_target"]], measure=meter)[0]
 
 
 def test_a_global_ratio_that_prunes_nothing_is_not_a_reference(
@@ -596,7 +596,7 @@ def test_a_global_ratio_that_prunes_nothing_is_not_a_reference(
 # ---------------------------------------------------------------------------- the local search (neighbours)
 def _neighbour_cfg(tmp_path: Path, **kw: object) -> SearchConfig:
     # a 10-step fine-tune of a width-8 model: a 5-point limit leaves room for feasible trials
-    options: dict[str, object] = {"trials": 12, "reference_amounts": [0.3, 0.6], "warm_start_targets": [0.5],
+    options: dict[str, object] = {"trials": 12, "reference_amounts": [0.3, 0.6], "sensitivity_targets": [0.5],
                                   "reference_refinements": 0, "constraints": {"max_accuracy_drop": 5.0}}  # fmt: skip
     return _cfg(tmp_path, **{**options, **kw})
 
