@@ -282,7 +282,10 @@ def test_repeated_schedules_are_not_run(tmp_path: Path, tiny_task: ap.Task) -> N
 
 @pytest.mark.slow
 def test_a_search_in_the_sensitivity_parametrization(tmp_path: Path, tiny_task: ap.Task) -> None:
-    cfg = _cfg(tmp_path, trials=8).merged(space={"parametrization": "sensitivity", "fine_tune_steps": [10]})
+    # MACs-ranked sensitivity: the references' allocations do not hang on timings of a loaded machine
+    cfg = _cfg(tmp_path, trials=8, sensitivity_resource="macs").merged(
+        space={"parametrization": "sensitivity", "fine_tune_steps": [10]}
+    )
     study = run_search(cfg, tiny_task)
     assert len(counted_trials(study)) == 8
     by_role: dict[str, list[optuna.trial.FrozenTrial]] = {}
