@@ -305,7 +305,8 @@ def tables(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                f"medians of the per-seed 95% intervals. Val-picked: autoprune's pick(max_accuracy_drop=X); a sweep's fastest "
                f"point within X on validation (none: the unpruned model). 'test drop > X': seeds whose picked point lost "
                f"more than X on test. Equal budget: each sweep point fine-tuned with its share of the search's steps. "
-               f"Minutes: wall clock of the search (autoprune) or of pruning, fine-tuning and scoring a sweep.")
+               f"Minutes: wall clock of the search (autoprune) or of pruning, fine-tuning and scoring a sweep (an equal-budget "
+               f"sweep reuses the default sweep's timings, so its minutes leave timing out).")
     return "\n".join(out)
 
 
@@ -330,7 +331,7 @@ def main() -> None:
                         help="the search's front_tolerance: points of validation accuracy the front does not tell apart")
     parser.add_argument("--sensitivity-resource", choices=["latency", "macs"],
                         default=ap.SearchConfig().sensitivity_resource,
-                        help="the search's sensitivity_resource: what the warm starts spread pruning by")
+                        help="the search's sensitivity_resource: what the sensitivity references spread pruning by")
     parser.add_argument("--global-references", type=float, nargs="*",
                         default=ap.SearchConfig().global_reference_amounts,
                         help="the search's global_reference_amounts (none given: no global references)")
