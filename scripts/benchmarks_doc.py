@@ -35,8 +35,9 @@ ABOUT = {
     "unstructured sparsity, with recovery; paired prefill and decode speedups.",
     "bench_report": "The HTML report of a large synthetic study: time to compute and write it, page size, "
     "load time in headless Chromium.",
-    "bench_search": "The search against uniform and global sweeps at equal budget, each chosen on validation "
-    "and reported on test.",
+    "bench_search": "The search against uniform and global sweeps, at their default budget and at the "
+    "search's (equal) budget; each method's point chosen on validation and reported on test; development "
+    "and held-out tasks in separate tables.",
     "bench_speedup": "Measured CPU speedup of structured pruning against its MACs reduction.",
     "bench_warmstart": "Sensitivity references against uniform schedules at equal MACs.",
     "bench_workers": "Trials per minute with several worker processes, SQLite and PostgreSQL.",
