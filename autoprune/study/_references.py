@@ -21,6 +21,7 @@ from autoprune._stored import UNPRUNED, UNPRUNED_TRIAL, unpruned_metrics
 from autoprune.sensitivity import Sensitivity, macs_meter, scan_sensitivity, sensitivity_allocations
 from autoprune.study._setup import SearchSetup
 from autoprune.study.keys import (
+    REFERENCE_VALUE_KEYS,
     ROLE_GLOBAL,
     ROLE_SENSITIVITY,
     ROLE_UNIFORM,
@@ -39,7 +40,7 @@ __all__ = ["REFERENCE_FAMILIES", "publish_references", "scan_task"]
 _logger = logging.getLogger(__name__)
 
 # The reference families the refinement brackets: role -> the attribute holding its value.
-REFERENCE_FAMILIES = {ROLE_UNIFORM: "uniform_amount", ROLE_SENSITIVITY: "sensitivity_target", ROLE_GLOBAL: "global_amount"}
+REFERENCE_FAMILIES = {role: keys[0] for role, keys in REFERENCE_VALUE_KEYS.items()}  # what each family stores now
 
 
 def publish_references(
