@@ -38,8 +38,8 @@ def tiny_task():  # type: ignore[no-untyped-def]
 def real_study(tmp_path_factory: pytest.TempPathFactory, digits_task):  # type: ignore[no-untyped-def]
     """A study of real pruned digits models, built once for the results and CLI tests:
     ``(storage, study name, {label: (trial number, pruned model, metrics)})`` as
-    ``tests.study.test_results.make_real_study`` returns them. Read it; don't add to it."""
-    from tests.study.test_results import make_real_study
+    ``autoprune.testing.studies.make_real_study`` returns them. Read it; don't add to it."""
+    from autoprune.testing.studies import make_real_study
 
     storage = f"sqlite:///{tmp_path_factory.mktemp('real')}/s.db"
     return storage, "real", make_real_study(storage, "real", digits_task)

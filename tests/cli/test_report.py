@@ -1,6 +1,6 @@
 """``autoprune report``: the page written next to the database, a missing study, exit code 2
 with one line, and the installed command in a subprocess (studies from
-``tests.report.test_report.make_study``)."""
+``autoprune.testing.studies.synthetic_report_study``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 import autoprune as ap
 from autoprune.commands import report as report_cmd
-from tests.report.test_report import make_study
+from autoprune.testing.studies import synthetic_report_study as make_study
 
 
 def _run_cli(argv: list[str]) -> int:

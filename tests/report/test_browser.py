@@ -12,7 +12,7 @@ import torch
 import autoprune as ap
 from autoprune.testing import models as zoo
 from autoprune.testing.browser import find_chromium, load_page
-from tests.report.test_report import make_study
+from autoprune.testing.studies import synthetic_report_study as make_study
 
 pytestmark = [
     pytest.mark.browser,

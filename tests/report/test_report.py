@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import sys
 import warnings
 from pathlib import Path
@@ -20,7 +19,6 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 import autoprune as ap
@@ -37,94 +35,8 @@ from autoprune.report import (
 from autoprune.study import keys as study_keys
 from autoprune.testing import models as zoo
 from autoprune.testing.cli import run_cli
-
-TASK_SPEC = {"name": "digits", "width": 16, "batch_size": 32}
-OBJECTIVE_SETS = {2: ["accuracy", "latency"], 3: ["accuracy", "latency", "size"]}
-METHODS = ("structured", "unstructured", "none")
-
-
-# ---------------------------------------------------------------------------- builders
-def make_study(
-    n_objectives: int = 2,
-    n_trials: int = 40,
-    *,
-    layers: list[ap.LayerInfo] | None = None,
-    task_spec: dict[str, Any] | None = None,
-    storage: str | None = None,
-    name: str = "report-test",
-    seed: int = 0,
-) -> optuna.Study:
-    """A finished study as the search writes it: references, search trials, failures and
-    infeasible trials. Metrics are synthetic: more pruning -> lower accuracy, faster, smaller."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rng = random.Random(seed)
-    objectives = OBJECTIVE_SETS[n_objectives]
-    study = optuna.create_study(
-        study_name=name, storage=storage, directions=[study_keys.DIRECTIONS[o] for o in objectives]
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(objectives)
-    study.set_user_attr("objectives", objectives)
-    if task_spec is not None:
-        study.set_user_attr("task", task_spec)
-    names = [i.name for i in layers] if layers else ["conv1", "conv2", "fc1", "fc2"]
-    methods = {i.name: i.methods for i in layers} if layers else {}
-    max_amount = {i.name: min(i.max_amount, 0.9) for i in layers} if layers else {}
-    study.set_user_attr(
-        "layers", [i.as_dict() for i in layers] if layers else [{"name": n, "params": 100} for n in names]
-    )
-    dists: dict[str, Any] = {}
-    for n in names:
-        dists[f"{n}:method"] = CategoricalDistribution(list(METHODS))
-        dists[f"{n}:amount"] = FloatDistribution(0.0, 0.9)
-    trials = []
-    for i in range(n_trials):
-        role = (
-            study_keys.ROLE_UNPRUNED if i == 0 else study_keys.ROLE_UNIFORM if i in (1, 2) else study_keys.ROLE_SEARCH
-        )
-        plans, params = {}, {}
-        for n in names:
-            allowed = [m for m in METHODS if m == "none" or m in methods.get(n, METHODS)]
-            if role == study_keys.ROLE_SEARCH:
-                method, amount = rng.choice(allowed), round(rng.uniform(0.0, max_amount.get(n, 0.9)), 2)
-            else:
-                method = "structured" if i == 1 and "structured" in allowed else "unstructured"
-                amount = 0.0 if role == study_keys.ROLE_UNPRUNED else 0.5
-            params[f"{n}:method"], params[f"{n}:amount"] = method, amount
-            plans[n] = ap.LayerPlan(method, amount)
-        schedule = ap.Schedule(layers=plans)
-        frac = sum(p.amount for p in schedule.active_layers().values()) / len(names)
-        acc = 98.0 - 30.0 * frac**2 + rng.uniform(-1.0, 1.0)
-        latency = 1.0 - 0.6 * frac + rng.uniform(-0.05, 0.05)
-        size = 80_000 * (1.0 - frac) + rng.uniform(0.0, 1_000.0)
-        values = [acc, latency, size][:n_objectives]
-        drop = 98.0 - acc
-        feasible = role != study_keys.ROLE_SEARCH or drop <= 12.0
-        attrs = {
-            "role": role,
-            "schedule": schedule.to_json(),
-            "schedule_summary": schedule.summary(),
-            "accuracy": acc,
-            "latency_ms": latency,
-            "sparse_bytes": int(size),
-            "macs": 1_000_000,
-            "accuracy_drop": drop,
-            "speedup": 1.0 / latency,
-            "compression": 80_000 / size,
-            "feasible": feasible,
-            "fidelity": "full",
-        }
-        kwargs = {"params": params, "distributions": dists} if role == study_keys.ROLE_SEARCH else {}
-        if role == study_keys.ROLE_SEARCH and i % 9 == 4:
-            trials.append(
-                create_trial(state=TrialState.FAIL, user_attrs={**attrs, "error": "RuntimeError: boom"}, **kwargs)
-            )
-            continue
-        constraints = {"accuracy_drop": drop - 12.0 if role == study_keys.ROLE_SEARCH else -1.0}
-        trials.append(create_trial(values=values, user_attrs=attrs, constraints=constraints, **kwargs))
-    study.add_trials(trials)
-    return study
+from autoprune.testing.studies import OBJECTIVE_SETS, TASK_SPEC
+from autoprune.testing.studies import synthetic_report_study as make_study
 
 
 @pytest.fixture(scope="module")
@@ -418,8 +330,9 @@ def test_sensitivity_info_reads_the_scan_stored_with_the_study() -> None:
 
     model, x = zoo.get("cnn", batch_size=2)
     layers = ap.prunable_layers(model, x)
-    sens = scan_sensitivity(model, x, layers, evaluate=lambda m: float(sum(p.numel() for p in m.parameters())),
-                            amounts=(0.5,))
+    sens = scan_sensitivity(
+        model, x, layers, evaluate=lambda m: float(sum(p.numel() for p in m.parameters())), amounts=(0.5,)
+    )
     study = optuna.create_study(directions=["maximize", "minimize"])
     assert _get_sensitivity_info(study).note == "the study ran no sensitivity scan"
     study.set_user_attr("sensitivity", sens.to_dict())
@@ -452,7 +365,10 @@ def test_the_front_carries_error_bars_from_the_drops_error_and_the_speedups_inte
     study.add_trial(create_trial(values=[99.0, 8.0], user_attrs=plain))
     info = _data._get_pareto_info(study)
     # latency 4.0 ms at 2.0x in [1.6x, 2.5x]: from 4 * 2 / 2.5 = 3.2 to 4 * 2 / 1.6 = 5.0 ms
-    assert info.groups["pareto"].errors == [[(0.5, 0.5), (pytest.approx(0.8), pytest.approx(1.0))], [(0.0, 0.0), (0.0, 0.0)]]
+    assert info.groups["pareto"].errors == [
+        [(0.5, 0.5), (pytest.approx(0.8), pytest.approx(1.0))],
+        [(0.0, 0.0), (0.0, 0.0)],
+    ]
     trace = _scatter_2d(info, 0, 1, showlegend=True)[0]  # the front, sorted by accuracy
     assert list(trace.error_x.array) == [0.5, 0.0] and list(trace.error_x.arrayminus) == [0.5, 0.0]
     assert list(trace.error_y.array) == pytest.approx([1.0, 0.0]) and trace.error_y.visible
@@ -566,6 +482,8 @@ def test_first_screen_without_latency_shows_compression_and_the_cli_takes_the_ax
     assert "smallest" in info.pick_labels[info.picks.numbers.index(7)]
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     _front_study(storage=storage)
-    done = run_cli("report", "--study", "front", "--storage", storage, "--axis", "latency", "--out", str(tmp_path / "r"))
+    done = run_cli(
+        "report", "--study", "front", "--storage", storage, "--axis", "latency", "--out", str(tmp_path / "r")
+    )
     assert done.returncode == 0, done.stderr
     assert "latency (ms, lower is better)" in (tmp_path / "r" / "report.html").read_text()

@@ -1,14 +1,13 @@
 """Results API: load_study, the Pareto table, pick rules, and applying a picked trial.
 
 Studies are built with Optuna directly, following the contract in autoprune.study.keys, so
-these tests do not depend on the search. ``make_real_study`` records metrics measured on
-real pruned digits models (it is also used by the CLI tests).
+these tests do not depend on the search (builders: ``autoprune.testing.studies``; the
+``trials`` command on the same studies: tests/cli/test_trials.py).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,114 +20,14 @@ from autoprune import NoQualifyingTrialError, StudyNotFoundError
 from autoprune.evaluation import count_macs, size_stats
 from autoprune.study import StudyResults, pareto_front
 from autoprune.study import keys as study_keys
-
-TASK_SPEC = {"name": "digits", "width": 16, "batch_size": 32}
-OBJECTIVES = ["accuracy", "latency"]
-
-
-# ---------------------------------------------------------------------------- builders
-def _new_study(storage: str, name: str, unpruned: dict[str, Any]) -> optuna.Study:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=name, storage=storage, directions=[study_keys.DIRECTIONS[o] for o in OBJECTIVES]
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(OBJECTIVES)
-    study.set_user_attr("objectives", OBJECTIVES)
-    study.set_user_attr("task", TASK_SPEC)
-    study.set_user_attr("unpruned", unpruned)
-    return study
-
-
-def _add(
-    study: optuna.Study,
-    schedule: ap.Schedule | None,
-    metrics: dict[str, Any],
-    *,
-    role: str = study_keys.ROLE_SEARCH,
-    constraints: dict[str, float] | None = None,
-    state: optuna.trial.TrialState = optuna.trial.TrialState.COMPLETE,
-    **extra: Any,
-) -> None:
-    base = study.user_attrs["unpruned"]
-    attrs: dict[str, Any] = {"role": role, **metrics, **extra}
-    if schedule is not None:
-        attrs["schedule"] = schedule.to_json()
-        attrs["schedule_summary"] = schedule.summary()
-    if "accuracy" in metrics:
-        attrs["accuracy_drop"] = base["accuracy"] - metrics["accuracy"]
-        attrs["speedup"] = base["latency_ms"] / metrics["latency_ms"]
-        attrs["compression"] = base["dense_bytes"] / metrics["sparse_bytes"]
-    if constraints is not None:
-        attrs["feasible"] = all(v <= 0 for v in constraints.values())
-    complete = state == optuna.trial.TrialState.COMPLETE
-    values = [float(metrics[study_keys.OBJECTIVES[o][0]]) for o in OBJECTIVES] if complete else None
-    study.add_trial(optuna.trial.create_trial(state=state, values=values, user_attrs=attrs, constraints=constraints))
-
-
-def measure(task: ap.Task, schedule: ap.Schedule) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Prune like the search does and record real accuracy, sizes and MACs.
-
-    Latency is a deterministic stand-in (proportional to MACs) so that pick rules on it are
-    exact; measured latency is the evaluator's business, not the results API's.
-    """
-    pruned = ap.apply_schedule(task.model, schedule, example_inputs=task.example_inputs, fine_tune=task.fine_tune)
-    metrics: dict[str, Any] = {"accuracy": task.evaluate(pruned), **size_stats(pruned)}
-    metrics["macs"] = count_macs(pruned, task.example_inputs)
-    metrics["latency_ms"] = metrics["macs"] / 1e5
-    return pruned, metrics
-
-
-def real_schedules(task: ap.Task) -> dict[str, ap.Schedule]:
-    names = [i.name for i in ap.prunable_layers(task.model, task.example_inputs)]
-    assert names[:4] == ["features.0", "features.3", "features.7", "classifier.1"]
-    return {
-        "unpruned": ap.Schedule(),
-        "uniform": ap.uniform_schedule(task.model, task.example_inputs, amount=0.5, fine_tune_steps=10),
-        "mixed": ap.Schedule(
-            layers={
-                "features.3": ap.LayerPlan("structured", 0.5),
-                "classifier.1": ap.LayerPlan("structured", 0.25, norm=2),
-                "classifier.3": ap.LayerPlan("unstructured", 0.5),
-            },
-            steps=2,
-            shape="linear",
-            fine_tune_steps=10,
-        ),
-        "light": ap.Schedule(layers={"features.0": ap.LayerPlan("structured", 0.25)}),
-    }
-
-
-def make_real_study(storage: str, name: str, task: ap.Task) -> dict[str, Any]:
-    """A study of real pruned digits models; returns {label: (trial number, model, metrics)}."""
-    schedules = real_schedules(task)
-    measured = {label: measure(task, s) for label, s in schedules.items()}
-    study = _new_study(storage, name, unpruned=measured["unpruned"][1])
-    out: dict[str, Any] = {}
-    roles = {"unpruned": study_keys.ROLE_UNPRUNED, "uniform": study_keys.ROLE_UNIFORM}
-    for number, (label, schedule) in enumerate(schedules.items()):
-        model, metrics = measured[label]
-        _add(study, schedule, metrics, role=roles.get(label, study_keys.ROLE_SEARCH), constraints={"accuracy_drop": -1})
-        out[label] = (number, model, metrics)
-    # An infeasible trial (same schedule as "light", constraint violated) and a failed one.
-    _add(study, schedules["light"], measured["light"][1], constraints={"accuracy_drop": 3.0})
-    _add(study, None, {}, state=optuna.trial.TrialState.FAIL, error="RuntimeError: boom")
-    return out
-
-
-# Hand-made metrics: (accuracy_drop, latency_ms, sparse_bytes, nonzero_params, macs).
-SYNTHETIC = {
-    0: (0.0, 10.0, 1000, 1000, 5000),  # unpruned
-    1: (0.3, 6.0, 600, 500, 3000),
-    2: (0.8, 4.0, 700, 300, 2500),
-    3: (2.0, 2.0, 200, 100, 1000),
-    4: (0.1, 1.0, 100, 50, 400),  # infeasible: would win every rule
-    5: (5.0, 10.0, 1000, 1000, 5000),  # early-rejected (unpruned size, as the search records)
-    6: None,  # failed
-    7: (0.44, 5.0, 300, 200, 2000),
-    8: (1.0, 7.0, 650, 400, 500),  # off the front (dominated by 1) but the fewest MACs
-}
+from autoprune.testing.studies import (
+    OBJECTIVES,
+    SYNTHETIC,
+    add_trial,
+    new_study,
+    synthetic_results_study,
+    tolerance_study,
+)
 
 
 @pytest.fixture(scope="module")
@@ -138,37 +37,8 @@ def synthetic_storage(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def synthetic(synthetic_storage: str) -> StudyResults:
-    storage = synthetic_storage
-    base = {"accuracy": 99.0, "latency_ms": 10.0, "dense_bytes": 1000, "sparse_bytes": 1000}
-    study = _new_study(storage, "synthetic", base)
-    schedule = ap.Schedule(layers={"features.0": ap.LayerPlan("structured", 0.25)})
-    for number, row in SYNTHETIC.items():
-        if row is None:
-            _add(study, schedule, {}, state=optuna.trial.TrialState.FAIL, error="RuntimeError: boom")
-            continue
-        drop, latency, size, nonzero, macs = row
-        metrics = {
-            "accuracy": 99.0 - drop,
-            "latency_ms": latency,
-            "sparse_bytes": size,
-            "dense_bytes": 1000,
-            "nonzero_params": nonzero,
-            "params": 1000,
-            "macs": macs,
-        }
-        limit = 0.5 if number == 4 else 4.5
-        constraints = {"accuracy_drop": drop - limit}
-        if number == 4:
-            constraints = {"latency_ms": 0.5}  # violated on latency
-        _add(
-            study,
-            ap.Schedule() if number == 0 else schedule,
-            metrics,
-            role=study_keys.ROLE_UNPRUNED if number == 0 else study_keys.ROLE_SEARCH,
-            constraints=constraints,
-            early_rejected=number == 5,
-        )
-    return ap.load_study("synthetic", storage)
+    synthetic_results_study(synthetic_storage)
+    return ap.load_study("synthetic", synthetic_storage)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -193,23 +63,9 @@ def test_missing_database_is_not_created(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- the front
-def _tolerance_study(storage: str, tolerance: float | None) -> optuna.Study:
-    """Validation accuracy ties and near-ties, as on a small split (270 images: 0.37 points each)."""
-    base = {"accuracy": 99.0, "latency_ms": 10.0, "dense_bytes": 1000, "sparse_bytes": 1000}
-    study = _new_study(storage, f"tol-{tolerance}", base)
-    if tolerance is not None:
-        study.set_user_attr("config", {"front_tolerance": tolerance})
-    schedule = ap.Schedule(layers={"features.0": ap.LayerPlan("structured", 0.25)})
-    rows = [(99.0, 10.0), (99.0, 5.0), (98.8, 6.0), (98.0, 7.0), (98.63, 4.0), (99.0, 5.0), (99.9, 1.0)]
-    for number, (acc, latency) in enumerate(rows):
-        metrics = {"accuracy": acc, "latency_ms": latency, "sparse_bytes": 1000, "dense_bytes": 1000}
-        _add(study, schedule, metrics, constraints={"accuracy_drop": -1.0 if number < 6 else 1.0})
-    return study
-
-
 def test_front_tolerance_keeps_trials_the_validation_split_cannot_tell_apart(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/t.db"
-    strict = _tolerance_study(storage, None)  # an older study: no front_tolerance stored
+    strict = tolerance_study(storage, None)  # an older study: no front_tolerance stored
     # 0 (99.0 at 10 ms) ties 1 on accuracy and is slower: off the strict front; so are 2 and 3.
     # 4 (98.63 at 4 ms) is faster than all; 1 and 5 tie exactly (both kept); 6 is infeasible.
     assert [t.number for t in pareto_front(strict)] == [1, 4, 5]
@@ -218,7 +74,7 @@ def test_front_tolerance_keeps_trials_the_validation_split_cannot_tell_apart(tmp
     assert [t.number for t in pareto_front(strict, 0.5)] == [0, 1, 2, 4, 5]
     # 0.2: 2 (0.2 below 1, slower) is beaten too, 0 is not (a tie).
     assert [t.number for t in pareto_front(strict, 0.2)] == [0, 1, 4, 5]
-    noisy = _tolerance_study(storage, 0.5)  # the study's config sets the default
+    noisy = tolerance_study(storage, 0.5)  # the study's config sets the default
     assert study_keys.front_tolerance(noisy) == 0.5
     results = StudyResults(noisy)
     assert sorted(results.pareto().index) == [0, 1, 2, 4, 5]
@@ -231,7 +87,7 @@ def test_front_tolerance_keeps_trials_the_validation_split_cannot_tell_apart(tmp
 def test_a_timing_the_machine_scattered_does_not_hide_a_tight_one(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/t.db"
     base = {"accuracy": 90.0, "latency_ms": 10.0, "dense_bytes": 1000, "sparse_bytes": 1000}
-    study = _new_study(storage, "wide", base)
+    study = new_study(storage, "wide", base)
     study.set_user_attr("config", {"front_tolerance": 0.5})
     schedule = ap.Schedule(layers={"features.0": ap.LayerPlan("structured", 0.25)})
     feasible = {"accuracy_drop": -1.0}
@@ -240,14 +96,14 @@ def test_a_timing_the_machine_scattered_does_not_hide_a_tight_one(tmp_path: Path
     rows = [(89.0, 1.3, 0.03), (89.7, 1.6, 0.875), (89.7, 1.5, 0.02)]
     for acc, speedup, halfwidth in rows:
         metrics = {"accuracy": acc, "latency_ms": 10.0 / speedup, "sparse_bytes": 1000, "dense_bytes": 1000}
-        _add(study, schedule, metrics, constraints=feasible, speedup_low=speedup * (1 - halfwidth))
+        add_trial(study, schedule, metrics, constraints=feasible, speedup_low=speedup * (1 - halfwidth))
     assert [t.number for t in pareto_front(study)] == [1, 2]
     assert [t.number for t in pareto_front(study, 0)] == [1]  # strict: the values alone
-    only = _new_study(storage, "wide-2", base)  # without 2, the scattered 1 does not hide 0
+    only = new_study(storage, "wide-2", base)  # without 2, the scattered 1 does not hide 0
     only.set_user_attr("config", {"front_tolerance": 0.5})
     for acc, speedup, halfwidth in rows[:2]:
         metrics = {"accuracy": acc, "latency_ms": 10.0 / speedup, "sparse_bytes": 1000, "dense_bytes": 1000}
-        _add(only, schedule, metrics, constraints=feasible, speedup_low=speedup * (1 - halfwidth))
+        add_trial(only, schedule, metrics, constraints=feasible, speedup_low=speedup * (1 - halfwidth))
     assert [t.number for t in pareto_front(only)] == [0, 1]
     assert [t.number for t in pareto_front(only, 0)] == [1]
 
@@ -255,7 +111,7 @@ def test_a_timing_the_machine_scattered_does_not_hide_a_tight_one(tmp_path: Path
 def test_the_front_shows_trials_within_the_noise_of_the_accuracy_limit(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/t.db"
     base = {"accuracy": 90.0, "latency_ms": 10.0, "dense_bytes": 1000, "sparse_bytes": 1000}
-    study = _new_study(storage, "noise", base)
+    study = new_study(storage, "noise", base)
     study.set_user_attr("config", {"front_tolerance": 0.5})
     schedule = ap.Schedule(layers={"features.0": ap.LayerPlan("structured", 0.25)})
     # (accuracy, speedup, constraint value, within noise): 0 feasible; 1 over the 1-point
@@ -263,7 +119,9 @@ def test_the_front_shows_trials_within_the_noise_of_the_accuracy_limit(tmp_path:
     rows = [(89.5, 1.5, -0.5, False), (88.7, 2.0, 0.3, True), (86.0, 3.0, 3.0, False)]
     for acc, speedup, excess, within in rows:
         metrics = {"accuracy": acc, "latency_ms": 10.0 / speedup, "sparse_bytes": 1000, "dense_bytes": 1000}
-        _add(study, schedule, metrics, constraints={"accuracy_drop": excess}, within_noise=within, accuracy_drop_se=0.5)
+        add_trial(
+            study, schedule, metrics, constraints={"accuracy_drop": excess}, within_noise=within, accuracy_drop_se=0.5
+        )
     assert [t.number for t in pareto_front(study)] == [0, 1]
     assert [t.number for t in pareto_front(study, 0)] == [0] == [t.number for t in study.best_trials]
     results = StudyResults(study)
@@ -275,28 +133,6 @@ def test_the_front_shows_trials_within_the_noise_of_the_accuracy_limit(tmp_path:
     info = _get_pareto_info(study)
     assert info.groups["pareto"].numbers == [0, 1] and info.groups["infeasible"].numbers == [2]
     assert "within noise" in info.groups["pareto"].hovers[1]
-
-
-def test_cli_trials_pareto_tolerance(tmp_path: Path) -> None:
-    from autoprune.testing.cli import CliRun, run_cli
-
-    storage = f"sqlite:///{tmp_path}/t.db"
-    _tolerance_study(storage, 0.5)
-
-    def trials(*flags: str) -> CliRun:
-        return run_cli("trials", "--study", "tol-0.5", "--storage", storage, *flags)
-
-    def numbers(proc: CliRun) -> list[int]:
-        assert proc.returncode == 0, proc.stderr
-        return [int(line.split()[0]) for line in proc.stdout.splitlines()[1:]]
-
-    assert numbers(trials("--pareto")) == [0, 1, 2, 4, 5]  # the study's front_tolerance
-    assert numbers(trials("--pareto", "--tolerance", "0")) == [1, 4, 5]
-    bad = trials("--pareto", "--tolerance", "-1")
-    assert bad.returncode == 2 and "invalid tolerance '-1'; allowed: a number of points >= 0" in bad.stderr
-    alone = trials("--tolerance", "0.2")
-    assert alone.returncode == 2
-    assert alone.stderr.strip() == "autoprune trials: error: --tolerance 0.2 applies to --pareto only; add --pareto"
 
 
 def test_front_tolerance_is_validated() -> None:
@@ -453,21 +289,6 @@ def test_pick_rule_on_real_study(real: tuple[StudyResults, dict[str, Any]]) -> N
     fewest = min(trials.values(), key=lambda t: (t[2]["macs"], t[0]))
     assert picked.number == fewest[0]
     assert not math.isnan(picked.metrics["speedup"])
-
-
-def test_cli_trials_shows_the_one_trials_table(synthetic: StudyResults, synthetic_storage: str, tmp_path: Path) -> None:
-    import pandas as pd
-
-    from autoprune.testing.cli import run_cli
-
-    for flag, expected in (([], synthetic.trials_table()), (["--pareto"], synthetic.pareto())):
-        csv = tmp_path / "t.csv"
-        args = ["trials", "--study", "synthetic", "--storage", synthetic_storage, "--csv", str(csv), *flag]
-        proc = run_cli(*args, cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        table = pd.read_csv(csv)
-        assert list(table["number"]) == list(expected.index)  # --pareto: the front pareto() gives
-        assert list(table.columns) == ["number", *expected.columns]
 
 
 def test_older_studies_read_the_unpruned_metrics_under_their_old_name(tmp_path: Path) -> None:
