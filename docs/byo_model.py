@@ -2,8 +2,8 @@
 applied, saved and reloaded. Run it from the repository root:
 
     python docs/byo_model.py            # a real search (20 trials)
-    python docs/byo_model.py --small    # the test suite's scale (3 trials; 216 s here with
-                                        # OMP_NUM_THREADS=1 on 2 busy cores)
+    python docs/byo_model.py --small    # the test suite's scale: 3 trials, no scan, short timings
+                                        # (docs/byo_small.toml)
 
 The task comes from ``docs/examples_module.py`` (``Task.from_loaders``); the search runs
 through the command line, which imports the task by its path, as a user would:
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     # 2. Search from the command line (the same as `autoprune search ...` in a shell).
     beside = Path(sys.executable).with_name("autoprune")  # the console script of this environment
     cli = str(beside) if beside.exists() else shutil.which("autoprune") or "autoprune"
-    command = [cli, "search", "--task", factory, "--trials", str(trials)]
+    small = [str(Path(__file__).with_name("byo_small.toml"))] if args.small else []  # shorter timings
+    command = [cli, "search", *small, "--task", factory, "--trials", str(trials)]
     command += ["--storage", storage, "--study", "byo", "--max-accuracy-drop", str(max_drop), "--no-report", "--quiet"]
     subprocess.run(command, check=True)
 

@@ -1,5 +1,9 @@
 """Shared fixtures. Every test writes under tmp_path; trained task models are cached once
-per test session in a temporary folder (never in the user's home)."""
+per test session in a temporary folder (never in the user's home), one folder for all the
+session's workers when pytest-xdist runs them in parallel (``-n``): the file cache takes
+concurrent writers. Each worker runs on a core of its own (CPU affinity, which the processes
+it starts inherit: a search's "every core" target is then one thread) and has its own machine
+lock, so workers never wait on each other (no test asserts a time)."""
 
 from __future__ import annotations
 
@@ -12,8 +16,17 @@ import torch
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cache = tmp_path_factory.mktemp("autoprune-cache")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    # Under xdist every worker's base temp folder sits in the one of the whole run.
+    root = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
+    cache = root / "autoprune-cache"
+    cache.mkdir(exist_ok=True)
     os.environ["AUTOPRUNE_CACHE_DIR"] = str(cache)
+    if worker:
+        os.environ["AUTOPRUNE_LATENCY_LOCK"] = str(tmp_path_factory.getbasetemp() / "latency.lock")
+        if hasattr(os, "sched_setaffinity"):
+            cores = sorted(os.sched_getaffinity(0))
+            os.sched_setaffinity(0, {cores[int(worker.removeprefix("gw")) % len(cores)]})
     torch.set_num_threads(1)  # small test models gain nothing from more; contention costs a lot
     return cache
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
 
+from autoprune._cpus import usable_cpus
 from autoprune._errors import AutopruneError, ConfigError
 from autoprune._lock import MachineLock, machine_lock
 from autoprune.config import DEFAULT_STORAGE, SearchConfig
@@ -128,7 +128,7 @@ def run_search(cfg: SearchConfig, task: Task, *, progress: bool = False) -> optu
             workers = min(cfg.workers, missing)
             shares = [missing // workers + (i < missing % workers) for i in range(workers)]
             data = cfg.to_dict(mask=False)
-            threads = max(1, (os.cpu_count() or 1) // workers)
+            threads = max(1, usable_cpus() // workers)
             calls = [(data, share, i + 1) for i, share in enumerate(shares)]
             run_in_workers(run_worker, calls, threads=threads, lock=lock)
     return study

@@ -9,12 +9,12 @@ imported back here.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field, replace
 
 import optuna
 import torch
 
+from autoprune._cpus import usable_cpus
 from autoprune._errors import AutopruneError, ConfigError
 from autoprune._lock import MachineLock
 from autoprune.config import SearchConfig, SpaceConfig
@@ -126,9 +126,9 @@ def paying_space(cfg: SearchConfig) -> tuple[SpaceConfig, str | None]:
 
 
 def study_target(cfg: SearchConfig) -> Target:
-    """The target a study times on: ``cfg.target``, on a CPU with every core when it names no
-    thread count."""
+    """The target a study times on: ``cfg.target``, on a CPU with every core this process may
+    use (:func:`~autoprune._cpus.usable_cpus`) when it names no thread count."""
     target = Target.parse(cfg.target)
     if target.threads is None and target.device == "cpu":
-        target = replace(target, threads=os.cpu_count() or 1)
+        target = replace(target, threads=usable_cpus())
     return target

@@ -56,10 +56,10 @@ def test_apply_example_runs_as_written_and_its_cli_line_too(tmp_path: Path) -> N
     # The docstring's command line, from the folder that holds demo.db.
     doc = (DOCS / "apply_example.py").read_text()
     (line,) = [s.strip() for s in doc.splitlines() if s.strip().startswith("autoprune apply ")]
-    cli = subprocess.run(
-        [sys.executable, "-m", "autoprune.cli", *shlex.split(line)[1:]],
-        cwd=workdir, env=_env(), capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    from autoprune.testing.cli import run_cli
+
+    (workdir / "pruned" / "schedule.json").unlink()
+    cli = run_cli(*shlex.split(line)[1:], cwd=workdir)  # in this process: the installed one in tests/cli
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert (workdir / "pruned" / "schedule.json").is_file()
 
@@ -199,6 +199,7 @@ def test_cli_page_lines_run_on_a_small_digits_study(tmp_path: Path) -> None:
     written, in a folder whose default storage holds a small `digits` study (the `search` lines
     are parsed by tests/docs/test_readme.py; a real search of each would take an hour)."""
     import autoprune as ap
+    from autoprune.testing.cli import run_cli
 
     small = {"width": 16, "batch_size": 32}
     cfg = ap.SearchConfig.from_dict(
@@ -226,11 +227,8 @@ def test_cli_page_lines_run_on_a_small_digits_study(tmp_path: Path) -> None:
             if line.startswith("autoprune ") and line.split()[1] in CLI_RUN and line not in CLI_NOT_RUN:
                 lines.append(line)
     assert {line.split()[1] for line in lines} == set(CLI_RUN) and len(lines) >= 10
-    for line in lines:
-        done = subprocess.run(
-            [sys.executable, "-m", "autoprune.cli", *shlex.split(line)[1:]],
-            cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1800,
-        )  # fmt: skip
+    for line in lines:  # in this process (the installed command: tests/cli/test_search.py)
+        done = run_cli(*shlex.split(line)[1:], cwd=tmp_path)
         assert done.returncode == 0, f"{line}: {done.stderr[-2000:]}"
     assert (tmp_path / "trials.csv").is_file() and (tmp_path / "studies" / "digits-report" / "report.html").is_file()
     assert (tmp_path / "pruned" / "schedule.json").is_file() and (tmp_path / "report" / "report.html").is_file()

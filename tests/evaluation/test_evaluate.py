@@ -600,6 +600,7 @@ def test_cache_hit_on_an_identical_architecture_does_not_remeasure(monkeypatch: 
     assert len(calls) == 3 and len(cache) == 3
 
 
+@pytest.mark.slow  # 200 SQLite writes from four threads that wait on each other (seconds)
 def test_file_cache_is_shared_and_safe_under_concurrent_writers(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "latency.sqlite"
     writers = [LatencyCache(path) for _ in range(4)]

@@ -75,12 +75,15 @@ def test_lists_name_the_groups(bench_tasks: ModuleType) -> None:
 @pytest.mark.parametrize("name", ["tabular", "textures"])
 def test_held_out_task_trains_well_above_chance(bench_tasks: ModuleType, monkeypatch: pytest.MonkeyPatch,
                                                 name: str) -> None:
-    # 1-2 minutes each on one thread: the real training (cached in the test's own cache folder).
+    # The real training, shortened to a tenth of its steps (the whole: 1-2 minutes each on one
+    # thread; the benchmark's results record what it reaches, val 91.95% / 90.5%).
     monkeypatch.chdir(ROOT)
+    steps = {"tabular": "_TABULAR_STEPS", "textures": "_TEXTURE_STEPS"}[name]
+    monkeypatch.setattr(bench_tasks, steps, getattr(bench_tasks, steps) // 10)
     task = ap.tasks.get(f"scripts.bench_tasks:{name}")
     assert task.test is not None
     val, test = task.evaluate(task.model), task.test(task.model)
-    assert val > 75.0 and test > 75.0, (val, test)  # chance is 10%
+    assert val > 60.0 and test > 60.0, (val, test)  # chance is 10%; the whole training reaches 88-92%
     assert abs(val - test) < 5.0
     rebuilt = ap.tasks.from_spec(task.spec)  # the way a study reloads it; the cache gives the same weights
     for a, b in zip(rebuilt.model.state_dict().values(), task.model.state_dict().values(), strict=True):
