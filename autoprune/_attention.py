@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -55,12 +56,13 @@ _TOKEN_PARAM = re.compile(
 
 
 def conv1d_type() -> type[nn.Module] | None:
-    """transformers' ``Conv1D`` (GPT-2's linear layer, weight ``(in, out)``), if installed."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except Exception:  # noqa: BLE001 - transformers is optional; any import failure means "absent"
-        return None
-    return Conv1D  # type: ignore[no-any-return]
+    """transformers' ``Conv1D`` (GPT-2's linear layer, weight ``(in, out)``), if loaded.
+
+    Read from ``sys.modules`` instead of imported: a model that holds a ``Conv1D`` has loaded
+    its module already, and importing transformers for a model without one costs seconds."""
+    module = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(module, "Conv1D", None)
+    return conv1d if isinstance(conv1d, type) else None
 
 
 def projection_width(module: nn.Module) -> int:

@@ -131,7 +131,8 @@ def test_joiner_started_first_waits_for_the_study(tmp_path: Path, postgres_url: 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_sigkilled_worker_trial_is_retried(tmp_path: Path, postgres_url: str) -> None:
-    (tmp_path / "k.toml").write_text(CONFIG.format(ft=4000))
+    # 1500 fine-tune steps (5-10 s a trial here): long enough to be killed while it runs
+    (tmp_path / "k.toml").write_text(CONFIG.format(ft=1500))
     args = ["k.toml", "--study", "kill", "--storage", postgres_url, "--heartbeat", "1"]
     victim = _worker(tmp_path, *args, "--worker-trials", "5")
 
