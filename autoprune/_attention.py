@@ -31,6 +31,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from autoprune._tp import torch_pruning
+
 __all__ = [
     "HeadLayout",
     "conv1d_type",
@@ -223,7 +225,7 @@ def customized_pruners(model: nn.Module) -> dict[Any, Any]:
 def _conv1d_pruner() -> Any:
     """A Torch-Pruning pruner for transformers' ``Conv1D`` (built on first use: Torch-Pruning
     is imported only when something is pruned)."""
-    import torch_pruning as tp
+    tp = torch_pruning()
 
     class Conv1DPruner(tp.pruner.function.BasePruningFunc):  # type: ignore[misc, name-defined]
         def prune_out_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:

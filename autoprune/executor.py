@@ -20,6 +20,7 @@ from torch.nn.utils import prune
 
 from autoprune import _attention
 from autoprune._errors import ScheduleError
+from autoprune._tp import torch_pruning
 from autoprune.oneshot import make_permanent
 from autoprune.preflight import LayerInfo, ModelAnalysis, analyse, root_types, tracer_options
 from autoprune.schedule import LayerPlan, Schedule, step_amounts
@@ -97,7 +98,7 @@ class _PerLayerImportance:
     """Magnitude importance whose norm follows each group's LayerPlan."""
 
     def __init__(self, kind: str, norms: dict[nn.Module, int]) -> None:
-        import torch_pruning as tp
+        tp = torch_pruning()
 
         self.norms = norms
         self.kind = kind
@@ -201,7 +202,7 @@ def _meta_prune(
     """One Torch-Pruning pass: per-group width ratios, or whole heads with ``head_ratios``;
     with ``global_ratio = (ratio, max ratio)``, Torch-Pruning's global pruning of every group
     not ignored instead (``ratios`` unused)."""
-    import torch_pruning as tp
+    tp = torch_pruning()
 
     num_heads: dict[nn.Module, int] = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     num_heads.update(_attention.num_heads_map(layouts))
@@ -310,7 +311,7 @@ def _prune_heads(
     input). Removing those channels from the coupled group removes head ``h`` from every
     attention layer of the group; the heads with the smallest summed channel importance go.
     """
-    import torch_pruning as tp
+    tp = torch_pruning()
 
     root = model.get_submodule(name)
     was_training = model.training

@@ -24,6 +24,7 @@ from torch import nn
 from autoprune import _attention
 from autoprune._errors import PreflightError
 from autoprune._inputs import call_model, select_output
+from autoprune._tp import torch_pruning
 
 __all__ = ["LayerInfo", "ModelAnalysis", "analyse", "ROOT_TYPES"]
 
@@ -137,6 +138,7 @@ def tracer_options(model: nn.Module, output: str | int | None = None) -> dict[st
     names the scored one, which must exist (checked by :func:`check_runs`). Class and
     position tokens get their width dimension named; GPT-2's ``Conv1D`` gets a pruner.
     """
+    torch_pruning()  # imported by the one helper first
     from torch_pruning._helpers import UnwrappedParameters
 
     params = dict(model.named_parameters())
@@ -194,7 +196,7 @@ def check_runs(model: nn.Module, example_inputs: Any, output: str | int | None =
 def build_graph(model: nn.Module, example_inputs: Any, output: str | int | None = None) -> Any:
     """Trace ``model`` with Torch-Pruning (after :func:`check_runs`), turning any failure into a
     PreflightError."""
-    import torch_pruning as tp
+    tp = torch_pruning()
 
     try:
         with torch.enable_grad(), warnings.catch_warnings(), _attention.per_head_parameters_frozen(model):
@@ -317,6 +319,7 @@ def _functional_layers(
 
 def _group_entry(trace: _Trace, group: Any) -> LayerInfo | None:
     """The entry of one Torch-Pruning group (None when its root is not a named layer)."""
+    torch_pruning()  # imported by the one helper first
     from torch_pruning import ops
 
     model, graph, layouts, covered = trace.model, trace.graph, trace.layouts, trace.covered

@@ -19,4 +19,4 @@ fi
 python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
 python -m ruff check autoprune tests scripts
 python -m mypy autoprune
-python -m pytest -q -n auto "$@"  # pytest-xdist: a worker per core (tests/conftest.py)
+python -m pytest -q -n auto --dist loadgroup "$@"  # pytest-xdist: a worker per core (tests/conftest.py); a zoo model's tests on one worker

@@ -30,7 +30,7 @@ PACKAGE = Path(autoprune.__file__).parent
 STAGES: list[tuple[str, tuple[str, ...]]] = [
     # plain data and helpers that import nothing of autoprune's but each other
     ("neutral", ("autoprune._errors", "autoprune._paths", "autoprune._inputs", "autoprune._lock",
-                 "autoprune._attention", "autoprune._stored", "autoprune._cpus", "autoprune.schedule")),  # fmt: skip
+                 "autoprune._attention", "autoprune._stored", "autoprune._cpus", "autoprune._tp", "autoprune.schedule")),  # fmt: skip
     ("tasks", ("autoprune.tasks",)),  # the model, its data and how it is judged (perplexity tasks too)
     ("preflight", ("autoprune.preflight",)),  # the dependency graph: prunable groups, read only
     ("executor", ("autoprune.oneshot", "autoprune.decoder", "autoprune.untraced", "autoprune.executor", "autoprune.prunable")),  # surgery; its check

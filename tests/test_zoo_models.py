@@ -249,7 +249,12 @@ def _cut_as_expected(name: str, pruned: nn.Module) -> None:
 
 
 def _params() -> list[Any]:
-    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW or n not in FAST else n for n in MODELS]
+    """Each model's tests in one xdist group (``--dist loadgroup``, scripts/test.sh): one
+    worker computes the model's preflight once (``_infos``) for all three."""
+    return [
+        pytest.param(n, marks=[pytest.mark.xdist_group(f"zoo-{n}"), *([pytest.mark.slow] if n in SLOW or n not in FAST else [])])
+        for n in MODELS
+    ]
 
 
 def _build(name: str) -> tuple[nn.Module, Any]:

@@ -18,7 +18,7 @@ from autoprune._paths import cache_dir
 from autoprune.tasks._base import Task
 from autoprune.tasks._loaders import make_runner
 
-__all__ = ["Splits", "cache_dir", "cached_path", "tensor_task"]
+__all__ = ["Splits", "cache_dir", "cached_data", "cached_path", "tensor_task"]
 
 Splits = dict[str, tuple[torch.Tensor, torch.Tensor]]  # "train" / "val" / "test" -> (inputs, labels)
 
@@ -27,6 +27,32 @@ def cached_path(prefix: str, key: dict[str, Any]) -> Path:
     """The cache file of a trained model: every setting that changes the weights is in ``key``."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir() / f"{prefix}-{digest}.pt"
+
+
+def cached_data(prefix: str, key: dict[str, Any], make: Callable[[], Any]) -> Any:
+    """What ``make()`` returns (tensors, in dicts, tuples and lists), drawn once and kept in the
+    cache beside the trained models, keyed by every setting in ``key``: a built-in task's data
+    then loads in a fraction of a second in every later process, instead of being drawn again
+    (seconds for the shapes images) or read through scikit-learn (a second to import).
+
+    A cache file that cannot be read is drawn again and replaced; a cache folder that cannot
+    be written only costs the saving.
+    """
+    path = cached_path(prefix, key)
+    if path.exists():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - a damaged or foreign file: draw the data again
+            pass
+    data = make()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(data, tmp)
+        os.replace(tmp, path)  # atomic: parallel workers never read half a file
+    except OSError:
+        pass
+    return data
 
 
 def _loader(split: tuple[torch.Tensor, torch.Tensor], batch: int, shuffle: bool) -> DataLoader:

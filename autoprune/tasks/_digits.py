@@ -8,13 +8,14 @@ so later runs start at once.
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
 
 import torch
 from torch import nn
 
 from autoprune.tasks._base import Task
-from autoprune.tasks._builtin import Splits, cache_dir, cached_path, tensor_task
+from autoprune.tasks._builtin import Splits, cache_dir, cached_data, cached_path, tensor_task
 
 __all__ = ["DigitsNet", "make_digits", "digits_splits", "cache_dir"]
 
@@ -53,8 +54,15 @@ def digits_splits(split_seed: int = 0) -> tuple[Splits, dict[str, list[int]]]:
     """The train/validation/test splits (stratified) and the image indices of each.
 
     The split depends on ``split_seed`` only, not on the model's seed, so accuracies of
-    different seeds and studies compare on the same images.
+    different seeds and studies compare on the same images. Read through scikit-learn once,
+    then from the cache (keyed by scikit-learn's version).
     """
+    key = {"split_seed": split_seed, "scikit-learn": importlib.metadata.version("scikit-learn"), "v": 1}
+    splits, index = cached_data(f"digits-data-split{split_seed}", key, lambda: _digits_splits(split_seed))
+    return {k: (x, y) for k, (x, y) in splits.items()}, index
+
+
+def _digits_splits(split_seed: int) -> tuple[Splits, dict[str, list[int]]]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

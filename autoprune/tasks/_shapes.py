@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoprune.tasks._base import Task
-from autoprune.tasks._builtin import Splits, cached_path, tensor_task
+from autoprune.tasks._builtin import Splits, cached_data, cached_path, tensor_task
 
 __all__ = ["CLASSES", "ShapesResNet", "draw_shapes", "shapes_splits", "make_shapes_resnet", "STANDARD_FINE_TUNE_STEPS"]
 
@@ -108,7 +108,13 @@ def draw_shapes(
 
 
 def shapes_splits(split_seed: int = 0) -> Splits:
-    """Train/validation/test images: each split drawn by its own generator stream of ``split_seed``."""
+    """Train/validation/test images: each split drawn by its own generator stream of
+    ``split_seed`` (once; then read from the cache, about 60 MB)."""
+    key = {"split_seed": split_seed, "data": [SPLIT_SIZES, NOISE, SCALE, SIZE], "v": 1}
+    return cached_data(f"shapes-data-split{split_seed}", key, lambda: _draw_splits(split_seed))  # type: ignore[no-any-return]
+
+
+def _draw_splits(split_seed: int) -> Splits:
     streams = np.random.SeedSequence(split_seed).spawn(len(SPLIT_SIZES))
     return {
         name: draw_shapes(count, int(stream.generate_state(1)[0]), noise=NOISE, scale=SCALE)

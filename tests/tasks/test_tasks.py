@@ -68,6 +68,36 @@ def test_digits_is_cached_by_seed(digits_task: ap.Task) -> None:
     assert again.example_inputs.shape == (8, 1, 8, 8)
 
 
+def test_data_is_drawn_once_then_read_from_the_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from autoprune.tasks._builtin import cached_data, cached_path
+    from autoprune.tasks._digits import _digits_splits, digits_splits
+
+    monkeypatch.setenv("AUTOPRUNE_CACHE_DIR", str(tmp_path))
+    calls: list[int] = []
+
+    def make() -> dict[str, tuple[torch.Tensor, list[int]]]:
+        calls.append(1)
+        return {"a": (torch.arange(6.0).reshape(2, 3), [1, 2])}
+
+    first = cached_data("thing", {"k": 1}, make)
+    again = cached_data("thing", {"k": 1}, make)
+    assert len(calls) == 1 and torch.equal(again["a"][0], first["a"][0]) and again["a"][1] == [1, 2]
+    cached_data("thing", {"k": 2}, make)  # another key: drawn again, another file
+    assert len(calls) == 2 and len(list(tmp_path.glob("thing-*.pt"))) == 2
+    path = cached_path("thing", {"k": 1})
+    path.write_bytes(b"not a tensor file")  # damaged: drawn again and replaced
+    assert torch.equal(cached_data("thing", {"k": 1}, make)["a"][0], first["a"][0]) and len(calls) == 3
+    assert torch.load(path, weights_only=True)["a"][1] == [1, 2]
+
+    # The digits splits: read through scikit-learn once, the same tensors from the file after.
+    splits, index = digits_splits()
+    assert len(list(tmp_path.glob("digits-data-split0-*.pt"))) == 1
+    monkeypatch.setattr("autoprune.tasks._digits._digits_splits", lambda seed: pytest.fail("drawn again"))
+    cached, cached_index = digits_splits()
+    assert cached_index == index == _digits_splits(0)[1]
+    assert all(torch.equal(cached[k][0], splits[k][0]) and torch.equal(cached[k][1], splits[k][1]) for k in splits)
+
+
 def test_fresh_model_is_a_new_unpruned_copy(digits_task: ap.Task) -> None:
     fresh = digits_task.fresh_model()
     assert fresh is not digits_task.model
