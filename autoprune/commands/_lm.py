@@ -10,7 +10,7 @@ from autoprune._errors import ConfigError
 from autoprune.config import SearchConfig, mask_url
 from autoprune.tasks import Task
 
-__all__ = ["add_lm_arguments", "check_structure_arguments", "run_lm_search"]
+__all__ = ["add_lm_arguments", "check_structure_arguments", "refuse_accuracy_options", "run_lm_search"]
 
 _DEFAULT_LEVELS = (0.5, 0.6, 0.7)
 
@@ -48,6 +48,16 @@ def check_structure_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--fine-tune-steps must be >= 0, but got {args.fine_tune_steps}")
 
 
+def refuse_accuracy_options(args: argparse.Namespace, task_name: str) -> None:
+    """The accuracy search's options on a perplexity task: refused, saying what to use."""
+    accuracy_only = [o for o in (args.max_accuracy_drop, args.max_latency_ms, args.max_size_bytes) if o is not None]
+    if accuracy_only or args.objectives is not None:
+        raise ConfigError(
+            f"task {task_name!r} scores perplexity (lower is better): use --max-metric-increase R (0.10 is +10%) "
+            "and --sparsity; --objectives and --max-accuracy-drop/--max-latency-ms/--max-size-bytes do not apply"
+        )
+
+
 def _levels(text: str | None) -> list[float]:
     if text is None:
         return list(_DEFAULT_LEVELS)
@@ -66,12 +76,7 @@ def run_lm_search(args: argparse.Namespace, cfg: SearchConfig, task: Task) -> in
     from autoprune.lm._search import search_allocation
     from autoprune.lm._summary import lm_summary_lines
 
-    accuracy_only = [o for o in (args.max_accuracy_drop, args.max_latency_ms, args.max_size_bytes) if o is not None]
-    if accuracy_only or args.objectives is not None:
-        raise ConfigError(
-            f"task {task.name!r} scores perplexity (lower is better): use --max-metric-increase R (0.10 is +10%) "
-            "and --sparsity; --objectives and --max-accuracy-drop/--max-latency-ms/--max-size-bytes do not apply"
-        )
+    refuse_accuracy_options(args, task.name)
     limit = args.max_metric_increase
     if limit is not None and (not math.isfinite(limit) or limit <= 0):
         raise ConfigError(f"--max-metric-increase must be > 0 (0.10 is +10% perplexity), but got {limit}")
@@ -153,7 +158,8 @@ def _run_structure(args: argparse.Namespace, cfg: SearchConfig, task: Task, limi
 
     study = search_structure(task, n_trials=cfg.trials, latency=latency, fine_tune_steps=steps, sparsity=levels,
                              seed=cfg.seed, storage=make_storage(cfg), study_name=cfg.study_name,
-                             max_metric_increase=limit, target=target, progress=progress)  # fmt: skip
+                             max_metric_increase=limit, target=target, budget_s=cfg.latency_budget_s,
+                             progress=progress)  # fmt: skip
     print()
     for line in lm_summary_lines(study, cfg.storage):
         print(line)

@@ -11,8 +11,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from autoprune._errors import ConfigError
-from autoprune.commands._lm import add_lm_arguments, check_structure_arguments, run_lm_search
+from autoprune.commands._lm import add_lm_arguments, check_structure_arguments, refuse_accuracy_options, run_lm_search
 from autoprune.config import DEFAULT_STORAGE, SAMPLERS, SearchConfig, load_toml, mask_url
+from autoprune.tasks import task_metric
 
 if TYPE_CHECKING:
     import optuna
@@ -122,6 +123,16 @@ def summary_lines(study: optuna.Study, storage: str) -> list[str]:
     return [head, *body, "", *pick_lines(rec, storage)]
 
 
+def _refuse_language_model_options(args: argparse.Namespace, task_name: str, metric: str) -> None:
+    lm_only = {"--sparsity": args.sparsity, "--criterion": args.criterion, "--granularity": args.granularity,
+               "--max-metric-increase": args.max_metric_increase, "--structure": args.structure or None,
+               "--latency": args.latency, "--fine-tune-steps": args.fine_tune_steps}  # fmt: skip
+    given = [k for k, v in lm_only.items() if v is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to language-model tasks (e.g. --task tinylm); task {task_name!r} "
+                          f"scores {metric}")  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     import optuna
 
@@ -132,16 +143,17 @@ def run(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.ERROR)
     check_structure_arguments(args)
     cfg = _config_from_args(args)
+    # A built-in task's metric is known before it is built (trained or loaded): options of the
+    # other kind of search are refused at once; a user's task is checked once built.
+    known = task_metric(cfg.task)
+    if known == "perplexity":
+        refuse_accuracy_options(args, cfg.task)
+    elif known is not None:
+        _refuse_language_model_options(args, cfg.task, known)
     task = build_task(cfg)
     if not task.higher_is_better:  # a perplexity task: the allocation search (autoprune.lm)
         return run_lm_search(args, cfg, task)
-    lm_only = {"--sparsity": args.sparsity, "--criterion": args.criterion, "--granularity": args.granularity,
-               "--max-metric-increase": args.max_metric_increase, "--structure": args.structure or None,
-               "--latency": args.latency, "--fine-tune-steps": args.fine_tune_steps}  # fmt: skip
-    given = [k for k, v in lm_only.items() if v is not None]
-    if given:
-        raise ConfigError(f"{', '.join(given)} apply to language-model tasks (e.g. --task tinylm); task {task.name!r} "
-                          "scores accuracy")  # fmt: skip
+    _refuse_language_model_options(args, task.name, task.metric_name)
     check_joinable(cfg)  # refuses a contradicting config before anything is printed
     print(
         f"autoprune search: study {cfg.study_name!r} in {mask_url(cfg.storage)}, task {cfg.task}, "

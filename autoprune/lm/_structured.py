@@ -197,10 +197,10 @@ def search_structure(
     )
     config = {"kind": "structure", "latency": latency, "fine_tune_steps": fine_tune_steps, "distill": distill,
               "heads": heads, "mlp": mlp, "depth": depth, "max_removed": max_removed, "sparsity": levels,
-              "max_metric_increase": max_metric_increase, "target": target}  # fmt: skip
+              "max_metric_increase": max_metric_increase, "target": target, "budget_s": budget_s}  # fmt: skip
     old = study.user_attrs.get("config")
-    if old is not None:
-        changed = [k for k in config if k != "max_metric_increase" and old.get(k) != config[k]]
+    if old is not None:  # a limit and a timing budget may change on resuming; the rest is the study's identity
+        changed = [k for k in config if k not in ("max_metric_increase", "budget_s") and old.get(k) != config[k]]
         if changed:
             k = changed[0]
             raise ConfigError(

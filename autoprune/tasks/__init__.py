@@ -44,25 +44,41 @@ __all__ = [
     "reestimate_batchnorm",
     "register",
     "register_task",
+    "task_metric",
     "task_names",
 ]
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
+_METRICS: dict[str, str] = {}
 
 
-def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
-    """Decorator: register a task factory under ``name`` (then ``get_task(name, **options)``)."""
+def register_task(name: str, *, metric: str | None = None) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+    """Decorator: register a task factory under ``name`` (then ``get_task(name, **options)``).
+
+    ``metric``, if given, is the ``metric_name`` of the tasks it builds ("accuracy",
+    "perplexity"...): known before a task is built, so that options of the other kind of
+    search are refused at once instead of after the model is trained or loaded."""
 
     def deco(factory: Callable[..., Task]) -> Callable[..., Task]:
         _REGISTRY[name] = factory
+        if metric is None:
+            _METRICS.pop(name, None)
+        else:
+            _METRICS[name] = metric
         return factory
 
     return deco
 
 
-register_task("digits")(make_digits)
-register_task("shapes-resnet")(make_shapes_resnet)
-register_task("tinylm")(make_tinylm)
+register_task("digits", metric="accuracy")(make_digits)
+register_task("shapes-resnet", metric="accuracy")(make_shapes_resnet)
+register_task("tinylm", metric="perplexity")(make_tinylm)
+
+
+def task_metric(name: str) -> str | None:
+    """The metric a registered task scores, if it was registered with one; None otherwise
+    (a user factory ``"package.module:factory"`` is known only once built)."""
+    return _METRICS.get(name)
 
 
 def task_names() -> list[str]:

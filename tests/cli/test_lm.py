@@ -91,15 +91,25 @@ def test_pick_by_metric_increase(searched):
         results.pick(max_metric_increase=-0.5)
 
 
-@pytest.mark.slow  # builds and trains the language-model task first (tens of seconds)
-def test_accuracy_options_on_a_language_model_exit_2(tmp_path):
+@pytest.mark.slow  # builds the language-model task first (a user's factory: its metric is known once built)
+def test_accuracy_options_on_a_language_model_exit_2(tmp_path, monkeypatch):
     done = run_cli("search", "--task", TASK, "--max-accuracy-drop", "1", "--storage", f"sqlite:///{tmp_path}/x.db",
                    cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2
     assert "scores perplexity (lower is better): use --max-metric-increase" in done.stderr
     assert "Traceback" not in done.stderr
+    # Built-in tasks are registered with their metric: refused before the task is built.
+    def never(**options):
+        raise AssertionError("the task was built")
+
+    monkeypatch.setitem(ap.tasks._REGISTRY, "digits", never)
+    monkeypatch.setitem(ap.tasks._REGISTRY, "tinylm", never)
     done = run_cli("search", "--sparsity", "0.5", "--storage", f"sqlite:///{tmp_path}/y.db", cwd=tmp_path)
-    assert done.returncode == 2 and "--sparsity apply to language-model tasks" in done.stderr
+    assert done.returncode == 2 and "--sparsity apply to language-model tasks (e.g. --task tinylm); task 'digits' " \
+        "scores accuracy" in done.stderr, done.stderr  # fmt: skip
+    done = run_cli("search", "--task", "tinylm", "--objectives", "accuracy,size", cwd=tmp_path)
+    assert done.returncode == 2 and "task 'tinylm' scores perplexity (lower is better)" in done.stderr, done.stderr
+    assert not (tmp_path / "y.db").exists() and not list(tmp_path.glob("studies/*"))
 
 
 @pytest.mark.slow

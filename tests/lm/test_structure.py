@@ -165,12 +165,14 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 def test_cli_structure_search_apply_reload(tmp_path: Path, task: ap.Task) -> None:
     storage = f"sqlite:///{tmp_path}/cli.db"
-    done = _cli("search", "--task", TASK, "--structure", "--latency", "decode", "--trials", "5", "--fine-tune-steps",
-                "1", "--storage", storage, "--study", "st", "--no-report", cwd=tmp_path)  # fmt: skip
+    (tmp_path / "short.toml").write_text("latency_budget_s = 0.2\n")  # each regime timed for 0.2 s, not 2 s
+    done = _cli("search", "short.toml", "--task", TASK, "--structure", "--latency", "decode", "--trials", "5",
+                "--fine-tune-steps", "1", "--storage", storage, "--study", "st", "--no-report", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "objective decode speedup" in done.stdout and "Pareto front (validation perplexity, decode speedup):" in done.stdout
     study = optuna.load_study(study_name="st", storage=storage)
     assert len(study.trials) == 5 and study.user_attrs["config"]["latency"] == "decode"
+    assert study.user_attrs["config"]["budget_s"] == 0.2
     number = next(t.number for t in study.trials if t.user_attrs.get("role") == "uniform-heads-mlp")
     applied = _cli("apply", "--study", "st", "--storage", storage, "--trial", str(number), "--out", "p", cwd=tmp_path)
     assert applied.returncode == 0, applied.stderr
@@ -200,7 +202,7 @@ def test_cli_refuses_structure_options_where_they_do_not_apply(tmp_path: Path, a
     assert not (tmp_path / "x.db").exists() or not optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/x.db")
 
 
-@pytest.mark.slow  # builds the digits task in a subprocess
+@pytest.mark.slow  # the installed command in a subprocess
 def test_cli_refuses_structure_on_an_accuracy_task(tmp_path: Path) -> None:
     done = _cli("search", "--task", "digits", "--structure", "--trials", "2", cwd=tmp_path)
     assert done.returncode == 2 and "--structure apply to language-model tasks" in done.stderr
