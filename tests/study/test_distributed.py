@@ -15,7 +15,8 @@ import pytest
 
 from autoprune.study.keys import ROLE_UNPRUNED
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+# One xdist group (scripts/test.sh: --dist loadgroup): one worker starts the one PostgreSQL server.
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.xdist_group("postgres")]
 
 # The distribution machinery, not the search's cheap stages (tested on their own): no
 # sensitivity warm starts, neighbours or screening, so every trial is a plain search trial.
