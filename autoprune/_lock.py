@@ -166,6 +166,17 @@ def _flock(path: str, operation: int) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the flock
 
 
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the block: one process at
+    a time, e.g. to build a cached file that others then read. Without fcntl, no lock."""
+    if fcntl is None:
+        yield
+        return
+    with _flock(os.fspath(path), fcntl.LOCK_EX):
+        yield
+
+
 # ---------------------------------------------------------------------------- for training loops
 class TrainingGate:
     """What :func:`training_gate` returns: the wait is over; as a context it marks a step busy.

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from autoprune._lock import file_lock
 from autoprune._paths import cache_dir
 from autoprune.tasks._base import Task
 from autoprune.tasks._loaders import make_runner
 
-__all__ = ["Splits", "cache_dir", "cached_data", "cached_path", "tensor_task"]
+__all__ = ["Splits", "building", "cache_dir", "cached_data", "cached_path", "tensor_task"]
 
 Splits = dict[str, tuple[torch.Tensor, torch.Tensor]]  # "train" / "val" / "test" -> (inputs, labels)
 
@@ -39,20 +41,34 @@ def cached_data(prefix: str, key: dict[str, Any], make: Callable[[], Any]) -> An
     be written only costs the saving.
     """
     path = cached_path(prefix, key)
-    if path.exists():
+    with building(path):
+        if path.exists():
+            try:
+                return torch.load(path, weights_only=True)
+            except Exception:  # noqa: BLE001 - a damaged or foreign file: draw the data again
+                pass
+        data = make()
         try:
-            return torch.load(path, weights_only=True)
-        except Exception:  # noqa: BLE001 - a damaged or foreign file: draw the data again
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save(data, tmp)
+            os.replace(tmp, path)  # atomic: a reader without the lock never reads half a file
+        except OSError:
             pass
-    data = make()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(data, tmp)
-        os.replace(tmp, path)  # atomic: parallel workers never read half a file
-    except OSError:
-        pass
-    return data
+        return data
+
+
+@contextlib.contextmanager
+def building(path: Path) -> Iterator[None]:
+    """Held while a cached file is checked and, if missing, built: parallel processes (search
+    workers, test workers) wait for the one that builds it instead of each training the same
+    model. A cache folder that cannot be written is no lock (the file is then not saved either)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(file_lock(path.with_name(path.name + ".lock")))
+        except OSError:
+            pass
+        yield
 
 
 def _loader(split: tuple[torch.Tensor, torch.Tensor], batch: int, shuffle: bool) -> DataLoader:
@@ -100,17 +116,18 @@ def tensor_task(
         return model.eval()
 
     model = untrained()
-    if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
-    else:
-        # Trained with the task's own loop and recipe, with the schedule of a from-scratch run.
-        settings = {k: v for k, v in recipe.items() if k not in ("distill", "lr", "lr_schedule")}
-        trainer = make_runner(model, **loaders, seed=seed, lr=train_lr, **settings)
-        trainer.run_steps(model, train_steps, distill=False, schedule=train_schedule)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)  # atomic: parallel workers never read half a file
+    with building(path):
+        if path.exists():
+            model.load_state_dict(torch.load(path, weights_only=True))
+        else:
+            # Trained with the task's own loop and recipe, with the schedule of a from-scratch run.
+            settings = {k: v for k, v in recipe.items() if k not in ("distill", "lr", "lr_schedule")}
+            trainer = make_runner(model, **loaders, seed=seed, lr=train_lr, **settings)
+            trainer.run_steps(model, train_steps, distill=False, schedule=train_schedule)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save(model.state_dict(), tmp)
+            os.replace(tmp, path)  # atomic: a reader without the lock never reads half a file
     task = Task.from_loaders(
         model.eval(),
         **loaders,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from autoprune.tasks._base import Task
-from autoprune.tasks._builtin import cached_path
+from autoprune.tasks._builtin import building, cached_path
 from autoprune.tasks._lm_corpus import ByteTokenizer, builtin_corpus
 from autoprune.tasks._lm_model import build_tiny_llama, save_atomic, tiny_llama_config, train_causal_lm
 
@@ -41,10 +41,11 @@ def make_tinylm(
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
 
-    if not path.exists():
-        model = build_tiny_llama(config, seed)
-        train_causal_lm(model, corpus.train, seed=seed, **recipe)  # type: ignore[arg-type]
-        save_atomic(model.state_dict(), path)
+    with building(path):
+        if not path.exists():
+            model = build_tiny_llama(config, seed)
+            train_causal_lm(model, corpus.train, seed=seed, **recipe)  # type: ignore[arg-type]
+            save_atomic(model.state_dict(), path)
     task = Task.for_causal_lm(
         build(),
         train=corpus.train,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from autoprune.tasks import Task
-from autoprune.tasks._builtin import cached_path
+from autoprune.tasks._builtin import building, cached_path
 from autoprune.tasks._lm_corpus import ByteTokenizer, builtin_corpus
 from autoprune.tasks._lm_model import build_tiny_llama, save_atomic, tiny_llama_config, train_causal_lm
 from autoprune.tasks._tinylm import _major_minor
@@ -26,12 +26,13 @@ def tiny(seed: int = 0, train_steps: int = 30) -> Task:
            "transformers": _major_minor("transformers"), "v": 1}  # fmt: skip
     path = cached_path("testing-tiny-lm", key)
     model = build_tiny_llama(config, seed)
-    if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
-    else:
-        with torch.random.fork_rng(devices=[]):
-            train_causal_lm(model, corpus.train, seed=seed, **recipe)  # type: ignore[arg-type]
-        save_atomic(model.state_dict(), path)
+    with building(path):
+        if path.exists():
+            model.load_state_dict(torch.load(path, weights_only=True))
+        else:
+            with torch.random.fork_rng(devices=[]):
+                train_causal_lm(model, corpus.train, seed=seed, **recipe)  # type: ignore[arg-type]
+            save_atomic(model.state_dict(), path)
     model.eval()
     return Task.for_causal_lm(
         model, train=corpus.train, val=corpus.val, test=corpus.test, tokenizer=ByteTokenizer(), context_length=64,

@@ -98,6 +98,27 @@ def test_data_is_drawn_once_then_read_from_the_cache(monkeypatch: pytest.MonkeyP
     assert all(torch.equal(cached[k][0], splits[k][0]) and torch.equal(cached[k][1], splits[k][1]) for k in splits)
 
 
+def test_parallel_builders_train_a_cached_model_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from autoprune.tasks import _builtin
+
+    monkeypatch.setenv("AUTOPRUNE_CACHE_DIR", str(tmp_path))
+    trainings: list[int] = []
+    make_runner = _builtin.make_runner
+
+    def counted(*args: object, **kwargs: object) -> object:
+        trainings.append(1)
+        return make_runner(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_builtin, "make_runner", counted)
+    with ThreadPoolExecutor(3) as pool:  # flock: separate descriptors exclude each other, threads too
+        tasks = list(pool.map(lambda _: ap.tasks.get("digits", width=4, batch_size=8), range(3)))
+    assert len(trainings) == 1
+    first, *others = [t.model.state_dict() for t in tasks]
+    assert all(torch.equal(first[k], other[k]) for other in others for k in first)
+
+
 def test_fresh_model_is_a_new_unpruned_copy(digits_task: ap.Task) -> None:
     fresh = digits_task.fresh_model()
     assert fresh is not digits_task.model
