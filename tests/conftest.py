@@ -14,14 +14,6 @@ import pytest
 import torch
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In parallel runs (``-n``), tests marked slow go out first, in their usual order: the
-    run then ends on short tests that fill the workers evenly, not on one long test that a
-    worker runs while the others idle. The order is the same in every worker, as xdist needs."""
-    if config.getoption("dist", "no") != "no":
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     worker = os.environ.get("PYTEST_XDIST_WORKER")

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 pytest.importorskip("timm")
+pytestmark = pytest.mark.slow  # a fresh Python process each (5-6 s)
 
 
 def _run(code: str) -> str:
