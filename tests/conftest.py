@@ -14,6 +14,15 @@ import pytest
 import torch
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist names the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that read the session's ``real_study`` in one xdist group (scripts/test.sh runs
+    ``--dist loadgroup``): one worker builds that study, not each."""
+    for item in items:
+        if "real_study" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("real-study"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     worker = os.environ.get("PYTEST_XDIST_WORKER")

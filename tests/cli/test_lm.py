@@ -16,6 +16,8 @@ import autoprune as ap
 from autoprune.testing.cli import run_cli
 
 transformers = pytest.importorskip("transformers")
+# One xdist group (scripts/test.sh: --dist loadgroup): the module's search fixture runs once.
+pytestmark = pytest.mark.xdist_group("cli-lm")
 TASK = "autoprune.testing.lm:tiny"
 
 

@@ -20,6 +20,8 @@ from autoprune.testing.cli import run_cli
 from autoprune.testing.lm import tiny
 
 transformers = pytest.importorskip("transformers")
+# One xdist group (scripts/test.sh: --dist loadgroup): the module's search fixture runs once.
+pytestmark = pytest.mark.xdist_group("lm-structure")
 TASK = "autoprune.testing.lm:tiny"
 
 
