@@ -75,7 +75,7 @@ def test_join_never_creates_a_study(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # a sensitivity scan
 def test_layers_shows_the_preflight_and_the_space(tmp_path: Path, tiny_task: ap.Task) -> None:
-    (tmp_path / "l.toml").write_text('task = "digits"\n[task_options]\nwidth = 8\nbatch_size = 16\n[space]\nsteps = 1\n')
+    (tmp_path / "l.toml").write_text('task = "digits"\nlatency_budget_s = 0.05\n[task_options]\nwidth = 8\nbatch_size = 16\n[space]\nsteps = 1\n')
     proc = run_cli("layers", "l.toml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()

@@ -312,7 +312,8 @@ def test_layers_command_shows_the_space_the_search_samples(capsys: pytest.Captur
     from autoprune.cli import main
 
     (tmp_path / "s.toml").write_text(
-        'task_options = {width = 8, batch_size = 16}\nsensitivity_resource = "latency"\n[space]\nparametrization = "sensitivity"\n'
+        'task_options = {width = 8, batch_size = 16}\nsensitivity_resource = "latency"\nlatency_budget_s = 0.05\n'
+        '[space]\nparametrization = "sensitivity"\n'
     )
     assert main(["layers", str(tmp_path / "s.toml")]) == 0
     out = capsys.readouterr().out
