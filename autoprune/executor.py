@@ -21,7 +21,7 @@ from torch.nn.utils import prune
 from autoprune import _attention
 from autoprune._errors import ScheduleError
 from autoprune._tp import torch_pruning
-from autoprune.oneshot import make_permanent
+from autoprune.oneshot import L1Unstructured, make_permanent
 from autoprune.preflight import LayerInfo, ModelAnalysis, analyse, root_types, tracer_options
 from autoprune.schedule import LayerPlan, Schedule, step_amounts
 from autoprune.untraced import apply_decoder_structure, apply_linear_oneshot, is_decoder_structure, is_linear_oneshot
@@ -369,29 +369,6 @@ def _keep_channels(original: int, amount: float, multiple: int) -> int:
 
 
 # ---------------------------------------------------------------------------- unstructured
-class _L1Unstructured(prune.L1Unstructured):
-    """``torch.nn.utils.prune.L1Unstructured``, the same weights zeroed, found by
-    ``torch.kthvalue`` instead of ``torch.topk``: about 3x faster on large tensors (half of a
-    2.4M-weight matrix: 0.05 s instead of 0.17 s on one core). Where several weights tie at the
-    threshold, the ones first in memory order go (topk's choice among ties is unspecified)."""
-
-    def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
-        numel = t.nelement()
-        count = self.amount if isinstance(self.amount, int) else round(self.amount * numel)
-        if not 0 <= count <= numel:
-            raise ValueError(f"cannot prune {count} of {numel} weights")
-        mask = default_mask.clone(memory_format=torch.contiguous_format)
-        if count == 0:
-            return mask
-        magnitude = t.detach().abs().flatten()
-        threshold = torch.kthvalue(magnitude, count).values
-        drop = magnitude < threshold
-        ties = (magnitude == threshold).nonzero().flatten()
-        drop[ties[: count - int(drop.sum())]] = True
-        mask.view(-1)[drop] = 0
-        return mask
-
-
 def _unstructured_step(model: nn.Module, schedule: Schedule, targets: dict[str, tuple[LayerInfo, float]]) -> None:
     """Zero weights until each unstructured entry reaches its cumulative amount."""
     wanted: list[tuple[nn.Module, str, int]] = []
@@ -409,12 +386,12 @@ def _unstructured_step(model: nn.Module, schedule: Schedule, targets: dict[str, 
     if schedule.global_unstructured and wanted:
         extra = sum(w for _, _, w in wanted) - sum(_zeros(m, p) for m, p, _ in wanted)
         if extra > 0:
-            prune.global_unstructured([(m, p) for m, p, _ in wanted], pruning_method=_L1Unstructured, amount=extra)
+            prune.global_unstructured([(m, p) for m, p, _ in wanted], pruning_method=L1Unstructured, amount=extra)
         return
     for module, pname, target in wanted:
         extra = target - _zeros(module, pname)
         if extra > 0:
-            _L1Unstructured.apply(module, pname, amount=extra)
+            L1Unstructured.apply(module, pname, amount=extra)
 
 
 # ---------------------------------------------------------------------------- entry point

@@ -173,3 +173,29 @@ def test_save_and_load_pruned_without_calibration(tmp_path):
         assert torch.equal(reloaded.state_dict()[name], value), name
     with torch.inference_mode():
         torch.testing.assert_close(reloaded(**x).logits, pruned(**x).logits, rtol=0, atol=0)
+
+
+def test_unstructured_mask_is_torchs_and_exact_where_weights_tie() -> None:
+    from torch.nn.utils import prune
+
+    from autoprune.oneshot import L1Unstructured
+
+    g = torch.Generator().manual_seed(0)
+    distinct = torch.randn(64, 48, generator=g)
+    ones = torch.ones_like(distinct)
+    for count in (0, 1, 1000, distinct.numel()):
+        ours = L1Unstructured(amount=count).compute_mask(distinct, ones)
+        torchs = prune.L1Unstructured(amount=count).compute_mask(distinct, ones)
+        assert torch.equal(ours, torchs) and int((ours == 0).sum()) == count
+    assert torch.equal(L1Unstructured(amount=0.3).compute_mask(distinct, ones), prune.L1Unstructured(amount=0.3).compute_mask(distinct, ones))
+    # Ties at the threshold: exactly `count` zeroed, the smaller values all of them, the tied first in memory order.
+    tied = torch.tensor([[3.0, -1.0, 2.0, 1.0], [0.5, 1.0, -1.0, 4.0]])
+    mask = L1Unstructured(amount=3).compute_mask(tied, torch.ones_like(tied))
+    assert mask.tolist() == [[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0]]
+    with pytest.raises(ValueError, match="cannot prune 9 of 8 weights"):
+        L1Unstructured(amount=9).compute_mask(tied, torch.ones_like(tied))
+    # Iterative: a second call prunes among the weights still there (torch's PruningContainer).
+    layer = nn.Linear(48, 64)
+    L1Unstructured.apply(layer, "weight", amount=1000)
+    L1Unstructured.apply(layer, "weight", amount=500)
+    assert int((layer.weight == 0).sum()) == 1500

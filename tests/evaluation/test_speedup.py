@@ -139,9 +139,10 @@ def test_k_times_the_work_is_k_times_slower() -> None:
 def test_the_interval_narrows_with_more_rounds() -> None:
     model, x = zoo.get("cnn", batch_size=2)
     meter = SpeedupMeter(model, x, TARGET)
-    # the same 5 ms blocks, 8 rounds against 64 (the budget is far from binding)
-    few = meter.measure(model, budget_s=60.0, rel_tol=0.0, max_rounds=8, block_s=0.005)
-    many = meter.measure(model, budget_s=60.0, rel_tol=0.0, max_rounds=64, block_s=0.005)
+    # the same 5 ms blocks, 8 rounds against 64 (64 rounds take about 2 s: the budget is far
+    # from binding; the warm-up takes a tenth of it)
+    few = meter.measure(model, budget_s=10.0, rel_tol=0.0, max_rounds=8, block_s=0.005)
+    many = meter.measure(model, budget_s=10.0, rel_tol=0.0, max_rounds=64, block_s=0.005)
     assert (few.rounds, many.rounds) == (8, 64)
     assert many.high - many.low < few.high - few.low
     assert not few.converged and not many.converged  # rel_tol 0 cannot be met
@@ -157,9 +158,9 @@ def test_a_tiny_budget_is_flagged_as_not_converged() -> None:
 @pytest.mark.slow
 def test_a_loose_tolerance_converges_and_stops_early() -> None:
     model, x = zoo.get("cnn", batch_size=2)
-    s = measure_speedup(model, model, x, target=TARGET, budget_s=30.0, rel_tol=1.0, block_s=0.005)
+    s = measure_speedup(model, model, x, target=TARGET, budget_s=10.0, rel_tol=1.0, block_s=0.005)
     assert s.converged and s.rounds == 8  # the default min_rounds
-    assert s.seconds < 30.0
+    assert s.seconds < 10.0
 
 
 def test_meter_keeps_its_own_reference_and_restores_the_model() -> None:
