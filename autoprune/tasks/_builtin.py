@@ -20,7 +20,7 @@ from autoprune._paths import cache_dir
 from autoprune.tasks._base import Task
 from autoprune.tasks._loaders import make_runner
 
-__all__ = ["Splits", "building", "cache_dir", "cached_data", "cached_path", "tensor_task"]
+__all__ = ["Splits", "building", "cache_dir", "cached_data", "cached_path", "save_atomic", "tensor_task"]
 
 Splits = dict[str, tuple[torch.Tensor, torch.Tensor]]  # "train" / "val" / "test" -> (inputs, labels)
 
@@ -48,13 +48,17 @@ def cached_data(prefix: str, key: dict[str, Any], make: Callable[[], Any]) -> An
             except Exception:  # noqa: BLE001 - a damaged or foreign file: draw the data again
                 pass
         data = make()
-        try:
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(data, tmp)
-            os.replace(tmp, path)  # atomic: a reader without the lock never reads half a file
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            save_atomic(data, path)
         return data
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)`` through a temporary file: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -124,10 +128,7 @@ def tensor_task(
             settings = {k: v for k, v in recipe.items() if k not in ("distill", "lr", "lr_schedule")}
             trainer = make_runner(model, **loaders, seed=seed, lr=train_lr, **settings)
             trainer.run_steps(model, train_steps, distill=False, schedule=train_schedule)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(model.state_dict(), tmp)
-            os.replace(tmp, path)  # atomic: a reader without the lock never reads half a file
+            save_atomic(model.state_dict(), path)
     task = Task.from_loaders(
         model.eval(),
         **loaders,

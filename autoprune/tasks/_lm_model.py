@@ -5,8 +5,6 @@ parameters, trained here on the built-in corpus and cached like the digits model
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -107,10 +105,3 @@ def train_causal_lm(
         losses.append(loss.item())
     model.eval()
     return losses
-
-
-def save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # parallel workers never read half a file

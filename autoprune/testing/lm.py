@@ -9,10 +9,9 @@ from __future__ import annotations
 import torch
 
 from autoprune.tasks import Task
-from autoprune.tasks._builtin import building, cached_path
 from autoprune.tasks._lm_corpus import ByteTokenizer, builtin_corpus
-from autoprune.tasks._lm_model import build_tiny_llama, save_atomic, tiny_llama_config, train_causal_lm
-from autoprune.tasks._tinylm import _major_minor
+from autoprune.tasks._lm_model import build_tiny_llama, tiny_llama_config
+from autoprune.tasks._tinylm import trained_weights
 
 __all__ = ["tiny"]
 
@@ -22,17 +21,9 @@ def tiny(seed: int = 0, train_steps: int = 30) -> Task:
     corpus = builtin_corpus()
     config = tiny_llama_config(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, context=64)
     recipe = {"steps": train_steps, "batch": 8, "context": 64, "lr": 1e-2, "warmup": 5}
-    key = {"task": "tiny-lm", "seed": seed, "corpus": corpus.digest, "config": config.to_diff_dict(), **recipe,
-           "transformers": _major_minor("transformers"), "v": 1}  # fmt: skip
-    path = cached_path("testing-tiny-lm", key)
+    path = trained_weights("testing-tiny-lm", "tiny-lm", config, corpus, seed, recipe)
     model = build_tiny_llama(config, seed)
-    with building(path):
-        if path.exists():
-            model.load_state_dict(torch.load(path, weights_only=True))
-        else:
-            with torch.random.fork_rng(devices=[]):
-                train_causal_lm(model, corpus.train, seed=seed, **recipe)  # type: ignore[arg-type]
-            save_atomic(model.state_dict(), path)
+    model.load_state_dict(torch.load(path, weights_only=True))
     model.eval()
     return Task.for_causal_lm(
         model, train=corpus.train, val=corpus.val, test=corpus.test, tokenizer=ByteTokenizer(), context_length=64,
